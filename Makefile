@@ -1,0 +1,29 @@
+# make test: creates .venv (once per requirements change), installs everything, runs pytest.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES ?=
+PYTEST_ARGS ?=
+
+.PHONY: test venv apt clean
+
+$(VENV)/.installed: requirements.txt requirements-test.txt setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+venv: apt $(VENV)/.installed
+
+apt:
+	@if [ -n "$(APT_PACKAGES)" ]; then \
+	  missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
+	fi
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache
