@@ -1,0 +1,62 @@
+"""The launch scripts' dry-run mode prints the exact commands they would run."""
+import os
+import shlex
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def dry_run(script, *args, **env):
+  full_env = {**os.environ, 'DRY_RUN': '1', **env}
+  out = subprocess.run(['bash', os.path.join(ROOT, 'launch', script), *args], env=full_env,
+                       capture_output=True, text=True, check=True, cwd=ROOT)
+  return [shlex.split(line[2:]) for line in out.stdout.splitlines() if line.startswith('+ ')]
+
+
+def test_local_dry_run_trains_then_evaluates_all_tasks():
+  cmds = dry_run('local.sh', '--config', 'configs/m5_mmt.py:size=tiny,runlocal',
+                 '--workdir', '/tmp/w', '--config.total_steps=5')
+  assert cmds[0][1:] == ['-m', 'm5_jax.train', '--config', 'configs/m5_mmt.py:size=tiny,runlocal',
+                         '--workdir', '/tmp/w', '--config.total_steps=5']
+  assert [c[2] for c in cmds[1:]] == [
+      'm5_jax.evaluate.coarse_retrieval', 'm5_jax.evaluate.fine_retrieval',
+      'm5_jax.evaluate.classification', 'm5_jax.evaluate.clustering']
+
+
+def test_tpu_pod_dry_run_ships_installs_and_trains_on_all_workers():
+  cmds = dry_run('tpu_pod.sh', '--config', 'configs/m5_mmt.py:size=base', '--workdir', 'gs://b/run',
+                 '--config.input.batch_size=4096', TPU_NAME='pod', ZONE='us-central2-b', EVAL='1')
+  gcloud = [c for c in cmds if c[0] == 'gcloud']
+  assert all('--worker=all' in c for c in gcloud)
+  assert gcloud[0][:4] == ['gcloud', 'compute', 'tpus', 'tpu-vm'] and gcloud[0][4] == 'scp'
+  remote = [c[c.index('--command') + 1] for c in gcloud[1:]]
+  assert 'pip install' in remote[0] and 'jax[tpu]' in remote[0]
+  train = shlex.split(remote[1].split('&&', 1)[1])
+  assert train[train.index('-m') + 1] == 'm5_jax.train'
+  assert train[-5:] == ['--config', 'configs/m5_mmt.py:size=base', '--workdir', 'gs://b/run',
+                        '--config.input.batch_size=4096']
+  assert sum('m5_jax.evaluate.' in r for r in remote) == 4
+
+
+def test_tpu_pod_requires_its_environment():
+  out = subprocess.run(['bash', 'launch/tpu_pod.sh', '--config', 'c.py', '--workdir', 'gs://x'],
+                       cwd=ROOT, capture_output=True, text=True,
+                       env={k: v for k, v in os.environ.items() if k not in ('TPU_NAME', 'ZONE')})
+  assert out.returncode != 0 and 'TPU_NAME' in out.stderr
+
+
+def test_slurm_dry_run_uses_srun_per_node():
+  cmds = dry_run('gpu_slurm.sbatch', '--config', 'configs/scale.py:size=base', '--workdir', '/shared/w',
+                 SLURM_JOB_NUM_NODES='4', EVAL='0')
+  assert len(cmds) == 1
+  assert cmds[0][:3] == ['srun', '--nodes=4', '--ntasks-per-node=1']
+  assert cmds[0][-4:] == ['--config', 'configs/scale.py:size=base', '--workdir', '/shared/w']
+
+
+@pytest.mark.parametrize('script', ['local.sh', 'tpu_pod.sh', 'gpu_slurm.sbatch'])
+def test_usage_error_without_workdir(script):
+  out = subprocess.run(['bash', f'launch/{script}', '--config', 'c.py'], cwd=ROOT, capture_output=True,
+                       text=True, env={**os.environ, 'TPU_NAME': 't', 'ZONE': 'z', 'DRY_RUN': '1'})
+  assert out.returncode == 2 and 'usage' in out.stderr
