@@ -1,0 +1,176 @@
+"""One device mesh from the config, logical axis rules, sharded state and batches.
+
+Config (see configs/common.py):
+
+  config.mesh.data = -1      # mesh axis sizes; -1 = all devices not used by the others
+  config.mesh.fsdp = 1
+  config.mesh.tensor = 1
+  config.sharding.rules = 'fsdp'   # 'data_parallel' | 'fsdp' | 'fsdp_tensor'
+  config.sharding.activation_constraints = False
+
+The model annotates parameters and activations with logical axes (batch, length,
+embed, mlp, heads, kv, vocab; see m5_jax/models/layers.py). The rules below map
+them to mesh axes. Batches are split over ('data', 'fsdp') and replicated over
+'tensor'; each process contributes its own slice (`global_batch`).
+
+Activation constraints (`nn.with_logical_constraint` inside the model) only act
+when a global mesh is set (`jax.set_mesh`); linen's DenseGeneral with a 3-D
+partitioned kernel fails under a global mesh (flax#3676), so by default the mesh
+is not set and XLA propagates activation shardings from the parameter and batch
+shardings. Set `activation_constraints=True` for models whose kernels are 2-D.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+BATCH_AXES = ('data', 'fsdp')
+
+_COMMON = (('batch', BATCH_AXES), ('length', None), ('kv', None))
+RULE_PRESETS: dict[str, tuple[tuple[str, Any], ...]] = {
+    # Parameters replicated; only the batch is split.
+    'data_parallel': _COMMON + (('embed', None), ('mlp', None), ('heads', None), ('vocab', None)),
+    # ZeRO-3 style: every parameter split over 'fsdp' along its embed dimension.
+    'fsdp': _COMMON + (('embed', 'fsdp'), ('mlp', None), ('heads', None), ('vocab', None)),
+    # FSDP plus Megatron-style tensor parallelism over 'tensor'.
+    'fsdp_tensor': _COMMON + (('embed', 'fsdp'), ('mlp', 'tensor'), ('heads', 'tensor'),
+                              ('vocab', 'tensor')),
+}
+
+
+def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
+  """Axis sizes for MESH_AXES, with one -1 resolved to the remaining devices."""
+  sizes = [int(mesh_config.get(axis, 1)) for axis in MESH_AXES]
+  unknown = [i for i, s in enumerate(sizes) if s == -1]
+  if len(unknown) > 1 or any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f'mesh {dict(zip(MESH_AXES, sizes))}: sizes must be >= 1, one may be -1')
+  known = math.prod(s for s in sizes if s != -1)
+  if unknown:
+    if num_devices % known:
+      raise ValueError(f'mesh {dict(zip(MESH_AXES, sizes))} does not divide {num_devices} devices')
+    sizes[unknown[0]] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ValueError(f'mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, '
+                     f'have {num_devices}')
+  return tuple(sizes)
+
+
+def make_mesh(mesh_config: ml_collections.ConfigDict,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """The (data, fsdp, tensor) mesh over `devices` (default: all), Auto axis types."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = mesh_shape(mesh_config, len(devices))
+  try:  # topology-aware order on TPU/GPU; contiguous on CPU
+    grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+  except (ValueError, NotImplementedError, AssertionError):
+    grid = np.asarray(devices).reshape(shape)
+  return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def axis_rules(sharding_config: ml_collections.ConfigDict) -> tuple[tuple[str, Any], ...]:
+  name = sharding_config.rules
+  if name not in RULE_PRESETS:
+    raise ValueError(f'unknown sharding.rules {name!r}; presets: {", ".join(RULE_PRESETS)}')
+  return RULE_PRESETS[name]
+
+
+def _fit(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
+  """Drops mesh axes from dimensions they do not divide (e.g. a bias of size 3)."""
+  fitted = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    size = math.prod(mesh.shape[a] for a in names)
+    fitted.append(axes if names and dim % size == 0 else None)
+  return P(*fitted)
+
+
+def shardings_for(boxed_abstract: Any, mesh: Mesh, rules) -> Any:
+  """NamedShardings for a tree whose leaves may be flax LogicallyPartitioned boxes.
+
+  The result has the structure of the *unboxed* tree. Unannotated leaves are
+  replicated; mesh axes that do not divide a dimension are dropped for it.
+  """
+  logical = nn.get_partition_spec(boxed_abstract)
+  mesh_specs = nn.logical_to_mesh(logical, rules)
+  shapes = nn.unbox(boxed_abstract)
+  return jax.tree.map(lambda spec, x: NamedSharding(mesh, _fit(spec, x.shape, mesh)),
+                      mesh_specs, shapes, is_leaf=lambda x: isinstance(x, P))
+
+
+def create_sharded(init_fn: Callable[[], Any], mesh: Mesh, rules) -> tuple[Any, Any]:
+  """Runs `init_fn` (returning a tree with flax partitioning boxes) directly sharded.
+
+  Returns (unboxed state, its shardings). Nothing is materialised unsharded: the
+  shapes come from `jax.eval_shape`, the values from `jit(out_shardings=...)`.
+  """
+  with nn.logical_axis_rules(rules):
+    abstract = jax.eval_shape(init_fn)
+    shardings = shardings_for(abstract, mesh, rules)
+    state = jax.jit(lambda: nn.unbox(init_fn()), out_shardings=shardings)()
+  return state, shardings
+
+
+def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs carrying `shardings` (what a restore is asked to produce)."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def batch_shards(mesh: Mesh) -> int:
+  """How many ways the batch dimension is split."""
+  return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def process_batch_size(global_batch_size: int, mesh: Mesh) -> int:
+  """This process's share of the global batch (every process feeds its own devices)."""
+  shards = batch_shards(mesh)
+  if global_batch_size % shards:
+    raise ValueError(f'global batch size {global_batch_size} is not divisible by the '
+                     f'{shards} batch shards of mesh {dict(mesh.shape)}')
+  return global_batch_size // jax.process_count()
+
+
+def global_batch(local_batch: Any, mesh: Mesh) -> Any:
+  """Per-process numpy batch -> global jax.Arrays split on the batch dim over the mesh."""
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+                      local_batch)
+
+
+@contextlib.contextmanager
+def activation_context(mesh: Mesh, rules, constraints: bool):
+  """Trace-time context for the model: logical rules, and the mesh when constraints act."""
+  with contextlib.ExitStack() as stack:
+    stack.enter_context(nn.logical_axis_rules(rules))
+    if constraints:
+      stack.enter_context(jax.set_mesh(mesh))
+    yield
+
+
+def describe(shardings: Any) -> str:
+  """A short summary: how many leaves are split over each mesh axis."""
+  counts: dict[str, int] = {}
+  for s in jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding)):
+    used = {a for axes in s.spec if axes for a in ((axes,) if isinstance(axes, str) else axes)}
+    for a in used or {'replicated'}:
+      counts[a] = counts.get(a, 0) + 1
+  return ', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))
+
+
+def log_mesh(mesh: Mesh) -> None:
+  logging.info('mesh %s over %d devices (%d processes)', dict(mesh.shape), mesh.size,
+               jax.process_count())
