@@ -1,0 +1,252 @@
+"""Bounded media decoding for the M5Product release.
+
+Every decoder either returns arrays of a fixed, documented shape or raises
+`Absent(reason)` with a reason from `release.ABSENT_REASONS`; the builder counts
+the reason and marks the modality absent. No decoder reads more than its bounds:
+
+  image   header checked against `max_pixels` before any pixel is decoded
+          (decompression bombs), JPEG decoded at reduced scale when possible.
+  video   frame size checked against `max_pixels` from the stream header; at
+          most `max_frames` frames sampled at `fps` (1 per second), decoding
+          stops after `max_seconds` of stream time or `max_decoded_frames`.
+  audio   at most `seconds` of audio decoded, resampled to 16 kHz mono.
+  .npy    header (shape, dtype) checked before the array is read.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+
+import av
+import numpy as np
+from PIL import Image
+
+from data_prep import release
+
+
+class Absent(Exception):
+  """A modality that cannot be used for this item; `reason` is in ABSENT_REASONS."""
+
+  def __init__(self, reason: str, detail: str = ''):
+    assert reason in release.ABSENT_REASONS, reason
+    super().__init__(f'{reason}: {detail}' if detail else reason)
+    self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+  """Decode limits; anything beyond them is `too_large` or simply not read."""
+  max_image_pixels: int = 64_000_000   # 8k x 8k source image
+  max_video_pixels: int = 4096 * 2160  # per frame (4K)
+  max_video_seconds: float = 12.0      # stream time decoded
+  max_decoded_frames: int = 12 * 120   # frames decoded before giving up (120 fps)
+  max_feature_bytes: int = 64 << 20    # one .npy
+
+
+def check_file(path: str) -> None:
+  """Raises Absent('missing_file' | 'empty_file')."""
+  try:
+    size = os.path.getsize(path)
+  except OSError:
+    raise Absent('missing_file', path) from None
+  if size == 0:
+    raise Absent('empty_file', path)
+
+
+# ---------------------------------------------------------------- image
+
+def decode_image(path: str, size: int, bounds: Bounds = Bounds()) -> np.ndarray:
+  """Image file -> uint8 [size, size, 3] RGB, resized (aspect not kept)."""
+  check_file(path)
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter('error', Image.DecompressionBombWarning)
+      with Image.open(path) as im:
+        width, height = im.size
+        if width * height > bounds.max_image_pixels:
+          raise Absent('too_large', f'{width}x{height} image')
+        if im.format == 'JPEG':
+          im.draft('RGB', (size, size))  # DCT-domain downscale: decodes far fewer pixels
+        im = im.convert('RGB').resize((size, size), Image.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    raise Absent('too_large', str(e)) from None
+  except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as e:
+    raise Absent('corrupt_file', f'{path}: {e}') from None
+
+
+# ---------------------------------------------------------------- video
+
+def decode_video(path: str, size: int, max_frames: int = 12, fps: float = 1.0,
+                 bounds: Bounds = Bounds()) -> np.ndarray:
+  """Video file -> uint8 [T, size, size, 3], T <= max_frames, one frame per 1/fps s.
+
+  Frame k is the first decoded frame at or after k / fps seconds (relative to
+  the first frame). Any demux/decode error makes the whole video corrupt.
+  """
+  check_file(path)
+  frames = []
+  try:
+    with av.open(path) as container:
+      if not container.streams.video:
+        raise Absent('corrupt_file', f'{path}: no video stream')
+      stream = container.streams.video[0]
+      stream.thread_type = 'AUTO'
+      width, height = stream.codec_context.width, stream.codec_context.height
+      if width * height > bounds.max_video_pixels:
+        raise Absent('too_large', f'{width}x{height} video')
+      start, decoded = None, 0
+      for frame in container.decode(stream):
+        decoded += 1
+        t = frame.time if frame.time is not None else decoded / float(stream.average_rate or 24)
+        start = t if start is None else start
+        t -= start
+        if t >= bounds.max_video_seconds or decoded > bounds.max_decoded_frames:
+          break
+        if t + 1e-6 >= len(frames) / fps:
+          rgb = frame.reformat(width=size, height=size, format='rgb24')
+          frames.append(rgb.to_ndarray())
+          if len(frames) == max_frames:
+            break
+  except Absent:
+    raise
+  except (av.error.FFmpegError, ValueError, IndexError, OSError) as e:
+    raise Absent('corrupt_file', f'{path}: {e}') from None
+  if not frames:
+    raise Absent('corrupt_file', f'{path}: no frames decoded')
+  return np.stack(frames).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- audio
+
+SAMPLE_RATE = 16_000
+N_FFT = 1024
+HOP = 256
+N_MELS = 80
+AUDIO_SECONDS = 12.0
+MEL_FRAMES = 1 + int(AUDIO_SECONDS * SAMPLE_RATE) // HOP  # 751
+LOG_FLOOR = 1e-6
+
+
+def decode_audio(path: str, seconds: float = AUDIO_SECONDS,
+                 sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+  """Audio file -> float32 [n] mono samples at `sample_rate`, n <= seconds * rate."""
+  check_file(path)
+  limit = int(seconds * sample_rate)
+  chunks, total = [], 0
+  try:
+    with av.open(path) as container:
+      if not container.streams.audio:
+        raise Absent('corrupt_file', f'{path}: no audio stream')
+      stream = container.streams.audio[0]
+      resampler = av.AudioResampler(format='flt', layout='mono', rate=sample_rate)
+
+      def take(frames):
+        nonlocal total
+        for f in frames:
+          chunk = f.to_ndarray().reshape(-1)
+          chunks.append(chunk)
+          total += chunk.size
+
+      for frame in container.decode(stream):
+        take(resampler.resample(frame))
+        if total >= limit:
+          break
+      else:
+        take(resampler.resample(None))  # flush the resampler's delay line
+  except Absent:
+    raise
+  except (av.error.FFmpegError, ValueError, IndexError, OSError) as e:
+    raise Absent('corrupt_file', f'{path}: {e}') from None
+  if total == 0:
+    raise Absent('corrupt_file', f'{path}: no audio samples decoded')
+  return np.concatenate(chunks)[:limit].astype(np.float32)
+
+
+def _hz_to_mel(hz):
+  """Slaney mel scale (librosa's default, htk=False)."""
+  hz = np.asarray(hz, dtype=np.float64)
+  f_sp, min_log_hz = 200.0 / 3, 1000.0
+  min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+  return np.where(hz >= min_log_hz, min_log_mel + np.log(np.maximum(hz, 1e-10) / min_log_hz) / logstep,
+                  hz / f_sp)
+
+
+def _mel_to_hz(mel):
+  mel = np.asarray(mel, dtype=np.float64)
+  f_sp, min_log_hz = 200.0 / 3, 1000.0
+  min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+  return np.where(mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)), f_sp * mel)
+
+
+def mel_filterbank(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT,
+                   n_mels: int = N_MELS) -> np.ndarray:
+  """float32 [n_mels, n_fft // 2 + 1] Slaney-normalised triangles, 0 .. sr/2."""
+  fft_hz = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+  mel_hz = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(sample_rate / 2), n_mels + 2))
+  lower = (fft_hz[None, :] - mel_hz[:-2, None]) / np.diff(mel_hz)[:-1, None]
+  upper = (mel_hz[2:, None] - fft_hz[None, :]) / np.diff(mel_hz)[1:, None]
+  weights = np.maximum(0, np.minimum(lower, upper))
+  weights *= (2.0 / (mel_hz[2:] - mel_hz[:-2]))[:, None]
+  return weights.astype(np.float32)
+
+
+_MEL = mel_filterbank()
+_WINDOW = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)  # periodic Hann
+
+
+def log_mel(samples: np.ndarray, num_frames: int = MEL_FRAMES) -> tuple[np.ndarray, int]:
+  """float32 samples (16 kHz) -> (float32 [80, num_frames] log-mel, valid frames).
+
+  Centred STFT (reflect padding, like librosa), power spectrum, Slaney mel,
+  natural log of (mel + 1e-6). Columns past the valid frames are 0.
+  """
+  samples = np.asarray(samples, dtype=np.float32)[: (num_frames - 1) * HOP]
+  pad = N_FFT // 2
+  mode = 'reflect' if samples.size > pad else 'constant'
+  padded = np.pad(samples, pad, mode=mode)
+  valid = 1 + samples.size // HOP
+  idx = np.arange(N_FFT)[None, :] + HOP * np.arange(valid)[:, None]
+  spectrum = np.abs(np.fft.rfft(padded[idx] * _WINDOW, axis=-1)) ** 2  # [valid, 513]
+  mel = np.log(spectrum.astype(np.float32) @ _MEL.T + LOG_FLOOR).T     # [80, valid]
+  out = np.zeros((N_MELS, num_frames), np.float32)
+  out[:, :valid] = mel
+  return out, valid
+
+
+# ---------------------------------------------------------------- pre-extracted features
+
+def load_feature(path: str, shape: tuple[int, ...], variable_axis: int | None = None,
+                 bounds: Bounds = Bounds()) -> tuple[np.ndarray, int]:
+  """A feature .npy -> (array zero-padded to `shape`, valid length along variable_axis).
+
+  The file must have exactly `shape`, except along `variable_axis` where 1..shape
+  entries are accepted (video rows, audio frames). Non-finite values or another
+  shape are `bad_features`; an unreadable file is `corrupt_file`.
+  """
+  check_file(path)
+  if os.path.getsize(path) > bounds.max_feature_bytes:
+    raise Absent('too_large', f'{path}: {os.path.getsize(path)} bytes')
+  try:
+    header = np.load(path, mmap_mode='r', allow_pickle=False)
+    got = tuple(header.shape)
+    if header.dtype.kind != 'f':
+      raise Absent('bad_features', f'{path}: dtype {header.dtype}')
+    ok = len(got) == len(shape) and all(
+        (1 <= g <= s) if axis == variable_axis else g == s
+        for axis, (g, s) in enumerate(zip(got, shape)))
+    if not ok:
+      raise Absent('bad_features', f'{path}: shape {got}, want {shape}')
+    array = np.array(header, dtype=np.float32)
+  except Absent:
+    raise
+  except (ValueError, OSError, EOFError) as e:
+    raise Absent('corrupt_file', f'{path}: {e}') from None
+  if not np.isfinite(array).all():
+    raise Absent('bad_features', f'{path}: non-finite values')
+  valid = got[variable_axis] if variable_axis is not None else 0
+  if got != tuple(shape):
+    pad = [(0, s - g) for g, s in zip(got, shape)]
+    array = np.pad(array, pad)
+  return array, valid

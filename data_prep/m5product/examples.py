@@ -1,0 +1,296 @@
+"""One release item -> one TFDS example, with counted reasons for what is absent.
+
+Kept apart from the builder so Beam workers import only this (and the readers),
+and so both generation paths (plain and Beam) share exactly the same code.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from data_prep import decode
+from data_prep import release
+
+MEDIA = ('image', 'video', 'audio')
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertOptions:
+  """Everything a worker needs to turn (item_id, record) into an example."""
+  root: str
+  form: str  # 'raw' | 'features'
+  layout: release.ReleaseLayout
+  image_size: int = 224
+  video_size: int = 112
+  max_video_frames: int = 12
+  video_fps: float = 1.0
+  bounds: decode.Bounds = decode.Bounds()
+
+
+# ---------------------------------------------------------------- counting
+
+class Tally:
+  """Counts by name ('<split>/absent/<modality>/<reason>', ...). Plain path."""
+
+  def __init__(self):
+    self.counts = collections.Counter()
+
+  def inc(self, name: str, n: int = 1) -> None:
+    self.counts[name] += n
+
+
+class BeamTally:
+  """The same interface on Beam metrics (valid inside a running DoFn)."""
+  NAMESPACE = 'm5product'
+
+  def inc(self, name: str, n: int = 1) -> None:
+    import apache_beam as beam  # pylint: disable=g-import-not-at-top
+    beam.metrics.Metrics.counter(self.NAMESPACE, name).inc(n)
+
+
+def summarize(counts: Mapping[str, int], splits) -> dict:
+  """Flat counter names -> the build report (per split and totals)."""
+  def empty():
+    return {'items_in': 0, 'items_written': 0, 'rejected': {},
+            'absent': {m: {} for m in release.MODALITIES}}
+
+  report = {s: empty() for s in splits}
+  for name, n in sorted(counts.items()):
+    split, kind, *rest = name.split('/')
+    entry = report.setdefault(split, empty())
+    if kind in ('items_in', 'items_written'):
+      entry[kind] += n
+    elif kind == 'rejected':
+      entry['rejected'][rest[0]] = entry['rejected'].get(rest[0], 0) + n
+    elif kind == 'absent':
+      bucket = entry['absent'].setdefault(rest[0], {})
+      bucket[rest[1]] = bucket.get(rest[1], 0) + n
+  total = empty()
+  for entry in report.values():
+    total['items_in'] += entry['items_in']
+    total['items_written'] += entry['items_written']
+    for r, n in entry['rejected'].items():
+      total['rejected'][r] = total['rejected'].get(r, 0) + n
+    for m, reasons in entry['absent'].items():
+      for r, n in reasons.items():
+        total['absent'][m][r] = total['absent'][m].get(r, 0) + n
+  return {'splits': report, 'total': total}
+
+
+def format_report(report: dict) -> str:
+  t = report['total']
+  rejected = sum(t['rejected'].values())
+  lines = [f"m5product build: items in {t['items_in']}, written {t['items_written']}, "
+           f"rejected {rejected} {t['rejected'] or ''}".rstrip()]
+  for m, reasons in t['absent'].items():
+    if reasons:
+      lines.append(f'  absent {m}: ' + ', '.join(f'{r}={n}' for r, n in sorted(reasons.items())))
+  for s, e in report['splits'].items():
+    lines.append(f"  split {s}: in {e['items_in']}, written {e['items_written']}, "
+                 f"rejected {sum(e['rejected'].values())}")
+  return '\n'.join(lines)
+
+
+# ---------------------------------------------------------------- labels and ids
+
+def label_of(value, vocabulary: Mapping[str, int]) -> tuple[int, str]:
+  """The release's label -> (int label, label_name). -1 when unknown."""
+  if isinstance(value, bool) or value is None:
+    return -1, ''
+  if isinstance(value, int):
+    return value, str(value)
+  if isinstance(value, str):
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+      return int(text), text
+    return vocabulary.get(text, -1), text
+  return -1, ''
+
+
+def string_label(value) -> str | None:
+  """The label text that needs a vocabulary entry (non-numeric strings), else None."""
+  if isinstance(value, str):
+    text = value.strip()
+    if text and not (text.isascii() and text.isdigit()):
+      return text
+  return None
+
+
+def instance_of(instance_id: str | None) -> int:
+  """Instance id -> int: itself if numeric, else a stable 62-bit hash; -1 unknown."""
+  if not instance_id:
+    return -1
+  text = instance_id.strip()
+  if text.isascii() and text.lstrip('-').isdigit():
+    return int(text)
+  return int.from_bytes(hashlib.sha256(text.encode('utf-8', 'surrogateescape')).digest()[:8],
+                        'big') >> 2
+
+
+# ---------------------------------------------------------------- fields
+
+def _text_field(record: Mapping, key: str) -> str:
+  value = record.get(key)
+  if value is None or (isinstance(value, str) and not value.strip()):
+    raise decode.Absent('missing_field', key)
+  if not isinstance(value, str):
+    raise decode.Absent('malformed_field', f'{key} is {type(value).__name__}')
+  if release.has_bad_encoding(value):
+    raise decode.Absent('bad_encoding', key)
+  return value.strip()
+
+
+def title_of(record: Mapping) -> str:
+  return _text_field(record, 'title')
+
+
+def table_of(record: Mapping) -> list[tuple[str, str]]:
+  pv = _text_field(record, 'pv')
+  try:
+    pairs = release.parse_pv(pv)
+  except release.MalformedPV as e:
+    raise decode.Absent('malformed_field', str(e)) from None
+  if not pairs:
+    raise decode.Absent('missing_field', 'pv has no pairs')
+  return pairs
+
+
+# ---------------------------------------------------------------- the example
+
+def _media(item_id: str, o: ConvertOptions) -> dict:
+  """Decoded media (raw) or loaded features, per modality; raises Absent."""
+  L, root = o.layout, o.root
+  if o.form == 'raw':
+    def image():
+      return {'image': decode.decode_image(L.media_path(root, 'image', item_id), o.image_size, o.bounds)}
+
+    def video():
+      return {'video': decode.decode_video(L.media_path(root, 'video', item_id), o.video_size,
+                                           o.max_video_frames, o.video_fps, o.bounds)}
+
+    def audio():
+      samples = decode.decode_audio(L.media_path(root, 'audio', item_id))
+      mel, frames = decode.log_mel(samples)
+      return {'audio_mel': mel.astype(np.float16), 'audio_frames': np.int32(frames)}
+  else:
+    shapes = release.FEATURE_SHAPES
+
+    def image():
+      regions, _ = decode.load_feature(L.feature_path(root, 'image_regions', item_id),
+                                       shapes['image_regions'], bounds=o.bounds)
+      boxes, _ = decode.load_feature(L.feature_path(root, 'image_boxes', item_id),
+                                     shapes['image_boxes'], bounds=o.bounds)
+      return {'image_regions': regions.astype(np.float16), 'image_boxes': boxes}
+
+    def video():
+      s3d, rows = decode.load_feature(L.feature_path(root, 'video_s3d', item_id),
+                                      shapes['video_s3d'], variable_axis=0, bounds=o.bounds)
+      return {'video_s3d': s3d.astype(np.float16), 'video_frames': np.int32(rows)}
+
+    def audio():
+      mel, frames = decode.load_feature(L.feature_path(root, 'audio_mel', item_id),
+                                        shapes['audio_mel'], variable_axis=1, bounds=o.bounds)
+      return {'audio_mel': mel.astype(np.float16), 'audio_frames': np.int32(frames)}
+  return {'image': image, 'video': video, 'audio': audio}
+
+
+def absent_media(o: ConvertOptions) -> dict:
+  """The fill values of an absent modality, per modality."""
+  if o.form == 'raw':
+    return {
+        'image': {'image': np.zeros((o.image_size, o.image_size, 3), np.uint8)},
+        'video': {'video': np.zeros((0, o.video_size, o.video_size, 3), np.uint8)},
+        'audio': {'audio_mel': np.zeros((decode.N_MELS, decode.MEL_FRAMES), np.float16),
+                  'audio_frames': np.int32(0)},
+    }
+  shapes = release.FEATURE_SHAPES
+  return {
+      'image': {'image_regions': np.zeros(shapes['image_regions'], np.float16),
+                'image_boxes': np.zeros(shapes['image_boxes'], np.float32)},
+      'video': {'video_s3d': np.zeros(shapes['video_s3d'], np.float16),
+                'video_frames': np.int32(0)},
+      'audio': {'audio_mel': np.zeros(shapes['audio_mel'], np.float16),
+                'audio_frames': np.int32(0)},
+  }
+
+
+def convert(split: str, item_id: str, record: Mapping, label_vocab: Mapping[str, int],
+            instance_id: str | None, o: ConvertOptions, tally) -> tuple[str, dict]:
+  """(item_id, annotation record) -> (key, example). Never raises for bad data.
+
+  Each absent modality increments '<split>/absent/<modality>/<reason>'.
+  """
+  label, label_name = label_of(record.get('label'), label_vocab)
+  example = {'item_id': item_id, 'label': label, 'label_name': label_name,
+             'instance': instance_of(instance_id), 'present': {},
+             'title': '', 'pv_keys': [], 'pv_values': []}
+
+  def attempt(modality, fn):
+    try:
+      values = fn()
+      example['present'][modality] = True
+      return values
+    except decode.Absent as e:
+      example['present'][modality] = False
+      tally.inc(f'{split}/absent/{modality}/{e.reason}')
+      return None
+
+  title = attempt('text', lambda: title_of(record))
+  if title is not None:
+    example['title'] = title
+  pairs = attempt('table', lambda: table_of(record))
+  if pairs is not None:
+    example['pv_keys'] = [k for k, _ in pairs]
+    example['pv_values'] = [v for _, v in pairs]
+  fill = absent_media(o)
+  for modality, fn in _media(item_id, o).items():
+    values = attempt(modality, fn)
+    example.update(values if values is not None else fill[modality])
+  tally.inc(f'{split}/items_written')
+  return item_id, example
+
+
+# ---------------------------------------------------------------- the record stream
+
+@dataclasses.dataclass(frozen=True)
+class SplitPlan:
+  """What one split needs from the annotations stream (picklable for Beam)."""
+  name: str
+  ids: frozenset            # safe ids listed for the split
+  listed_unsafe: int        # listed ids rejected as unsafe
+  listed_duplicates: int    # repeated lines in the id list
+
+
+def iter_split_records(annotations_path: str, plan: SplitPlan,
+                       tally) -> Iterator[tuple[str, dict]]:
+  """Streams the annotations once, yielding the split's (item_id, record).
+
+  Counts items_in and the rejections: unsafe / duplicate / unknown ids and
+  records that are not objects. items_in = items_written + rejected, exactly.
+  """
+  s = plan.name
+  for reason, n in (('unsafe_id', plan.listed_unsafe), ('duplicate_id', plan.listed_duplicates)):
+    if n:
+      tally.inc(f'{s}/items_in', n)
+      tally.inc(f'{s}/rejected/{reason}', n)
+  seen = set()
+  for item_id, record in release.iter_annotations(annotations_path):
+    if item_id not in plan.ids:
+      continue
+    tally.inc(f'{s}/items_in')
+    if item_id in seen:
+      tally.inc(f'{s}/rejected/duplicate_id')
+      continue
+    seen.add(item_id)
+    if not isinstance(record, dict):
+      tally.inc(f'{s}/rejected/malformed_record')
+      continue
+    yield item_id, record
+  unknown = len(plan.ids) - len(seen)
+  if unknown:
+    tally.inc(f'{s}/items_in', unknown)
+    tally.inc(f'{s}/rejected/unknown_id', unknown)
