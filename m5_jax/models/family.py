@@ -1,0 +1,169 @@
+"""The one model family: M5-MMT and the paper's baselines as configurations.
+
+Per configured modality m (plugin = m5_jax.modalities.get(m)):
+
+  batch[m] --plugin embedder--> tokens [B, L, D], token_mask [B, L]
+           (token 0 is the plugin's summary token: BOS or a learned [CLS])
+           --ModalityEncoder (config'd depth)--> [B, L, D]
+  all modalities --fusion (joint | single_stream | co_attention | none)--> [B, L, D]
+           --> pooled[m] = fused token 0; predictions[m] = plugin head(fused tokens)
+
+Missing modalities never take part: `present` is ANDed with `example_mask`, an
+absent modality's tokens and [CLS] are masked keys everywhere, its pooled
+vector is zero, and rows that can attend to nothing produce zeros, not NaN.
+
+Outputs (all float32 except masks):
+  pooled[m]          [B, D]  fused [CLS]: the retrieval / classification feature
+  encoder_pooled[m]  [B, D]  [CLS] after the modality encoder, before fusion
+                             (what the contrastive loss aligns by default: after a
+                             joint fusion an item's text and image [CLS] have seen
+                             each other, so contrasting them would leak the pair)
+  tokens[m] [B, L, D], token_mask[m] [B, L] (aligned with the plugin's targets),
+  present[m] [B]
+  predictions[m]     the plugin head's output on tokens[m] (if heads=True)
+  contrastive        {'log_scale': [], 'bias': []} learnable logit scale / bias
+  itm                {'logits', 'labels', 'valid'} [2B] when loss.itm_weight > 0
+                     and train=True (single stream / co-attention matching)
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from m5_jax import modalities
+from m5_jax.models import encoder as encoder_lib
+from m5_jax.models import fusion as fusion_lib
+from m5_jax.models import layers
+
+
+def encoder_depth(config, name: str) -> int:
+  """Depth of modality `name`'s encoder: config.modality.<m>.encoder_layers when set
+  (>= 0), else config.model.encoder_layers; always 0 for a single-stream model."""
+  if config.model.fusion == 'single_stream':
+    return 0
+  own = config.modality[name].get('encoder_layers', None) if name in config.modality else None
+  return int(own) if own is not None and own >= 0 else int(config.model.encoder_layers)
+
+
+def drop_modalities(rng, present: dict[str, jax.Array], rate: float) -> dict[str, jax.Array]:
+  """Drops each present modality of an item with prob `rate`, never its last one."""
+  names = list(present)
+  stacked = jnp.stack([present[m] for m in names], axis=-1)  # [B, M]
+  u = jax.random.uniform(rng, stacked.shape)
+  keep = stacked & (u >= rate)
+  # An item that would lose everything keeps one present modality, chosen at random.
+  fallback = jax.nn.one_hot(jnp.argmax(jnp.where(stacked, u, -1.0), axis=-1), len(names),
+                            dtype=jnp.bool_) & stacked
+  keep = jnp.where(keep.any(axis=-1, keepdims=True), keep, fallback)
+  return {m: keep[:, i] for i, m in enumerate(names)}
+
+
+class M5Model(nn.Module):
+  """See the module docstring. `config` is the full (frozen) experiment config."""
+  config: ml_collections.FrozenConfigDict
+
+  def setup(self):
+    cfg, mcfg = self.config, self.config.model
+    self.names = tuple(cfg.modalities)
+    if not self.names:
+      raise ValueError('config.modalities is empty')
+    spec = layers.make_spec(mcfg)
+    self.word_embed = nn.Embed(
+        mcfg.vocab_size, mcfg.hidden, param_dtype=jnp.float32,
+        embedding_init=layers.partitioned(layers.dense_init(), (layers.VOCAB, layers.EMBED)),
+        name='word_embed')
+    # What the plugins share (see m5_jax/modalities/base.py).
+    shared = {'word_embed': self.word_embed, 'dtype': spec.compute_dtype,
+              'dropout_rate': mcfg.dropout}
+    plugins = {m: modalities.get(m) for m in self.names}
+    self.embedders = {m: plugins[m].embedder(cfg.modality[m], mcfg.hidden, shared)
+                      for m in self.names}
+    self.encoders = {m: encoder_lib.ModalityEncoder(spec, encoder_depth(cfg, m), mcfg.cls_token)
+                     for m in self.names}
+    self.fusion = fusion_lib.make(mcfg.fusion, spec, mcfg.fusion_layers, self.names)
+    self.heads = {m: plugins[m].head(cfg.modality[m], mcfg.hidden, shared) for m in self.names}
+    self.log_scale = self.param(
+        'contrastive_log_scale', layers.partitioned(nn.initializers.constant(
+            math.log(1.0 / cfg.loss.temperature_init)), ()), (), jnp.float32)
+    self.bias = self.param(
+        'contrastive_bias', layers.partitioned(nn.initializers.constant(
+            cfg.loss.sigmoid_bias_init), ()), (), jnp.float32)
+    if self.itm_enabled:
+      self.itm_head = nn.Dense(1, param_dtype=jnp.float32,
+                               kernel_init=layers.partitioned(layers.dense_init(),
+                                                              (layers.EMBED, None)),
+                               name='itm_head')
+
+  @property
+  def itm_enabled(self) -> bool:
+    return self.config.loss.itm_weight > 0
+
+  def __call__(self, batch, train: bool = False, heads: bool = True):
+    mcfg = self.config.model
+    deterministic = not train
+    example_mask = batch['example_mask'].astype(jnp.bool_)
+    present = {m: batch[m]['present'].astype(jnp.bool_) & example_mask for m in self.names}
+    if train and mcfg.modality_dropout > 0:
+      present = drop_modalities(self.make_rng('dropout'), present, mcfg.modality_dropout)
+
+    streams, num_prefix = {}, {}
+    for m in self.names:
+      tokens, token_mask = self.embedders[m](batch[m], deterministic=deterministic)
+      x, mask = self.encoders[m](tokens, token_mask.astype(jnp.bool_), present[m],
+                                 deterministic=deterministic)
+      streams[m] = (x, mask)
+      num_prefix[m] = self.encoders[m].num_prefix
+    fused = self.fusion(streams, deterministic=deterministic)
+
+    out = {'pooled': {}, 'encoder_pooled': {}, 'tokens': {}, 'token_mask': {}, 'present': present,
+           'predictions': {}}
+    for m in self.names:
+      keep = present[m][:, None]
+      p = num_prefix[m]
+      out['encoder_pooled'][m] = jnp.where(keep, streams[m][0][:, 0], 0.0).astype(jnp.float32)
+      out['pooled'][m] = jnp.where(keep, fused[m][:, 0], 0.0).astype(jnp.float32)
+      out['tokens'][m] = fused[m][:, p:]
+      out['token_mask'][m] = streams[m][1][:, p:]
+      if heads:
+        out['predictions'][m] = self.heads[m](out['tokens'][m])
+    out['contrastive'] = {'log_scale': self.log_scale, 'bias': self.bias}
+    if self.itm_enabled and (train or self.is_initializing()):
+      out['itm'] = self._image_text_matching(streams, fused, present, deterministic)
+    return out
+
+  def _image_text_matching(self, streams, fused, present, deterministic):
+    """Matched vs mismatched pairs: the first modality (the anchor, e.g. text) with
+    every other modality rolled by one item along the (global) batch.
+
+    The positive pass is the main forward pass; the negative pass reruns only the
+    fusion on the rolled streams. Labels: 1 matched, 0 mismatched; an item counts
+    when its anchor and at least one other (rolled) modality are present.
+    """
+    anchor, others = self.names[0], self.names[1:]
+    if not others:
+      raise ValueError('image-text matching needs at least two modalities')
+    rolled = {m: (s if m == anchor else jax.tree.map(lambda a: jnp.roll(a, 1, axis=0), s))
+              for m, s in streams.items()}
+    negative = self.fusion(rolled, deterministic=deterministic)
+    other_present = jnp.stack([present[m] for m in others], -1)
+    valid_pos = present[anchor] & other_present.any(-1)
+    valid_neg = present[anchor] & jnp.roll(other_present, 1, axis=0).any(-1)
+    logits = jnp.concatenate([self.itm_head(fused[anchor][:, 0]),
+                              self.itm_head(negative[anchor][:, 0])], axis=0)[:, 0]
+    labels = jnp.concatenate([jnp.ones_like(valid_pos), jnp.zeros_like(valid_neg)])
+    return {'logits': logits.astype(jnp.float32), 'labels': labels.astype(jnp.float32),
+            'valid': jnp.concatenate([valid_pos, valid_neg])}
+
+
+def build(config) -> M5Model:
+  """The model for a config (full experiment config with modalities/modality/model/loss)."""
+  if config.model.fusion not in fusion_lib.FUSIONS:
+    raise ValueError(f'unknown model.fusion {config.model.fusion!r}; '
+                     f'expected one of {fusion_lib.FUSIONS}')
+  if not isinstance(config, ml_collections.FrozenConfigDict):
+    config = ml_collections.FrozenConfigDict(config)
+  return M5Model(config)

@@ -1,0 +1,218 @@
+"""Pretraining objectives: masking, masked modeling, contrastive, matching, SCALE.
+
+  mask_batch(batch, rng, config) -> (masked_batch, targets)
+  losses(outputs, targets, batch, config) -> {term: (numerator, denominator)}
+  total_loss(terms, config) -> scalar = sum_k weight_k * num_k / max(den_k, 1)
+
+Terms (fp32 sums over the GLOBAL batch; under jit with batch-sharded global
+arrays every reduction, including the [B, B] contrastive logits, is global):
+
+  masked_<m>             the plugin's masked_loss on masked tokens of modality m;
+                         denominator = global count of masked tokens.
+  contrastive_<a>_<b>    every pair of configured modalities (config order);
+                         softmax InfoNCE (both directions averaged) or sigmoid
+                         (SigLIP: sum over each row, mean over rows). An item
+                         missing a or b is removed from rows AND columns.
+                         Denominator = number of valid rows.
+  itm                    image-text matching (binary cross-entropy) for single
+                         and dual stream models.
+
+SCALE (config.loss.scale_weighting): per item, G = cosine-similarity matrix of
+its present modalities' vectors, G <- G @ softmax(G) (softmax row-wise, matrix
+product), rows L2-normalised; absent modalities are left out of G (their rows
+and columns are zero). G from the contrastive vectors scales the logits of pair
+(a, b): row i of the a->b logits by G_i[a, b], of b->a by G_i[b, a]. The diagonal
+of a second G from the fused vectors scales each item's masked-modeling loss
+(the denominator stays the unweighted token count). The weights are computed
+under stop_gradient: they re-weight the tasks per sample; letting gradients flow
+through them would let the model lower its loss by shrinking its own weights.
+"""
+from __future__ import annotations
+
+import itertools
+import zlib
+
+import jax
+import jax.numpy as jnp
+
+from m5_jax import modalities
+
+EPS = 1e-6
+
+
+# ----------------------------------------------------------------- term names
+def pairs(config) -> list[tuple[str, str]]:
+  return list(itertools.combinations(config.modalities, 2))
+
+
+def term_names(config) -> list[str]:
+  names = [f'masked_{m}' for m in config.modalities]
+  names += [f'contrastive_{a}_{b}' for a, b in pairs(config)]
+  return names + ['itm']
+
+
+def term_weight(config, name: str) -> float:
+  """config.loss.weights.<name> if set, else the default weight of its kind."""
+  overrides = config.loss.get('weights', None) or {}
+  unknown = set(overrides) - set(term_names(config))
+  if unknown:
+    raise ValueError(f'config.loss.weights has unknown term(s) {sorted(unknown)}; '
+                     f'known: {", ".join(term_names(config))}')
+  if name in overrides:
+    return float(overrides[name])
+  if name.startswith('masked_'):
+    return float(config.loss.masked_weight)
+  if name.startswith('contrastive_'):
+    return float(config.loss.contrastive_weight)
+  if name == 'itm':
+    return float(config.loss.itm_weight)
+  raise ValueError(f'unknown loss term {name!r}')
+
+
+# ------------------------------------------------------------------- masking
+def _modality_seed(name: str) -> int:
+  # Stable per-name stream: adding a modality does not change another's masks.
+  return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+def mask_batch(batch, rng, config):
+  """Applies each plugin's mask_for_pretraining (rng folded per modality).
+
+  A modality whose masked-modeling weight is 0 is left unmasked and gets no
+  targets (e.g. CLIP trains on clean inputs).
+  """
+  masked, targets = dict(batch), {}
+  for m in config.modalities:
+    if term_weight(config, f'masked_{m}') == 0:
+      continue
+    plugin = modalities.get(m)
+    masked[m], targets[m] = plugin.mask_for_pretraining(
+        batch[m], jax.random.fold_in(rng, _modality_seed(m)), config.modality[m])
+  return masked, targets
+
+
+# --------------------------------------------------------------- contrastive
+def l2_normalize(x, axis=-1):
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), EPS * EPS))
+
+
+def pair_logits(za, zb, log_scale, max_log_scale=None):
+  """[B, B] fp32 logits exp(log_scale) * <za_i, zb_j> of L2-normalised vectors."""
+  if max_log_scale is not None:
+    log_scale = jnp.minimum(log_scale, max_log_scale)
+  sim = jnp.einsum('id,jd->ij', l2_normalize(za), l2_normalize(zb),
+                   precision=jax.lax.Precision.HIGHEST)
+  return jnp.exp(log_scale.astype(jnp.float32)) * sim
+
+
+def softmax_contrastive(logits, valid, row_scale_ab=None, row_scale_ba=None):
+  """InfoNCE over valid items, both directions averaged. -> (sum over valid rows, count)."""
+  valid = valid.astype(jnp.bool_)
+  pair_valid = valid[:, None] & valid[None, :]
+
+  def direction(l, scale):
+    if scale is not None:
+      l = l * scale[:, None]
+    l = jnp.where(pair_valid, l, jnp.finfo(jnp.float32).min)
+    return -jnp.diagonal(jax.nn.log_softmax(l, axis=-1))
+
+  per_row = 0.5 * (direction(logits, row_scale_ab) + direction(logits.T, row_scale_ba))
+  return jnp.sum(jnp.where(valid, per_row, 0.0)), jnp.sum(valid).astype(jnp.float32)
+
+
+def sigmoid_contrastive(logits, bias, valid, row_scale=None):
+  """SigLIP over valid items: sum over each row, mean over rows -> (sum, count)."""
+  valid = valid.astype(jnp.bool_)
+  pair_valid = valid[:, None] & valid[None, :]
+  if row_scale is not None:
+    logits = logits * row_scale[:, None]
+  labels = 2.0 * jnp.eye(logits.shape[0], dtype=jnp.float32) - 1.0
+  per_pair = -jax.nn.log_sigmoid(labels * (logits + bias))
+  per_row = jnp.sum(jnp.where(pair_valid, per_pair, 0.0), axis=-1)
+  return jnp.sum(jnp.where(valid, per_row, 0.0)), jnp.sum(valid).astype(jnp.float32)
+
+
+# --------------------------------------------------------------------- SCALE
+def self_harmonised_weights(vectors, present):
+  """vectors [B, M, D], present [B, M] -> G [B, M, M] (see module docstring)."""
+  present = present.astype(jnp.bool_)
+  pm = present[:, :, None] & present[:, None, :]
+  z = l2_normalize(vectors)
+  g = jnp.where(pm, jnp.einsum('bmd,bnd->bmn', z, z, precision=jax.lax.Precision.HIGHEST), 0.0)
+  s = jax.nn.softmax(jnp.where(pm, g, jnp.finfo(jnp.float32).min), axis=-1)
+  s = jnp.where(pm, s, 0.0)
+  g = jnp.einsum('bmn,bnk->bmk', g, s, precision=jax.lax.Precision.HIGHEST)
+  g = l2_normalize(g)
+  return jnp.where(pm, g, 0.0)
+
+
+def _stacked(vectors: dict, present: dict, names):
+  return (jnp.stack([vectors[m] for m in names], axis=1),
+          jnp.stack([present[m] for m in names], axis=1))
+
+
+# -------------------------------------------------------------------- losses
+def losses(outputs, targets, batch, config):
+  """{term: (numerator, denominator)}, fp32 sums over the global batch."""
+  del batch  # presence (incl. example_mask and modality dropout) comes from outputs
+  lcfg, names = config.loss, tuple(config.modalities)
+  present = outputs['present']
+  terms = {}
+  contrastive_vectors = outputs['encoder_pooled' if lcfg.contrastive_on == 'encoder' else 'pooled']
+  if lcfg.contrastive_on not in ('encoder', 'fusion'):
+    raise ValueError(f"loss.contrastive_on must be 'encoder' or 'fusion', got {lcfg.contrastive_on!r}")
+
+  g_masked = g_pairs = None
+  if lcfg.scale_weighting:
+    g_pairs = jax.lax.stop_gradient(self_harmonised_weights(
+        *_stacked(contrastive_vectors, present, names)))
+    g_masked = jax.lax.stop_gradient(self_harmonised_weights(
+        *_stacked(outputs['pooled'], present, names)))
+
+  for m in names:
+    if m not in targets or term_weight(config, f'masked_{m}') == 0:
+      continue
+    plugin = modalities.get(m)
+    # Never learn on tokens the model could not see (absent, padding, dropped).
+    weights = targets[m]['weights'] * outputs['token_mask'][m].astype(jnp.float32)
+    t = dict(targets[m], weights=weights)
+    num, den = plugin.masked_loss(outputs['predictions'][m], t, config.modality[m])
+    if g_masked is not None:
+      i = names.index(m)
+      t_scaled = dict(t, weights=weights * g_masked[:, i, i][:, None])
+      num, _ = plugin.masked_loss(outputs['predictions'][m], t_scaled, config.modality[m])
+    terms[f'masked_{m}'] = (num.astype(jnp.float32), den.astype(jnp.float32))
+
+  for a, b in pairs(config):
+    name = f'contrastive_{a}_{b}'
+    if term_weight(config, name) == 0:
+      continue
+    logits = pair_logits(contrastive_vectors[a], contrastive_vectors[b],
+                         outputs['contrastive']['log_scale'], lcfg.max_log_scale)
+    valid = present[a] & present[b]
+    ia, ib = names.index(a), names.index(b)
+    scale_ab = g_pairs[:, ia, ib] if g_pairs is not None else None
+    scale_ba = g_pairs[:, ib, ia] if g_pairs is not None else None
+    if lcfg.contrastive == 'softmax':
+      terms[name] = softmax_contrastive(logits, valid, scale_ab, scale_ba)
+    elif lcfg.contrastive == 'sigmoid':
+      terms[name] = sigmoid_contrastive(logits, outputs['contrastive']['bias'], valid, scale_ab)
+    else:
+      raise ValueError(f"loss.contrastive must be 'softmax' or 'sigmoid', got {lcfg.contrastive!r}")
+
+  if term_weight(config, 'itm') > 0 and 'itm' in outputs:
+    itm = outputs['itm']
+    logits, labels = itm['logits'].astype(jnp.float32), itm['labels']
+    bce = -(labels * jax.nn.log_sigmoid(logits) + (1 - labels) * jax.nn.log_sigmoid(-logits))
+    terms['itm'] = (jnp.sum(jnp.where(itm['valid'], bce, 0.0)),
+                    jnp.sum(itm['valid']).astype(jnp.float32))
+  return terms
+
+
+def total_loss(terms, config):
+  """sum_k weight_k * num_k / max(den_k, 1); a term with no items contributes 0."""
+  total = jnp.float32(0.0)
+  for name, (num, den) in terms.items():
+    total += term_weight(config, name) * num / jnp.maximum(den, 1.0)
+  return total
