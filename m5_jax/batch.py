@@ -21,9 +21,11 @@ One sub-dict per configured modality (only the modalities in config.modalities):
           tokenizer's BOS, padded with 0.
   table   present bool[B]; ids int32[B, Lp]; mask bool[B, Lp];
           span int32[B, Lp]   1-based index of the key or value span a token belongs
-                              to (0 = padding), so a whole key or value is masked.
-          is_value bool[B, Lp] True for value tokens, False for key tokens.
-          Lp = config.modality.table.max_len (paper: 64).
+                              to (keys odd, values even; 0 = BOS or padding), so a
+                              whole key or value is masked.
+          is_value bool[B, Lp] True for value tokens, False for key tokens and BOS.
+          Lp = config.modality.table.max_len (paper: 64). ids = BOS, key_1 tokens,
+          value_1 tokens, ...; cut between two (key, value) pairs.
   image   form 'raw':      present; pixels uint8[B, S, S, 3] (S = image_size)
           form 'features': present; regions float32[B, R, 2048]; boxes float32[B, R, 5];
                            mask bool[B, R]   (R = 36 regions)

@@ -1,28 +1,60 @@
 """Modality plugins, one file each. See base.py for the contract.
 
-`get(name)` imports `m5_jax.modalities.<name>` and returns its `PLUGIN`, so a new
-modality needs no registration code: drop in the file and list it in the config.
+`get(name)` returns the plugin for a modality name:
+  1. a plugin registered earlier (by `register`, or by `get(module_path)`);
+  2. `PLUGIN` of the module `m5_jax.modalities.<name>`: a new built-in modality
+     needs no registration code, just the file and the config lines;
+  3. `PLUGIN` of the module at `name` taken as an import path (e.g.
+     'my_project.rating'): a plugin outside this package. It is then registered
+     under its own `PLUGIN.name`, which is the key to use in config.modalities
+     and config.modality.
 """
 from __future__ import annotations
 
-import functools
 import importlib
 
 from m5_jax.modalities.base import Modality
 
 BUILTIN = ('text', 'table', 'image', 'video', 'audio')
 
+_registry: dict[str, Modality] = {}
 
-@functools.cache
-def get(name: str) -> Modality:
-  try:
-    module = importlib.import_module(f'm5_jax.modalities.{name}')
-  except ModuleNotFoundError as e:
-    if e.name != f'm5_jax.modalities.{name}':
-      raise
-    raise ValueError(f'unknown modality {name!r}: no file m5_jax/modalities/{name}.py '
-                     f'(built in: {", ".join(BUILTIN)})') from None
+
+def register(plugin: Modality) -> Modality:
+  """Makes `plugin` reachable as get(plugin.name). Re-registering the same object is a no-op."""
+  known = _registry.get(plugin.name)
+  if known is not None and known is not plugin:
+    raise ValueError(f'modality {plugin.name!r} is already registered by {known!r}')
+  _registry[plugin.name] = plugin
+  return plugin
+
+
+def _plugin_of(module, where: str) -> Modality:
   plugin = getattr(module, 'PLUGIN', None)
   if plugin is None:
-    raise ValueError(f'm5_jax/modalities/{name}.py defines no PLUGIN')
+    raise ValueError(f'{where} defines no PLUGIN')
   return plugin
+
+
+def get(name: str) -> Modality:
+  if name in _registry:
+    return _registry[name]
+  builtin_path = f'm5_jax.modalities.{name}'
+  try:
+    module = importlib.import_module(builtin_path)
+  except ModuleNotFoundError as e:
+    if e.name != builtin_path:
+      raise
+  else:
+    plugin = _plugin_of(module, f'm5_jax/modalities/{name}.py')
+    if plugin.name != name:
+      raise ValueError(f'm5_jax/modalities/{name}.py: PLUGIN.name is {plugin.name!r}, not {name!r}')
+    return register(plugin)
+  try:
+    module = importlib.import_module(name)
+  except ModuleNotFoundError as e:
+    if e.name is None or not name.startswith(e.name):
+      raise
+    raise ValueError(f'unknown modality {name!r}: no file m5_jax/modalities/{name}.py and no '
+                     f'importable module {name!r} (built in: {", ".join(BUILTIN)})') from None
+  return register(_plugin_of(module, f'module {name}'))

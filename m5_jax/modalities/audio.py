@@ -1,0 +1,135 @@
+"""Audio (the video's soundtrack): an 80 x 751 log-mel spectrogram, two ways to embed it.
+
+Both forms read the same batch field (mel float32[80, 751] + valid-frame mask);
+frames past the valid length are zeroed before embedding and in targets.
+
+form 'features': the paper's 80 tokens, one per mel bin, each its 751-d row of
+                 frames. Masked audio modeling zeroes rows; target = the row.
+form 'raw':      time patches of `patch_frames` frames x 80 bins (751 frames ->
+                 47 tokens at 16). Masked audio modeling zeroes the patch;
+                 target = the patch's values.
+Targets are normalised per token by default (log-mel has a large offset).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from m5_jax.modalities import base
+
+
+def _num_patches(cfg) -> int:
+  return -(-cfg.mel_frames // cfg.patch_frames)
+
+
+def valid_mel(inputs):
+  """mel [B, bins, frames] with invalid frames zeroed."""
+  return jnp.where(inputs['mask'][:, None, :], inputs['mel'].astype(jnp.float32), 0.0)
+
+
+def time_patches(mel, patch_frames: int):
+  """[B, bins, frames] -> [B, ceil(frames/p), p*bins] (frames padded with zeros)."""
+  b, bins, frames = mel.shape
+  n = -(-frames // patch_frames)
+  x = jnp.pad(mel, [(0, 0), (0, 0), (0, n * patch_frames - frames)])
+  return x.transpose(0, 2, 1).reshape(b, n, patch_frames * bins)
+
+
+def patch_mask(frame_mask, patch_frames: int):
+  """bool[B, frames] -> bool[B, patches]: a patch is real if any of its frames is."""
+  b, frames = frame_mask.shape
+  n = -(-frames // patch_frames)
+  m = jnp.pad(frame_mask, [(0, 0), (0, n * patch_frames - frames)])
+  return m.reshape(b, n, patch_frames).any(-1)
+
+
+class MelEmbedder(nn.Module):
+  """Projection of mel rows (features) or time patches (raw), + positions."""
+  cfg: ml_collections.ConfigDict
+  hidden: int
+  shared: Any
+
+  @nn.compact
+  def __call__(self, inputs, *, deterministic: bool):
+    dtype = base.compute_dtype(self.shared)
+    tokens, mask = PLUGIN.content_features(inputs, self.cfg), PLUGIN.content_mask(inputs, self.cfg)
+    x = base.dense(self.hidden, (None, 'embed'), dtype, name='project')(tokens.astype(dtype))
+    return base.FinishTokens(add_cls=True, dtype=dtype, name='finish',
+                             dropout_rate=self.shared.get('dropout_rate', 0.0))(
+                                 x, mask, inputs['present'], deterministic=deterministic)
+
+
+class Audio(base.MaskedFeatureModality):
+  """The audio modality plugin (see base.Modality)."""
+  name = 'audio'
+  code = 'a'
+
+  def default_config(self) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({
+        'form': 'raw',             # 'raw' (time patches) | 'features' (80 mel-bin rows)
+        'mel_bins': 80,
+        'mel_frames': 751,         # 12 s at 16 kHz, hop 256
+        'patch_frames': 16,        # raw: frames per time patch
+        'mask_prob': 0.15,         # share of real tokens masked, at least one
+        'target': 'regression',    # 'regression' | 'classification' (in-batch NCE)
+        'normalize_target': True,
+        'nce_temperature': 0.07,
+        'encoder_layers': None,
+    })
+
+  def batch_spec(self, cfg):
+    base.check_form(self.name, cfg)
+    return {'present': ((), 'bool'), 'mel': ((cfg.mel_bins, cfg.mel_frames), 'float32'),
+            'mask': ((cfg.mel_frames,), 'bool')}
+
+  def num_tokens(self, cfg) -> int:
+    return 1 + (_num_patches(cfg) if base.check_form(self.name, cfg) == 'raw' else cfg.mel_bins)
+
+  def preprocess(self, example, cfg, tokenizer):
+    del tokenizer
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    bins, frames = cfg.mel_bins, cfg.mel_frames
+    present = tf.cast(example['present']['audio'], tf.bool)
+    mel = tf.cast(example['audio_mel'], tf.float32)[:bins, :frames]
+    shape = tf.shape(mel)
+    valid = tf.minimum(tf.cast(example['audio_frames'], tf.int32), shape[1])
+    present = tf.logical_and(present, valid > 0)
+    mask = tf.logical_and(present, tf.range(frames) < valid)
+    mel = tf.pad(mel, [[0, bins - shape[0]], [0, frames - shape[1]]])
+    mel = tf.where(mask[None, :], mel, tf.zeros_like(mel))
+    mel.set_shape([bins, frames])
+    return {'present': present, 'mel': mel, 'mask': mask}
+
+  def embedder(self, cfg, hidden, shared):
+    base.check_form(self.name, cfg)
+    return MelEmbedder(cfg, hidden, shared)
+
+  # --- base.MaskedFeatureModality hooks ---------------------------------------
+
+  def feature_dim(self, cfg) -> int:
+    return cfg.patch_frames * cfg.mel_bins if cfg.form == 'raw' else cfg.mel_frames
+
+  def content_mask(self, inputs, cfg):
+    if cfg.form == 'raw':
+      return patch_mask(inputs['mask'], cfg.patch_frames)
+    rows = inputs['mel'].shape[1]
+    return jnp.broadcast_to(inputs['mask'].any(-1, keepdims=True), (inputs['mask'].shape[0], rows))
+
+  def content_features(self, inputs, cfg):
+    mel = valid_mel(inputs)
+    return time_patches(mel, cfg.patch_frames) if cfg.form == 'raw' else mel
+
+  def zero_content(self, inputs, selected, cfg):
+    if cfg.form == 'raw':
+      frames = inputs['mel'].shape[2]
+      frame_sel = jnp.repeat(selected, cfg.patch_frames, axis=1)[:, :frames]
+      inputs['mel'] = jnp.where(frame_sel[:, None, :], 0.0, inputs['mel'])
+    else:
+      inputs['mel'] = jnp.where(selected[:, :, None], 0.0, inputs['mel'])
+    return inputs
+
+
+PLUGIN = Audio()
