@@ -1,0 +1,234 @@
+"""Per-modality features of a split from a checkpoint, computed once and cached.
+
+`SplitFeatures` holds, for every item of a split (row = the item's `index`, its
+position in the TFDS split): one pooled vector per modality (`out['pooled'][m]`),
+its presence flag, the label and the instance id. `combine` builds the feature
+of a modality subset (DESIGN.md section 3): the sum of the subset's *present*
+modality vectors; items with none of them present are flagged, and missing
+modalities are counted.
+
+`FeatureStore` embeds splits from one checkpoint step and caches them under
+`<workdir>/eval_cache/step_<N>/<kind>/<split>/` (kind: pooled or
+encoder_pooled) (npy per modality + meta.json, written
+atomically), so the gallery is embedded once for every query set and every
+evaluator. Embedding runs sharded over every device (and host): each process
+loads its rows of each global eval batch, the model runs under jit on the mesh,
+and the outputs are gathered; padding rows (`example_mask` False) are dropped
+and every index must be seen exactly once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from m5_jax.evaluate import search
+
+CACHE_DIR = 'eval_cache'
+BUILTIN_CODES = {'t': 'text', 'p': 'table', 'i': 'image', 'v': 'video', 'a': 'audio'}
+NORMALIZE_CHOICES = ('modality', 'none')
+
+
+# ----------------------------------------------------------------------------- subsets
+
+
+def modality_codes(names: Iterable[str]) -> dict[str, str]:
+  """{one-letter code: modality name} for `names` (plugins define their code)."""
+  out = {}
+  for name in names:
+    code = next((c for c, n in BUILTIN_CODES.items() if n == name), None)
+    if code is None:
+      from m5_jax import modalities  # pylint: disable=g-import-not-at-top
+      code = modalities.get(name).code
+    out[code] = name
+  return out
+
+
+def parse_subset(text: str, available: Sequence[str]) -> tuple[str, ...]:
+  """'IT' or 'i+t' -> ('image', 'text') in `available` order; errors name the codes."""
+  codes = modality_codes(available)
+  letters = text.replace('+', '').strip().lower()
+  if letters in ('all', '*'):
+    return tuple(available)
+  unknown = [c for c in letters if c not in codes]
+  if not letters or unknown:
+    from m5_jax import config_lib  # pylint: disable=g-import-not-at-top
+    raise config_lib.ConfigError(f'bad modality set {text!r}: use letters of '
+                     f'{", ".join(f"{c.upper()}={n}" for c, n in codes.items())} (or "all")')
+  chosen = {codes[c] for c in letters}
+  return tuple(m for m in available if m in chosen)
+
+
+def subset_label(subset: Sequence[str]) -> str:
+  """('image', 'text') -> 'I+T' (the paper's row names)."""
+  inverse = {n: c for c, n in BUILTIN_CODES.items()}
+  return '+'.join((inverse.get(m) or m).upper() for m in subset)
+
+
+# ----------------------------------------------------------------------------- features
+
+
+@dataclasses.dataclass
+class Combined:
+  """A modality subset's features for every item of a split."""
+  features: np.ndarray     # f32[N, D]: sum of the present modalities' vectors
+  has_any: np.ndarray      # bool[N]: at least one modality of the subset present
+  missing: dict[str, int]  # per modality of the subset: items without it
+
+
+@dataclasses.dataclass
+class SplitFeatures:
+  """Per-modality pooled vectors of every item of one split, row = item index."""
+  pooled: dict[str, np.ndarray]    # modality -> f32[N, D]
+  present: dict[str, np.ndarray]   # modality -> bool[N]
+  label: np.ndarray                # int[N], -1 unknown
+  instance: np.ndarray             # int[N], -1 unknown
+
+  @property
+  def num_items(self) -> int:
+    return len(self.label)
+
+  @property
+  def modalities(self) -> tuple[str, ...]:
+    return tuple(self.pooled)
+
+  def combine(self, subset: Sequence[str], normalize: str = 'modality') -> Combined:
+    """Sum over the present modalities of `subset` (L2-normalised first if 'modality').
+
+    normalize='modality' puts every modality on the unit sphere before summing, so
+    no modality dominates by norm (the contrastive objectives compare normalised
+    vectors); 'none' sums the raw pooled outputs.
+    """
+    if normalize not in NORMALIZE_CHOICES:
+      raise ValueError(f'normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}')
+    missing_names = [m for m in subset if m not in self.pooled]
+    if missing_names:
+      raise ValueError(f'modalities {missing_names} were not embedded (have {self.modalities})')
+    dim = self.pooled[subset[0]].shape[1]
+    total = np.zeros((self.num_items, dim), np.float32)
+    has_any = np.zeros((self.num_items,), bool)
+    missing = {}
+    for m in subset:
+      vectors, present = self.pooled[m], self.present[m]
+      if normalize == 'modality':
+        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-6)
+      total += np.where(present[:, None], vectors, 0.0)
+      has_any |= present
+      missing[m] = int((~present).sum())
+    return Combined(total, has_any, missing)
+
+  # --- cache files ---------------------------------------------------------
+  def save(self, directory: str) -> None:
+    """Writes npy files + meta.json atomically (a temp dir renamed into place)."""
+    tmp = directory.rstrip('/') + f'.tmp{os.getpid()}'
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    for m in self.modalities:
+      np.save(os.path.join(tmp, f'pooled_{m}.npy'), self.pooled[m])
+      np.save(os.path.join(tmp, f'present_{m}.npy'), self.present[m])
+    np.save(os.path.join(tmp, 'label.npy'), self.label)
+    np.save(os.path.join(tmp, 'instance.npy'), self.instance)
+    with open(os.path.join(tmp, 'meta.json'), 'w') as f:
+      json.dump({'modalities': list(self.modalities), 'num_items': self.num_items}, f)
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(os.path.dirname(directory), exist_ok=True)
+    os.replace(tmp, directory)
+
+  @classmethod
+  def load(cls, directory: str, mmap: bool = True) -> 'SplitFeatures':
+    with open(os.path.join(directory, 'meta.json')) as f:
+      meta = json.load(f)
+    mode = 'r' if mmap else None
+    load = lambda name: np.load(os.path.join(directory, name), mmap_mode=mode)
+    return cls(pooled={m: load(f'pooled_{m}.npy') for m in meta['modalities']},
+               present={m: np.asarray(load(f'present_{m}.npy')) for m in meta['modalities']},
+               label=np.asarray(load('label.npy')), instance=np.asarray(load('instance.npy')))
+
+
+# ----------------------------------------------------------------------------- embedding
+
+# (params, global batch) -> {'pooled': {m: [B, D]}, 'present': {m: [B]}}
+ApplyFn = Callable[[Any, Mapping[str, Any]], Mapping[str, Any]]
+
+
+def embed_batches(apply_fn: ApplyFn, params: Any, batches: Iterable[Mapping[str, Any]],
+                  num_items: int, modalities: Sequence[str], *, log_every_s: float = 30.0,
+                  split: str = '') -> SplitFeatures:
+  """Runs `apply_fn` over global eval batches and places each row at its `index`.
+
+  Padding rows are dropped; an index seen twice or never is an error (the eval
+  iterator must cover the split exactly once).
+  """
+  pooled: dict[str, np.ndarray] = {}
+  present = {m: np.zeros((num_items,), bool) for m in modalities}
+  label = np.full((num_items,), -1, np.int64)
+  instance = np.full((num_items,), -1, np.int64)
+  seen = np.zeros((num_items,), bool)
+  start = last_log = time.time()
+  for batch in batches:
+    out = apply_fn(params, batch)
+    mask = search.fetch(batch['example_mask']).astype(bool)
+    index = search.fetch(batch['index'])[mask]
+    if (index < 0).any() or (index >= num_items).any():
+      raise ValueError(f'{split}: batch index outside [0, {num_items})')
+    if seen[index].any():
+      raise ValueError(f'{split}: items {index[seen[index]][:5].tolist()} seen twice')
+    seen[index] = True
+    label[index] = search.fetch(batch['label'])[mask]
+    instance[index] = search.fetch(batch['instance'])[mask]
+    for m in modalities:
+      vectors = search.fetch(out['pooled'][m])[mask]
+      if m not in pooled:
+        pooled[m] = np.zeros((num_items, vectors.shape[1]), np.float32)
+      pooled[m][index] = vectors
+      present[m][index] = search.fetch(out['present'][m])[mask]
+    if time.time() - last_log > log_every_s:
+      last_log = time.time()
+      done = int(seen.sum())
+      rate = done / (last_log - start)
+      logging.info('embed %s: %d/%d items, %.1f items/s, ETA %.0f s', split, done, num_items,
+                   rate, (num_items - done) / max(rate, 1e-9))
+  if not seen.all():
+    raise ValueError(f'{split}: {int((~seen).sum())} of {num_items} items never embedded')
+  logging.info('embed %s: %d items in %.1f s', split, num_items, time.time() - start)
+  for m in modalities:
+    pooled.setdefault(m, np.zeros((num_items, 0), np.float32))
+  return SplitFeatures(pooled=pooled, present=present, label=label, instance=instance)
+
+
+def cache_dir(workdir: str, step: int, split: str, kind: str = 'pooled') -> str:
+  return os.path.join(workdir, CACHE_DIR, f'step_{step:08d}', kind, split)
+
+
+class FeatureStore:
+  """Features of splits at one checkpoint step, cached on disk per (step, split).
+
+  `embed(split) -> SplitFeatures` is called only on a cache miss (see
+  `m5_jax.evaluate.model_features.Embedder` for the model-backed one).
+  """
+
+  def __init__(self, workdir: str, step: int, embed: Callable[[str], SplitFeatures],
+               kind: str = 'pooled'):
+    self.workdir, self.step, self._embed, self.kind = workdir, step, embed, kind
+    self._memory: dict[str, SplitFeatures] = {}
+
+  def get(self, split: str) -> SplitFeatures:
+    if split in self._memory:
+      return self._memory[split]
+    directory = cache_dir(self.workdir, self.step, split, self.kind)
+    if os.path.isfile(os.path.join(directory, 'meta.json')):
+      logging.info('features %s at step %d: cached in %s', split, self.step, directory)
+      features = SplitFeatures.load(directory)
+    else:
+      features = self._embed(split)
+      if jax.process_index() == 0:
+        features.save(directory)
+    self._memory[split] = features
+    return features

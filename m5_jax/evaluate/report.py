@@ -1,0 +1,271 @@
+"""Evaluation outputs: JSON, TensorBoard, Markdown tables in the paper's layout, PNG plots.
+
+Per task and step (written by process 0 only):
+  <workdir>/eval/<task>/step_<N>.json      all numbers of that evaluation
+  <workdir>/eval/<task>/results.md         its table(s) for the latest step evaluated
+  <workdir>/eval/<task>/events.*           TensorBoard scalars '<set>/<metric>' (clu writer)
+  <workdir>/eval/<task>/*.png              plots
+
+Summaries (`python -m m5_jax.evaluate.report`):
+  --workdir DIR [--step N]    the paper's modality-set table: rows = modality sets,
+                              columns Acc, mAP@1/5/10, P@1/5/10 (M5Product metric);
+  --compare name=DIR,...      the method comparison: Acc, mAP@1, NMI, Purity.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import sys
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from m5_jax.evaluate import runner
+
+PAPER_KS = (1, 5, 10)
+
+
+# ----------------------------------------------------------------------------- JSON + TB
+
+
+def _jsonable(value: Any) -> Any:
+  if isinstance(value, Mapping):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, np.ndarray):
+    return _jsonable(value.tolist())
+  if isinstance(value, (np.integer,)):
+    return int(value)
+  if isinstance(value, (float, np.floating)):
+    return None if math.isnan(float(value)) else float(value)
+  return value
+
+
+def scalars(results: Mapping[str, Any]) -> dict[str, float]:
+  """'<set>/<metric>' -> value for every numeric metric of results['sets']."""
+  out = {}
+  for label, metrics in results.get('sets', {}).items():
+    for name, value in metrics.items():
+      if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        out[f'{label}/{name}'] = float(value)
+  return out
+
+
+def write_step(workdir: str, task: str, step: int, results: Mapping[str, Any],
+               markdown: str = '') -> str:
+  """Writes step_<N>.json, results.md and TensorBoard scalars; returns the JSON path."""
+  directory = runner.output_dir(workdir, task)
+  path = os.path.join(directory, f'step_{step:08d}.json')
+  if jax.process_index() != 0:
+    return path
+  os.makedirs(directory, exist_ok=True)
+  payload = _jsonable({'task': task, 'step': step, **results})
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(payload, f, indent=1, ensure_ascii=False)
+  os.replace(tmp, path)
+  if markdown:
+    with open(os.path.join(directory, 'results.md'), 'w') as f:
+      f.write(f'# {task}, step {step}\n\n{markdown}\n')
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  writer = metric_writers.create_default_writer(directory, asynchronous=False)
+  writer.write_scalars(step, scalars(results))
+  writer.flush()
+  writer.close()
+  return path
+
+
+def load_step(workdir: str, task: str, step: int | None = None) -> dict[str, Any] | None:
+  """A task's results at `step` (default: the latest evaluated), or None."""
+  directory = runner.output_dir(workdir, task)
+  paths = sorted(glob.glob(os.path.join(directory, 'step_*.json')))
+  if step is not None:
+    paths = [p for p in paths if p.endswith(f'step_{step:08d}.json')]
+  if not paths:
+    return None
+  with open(paths[-1]) as f:
+    return json.load(f)
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _fmt(value: Any) -> str:
+  return '-' if value is None or (isinstance(value, float) and math.isnan(value)) else (
+      f'{value:.2f}' if isinstance(value, float) else str(value))
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(_fmt(v) for v in row) + ' |' for row in rows]
+  return '\n'.join(lines)
+
+
+def retrieval_tables(results: Mapping[str, Any], ks: Sequence[int] = PAPER_KS) -> str:
+  """M5Product mAP@K/P@K per modality set, then the standard metrics beside them."""
+  sets = results['sets']
+  m5 = markdown_table(
+      ['Modalities'] + [f'mAP@{k}' for k in ks] + [f'P@{k}' for k in ks] + ['queries'],
+      [[label] + [m.get(f'm5_map@{k}') for k in ks] + [m.get(f'm5_prec@{k}') for k in ks]
+       + [m.get('num_queries')] for label, m in sets.items()])
+  standard = markdown_table(
+      ['Modalities'] + [f'std mAP@{k}' for k in ks] + [f'Recall@{k}' for k in ks]
+      + [f'HitRate@{k}' for k in ks],
+      [[label] + [m.get(f'std_map@{k}') for k in ks] + [m.get(f'recall@{k}') for k in ks]
+       + [m.get(f'hit_rate@{k}') for k in ks] for label, m in sets.items()])
+  return (f'M5Product metric (k = min(K, #positives, #ranked)):\n\n{m5}\n\n'
+          f'Standard metrics:\n\n{standard}\n')
+
+
+def paper_table(classification: Mapping[str, Any] | None, retrieval: Mapping[str, Any] | None,
+                ks: Sequence[int] = PAPER_KS) -> str:
+  """Rows = modality sets; columns Acc, mAP@1/5/10, P@1/5/10 (the paper's layout)."""
+  cls_sets = (classification or {}).get('sets', {})
+  ret_sets = (retrieval or {}).get('sets', {})
+  labels = list(dict.fromkeys([*cls_sets, *ret_sets]))
+  rows = []
+  for label in labels:
+    c, r = cls_sets.get(label, {}), ret_sets.get(label, {})
+    rows.append([label, c.get('accuracy')] + [r.get(f'm5_map@{k}') for k in ks]
+                + [r.get(f'm5_prec@{k}') for k in ks])
+  return markdown_table(['Modalities', 'Acc'] + [f'mAP@{k}' for k in ks]
+                        + [f'P@{k}' for k in ks], rows)
+
+
+def method_table(runs: Mapping[str, str], modality_set: str | None = None) -> str:
+  """Method comparison: Acc, mAP@1, NMI, Purity; one row per (name -> workdir)."""
+  rows = []
+  for name, workdir in runs.items():
+    found = {t: load_step(workdir, t) for t in ('classification', 'coarse_retrieval',
+                                                'clustering')}
+
+    def pick(task, metric):
+      sets = (found[task] or {}).get('sets', {})
+      if not sets:
+        return None
+      key = modality_set if modality_set in sets else list(sets)[-1]
+      return sets[key].get(metric)
+
+    rows.append([name, pick('classification', 'accuracy'), pick('coarse_retrieval', 'm5_map@1'),
+                 pick('clustering', 'nmi'), pick('clustering', 'purity')])
+  return markdown_table(['Method', 'Acc', 'mAP@1', 'NMI', 'Purity'], rows)
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def plot_precision_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str,
+                          title: str = '') -> str:
+  """P@K (M5Product) against K, one line per modality set."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for label, curve in curves.items():
+    ax.plot(curve['k'], curve['m5_prec'], label=label)
+  ax.set_xscale('log')
+  ax.set_xlabel('K')
+  ax.set_ylabel('P@K (%)')
+  ax.set_title(title or 'precision at K')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def plot_projection(features: np.ndarray, labels: np.ndarray, path: str, *, method: str = 'pca',
+                    max_points: int = 5000, seed: int = 0, title: str = '') -> str:
+  """A 2-D projection (PCA or t-SNE) of `features`, coloured by category."""
+  from sklearn import decomposition, manifold  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  keep = np.flatnonzero(labels >= 0)
+  if len(keep) > max_points:
+    keep = np.sort(rng.choice(keep, max_points, replace=False))
+  x, y = np.asarray(features[keep], np.float32), labels[keep]
+  if method == 'tsne':
+    xy = manifold.TSNE(2, random_state=seed, init='pca',
+                       perplexity=min(30.0, max(2.0, len(x) / 4))).fit_transform(x)
+  else:
+    xy = decomposition.PCA(2, random_state=seed).fit_transform(x)
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6, 5))
+  ax.scatter(xy[:, 0], xy[:, 1], c=y, cmap='tab20', s=6, alpha=0.8)
+  ax.set_title(title or f'{method.upper()} of the embeddings, coloured by category')
+  ax.set_xticks([])
+  ax.set_yticks([])
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def plot_long_tail(per_class: Mapping[int, float], class_counts: Mapping[int, int], path: str,
+                   title: str = '') -> str:
+  """Per-class accuracy with classes sorted by training frequency (head left, tail right)."""
+  classes = sorted(per_class, key=lambda c: (-class_counts.get(c, 0), c))
+  plt = _pyplot()
+  fig, ax1 = plt.subplots(figsize=(7, 4))
+  positions = np.arange(len(classes))
+  ax1.bar(positions, [class_counts.get(c, 0) for c in classes], color='lightgray',
+          label='training examples')
+  ax1.set_yscale('log')
+  ax1.set_xlabel('classes, by training frequency')
+  ax1.set_ylabel('training examples')
+  ax2 = ax1.twinx()
+  ax2.plot(positions, [per_class[c] for c in classes], 'o-', ms=3, color='tab:blue',
+           label='accuracy')
+  ax2.set_ylabel('accuracy (%)')
+  ax2.set_ylim(0, 100)
+  ax1.set_title(title or 'per-class accuracy along the long tail')
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str]) -> None:
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(prog='m5_jax.evaluate.report', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--workdir', help='one run: the modality-set table')
+  parser.add_argument('--step', type=int, default=None)
+  parser.add_argument('--compare', help='name=WORKDIR,name=WORKDIR,...: the method table')
+  parser.add_argument('--modality_set', default=None, help='row used by --compare (e.g. I+T)')
+  parser.add_argument('--out', default=None, help='Markdown file to write (default: print)')
+  args = parser.parse_args(argv)
+  parts = []
+  if args.workdir:
+    cls = load_step(args.workdir, 'classification', args.step)
+    ret = load_step(args.workdir, 'coarse_retrieval', args.step)
+    if cls is None and ret is None:
+      parser.error(f'no classification or coarse_retrieval results under {args.workdir}/eval')
+    parts.append(paper_table(cls, ret))
+  if args.compare:
+    runs = dict(item.split('=', 1) for item in args.compare.split(','))
+    parts.append(method_table(runs, args.modality_set))
+  if not parts:
+    parser.error('give --workdir and/or --compare')
+  text = '\n\n'.join(parts) + '\n'
+  if args.out:
+    with open(args.out, 'w') as f:
+      f.write(text)
+  else:
+    sys.stdout.write(text)
+
+
+if __name__ == '__main__':
+  main(sys.argv[1:])

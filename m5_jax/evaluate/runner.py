@@ -1,0 +1,231 @@
+"""The common driver of the eval binaries: which checkpoints, a done-list, --watch.
+
+    python -m m5_jax.evaluate.<task> --workdir DIR [--config FILE[:ARG]]
+        [--step N | --all | --watch] [--subsets T,I,IT,T:I,all] [--force]
+        [--batch_size B] [--feature pooled|encoder_pooled] [--normalize modality|none]
+        [--config.x=y ...]
+
+Modes (the t5x eval convention):
+  default   the latest complete checkpoint;
+  --step N  that step;
+  --all     every complete checkpoint, oldest first;
+  --watch   like --all, then waits for new checkpoints while training runs; stops
+            after the run's final step (config.total_steps) or --watch_timeout_s
+            without a new one.
+Only complete checkpoints are ever read (`checkpointing.list_steps` lists
+finalized steps only); a step deleted by the keep policy between listing and
+reading is skipped with a warning.
+
+Done-list: `<workdir>/eval/<task>/done.json` records each finished step with the
+signature of what was evaluated (subsets, feature, normalisation), written
+atomically after the step's results. A restarted evaluator skips what is done;
+--force re-evaluates.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import ml_collections
+
+from m5_jax import config_lib
+
+EVAL_DIR = 'eval'
+
+
+@dataclasses.dataclass
+class Options:
+  """Flags shared by every eval binary (defaults are the CLI defaults)."""
+  workdir: str = ''
+  config: str = ''            # a config file to use instead of <workdir>/config.json
+  step: int = -1              # -1: latest (or all / watch)
+  all: bool = False
+  watch: bool = False
+  force: bool = False
+  subsets: str = ''           # comma list; '' = the task's default
+  batch_size: int = 0         # 0: config.input.batch_size
+  feature: str = 'pooled'     # model output used as the feature: pooled | encoder_pooled
+  normalize: str = 'modality'
+  poll_s: float = 30.0
+  watch_timeout_s: float = 3600.0
+  seed: int = 0
+
+  def signature(self, task: str) -> str:
+    return f'{task}|{self.subsets}|{self.feature}|{self.normalize}'
+
+
+def output_dir(workdir: str, task: str) -> str:
+  return os.path.join(workdir, EVAL_DIR, task)
+
+
+# ----------------------------------------------------------------------------- done-list
+
+
+class DoneList:
+  """{step: [signatures]} in <workdir>/eval/<task>/done.json, rewritten atomically."""
+
+  def __init__(self, directory: str):
+    self.path = os.path.join(directory, 'done.json')
+    self.entries: dict[str, list[str]] = {}
+    if os.path.isfile(self.path):
+      with open(self.path) as f:
+        self.entries = json.load(f)
+
+  def contains(self, step: int, signature: str) -> bool:
+    return signature in self.entries.get(str(step), [])
+
+  def add(self, step: int, signature: str) -> None:
+    self.entries.setdefault(str(step), [])
+    if signature not in self.entries[str(step)]:
+      self.entries[str(step)].append(signature)
+    if jax.process_index() != 0:
+      return
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    tmp = self.path + '.tmp'
+    with open(tmp, 'w') as f:
+      json.dump(self.entries, f, indent=1, sort_keys=True)
+    os.replace(tmp, self.path)
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def run(task: str, options: Options, list_steps: Callable[[], list[int]],
+        evaluate_step: Callable[[int], Any], *, final_step: int | None = None,
+        sleep: Callable[[float], None] = time.sleep) -> list[int]:
+  """Evaluates the steps the options select, skipping done ones; returns those evaluated.
+
+  `evaluate_step(step)` does the work (and writes results); it may raise
+  FileNotFoundError when the checkpoint vanished, which skips the step.
+  """
+  done = DoneList(output_dir(options.workdir, task))
+  signature = options.signature(task)
+  evaluated: list[int] = []
+
+  def process(step: int) -> None:
+    if done.contains(step, signature) and not options.force:
+      logging.info('%s: step %d already evaluated (done-list); skipping', task, step)
+      return
+    logging.info('%s: evaluating step %d', task, step)
+    start = time.time()
+    try:
+      evaluate_step(step)
+    except FileNotFoundError as e:
+      logging.warning('%s: step %d is gone (%s); skipping', task, step, e)
+      return
+    done.add(step, signature)
+    evaluated.append(step)
+    logging.info('%s: step %d done in %.1f s', task, step, time.time() - start)
+
+  steps = list_steps()
+  if options.step >= 0:
+    if options.step not in steps:
+      raise FileNotFoundError(f'no complete checkpoint at step {options.step} in '
+                              f'{options.workdir} (have {steps})')
+    process(options.step)
+  elif not (options.all or options.watch):
+    if not steps:
+      raise FileNotFoundError(f'no complete checkpoint in {options.workdir}')
+    process(steps[-1])
+  else:
+    seen: set[int] = set()
+    last_new = time.time()
+    while True:
+      new = [s for s in steps if s not in seen]
+      for step in new:
+        process(step)
+        seen.add(step)
+      if new:
+        last_new = time.time()
+      if not options.watch:
+        break
+      if final_step is not None and final_step in seen:
+        logging.info('%s: final step %d evaluated; stopping', task, final_step)
+        break
+      if time.time() - last_new > options.watch_timeout_s:
+        logging.info('%s: no new checkpoint for %.0f s; stopping', task, options.watch_timeout_s)
+        break
+      sleep(options.poll_s)
+      steps = list_steps()
+  return evaluated
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def parse_flags(argv: Sequence[str], extra: dict[str, Any] | None = None
+                ) -> tuple[Options, dict[str, Any], list[tuple[str, str]]]:
+  """`--name=value` / `--name value` / bare `--bool` -> (Options, extra flags, overrides).
+
+  `--config.x=y` overrides are returned for `load_config`; unknown flags raise a
+  ConfigError naming the nearest valid one.
+  """
+  defaults = dataclasses.asdict(Options())
+  extra = dict(extra or {})
+  known = {**defaults, **extra}
+  values: dict[str, Any] = {}
+  overrides: list[tuple[str, str]] = []
+  args = list(argv)
+  i = 0
+  while i < len(args):
+    token = args[i]
+    if not token.startswith('--'):
+      raise config_lib.ConfigError(f'unexpected argument {token!r} (flags look like --name=value)')
+    name, has_value, text = token[2:].partition('=')
+    if not has_value and not name.startswith('config.'):
+      if isinstance(known.get(name), bool):
+        text = 'true'
+      elif i + 1 < len(args):
+        i += 1
+        text = args[i]
+      else:
+        raise config_lib.ConfigError(f'flag --{name} needs a value')
+    i += 1
+    if name.startswith('config.'):
+      overrides.append((name[len('config.'):], text))
+    elif name in known:
+      try:
+        values[name] = config_lib.parse_value(text, known[name])
+      except (ValueError, SyntaxError) as e:
+        raise config_lib.ConfigError(f'bad value {text!r} for --{name}: {e}') from None
+    else:
+      raise config_lib._unknown('flag', '--' + name, [f'--{f}' for f in known])  # pylint: disable=protected-access
+  options = Options(**{k: v for k, v in values.items() if k in defaults})
+  if not options.workdir:
+    raise config_lib.ConfigError('--workdir DIR is required')
+  if sum([options.step >= 0, options.all, options.watch]) > 1:
+    raise config_lib.ConfigError('give at most one of --step, --all, --watch')
+  return options, {k: values.get(k, v) for k, v in extra.items()}, overrides
+
+
+def load_config(options: Options, overrides: Sequence[tuple[str, str]]
+                ) -> ml_collections.ConfigDict:
+  """The run's resolved config (or --config), with --config.x=y overrides applied."""
+  if options.config:
+    config = config_lib.load_config(options.config)
+  else:
+    config = config_lib.load_workdir_config(options.workdir)
+  return config_lib.apply_overrides(config, overrides)
+
+
+def main(task: str, argv: Sequence[str], body: Callable[..., None],
+         extra_flags: dict[str, Any] | None = None) -> None:
+  """Parses flags (clean one-line errors) and calls body(options, config, extra)."""
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
+  try:
+    options, extra, overrides = parse_flags(argv, extra_flags)
+    config = load_config(options, overrides)
+  except config_lib.ConfigError as e:
+    config_lib.exit_with(e, f'm5_jax.evaluate.{task}')
+    return
+  try:
+    body(options, config, extra)
+  except (FileNotFoundError, config_lib.ConfigError) as e:
+    print(f'm5_jax.evaluate.{task}: error: {e}', file=sys.stderr)
+    sys.exit(1)

@@ -1,0 +1,201 @@
+"""Evaluation with fake models of known answers, subsets, the done-list runner, reports."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from m5_jax import config_lib
+from m5_jax.evaluate import classification, clustering, features, report, retrieval, runner
+
+MODALITIES = ('text', 'table', 'image')
+
+
+def fake_split(labels, vectors_by_modality, present=None):
+  num = len(labels)
+  present = present or {m: np.ones(num, bool) for m in vectors_by_modality}
+  return features.SplitFeatures(
+      pooled={m: np.asarray(v, np.float32) for m, v in vectors_by_modality.items()},
+      present=present, label=np.asarray(labels), instance=np.asarray(labels))
+
+
+def perfect_vectors(labels, num_classes, dim=32, noise=0.0, seed=0):
+  """One direction per class (+ optional noise): a model that knows the answer."""
+  rng = np.random.default_rng(seed)
+  directions = np.linalg.qr(rng.normal(size=(dim, dim)))[0][:num_classes]
+  return directions[labels] + noise * rng.normal(size=(len(labels), dim))
+
+
+@pytest.fixture(scope='module')
+def toy():
+  rng = np.random.default_rng(0)
+  num_classes = 8
+  q_labels, g_labels = rng.integers(0, num_classes, 120), rng.integers(0, num_classes, 400)
+  query = fake_split(q_labels, {'text': perfect_vectors(q_labels, num_classes),
+                                'table': rng.normal(size=(120, 32)),
+                                'image': perfect_vectors(q_labels, num_classes, noise=0.3)})
+  gallery = fake_split(g_labels, {'text': perfect_vectors(g_labels, num_classes),
+                                  'table': rng.normal(size=(400, 32)),
+                                  'image': perfect_vectors(g_labels, num_classes, noise=0.3)})
+  return query, gallery, num_classes
+
+
+def test_perfect_embeddings_give_map_100_and_random_give_chance(toy):
+  query, gallery, num_classes = toy
+  pairs = retrieval.parse_pairs('T,P', MODALITIES)
+  out = retrieval.evaluate_sets(query, gallery, 'label', pairs)
+  perfect, rand = out['sets']['T'], out['sets']['P']
+  for k in (1, 5, 10, 50, 100):
+    assert perfect[f'm5_map@{k}'] == pytest.approx(100.0)
+    assert perfect[f'm5_prec@{k}'] == pytest.approx(100.0)
+  assert perfect['recall@100'] > 95.0  # ~50 positives per query, all in the top 100
+  # Random features: precision is the positives' share of the gallery (~1/8).
+  share = 100.0 * np.mean([(gallery.label == l).mean() for l in query.label])
+  assert rand['m5_prec@10'] == pytest.approx(share, abs=4.0)
+  assert rand['m5_prec@100'] == pytest.approx(share, abs=2.5)
+  assert rand['m5_map@1'] < 35.0
+  assert out['curves']['T']['m5_prec'][0] == pytest.approx(100.0)
+
+
+def test_query_excluded_from_its_own_ranking(toy):
+  query, _, _ = toy
+  # Gallery = the query split itself: without exclusion every query finds itself first.
+  singletons = fake_split(np.arange(120), {'text': np.eye(120, 32, dtype=np.float32) + 1.0})
+  pairs = retrieval.parse_pairs('T', ('text',))
+  excluded = retrieval.evaluate_sets(singletons, singletons, 'label', pairs,
+                                     exclude=retrieval.exclusions(range(120), range(120)))
+  assert excluded['sets']['T']['num_queries'] == 0  # nobody has another positive
+  assert excluded['sets']['T']['queries_without_positives'] == 120
+  self_match = retrieval.evaluate_sets(query, query, 'label', pairs,
+                                       exclude=np.arange(120, dtype=np.int32))
+  assert self_match['sets']['T']['m5_map@1'] == pytest.approx(100.0)  # other same-class items
+
+
+def test_subsets_sum_present_modalities_and_count_missing():
+  labels = np.array([0, 1, 2])
+  split = fake_split(labels, {'text': np.eye(3, 4), 'image': 2 * np.eye(3, 4)[::-1]},
+                     present={'text': np.array([1, 0, 1], bool), 'image': np.array([1, 0, 0], bool)})
+  both = split.combine(('text', 'image'), normalize='none')
+  np.testing.assert_allclose(both.features[0], [1, 0, 2, 0])
+  np.testing.assert_allclose(both.features[1], 0)
+  np.testing.assert_allclose(both.features[2], [0, 0, 1, 0])
+  np.testing.assert_array_equal(both.has_any, [True, False, True])
+  assert both.missing == {'text': 1, 'image': 2}
+  unit = split.combine(('text', 'image'))
+  np.testing.assert_allclose(unit.features[0], [1, 0, 1, 0])
+
+
+def test_items_without_features_are_counted_not_ranked():
+  labels = np.array([0, 0, 1, 1])
+  vectors = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], np.float32)
+  present = np.array([True, False, True, True])
+  split = fake_split(labels, {'image': vectors}, present={'image': present})
+  out = retrieval.evaluate_sets(split, split, 'label', [(('image',), ('image',))],
+                                exclude=np.arange(4, dtype=np.int32))
+  metrics = out['sets']['I']
+  assert metrics['queries_without_features'] == 1 and metrics['gallery_without_features'] == 1
+  # Query 0's only other class-0 item has no image: no positive, counted.
+  assert metrics['queries_without_positives'] == 1 and metrics['num_queries'] == 2
+  assert metrics['m5_map@1'] == pytest.approx(100.0)
+
+
+def test_parse_pairs_and_labels():
+  pairs = retrieval.parse_pairs('IT,T:I,all', MODALITIES)
+  assert pairs[0] == (('text', 'image'), ('text', 'image'))
+  assert pairs[1] == (('text',), ('image',))
+  assert [retrieval.pair_label(*p) for p in pairs] == ['T+I', 'T->I', 'T+P+I']
+  assert retrieval.default_subsets(MODALITIES) == 'T,P,I,IT,all'
+  with pytest.raises(config_lib.ConfigError, match='bad modality set'):
+    retrieval.parse_pairs('X', MODALITIES)
+
+
+def test_linear_probe_and_clustering_on_known_features(toy):
+  query, gallery, num_classes = toy
+  probe = classification.linear_probe(gallery.combine(('text',)).features, gallery.label,
+                                      num_classes, seed=0)
+  perfect = classification.predict(probe, query.combine(('text',)).features)
+  assert (perfect == query.label).all()
+  rand = classification.linear_probe(gallery.combine(('table',)).features, gallery.label,
+                                     num_classes, seed=0)
+  assert (classification.predict(rand, query.combine(('table',)).features)
+          == query.label).mean() < 0.4
+  result = clustering.cluster(gallery.combine(('text',)), gallery.label, seed=0)
+  assert result['nmi'] > 99.0 and result['purity'] > 99.0 and result['k'] == num_classes
+
+
+def test_restarted_evaluator_resumes_from_done_list(tmp_path):
+  options = runner.Options(workdir=str(tmp_path), all=True)
+  calls = []
+
+  def crash_at_2(step):
+    calls.append(step)
+    if step == 2:
+      raise KeyboardInterrupt  # the evaluator dies mid-run
+  with pytest.raises(KeyboardInterrupt):
+    runner.run('toy', options, lambda: [1, 2, 3], crash_at_2)
+  assert calls == [1, 2]
+  calls.clear()
+  assert runner.run('toy', options, lambda: [1, 2, 3], calls.append) == [2, 3]
+  assert calls == [2, 3]
+  calls.clear()
+  assert runner.run('toy', options, lambda: [1, 2, 3], calls.append) == []
+  # Other subsets are a different evaluation; --force redoes.
+  other = runner.Options(workdir=str(tmp_path), all=True, subsets='T')
+  assert runner.run('toy', other, lambda: [1, 2, 3], calls.append) == [1, 2, 3]
+  forced = runner.Options(workdir=str(tmp_path), step=3, force=True)
+  assert runner.run('toy', forced, lambda: [1, 2, 3], calls.append) == [3]
+
+
+def test_watch_waits_for_new_checkpoints_and_stops_at_final(tmp_path):
+  listings = iter([[10], [10], [10, 20], [10, 20, 30]])
+  current = {'steps': []}
+
+  def list_steps():
+    current['steps'] = next(listings, current['steps'])
+    return current['steps']
+  evaluated = runner.run('toy', runner.Options(workdir=str(tmp_path), watch=True, poll_s=0),
+                         list_steps, lambda step: None, final_step=30, sleep=lambda s: None)
+  assert evaluated == [10, 20, 30]
+
+
+def test_vanished_checkpoint_is_skipped(tmp_path):
+  def gone(step):
+    raise FileNotFoundError(f'step {step} deleted')
+  assert runner.run('toy', runner.Options(workdir=str(tmp_path), all=True), lambda: [5],
+                    gone) == []
+
+
+def test_flags_parse_strictly():
+  options, extra, overrides = runner.parse_flags(
+      ['--workdir', '/w', '--all', '--subsets=IT,T:I', '--config.input.batch_size=4'],
+      {'finetuned': False})
+  assert options.all and options.subsets == 'IT,T:I' and extra == {'finetuned': False}
+  assert overrides == [('input.batch_size', '4')]
+  with pytest.raises(config_lib.ConfigError, match='--subsets'):
+    runner.parse_flags(['--workdir=/w', '--subset=T'])
+  with pytest.raises(config_lib.ConfigError, match='at most one'):
+    runner.parse_flags(['--workdir=/w', '--all', '--watch'])
+
+
+def test_reports_write_json_tables_tensorboard_and_plots(tmp_path, toy):
+  query, gallery, num_classes = toy
+  results = retrieval.evaluate_sets(query, gallery, 'label',
+                                    retrieval.parse_pairs('T,IT', MODALITIES))
+  workdir = str(tmp_path)
+  path = report.write_step(workdir, 'coarse_retrieval', 7, results,
+                           report.retrieval_tables(results))
+  with open(path) as f:
+    saved = json.load(f)
+  assert saved['step'] == 7 and saved['sets']['T']['m5_map@1'] == pytest.approx(100.0)
+  out_dir = runner.output_dir(workdir, 'coarse_retrieval')
+  assert any(name.startswith('events.out.tfevents') for name in os.listdir(out_dir))
+  cls = {'sets': {'T': {'accuracy': 91.5}, 'T+I': {'accuracy': 95.0}}}
+  table = report.paper_table(cls, report.load_step(workdir, 'coarse_retrieval'))
+  assert table.splitlines()[0] == '| Modalities | Acc | mAP@1 | mAP@5 | mAP@10 | P@1 | P@5 | P@10 |'
+  assert '| T | 91.50 | 100.00 |' in table
+  png = report.plot_precision_curves(results['curves'], str(tmp_path / 'p.png'))
+  proj = report.plot_projection(gallery.pooled['image'], gallery.label, str(tmp_path / 'x.png'))
+  tail = report.plot_long_tail({0: 90.0, 1: 50.0}, {0: 100, 1: 3}, str(tmp_path / 't.png'))
+  for p in (png, proj, tail):
+    with open(p, 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
