@@ -72,10 +72,15 @@ class M5ProductConfig(tfds.core.BuilderConfig):
   max_video_frames: int = 12
   max_image_pixels: int = decode.Bounds.max_image_pixels
   max_video_pixels: int = decode.Bounds.max_video_pixels
+  splits: tuple[str, ...] = ()  # splits to build; () = every id list the release has
 
   def __post_init__(self):
     if self.form not in ('raw', 'features'):
       raise ValueError(f"M5ProductConfig.form must be 'raw' or 'features', got {self.form!r}")
+    unknown = set(self.splits) - set(release.SPLIT_FILES)
+    if unknown:
+      raise ValueError(f'M5ProductConfig.splits: unknown {sorted(unknown)}; '
+                       f'known: {list(release.SPLIT_FILES)}')
 
   def layout(self) -> release.ReleaseLayout:
     return release.ReleaseLayout(
@@ -163,7 +168,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     start = time.time()
     super()._download_and_prepare(dl_manager, download_config)
     if self._report is None:  # plain path: counts were kept in-process
-      self._report = ex.summarize(self._tally.counts, release.SPLIT_FILES)
+      self._report = ex.summarize(self._tally.counts, self._split_names())
     self._report.update(config=self.builder_config.name, beam=self._use_beam,
                         seconds=round(time.time() - start, 2))
     path = os.path.join(self.data_dir, REPORT_NAME)
@@ -174,6 +179,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     print(f'{message}\n  report: {os.path.join(final_dir, REPORT_NAME)}', flush=True)
     logging.info('%s', message)
 
+  def _split_names(self):
+    return self.builder_config.splits or tuple(release.SPLIT_FILES)
+
   def _process_pipeline_result(self, pipeline_result):
     import apache_beam as beam  # pylint: disable=g-import-not-at-top
     query = pipeline_result.metrics().query(
@@ -181,7 +189,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     counts = {}
     for counter in query['counters']:
       counts[counter.key.metric.name] = counts.get(counter.key.metric.name, 0) + counter.committed
-    self._report = ex.summarize(counts, release.SPLIT_FILES)
+    self._report = ex.summarize(counts, self._split_names())
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     root = os.fspath(dl_manager.manual_dir)
@@ -198,7 +206,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     instances_path = os.path.join(root, layout.instances)
     instances = release.read_instances(instances_path) if os.path.isfile(instances_path) else {}
     generators = {}
-    for split in release.SPLIT_FILES:
+    for split in config.splits or release.SPLIT_FILES:
       path = layout.split_path(root, split)
       if not os.path.isfile(path):
         logging.warning('m5product: no id list %s; split %s skipped', path, split)
@@ -242,11 +250,14 @@ def _beam_split(annotations, plan, label_vocab, instances, options):
   """A PTransform: stream on one worker, Reshuffle, convert in parallel."""
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
 
+  # Records travel as ASCII JSON: it keeps lone surrogates (bad bytes, counted
+  # later as bad_encoding) that Beam's string coder refuses.
   def stream(_):
-    yield from ex.iter_split_records(annotations, plan, ex.BeamTally())
+    for item_id, record in ex.iter_split_records(annotations, plan, ex.BeamTally()):
+      yield item_id, json.dumps(record, ensure_ascii=True)
 
   def convert(item):
-    item_id, record = item
+    item_id, record = item[0], json.loads(item[1])
     return ex.convert(plan.name, item_id, record, label_vocab, instances.get(item_id), options,
                       ex.BeamTally())
 

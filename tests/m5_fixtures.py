@@ -1,0 +1,58 @@
+"""Session fixtures for the m5product builder tests (a plugin: `pytest_plugins`).
+
+Builds are the slow part of these tests, so each (release, config, path) is
+built once per session and shared.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+import m5_tiny_release
+
+
+def build(root, data_dir, config='raw', file_format=None, beam=False):
+  """Builds with the Python API; returns (builder, report)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import data_prep.m5product  # pylint: disable=g-import-not-at-top,unused-import
+  kwargs = {'file_format': file_format} if file_format else {}
+  builder = tfds.builder('m5product', config=config, data_dir=str(data_dir), **kwargs)
+  download_config = tfds.download.DownloadConfig(manual_dir=str(root))
+  if beam:
+    import apache_beam as beam_lib  # pylint: disable=g-import-not-at-top
+    download_config.beam_options = beam_lib.options.pipeline_options.PipelineOptions(
+        flags=['--runner=DirectRunner', '--direct_num_workers=1'])
+  builder.download_and_prepare(download_config=download_config)
+  with open(os.path.join(builder.data_dir, 'build_report.json')) as f:
+    return builder, json.load(f)
+
+
+def read_split(builder, split):
+  """{item_id: example} with numpy values (ArrayRecord is read as a data source)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  if builder.info.file_format.value == 'array_record':
+    source = builder.as_data_source(split=split)
+    examples = [source[i] for i in range(len(source))]
+  else:
+    examples = tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
+  return {e['item_id'].decode() if isinstance(e['item_id'], bytes) else e['item_id']: e
+          for e in examples}
+
+
+@pytest.fixture(scope='session')
+def tiny_release(tmp_path_factory):
+  root = tmp_path_factory.mktemp('tiny_release')
+  m5_tiny_release.write(str(root))
+  return root
+
+
+@pytest.fixture(scope='session')
+def tiny_raw(tiny_release, tmp_path_factory):
+  return build(tiny_release, tmp_path_factory.mktemp('tiny_raw'), 'raw')
+
+
+@pytest.fixture(scope='session')
+def tiny_features(tiny_release, tmp_path_factory):
+  return build(tiny_release, tmp_path_factory.mktemp('tiny_features'), 'features')
