@@ -1,0 +1,247 @@
+r"""Generates M5Product-mini: a small synthetic release in the real layout.
+
+    python -m data_prep.make_mini --out /tmp/m5mini --num_products 1000 --seed 0 [--features]
+
+writes, in exactly the layout of data_prep/release.py (`ReleaseLayout`):
+product5m_id_label.json, images/{id}.jpg (128x128), videos/{id}.mp4 (H.264, 24
+fps, 64x64, 3-12 s), audios/{id}.mp3 (16 kHz mono, the video's audio track),
+splits/*.txt and splits/fine_instances.tsv, with --features also
+features/{image_regions,image_boxes,video_s3d,audio_mel}/{id}.npy, plus
+mini_manifest.json (below). The default demo size is 1000 items (under a minute
+on 2 cores; see benchmarks/results/make_mini.md). `--num_products` counts
+items (listings), as the paper counts "products".
+
+Determinism: the plan (products, splits, defects) comes from one RNG seeded by
+--seed; each modality of item i draws from its own RNG (seed, i, stream); codecs
+run single-threaded with bit-exact muxing. Same seed and N give the same bytes
+for any --workers. --features only adds files: the raw release is unchanged.
+
+Cross-modal structure. Each item is a listing of a latent product. A product has
+a category, drawn from a Zipf(1) distribution over 24 categories (label =
+category index; names in the manifest's `label_names`), and product-level
+attributes that all its listings share, each visible in ONE modality:
+  text   brand and two selling-point words         (e.g. 'LUMO', '防水 大容量')
+  table  material (key 材质)                        (e.g. '304不锈钢')
+  image  colour and pattern of the object          (10 colours x plain/stripes/dots)
+  video  --                                        (tempo: speed of the moving disk)
+  audio  timbre of the tone                        (tempo: its beat rate = video speed)
+The category itself shows in every modality, but only through a different
+many-to-one cue per modality (`World.cue_maps`, fixed by the seed), each
+replaced by a random cue with probability --cue_noise (0.15) per listing:
+  text: one of 8 title words (潮流, 爆款, ...)    table: 风格 value, one of 6
+  image: object shape, one of 6                   video: motion direction, one of 8
+  audio: tone pitch, one of 6
+No single cue identifies the category (3-4 categories share each cue value);
+the five together do (checked when the world is drawn), so a model gains from
+each modality it adds. Listing-level noise: object position/size, background,
+shop logo, filler words (包邮, 新款, ...), English specs (USB-C, 500ml), filler pv
+keys (13 keys in all: 产地, 尺码, 货号, 重量, ...), video start point, duration,
+brightness, audio detune/phase/noise. Pre-extracted features come from the same
+scene: image regions/video rows are fixed random projections of one-hot
+(shape, colour, pattern) / (direction, tempo) + noise (ReLU); boxes frame the
+object; audio_mel is the true ln(mel power + 1e-6) of the audio track (80 HTK
+bins, n_fft 1024, hop 256, 12 s, centred). video_s3d rows past the video's
+duration (3-12 s) are zero.
+
+Splits (disjoint; every item in exactly one): 25% of products have 2-4 listings
+(--instance_rate). Half of those groups go to fine-grained retrieval (one
+listing in fine_query, the rest in fine_gallery; splits/fine_instances.tsv maps
+exactly these items to their product id, so every group has 2-4 members); the
+other half to pretrain. Single listings: pretrain 62%, coarse_query 5%,
+coarse_gallery 13%, fine_gallery distractors 5% (no instance), cls_train 10%,
+cls_test 5%.
+
+Defects (rates are fractions of items, flags --<name>_rate): --missing_rate 0.20
+of items lack >= 1 modality, including --unimodal_rate 0.05 with exactly one;
+--noisy_title_rate 0.03 show the title of another product of another category;
+broken files, each kind at --<kind>_rate 0.002 but at least one item:
+truncated_jpeg, not_a_video (an HTML page named .mp4), empty_mp3 (0 bytes),
+malformed_pv, bad_encoding (the title as raw GBK bytes in the JSON); and with
+--features, --bad_features_rate 0.003 split over NaN image regions, a [12, 512]
+video_s3d and inf in audio_mel. Broken files hit only otherwise complete items.
+A dropped title or pv is either "" or a missing key. A broken or dropped media
+file has no feature file either.
+
+mini_manifest.json (format 'm5product-mini-manifest/1'):
+  args             the generation arguments (seed, num_products, rates, ...)
+  num_items, split_sizes, label_names
+  absent_raw       [[item_id, modality, reason], ...] every modality that a
+                   correct builder of the `raw` config must find absent, with the
+                   reason it must count (release.ABSENT_REASONS); in item order
+  absent_features  the same for the `features` config (null without --features)
+  counts           {'raw'|'features': {'by_modality': {modality: {reason: n}},
+                   'by_reason', 'absent_total', 'items_missing_any',
+                   'items_unimodal', 'items_without_any'}, 'noisy_title': n}
+  noisy_title      [[item_id, id of the item whose title it shows], ...]
+  defects          [[item_id, kind], ...] the injected broken-file kinds
+Reasons: dropped text/table -> missing_field; dropped media -> missing_file;
+truncated_jpeg -> image corrupt_file; not_a_video -> video corrupt_file;
+empty_mp3 -> audio empty_file; malformed_pv -> table malformed_field;
+bad_encoding -> text bad_encoding; in `features`, broken media -> missing_file
+(no feature file) and the feature defects -> bad_features.
+No item is rejected (no unsafe or duplicate ids): items in = items written.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+
+from data_prep import release
+from data_prep.mini import item as item_lib
+from data_prep.mini import plan as plan_lib
+from data_prep.mini import world as world_lib
+
+DEFAULT_NUM_PRODUCTS = 1000
+MANIFEST = 'mini_manifest.json'
+_CHUNK = 8   # items per task sent to a worker
+
+_ctx: item_lib.Context | None = None
+
+
+def _init_worker(ctx: item_lib.Context):
+  global _ctx
+  _ctx = ctx
+
+
+def _work(item: plan_lib.ItemPlan) -> bytes:
+  return item_lib.write_item(_ctx, item)
+
+
+class Progress:
+  """items/s and ETA on stderr, at most once per `every` seconds."""
+
+  def __init__(self, total: int, every: float = 2.0, enabled: bool = True):
+    self.total, self.every, self.enabled = total, every, enabled
+    self.start = self.last = time.monotonic()
+
+  def update(self, done: int):
+    now = time.monotonic()
+    if self.enabled and (now - self.last >= self.every or done == self.total):
+      self.last = now
+      rate = done / max(now - self.start, 1e-9)
+      eta = (self.total - done) / rate if rate > 0 else float('inf')
+      print(f'make_mini: {done}/{self.total} items, {rate:.1f} items/s, ETA {eta:.0f}s',
+            file=sys.stderr, flush=True)
+
+  @property
+  def elapsed(self) -> float:
+    return time.monotonic() - self.start
+
+
+def _prepare_out(out: str, layout: release.ReleaseLayout, features: bool, overwrite: bool):
+  owned = [layout.annotations, layout.image_dir, layout.video_dir, layout.audio_dir,
+           layout.split_dir, 'features', MANIFEST]
+  if os.path.isdir(out) and os.listdir(out):
+    if not overwrite:
+      raise SystemExit(f'make_mini: {out} is not empty (pass --overwrite to replace a mini release)')
+    stray = sorted(set(os.listdir(out)) - set(owned))
+    if stray:
+      raise SystemExit(f'make_mini: refusing to overwrite {out}: it holds {stray[:5]}')
+    for name in owned:
+      path = os.path.join(out, name)
+      if os.path.isdir(path):
+        shutil.rmtree(path)
+      elif os.path.exists(path):
+        os.remove(path)
+  dirs = [layout.image_dir, layout.video_dir, layout.audio_dir, layout.split_dir]
+  if features:
+    dirs += [d for _, d in layout.feature_dirs]
+  for d in dirs:
+    os.makedirs(os.path.join(out, d), exist_ok=True)
+
+
+def generate(out: str, num_products: int = DEFAULT_NUM_PRODUCTS, seed: int = 0,
+             features: bool = False, workers: int | None = None,
+             rates: plan_lib.DefectRates = plan_lib.DefectRates(), cue_noise: float = 0.15,
+             instance_rate: float = 0.25, num_categories: int = len(world_lib.CATEGORIES),
+             overwrite: bool = False, progress: bool = True) -> dict:
+  """Writes the release to `out`; returns the manifest (also in out/mini_manifest.json)."""
+  if not 0.0 <= cue_noise <= 1.0 or not 0.0 <= instance_rate <= 1.0:
+    raise ValueError('--cue_noise and --instance_rate must be in [0, 1]')
+  layout = release.ReleaseLayout()
+  world = world_lib.World.create(seed, num_categories)
+  plan = plan_lib.make_plan(world, num_products, seed, rates, instance_rate)
+  _prepare_out(out, layout, features, overwrite)
+  ctx = item_lib.Context(root=os.path.abspath(out), seed=seed, world=world,
+                         cue_noise=cue_noise, features=features, layout=layout)
+
+  workers = workers or os.cpu_count() or 1
+  meter = Progress(len(plan.items), enabled=progress)
+  tmp = os.path.join(out, layout.annotations + '.tmp')
+  with open(tmp, 'wb') as f:
+    f.write(b'{\n')
+    if workers == 1:
+      _init_worker(ctx)
+      lines = map(_work, plan.items)
+      pool = None
+    else:   # fork would copy the parent's state; spawn keeps workers clean and portable
+      pool = multiprocessing.get_context('spawn').Pool(workers, _init_worker, (ctx,))
+      lines = pool.imap(_work, plan.items, chunksize=_CHUNK)
+    try:
+      for n, line in enumerate(lines, 1):
+        f.write(line + (b',\n' if n < len(plan.items) else b'\n'))
+        meter.update(n)
+    finally:
+      if pool is not None:
+        pool.terminate()
+    f.write(b'}\n')
+  os.replace(tmp, os.path.join(out, layout.annotations))
+
+  for split, ids in plan.splits.items():
+    with open(layout.split_path(out, split), 'w', encoding='utf-8') as f:
+      f.writelines(i + '\n' for i in ids)
+  with open(os.path.join(out, layout.instances), 'w', encoding='utf-8') as f:
+    f.writelines(f'{i}\t{inst}\n' for i, inst in plan.instances)
+
+  args = {'seed': seed, 'num_products': num_products, 'features': features,
+          'cue_noise': cue_noise, 'instance_rate': instance_rate,
+          'num_categories': num_categories, 'rates': dataclasses.asdict(rates)}
+  manifest = plan_lib.build_manifest(plan, world, args, features)
+  with open(os.path.join(out, MANIFEST), 'w', encoding='utf-8') as f:
+    json.dump(manifest, f, ensure_ascii=False, indent=1)
+    f.write('\n')
+  if progress:
+    print(f'make_mini: wrote {len(plan.items)} items to {out} in {meter.elapsed:.1f}s '
+          f'({len(plan.items) / max(meter.elapsed, 1e-9):.1f} items/s, {workers} workers); '
+          f'absent (raw): {manifest["counts"]["raw"]["by_reason"]}', file=sys.stderr)
+  return manifest
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(prog='python -m data_prep.make_mini',
+                                   description=__doc__.split('\n\n')[0])
+  parser.add_argument('--out', required=True, help='release folder to write (empty or new)')
+  parser.add_argument('--num_products', type=int, default=DEFAULT_NUM_PRODUCTS,
+                      help='number of items (listings)')
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--features', action='store_true', help='also write features/*.npy')
+  parser.add_argument('--workers', type=int, default=None, help='processes (default: all cores)')
+  parser.add_argument('--cue_noise', type=float, default=0.15,
+                      help='per-listing probability that a modality shows a random category cue')
+  parser.add_argument('--instance_rate', type=float, default=0.25,
+                      help='fraction of products with 2-4 listings')
+  parser.add_argument('--num_categories', type=int, default=len(world_lib.CATEGORIES))
+  parser.add_argument('--overwrite', action='store_true', help='replace an existing mini release')
+  parser.add_argument('--quiet', action='store_true', help='no progress output')
+  for field in dataclasses.fields(plan_lib.DefectRates):
+    parser.add_argument(f'--{field.name}_rate', type=float, default=field.default,
+                        dest=f'rate_{field.name}', help=f'default {field.default}')
+  args = parser.parse_args(argv)
+  rates = plan_lib.DefectRates(**{f.name: getattr(args, f'rate_{f.name}')
+                                  for f in dataclasses.fields(plan_lib.DefectRates)})
+  try:
+    generate(args.out, args.num_products, args.seed, args.features, args.workers, rates,
+             args.cue_noise, args.instance_rate, args.num_categories, args.overwrite,
+             progress=not args.quiet)
+  except ValueError as e:
+    raise SystemExit(f'make_mini: {e}') from None
+
+
+if __name__ == '__main__':
+  main()
