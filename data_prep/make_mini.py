@@ -39,9 +39,10 @@ keys (13 keys in all: 产地, 尺码, 货号, 重量, ...), video start point, d
 brightness, audio detune/phase/noise. Pre-extracted features come from the same
 scene: image regions/video rows are fixed random projections of one-hot
 (shape, colour, pattern) / (direction, tempo) + noise (ReLU); boxes frame the
-object; audio_mel is the true ln(mel power + 1e-6) of the audio track (80 HTK
-bins, n_fft 1024, hop 256, 12 s, centred). video_s3d rows past the video's
-duration (3-12 s) are zero.
+object; audio_mel is data_prep.decode.log_mel of the clean audio track (the
+builder's convention: 80 Slaney bins, n_fft 1024, hop 256, 12 s, zero columns
+past the track). video_s3d has one row per second of video, rows past the
+video's duration (3-12 s) are zero.
 
 Splits (disjoint; every item in exactly one): 25% of products have 2-4 listings
 (--instance_rate). Half of those groups go to fine-grained retrieval (one
@@ -57,8 +58,8 @@ of items lack >= 1 modality, including --unimodal_rate 0.05 with exactly one;
 broken files, each kind at --<kind>_rate 0.002 but at least one item:
 truncated_jpeg, not_a_video (an HTML page named .mp4), empty_mp3 (0 bytes),
 malformed_pv, bad_encoding (the title as raw GBK bytes in the JSON); and with
---features, --bad_features_rate 0.003 split over NaN image regions, a [12, 512]
-video_s3d and inf in audio_mel. Broken files hit only otherwise complete items.
+--features, --bad_features_rate 0.003 split evenly (at least one each) over NaN
+image regions, a [12, 512] video_s3d and inf in audio_mel. Broken files hit only otherwise complete items.
 A dropped title or pv is either "" or a missing key. A broken or dropped media
 file has no feature file either.
 

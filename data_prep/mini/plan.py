@@ -53,7 +53,7 @@ class DefectRates:
   empty_mp3: float = 0.002
   malformed_pv: float = 0.002
   bad_encoding: float = 0.002
-  bad_features: float = 0.003  # split over the three FEATURE_DEFECTS (features only)
+  bad_features: float = 0.003  # split evenly over the FEATURE_DEFECTS (features only)
 
   def validate(self):
     for f in dataclasses.fields(self):
@@ -163,8 +163,8 @@ def make_plan(world: world_lib.World, num_items: int, seed: int,
   complete = iter(order[n_missing:])
   kinds = [k for k in DEFECTS if k not in FEATURE_DEFECTS]
   wanted = [(k, _count(getattr(rates, k), num_items, True)) for k in kinds]
-  n_feat = _count(rates.bad_features, num_items, True)
-  wanted += [(FEATURE_DEFECTS[j % 3], 1) for j in range(n_feat)]
+  wanted += [(k, _count(rates.bad_features / len(FEATURE_DEFECTS), num_items, True))
+             for k in FEATURE_DEFECTS]
   for kind, n in wanted:    # the plan never depends on --features: same raw bytes
     for _ in range(n):
       i = next(complete, None)

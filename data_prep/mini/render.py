@@ -8,15 +8,14 @@ Encoders run single-threaded with bit-exact muxing, so the bytes are the same to
 from __future__ import annotations
 
 import dataclasses
-import functools
 import io
 import json
 
 import av
 import numpy as np
-import scipy.fft
 from PIL import Image, ImageDraw
 
+from data_prep import decode
 from data_prep import release
 from data_prep.mini import world as W
 
@@ -28,7 +27,6 @@ AUDIO_RATE = 16000
 SPEEDS_PX_PER_S = (6.0, 12.0, 18.0)     # by tempo: < 32 px per second, so 1 fps sampling sees it
 BEATS_PER_S = (1.0, 2.0, 3.0)           # by tempo (the audio track of the same video)
 HARMONICS = {'sine': (1.0,), 'bright': (1.0, 0.5, 0.25), 'hollow': (1.0, 0.0, 0.33, 0.0, 0.2)}
-MEL_BINS, N_FFT, HOP, MEL_SECONDS = 80, 1024, 256, 12
 NOT_A_VIDEO = (b'<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head>\n'
                b'<body><h1>404 Not Found</h1><p>The requested video is unavailable.</p></body></html>\n')
 STREAMS = {'text': 1, 'table': 2, 'image': 3, 'video': 4, 'audio': 5, 'clip': 6, 'features': 7,
@@ -280,28 +278,12 @@ def video_features(world: W.World, clip: Clip, rng) -> np.ndarray:
   return out.astype(np.float16)
 
 
-@functools.lru_cache(maxsize=1)
-def mel_filterbank() -> np.ndarray:
-  """[80, 513] HTK-mel triangular filters, 0-8 kHz."""
-  mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)
-  hz = lambda m: 700.0 * (10.0 ** (m / 2595.0) - 1.0)
-  edges = hz(np.linspace(mel(0.0), mel(AUDIO_RATE / 2), MEL_BINS + 2))
-  freqs = np.linspace(0, AUDIO_RATE / 2, N_FFT // 2 + 1)
-  lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-  fb = np.maximum(0.0, np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)))
-  return fb.astype(np.float32)
-
-
 def log_mel(wave: np.ndarray) -> np.ndarray:
-  """float16 [80, 751]: ln(mel power + 1e-6) of the first 12 s (zero padded), centred frames."""
-  n = MEL_SECONDS * AUDIO_RATE
-  x = np.zeros(n, np.float32)
-  x[:min(n, len(wave))] = wave[:n]
-  x = np.pad(x, N_FFT // 2)
-  frames = np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP]
-  spec = scipy.fft.rfft(frames * np.hanning(N_FFT).astype(np.float32), axis=-1, workers=1)
-  power = spec.real ** 2 + spec.imag ** 2
-  return np.log(power @ mel_filterbank().T + np.float32(1e-6)).T.astype(np.float16)
+  """float16 [80, 751]: the builder's own log-mel (data_prep.decode.log_mel) of the
+  clean audio track, so the `features` and `raw` configs agree on the convention
+  (columns past the track's end are 0)."""
+  mel, _ = decode.log_mel(wave)
+  return mel.astype(np.float16)
 
 
 # ------------------------------------------------------------------ encoders
