@@ -222,8 +222,9 @@ def load_feature(path: str, shape: tuple[int, ...], variable_axis: int | None = 
   """A feature .npy -> (array zero-padded to `shape`, valid length along variable_axis).
 
   The file must have exactly `shape`, except along `variable_axis` where 1..shape
-  entries are accepted (video rows, audio frames). Non-finite values or another
-  shape are `bad_features`; an unreadable file is `corrupt_file`.
+  entries are accepted (video rows, audio frames); trailing all-zero entries
+  there are padding, not valid. Non-finite values, another shape or no valid
+  entry are `bad_features`; an unreadable file is `corrupt_file`.
   """
   check_file(path)
   if os.path.getsize(path) > bounds.max_feature_bytes:
@@ -245,7 +246,13 @@ def load_feature(path: str, shape: tuple[int, ...], variable_axis: int | None = 
     raise Absent('corrupt_file', f'{path}: {e}') from None
   if not np.isfinite(array).all():
     raise Absent('bad_features', f'{path}: non-finite values')
-  valid = got[variable_axis] if variable_axis is not None else 0
+  valid = 0
+  if variable_axis is not None:
+    other_axes = tuple(a for a in range(array.ndim) if a != variable_axis)
+    nonzero = np.flatnonzero(np.any(array != 0, axis=other_axes))
+    valid = int(nonzero[-1]) + 1 if nonzero.size else 0
+    if not valid:
+      raise Absent('bad_features', f'{path}: all zeros')
   if got != tuple(shape):
     pad = [(0, s - g) for g, s in zip(got, shape)]
     array = np.pad(array, pad)

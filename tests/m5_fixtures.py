@@ -56,3 +56,19 @@ def tiny_raw(tiny_release, tmp_path_factory):
 @pytest.fixture(scope='session')
 def tiny_features(tiny_release, tmp_path_factory):
   return build(tiny_release, tmp_path_factory.mktemp('tiny_features'), 'features')
+
+
+MINI_PRODUCTS = 24  # small: generation and the raw build dominate this suite's time
+
+
+@pytest.fixture(scope='session')
+def mini_release(tmp_path_factory):
+  """M5Product-mini from data_prep.make_mini (with features), generated once."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp('mini_release')
+  subprocess.run([sys.executable, '-m', 'data_prep.make_mini', '--out', str(root),
+                  '--num_products', str(MINI_PRODUCTS), '--seed', '1', '--features'],
+                 check=True, capture_output=True, text=True)
+  with open(root / 'mini_manifest.json', encoding='utf-8') as f:
+    return root, json.load(f)

@@ -177,7 +177,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     message = ex.format_report(self._report)
     final_dir = os.path.join(os.fspath(self.data_dir_root), self.info.full_name)
     print(f'{message}\n  report: {os.path.join(final_dir, REPORT_NAME)}', flush=True)
-    logging.info('%s', message)
 
   def _split_names(self):
     return self.builder_config.splits or tuple(release.SPLIT_FILES)
