@@ -155,7 +155,7 @@ def test_beam_path_writes_the_same_examples(tiny_release, tiny_raw, tmp_path):
   """Beam (DirectRunner) == plain path, example for example, and the same report."""
   plain, plain_report = tiny_raw
   # One split keeps the DirectRunner quick; the split code is the same for all.
-  config = M5ProductConfig(name='raw', splits=('pretrain',))
+  config = M5ProductConfig(name='raw_pretrain', form='raw', splits=('pretrain',))
   beam, beam_report = build(tiny_release, tmp_path, config, beam=True)
   assert beam_report['beam'] and not plain_report['beam']
   assert list(beam_report['splits']) == ['pretrain']

@@ -19,8 +19,10 @@ Two generation paths produce the same examples (tested):
 The build report (items in / written / rejected by reason / absent modalities by
 reason, per split and total) is printed and written as JSON to
 `<data_dir>/m5product/<config>/<version>/build_report.json`. Release file names
-are config fields (see `M5ProductConfig`), e.g. `--config '{"name": "raw",
-"annotations": "train.json"}'`. The dataset card is README.md beside this file.
+are config fields (see `M5ProductConfig`); a config that changes them needs its
+own name (TFDS refuses to reuse 'raw'), e.g. `--config '{"name": "raw_train",
+"form": "raw", "annotations": "train.json"}'`. The dataset card is README.md
+beside this file.
 """
 from __future__ import annotations
 
