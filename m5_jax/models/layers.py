@@ -80,6 +80,32 @@ def safe_masked_softmax(logits: jax.Array, mask: jax.Array | None) -> jax.Array:
   return jnp.where(mask.any(axis=-1, keepdims=True), weights, 0.0)
 
 
+class Projection(nn.Module):
+  """x [..., *in] -> [..., *out] with an fp32 kernel [*in, *out] named by logical axes.
+
+  Own module rather than nn.DenseGeneral: DenseGeneral initialises a flat 2-D
+  kernel and reshapes it, which breaks 3-D logical partitioning under
+  jax.set_mesh (flax#3676).
+  """
+  in_shape: tuple[int, ...]
+  out_shape: tuple[int, ...]
+  kernel_axes: tuple[str | None, ...]
+  bias_axes: tuple[str | None, ...]
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', partitioned(dense_init(), self.kernel_axes),
+                        (*self.in_shape, *self.out_shape), jnp.float32)
+    bias = self.param('bias', partitioned(nn.initializers.zeros, self.bias_axes),
+                      self.out_shape, jnp.float32)
+    n_in = len(self.in_shape)
+    contract = tuple(range(x.ndim - n_in, x.ndim))
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                            ((contract, tuple(range(n_in))), ((), ())))
+    return y + bias.astype(self.dtype)
+
+
 class Attention(nn.Module):
   """Multi-head attention; self-attention when `kv` is None, else cross-attention."""
   spec: TransformerSpec
@@ -88,10 +114,9 @@ class Attention(nn.Module):
   def __call__(self, x, mask=None, kv=None, *, deterministic: bool = True):
     s = self.spec
     kv = x if kv is None else kv
-    proj = lambda name: nn.DenseGeneral(  # noqa: E731
-        features=(s.heads, s.head_dim), dtype=s.compute_dtype, param_dtype=jnp.float32,
-        kernel_init=partitioned(dense_init(), (EMBED, HEADS, KV)),
-        bias_init=partitioned(nn.initializers.zeros, (HEADS, KV)), name=name)
+    proj = lambda name: Projection(  # noqa: E731
+        (s.hidden,), (s.heads, s.head_dim), (EMBED, HEADS, KV), (HEADS, KV), s.compute_dtype,
+        name=name)
     q = proj('query')(x)
     k = proj('key')(kv)
     v = proj('value')(kv)
@@ -100,10 +125,8 @@ class Attention(nn.Module):
     weights = safe_masked_softmax(logits, mask)
     weights = nn.Dropout(s.attention_dropout)(weights, deterministic=deterministic)
     out = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(s.compute_dtype), v)
-    out = nn.DenseGeneral(
-        features=s.hidden, axis=(-2, -1), dtype=s.compute_dtype, param_dtype=jnp.float32,
-        kernel_init=partitioned(dense_init(), (HEADS, KV, EMBED)),
-        bias_init=partitioned(nn.initializers.zeros, (EMBED,)), name='out')(out)
+    out = Projection((s.heads, s.head_dim), (s.hidden,), (HEADS, KV, EMBED), (EMBED,),
+                     s.compute_dtype, name='out')(out)
     return nn.with_logical_constraint(out, ACTIVATION_AXES)
 
 
