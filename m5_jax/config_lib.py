@@ -12,7 +12,7 @@ Conventions (big_vision style, but strict where big_vision is lenient):
     valid key. Binaries print that line and exit 2, without a traceback.
   * Durations can be given in steps, epochs or examples: a node holds
     `<name>_steps`, `<name>_epochs` and `<name>_examples`, at most one of them set;
-    `to_steps` turns it into steps.
+    overriding one clears the other two; `to_steps` turns it into steps.
   * The resolved config is written to `<workdir>/config.json`
     (`save_workdir_config`) and read back by eval binaries (`load_workdir_config`).
 """
@@ -142,10 +142,24 @@ def _set(config: ml_collections.ConfigDict, key: str, text: str) -> None:
     value = parse_value(text, current)
     with node.unlocked():
       node[leaf] = value
+      _clear_other_duration_units(node, leaf, value)
   except (ValueError, TypeError, SyntaxError) as e:
     kind = type(current).__name__
     raise ConfigError(f"bad value {text!r} for config key '{key}' (a {kind}, now "
                       f"{current!r}): {str(e).splitlines()[0]}") from None
+
+
+DURATION_UNITS = ('steps', 'epochs', 'examples')
+
+
+def _clear_other_duration_units(node: ml_collections.ConfigDict, leaf: str, value: Any) -> None:
+  """Setting `x_epochs` clears `x_steps` and `x_examples`: the last duration given wins."""
+  name, _, unit = leaf.rpartition('_')
+  if value is None or unit not in DURATION_UNITS:
+    return
+  for other in DURATION_UNITS:
+    if other != unit and f'{name}_{other}' in node:
+      node[f'{name}_{other}'] = None
 
 
 def apply_overrides(config: ml_collections.ConfigDict,
@@ -246,7 +260,7 @@ def to_steps(node: ml_collections.ConfigDict, name: str, *, batch_size: int,
   At most one of the three may be set (not None); none set gives `default`.
   Epochs need `examples_per_epoch` (the train split's size).
   """
-  given = {unit: node.get(f'{name}_{unit}') for unit in ('steps', 'epochs', 'examples')}
+  given = {unit: node.get(f'{name}_{unit}') for unit in DURATION_UNITS}
   given = {u: v for u, v in given.items() if v is not None}
   if len(given) > 1:
     keys = ', '.join(f'{name}_{u}' for u in given)

@@ -21,12 +21,12 @@ the optimizer state's shardings.
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -129,7 +129,7 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int, warmup_s
 def trained_fraction(config: ml_collections.ConfigDict, params: Any) -> tuple[int, int]:
   """(trainable parameter count, total parameter count) under config.optimizer.freeze."""
   frozen = re.compile(config.optimizer.freeze) if config.optimizer.freeze else None
-  sizes = jax.tree.map(lambda p, x: (p, int(jnp.size(x))), param_paths(params), nn.unbox(params))
+  sizes = jax.tree.map(lambda p, x: (p, math.prod(x.shape)), param_paths(params), nn.unbox(params))
   pairs = jax.tree.leaves(sizes, is_leaf=lambda x: isinstance(x, tuple))
   total = sum(n for _, n in pairs)
   trained = sum(n for p, n in pairs if not (frozen and frozen.search(p)))

@@ -107,17 +107,27 @@ def shardings_for(boxed_abstract: Any, mesh: Mesh, rules) -> Any:
                       mesh_specs, shapes, is_leaf=lambda x: isinstance(x, P))
 
 
-def create_sharded(init_fn: Callable[[], Any], mesh: Mesh, rules) -> tuple[Any, Any]:
-  """Runs `init_fn` (returning a tree with flax partitioning boxes) directly sharded.
+def state_shardings(init_fn: Callable[[], Any], mesh: Mesh, rules) -> tuple[Any, Any]:
+  """(abstract unboxed state, its NamedShardings) of what `init_fn` would return.
 
-  Returns (unboxed state, its shardings). Nothing is materialised unsharded: the
-  shapes come from `jax.eval_shape`, the values from `jit(out_shardings=...)`.
+  `init_fn` returns a tree that may hold flax partitioning boxes; nothing is
+  computed (jax.eval_shape).
   """
   with nn.logical_axis_rules(rules):
-    abstract = jax.eval_shape(init_fn)
-    shardings = shardings_for(abstract, mesh, rules)
-    state = jax.jit(lambda: nn.unbox(init_fn()), out_shardings=shardings)()
-  return state, shardings
+    boxed = jax.eval_shape(init_fn)
+    return nn.unbox(boxed), shardings_for(boxed, mesh, rules)
+
+
+def init_sharded(init_fn: Callable[[], Any], shardings: Any) -> Any:
+  """Runs `init_fn` under jit with `out_shardings`: each device computes only its shard."""
+  return jax.jit(lambda: nn.unbox(init_fn()), out_shardings=shardings)()
+
+
+def create_sharded(init_fn: Callable[[], Any], mesh: Mesh, rules) -> tuple[Any, Any]:
+  """(state, shardings): `init_fn`'s result created directly sharded on `mesh`."""
+  _, shardings = state_shardings(init_fn, mesh, rules)
+  with nn.logical_axis_rules(rules):
+    return init_sharded(init_fn, shardings), shardings
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
@@ -141,6 +151,9 @@ def process_batch_size(global_batch_size: int, mesh: Mesh) -> int:
   if global_batch_size % shards:
     raise ValueError(f'global batch size {global_batch_size} is not divisible by the '
                      f'{shards} batch shards of mesh {dict(mesh.shape)}')
+  if global_batch_size % jax.process_count():
+    raise ValueError(f'global batch size {global_batch_size} is not divisible by the '
+                     f'{jax.process_count()} processes')
   return global_batch_size // jax.process_count()
 
 

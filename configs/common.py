@@ -1,0 +1,94 @@
+"""Defaults shared by every method config: `get_config(method, arg)`.
+
+Config args (after ':' in `--config configs/<method>.py:ARGS`):
+
+  size=tiny|small|base|large    model size (m5_jax/models/sizes.py)
+  modalities=itpva              one-letter codes: t text, p table, i image, v video, a audio
+                                (default: the method's own set)
+  form=raw|features             input form of the media modalities (default raw)
+  batch_size=N                  global batch size (default 256; runlocal 8)
+  runlocal                      a tiny CPU smoke run on M5Product-mini: size tiny,
+                                batch 8, 20 steps, checkpoints every 10, log every step
+
+Every field can then be overridden with `--config.a.b=value` (m5_jax/config_lib.py).
+Durations are `<name>_steps | <name>_epochs | <name>_examples` (one of them set; an
+override of one clears the others): total_*, schedule.warmup_*, checkpoint.every_*,
+log.every_*.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from m5_jax import config_lib
+from m5_jax.models import presets
+
+MEDIA = ('image', 'video', 'audio')
+MINI_DATA_DIR = 'data/mini/tfds'               # python -m data_prep.make_mini + tfds build
+MINI_TOKENIZER = 'data/mini/spm/m5_mini.model'  # python -m data_prep.tokenizer
+
+
+def duration(prefix: str, steps=None, epochs=None, examples=None) -> dict:
+  return {f'{prefix}_steps': steps, f'{prefix}_epochs': epochs, f'{prefix}_examples': examples}
+
+
+def get_config(method: str | None, arg: str | None, **extra_args) -> ml_collections.ConfigDict:
+  """The full config of `method` (a models.presets name) for the config args `arg`.
+
+  `extra_args` are further config args with their defaults (kept in config.args);
+  with method=None the method comes from the `method` arg.
+  """
+  args = config_lib.parse_arg(arg, size='base', modalities='', form='raw', batch_size=256,
+                              runlocal=False, **extra_args)
+  method = method or args.method
+  if args.runlocal:
+    args.size = 'tiny' if 'size=' not in (arg or '') else args.size
+    args.batch_size = 8 if 'batch_size=' not in (arg or '') else args.batch_size
+  if args.form not in ('raw', 'features'):
+    raise config_lib.ConfigError(f"config argument form must be raw or features, got {args.form!r}")
+
+  config = presets.full_config(method, args.size, args.modalities or None)
+  config.args = args
+  config.task = 'pretrain'
+  for m in MEDIA:
+    if m in config.modality and 'form' in config.modality[m]:
+      config.modality[m].form = args.form
+
+  config.input = ml_collections.ConfigDict(dict(
+      dataset=f'm5product/{args.form}',
+      data_dir='~/tensorflow_datasets',
+      tokenizer='',                    # sentencepiece .model (python -m data_prep.tokenizer)
+      train_split='pretrain',
+      batch_size=args.batch_size,      # global, over all processes
+      num_train_examples=None,         # epoch size when the source cannot tell
+  ))
+  config.update(duration('total', steps=100_000))
+  config.num_microbatches = 1          # gradient accumulation
+  config.nonfinite = 'stop'            # 'stop' | 'skip'
+
+  config.optimizer = ml_collections.ConfigDict(dict(
+      name='adamw', lr=1e-4, b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.01,
+      no_decay=r'(bias|scale|embedding|contrastive_log_scale|contrastive_bias)$',
+      grad_clip_norm=1.0, lr_multipliers=(), freeze=''))
+  config.schedule = ml_collections.ConfigDict(dict(
+      name='cosine', end_lr_factor=0.0, **duration('warmup', steps=5_000)))
+
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  config.sharding = ml_collections.ConfigDict(dict(rules='fsdp', activation_constraints=False))
+  config.checkpoint = ml_collections.ConfigDict(dict(
+      keep=3, keep_every=0, async_save=True, **duration('every', steps=2_000)))
+  config.log = ml_collections.ConfigDict(dict(
+      peak_flops_per_device=0.0,       # e.g. 989e12 (H100 bf16) for an MFU estimate
+      profile_steps=(0, 0),            # (first step, number of steps) to trace
+      **duration('every', steps=100)))
+  config.init_from = ml_collections.ConfigDict(dict(
+      path='', step=-1, include='.*', exclude='', into=''))
+
+  if args.runlocal:
+    config.input.data_dir = MINI_DATA_DIR
+    config.input.tokenizer = MINI_TOKENIZER
+    config.update(duration('total', steps=20))
+    config.schedule.warmup_steps = 2
+    config.optimizer.lr = 1e-3
+    config.checkpoint.every_steps = 10
+    config.log.every_steps = 1
+  return config

@@ -1,0 +1,380 @@
+r"""The train binary: pretraining (and classification fine-tuning) on a device mesh.
+
+  python -m m5_jax.train --config configs/m5_mmt.py:size=tiny,runlocal --workdir /tmp/m5 \
+      [--config.optimizer.lr=3e-4 ...]
+
+Read top to bottom: the task (what a step computes), the train step (pure,
+jitted, donated state), then the loop (resume, log, checkpoint, preemption).
+
+  * State = {'step', 'params', 'opt_state'}: fp32 parameters (compute dtype is
+    config.model.dtype), created already sharded on the mesh (m5_jax/sharding.py).
+  * rng of step s = fold_in(key(config.seed), s): a resumed run draws the same
+    masks and dropout as an uninterrupted one, and the input pipeline yields the
+    same batch at step s, so resuming is bitwise exact.
+  * Gradient accumulation (config.num_microbatches > 1): the global batch is
+    masked once, split into microbatches, and the gradient of
+    sum_k w_k * N_k / D_k is accumulated with N_k summed over microbatches and D_k
+    the *global* denominators (counted first; that pass reads only masks, so XLA
+    drops the model compute from it). Masked-modeling terms are therefore exact;
+    contrastive terms see the negatives of their microbatch.
+  * A non-finite loss or gradient never updates the state; config.nonfinite =
+    'stop' ends the run with an error naming the step, 'skip' goes on.
+  * SIGTERM (preemption): save at the current step, exit 0; a restart resumes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import signal
+import sys
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from m5_jax import batch as batch_lib
+from m5_jax import checkpointing
+from m5_jax import config_lib
+from m5_jax import finetune
+from m5_jax import models
+from m5_jax import objectives
+from m5_jax import optimizer as optimizer_lib
+from m5_jax import sharding
+from m5_jax import train_logging
+
+TASKS = ('pretrain', 'classification_finetune')
+
+
+# ------------------------------------------------------------------------ the task
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """What one step computes. `prepare` runs once on the global batch (masking);
+  `terms` on the prepared (micro)batch gives {name: (numerator, denominator)};
+  `combine` weighs the terms into the scalar loss."""
+  model: Any
+  prepare: Callable[[Any, jax.Array], Any]
+  terms: Callable[[Any, Any, jax.Array], dict]
+  combine: Callable[[dict], jax.Array]
+
+
+def make_task(config: ml_collections.ConfigDict) -> Task:
+  if config.task == 'pretrain':
+    model = models.build(config)
+
+    def prepare(batch, rng):
+      masked, targets = objectives.mask_batch(batch, rng, config)
+      return {'masked': masked, 'targets': targets, 'batch': batch}
+
+    def terms(params, inputs, rng):
+      outputs = model.apply({'params': params}, inputs['masked'], train=True,
+                            rngs={'dropout': rng})
+      return objectives.losses(outputs, inputs['targets'], inputs['batch'], config)
+
+    return Task(model, prepare, terms, lambda t: objectives.total_loss(t, config))
+
+  if config.task == 'classification_finetune':
+    model = finetune.build(config)
+
+    def terms(params, batch, rng):
+      logits = model.apply({'params': params}, batch, train=True, rngs={'dropout': rng})
+      return finetune.terms(logits, batch)
+
+    combine = lambda t: sum(num / jnp.maximum(den, 1.0) for num, den in t.values())  # noqa: E731
+    return Task(model, lambda batch, rng: batch, terms, combine)
+  raise ValueError(f'unknown config.task {config.task!r}; expected one of {TASKS}')
+
+
+# ------------------------------------------------------------------------ the step
+
+
+def split_microbatches(tree, num: int, mesh):
+  """[B, ...] -> [num, B/num, ...]; microbatch i = rows i, i+num, ... so that every
+  device holds an equal part of each microbatch."""
+  constraint = NamedSharding(mesh, P(None, sharding.BATCH_AXES))
+
+  def split(x):
+    x = x.reshape(x.shape[0] // num, num, *x.shape[1:]).swapaxes(0, 1)
+    return jax.lax.with_sharding_constraint(x, constraint)
+
+  return jax.tree.map(split, tree)
+
+
+def make_train_step(config, task: Task, tx, schedule, mesh):
+  seed_key = jax.random.key(config.seed)
+  num_micro = config.num_microbatches
+
+  def train_step(state, batch):
+    step, params = state['step'], state['params']
+    prepare_rng, dropout_rng = jax.random.split(jax.random.fold_in(seed_key, step))
+    inputs = task.prepare(batch, prepare_rng)
+
+    if num_micro == 1:
+      def loss_fn(p):
+        terms = task.terms(p, inputs, dropout_rng)
+        return task.combine(terms), terms
+      (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    else:
+      micro = split_microbatches(inputs, num_micro, mesh)
+      rngs = jax.random.split(dropout_rng, num_micro)
+      # Pass 1: the global denominators (they depend on masks only).
+      dens = jax.lax.map(lambda xs: {k: d for k, (_, d) in task.terms(params, *xs).items()},
+                         (micro, rngs))
+      dens = jax.tree.map(lambda d: d.sum(0), dens)
+
+      # Pass 2: sum the microbatches' gradients of sum_k w_k N_k,mb / D_k.
+      def accumulate(carry, xs):
+        def loss_fn(p):
+          terms = task.terms(p, *xs)
+          return task.combine({k: (n, dens[k]) for k, (n, _) in terms.items()}), terms
+        (_, terms), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        grads, nums = carry
+        nums = {k: nums[k] + n for k, (n, _) in terms.items()}
+        return (jax.tree.map(jnp.add, grads, g), nums), None
+
+      zero_nums = {k: jnp.zeros((), jnp.float32) for k in dens}
+      (grads, nums), _ = jax.lax.scan(
+          accumulate, (jax.tree.map(jnp.zeros_like, params), zero_nums), (micro, rngs))
+      terms = {k: (nums[k], dens[k]) for k in dens}
+      loss = task.combine(terms)
+
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state['opt_state'], params)
+    new_params = optax.apply_updates(params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+    new_state = {'step': step + 1, 'params': keep(new_params, params),
+                 'opt_state': keep(opt_state, state['opt_state'])}
+    metrics = {'loss': loss, 'grad_norm': grad_norm, 'param_norm': optax.global_norm(new_params),
+               'lr': schedule(step), 'skipped': 1.0 - finite.astype(jnp.float32)}
+    for name, (num, den) in terms.items():
+      metrics[f'loss/{name}'] = num / jnp.maximum(den, 1.0)
+      metrics[f'count/{name}'] = den
+    return new_state, metrics
+
+  return train_step
+
+
+def init_state_fn(config, task: Task, tx) -> Callable[[], dict]:
+  """() -> the initial (boxed) train state; m5_jax.sharding places it on the mesh."""
+  def init():
+    rng = jax.random.key(config.seed)
+    variables = task.model.init({'params': rng, 'dropout': rng},
+                                batch_lib.zeros_batch(config, 2), train=False)
+    params = variables['params']
+    return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+  return init
+
+
+# ------------------------------------------------------------------------ the loop
+
+
+def initialize_distributed() -> None:
+  """jax.distributed.initialize when launched multi-process; a no-op on one host.
+
+  Explicit: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID (and
+  optionally JAX_LOCAL_DEVICE_IDS). Auto-detected (SLURM, multi-worker TPU, MPI):
+  M5_JAX_DISTRIBUTED=1 (set by launch/gpu_slurm.sbatch) or TPU_WORKER_HOSTNAMES
+  listing several workers.
+  """
+  env = os.environ
+  if jax.distributed.is_initialized():
+    return
+  if env.get('JAX_COORDINATOR_ADDRESS'):
+    local = env.get('JAX_LOCAL_DEVICE_IDS')
+    jax.distributed.initialize(
+        coordinator_address=env['JAX_COORDINATOR_ADDRESS'],
+        num_processes=int(env['JAX_NUM_PROCESSES']), process_id=int(env['JAX_PROCESS_ID']),
+        local_device_ids=[int(i) for i in local.split(',')] if local else None)
+  elif env.get('M5_JAX_DISTRIBUTED') == '1' or ',' in env.get('TPU_WORKER_HOSTNAMES', ''):
+    jax.distributed.initialize()
+
+
+class PreemptionWatcher:
+  """SIGTERM sets a flag; all processes agree on it (any process signalled => stop)."""
+
+  def __init__(self, checkpointer: checkpointing.Checkpointer):
+    self.signalled, self.checkpointer = False, checkpointer
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM: will save a checkpoint at the current step and exit')
+    self.signalled = True
+
+  def should_stop(self, step: int) -> bool:
+    stop = self.signalled or self.checkpointer.reached_preemption(step)
+    if jax.process_count() > 1:
+      stop = bool(np.max(multihost_utils.process_allgather(np.int32(stop))))
+    return stop
+
+  def close(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def create_input(config, mesh):
+  if config.input.dataset == 'synthetic':
+    from m5_jax import synthetic_input  # pylint: disable=g-import-not-at-top
+    return synthetic_input.SyntheticIterator(config, mesh, config.input.batch_size, config.seed,
+                                             num_classes=config.get('finetune', {}).get(
+                                                 'num_classes', 16))
+  from m5_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  return input_pipeline.create_iterator(config, config.input.train_split, mesh, train=True)
+
+
+def _batch_shapes(config, mesh) -> Any:
+  """Abstract global batch (for compiling before the first batch arrives)."""
+  spec = batch_lib.batch_spec(config)
+  bsh = sharding.batch_sharding(mesh)
+  make = lambda s: ({k: make(v) for k, v in s.items()} if isinstance(s, dict)  # noqa: E731
+                    else jax.ShapeDtypeStruct((config.input.batch_size, *s[0]), s[1], sharding=bsh))
+  return make(spec)
+
+
+def _maybe_init_from(config, state, shardings):
+  """Fine-tuning: copy parameters from another run's checkpoint (config.init_from)."""
+  init = config.init_from
+  target, target_shardings = state['params'], shardings['params']
+  for key in filter(None, init.into.split('/')):
+    target, target_shardings = target[key], target_shardings[key]
+  loaded, copied = checkpointing.init_params_from(
+      init.path, target, target_shardings, step=init.step if init.step >= 0 else None,
+      include=init.include, exclude=init.exclude)
+  logging.info('init_from %s: copied %d parameters into %r', init.path, len(copied),
+               init.into or '<root>')
+  params = loaded
+  if init.into:  # put the subtree back
+    keys = init.into.split('/')
+    params = dict(state['params'])
+    node = params
+    for key in keys[:-1]:
+      node[key] = dict(node[key])
+      node = node[key]
+    node[keys[-1]] = loaded
+  return dict(state, params=params)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains until config's total duration (resuming from `workdir`); returns the state."""
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.axis_rules(config.sharding)
+  sharding.log_mesh(mesh)
+  data = create_input(config, mesh)
+  batch_size = config.input.batch_size
+  sharding.process_batch_size(batch_size, mesh)  # validates divisibility
+  durations = dict(batch_size=batch_size, examples_per_epoch=getattr(
+      getattr(data, 'host', data), 'num_examples', None) or config.input.get('num_train_examples'))
+  total_steps = config_lib.to_steps(config, 'total', **durations)
+  warmup_steps = config_lib.to_steps(config.schedule, 'warmup', **durations, default=0)
+  checkpoint_every = config_lib.to_steps(config.checkpoint, 'every', **durations,
+                                         default=total_steps)
+  log_every = config_lib.to_steps(config.log, 'every', **durations, default=50)
+
+  task = make_task(config)
+  tx, schedule = optimizer_lib.make_optimizer(config, total_steps, warmup_steps)
+  init_fn = init_state_fn(config, task, tx)
+  constraints = config.sharding.activation_constraints
+  with sharding.activation_context(mesh, rules, constraints):
+    abstract, shardings = sharding.state_shardings(init_fn, mesh, rules)
+  logging.info('state sharding: %s', sharding.describe(shardings))
+
+  checkpointer = checkpointing.Checkpointer(workdir, config.checkpoint)
+  start_step = checkpointer.latest_step()
+  if start_step is not None:
+    logging.info('resuming from %s step %d', checkpointer.directory, start_step)
+    state, data_state = checkpointer.restore(
+        start_step, sharding.abstract_with_shardings(abstract, shardings))
+    data.restore(data_state)
+  else:
+    start_step = 0
+    with sharding.activation_context(mesh, rules, constraints):
+      state = sharding.init_sharded(init_fn, shardings)
+    if config.init_from.path:
+      state = _maybe_init_from(config, state, shardings)
+  if jax.process_index() == 0:
+    config_lib.save_workdir_config(config, workdir)
+
+  step_fn = jax.jit(make_train_step(config, task, tx, schedule, mesh),
+                    in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                    out_shardings=(shardings, None), donate_argnums=(0,))
+  with sharding.activation_context(mesh, rules, constraints):
+    compiled = step_fn.lower(sharding.abstract_with_shardings(abstract, shardings),
+                             _batch_shapes(config, mesh)).compile()
+  flops = train_logging.train_step_flops(compiled)
+  logger = train_logging.MetricLogger(
+      workdir, total_steps=total_steps, batch_size=batch_size, flops_per_step=flops,
+      peak_flops_per_device=config.log.peak_flops_per_device)
+  profiler = train_logging.Profiler(workdir, *config.log.profile_steps)
+  watcher = PreemptionWatcher(checkpointer)
+  logging.info('training steps %d..%d (%d warmup), %s FLOPs/step/device', start_step,
+               total_steps, warmup_steps, f'{flops:.3g}' if flops else 'unknown')
+
+  def check_and_log(step: int, metrics) -> None:
+    """Host side of step `step` (called one step late so the devices stay busy)."""
+    loss = float(metrics['loss'])
+    if not math.isfinite(loss):
+      if config.nonfinite == 'stop':
+        raise FloatingPointError(
+            f'non-finite loss ({loss}) at step {step}; the update was not applied. Set '
+            f"--config.nonfinite=skip to skip such steps, or lower optimizer.lr")
+      logging.warning('non-finite loss at step %d: update skipped', step)
+    if step % log_every == 0 or step == total_steps:
+      logger.write(step, jax.device_get(metrics))
+
+  logger.start(start_step)
+  pending = None
+  try:
+    for step in range(start_step, total_steps):
+      if watcher.should_stop(step):
+        if pending:
+          check_and_log(*pending)
+        checkpointer.save(step, state, data.get_state(), force=True)
+        checkpointer.wait()
+        logging.warning('preempted: saved step %d to %s; exiting', step, checkpointer.directory)
+        return state
+      profiler.step(step)
+      state, metrics = compiled(state, next(data))
+      if pending:
+        check_and_log(*pending)
+      pending = (step + 1, metrics)
+      if (step + 1) % checkpoint_every == 0 or step + 1 == total_steps:
+        checkpointer.save(step + 1, state, data.get_state(), force=True)
+    if pending:
+      check_and_log(*pending)
+  finally:
+    profiler.close()
+    watcher.close()
+    checkpointer.close()
+    logger.close()
+  return state
+
+
+def main(argv) -> int:
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
+  try:
+    config, flags = config_lib.parse_command_line(argv, {'workdir': ''})
+    if not flags['workdir']:
+      raise config_lib.ConfigError('--workdir DIR is required')
+    if config.task not in TASKS:
+      raise config_lib.ConfigError(f'unknown config.task {config.task!r}; expected one of {TASKS}')
+  except config_lib.ConfigError as e:
+    config_lib.exit_with(e, 'm5_jax.train')
+  initialize_distributed()
+  try:
+    train(config, flags['workdir'])
+  except (FloatingPointError, config_lib.ConfigError) as e:
+    print(f'm5_jax.train: error: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv[1:]))
