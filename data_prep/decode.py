@@ -21,6 +21,7 @@ import warnings
 import av
 import numpy as np
 from PIL import Image
+import scipy.fft
 
 from data_prep import release
 
@@ -208,8 +209,8 @@ def log_mel(samples: np.ndarray, num_frames: int = MEL_FRAMES) -> tuple[np.ndarr
   padded = np.pad(samples, pad, mode=mode)
   valid = 1 + samples.size // HOP
   idx = np.arange(N_FFT)[None, :] + HOP * np.arange(valid)[:, None]
-  spectrum = np.abs(np.fft.rfft(padded[idx] * _WINDOW, axis=-1)) ** 2  # [valid, 513]
-  mel = np.log(spectrum.astype(np.float32) @ _MEL.T + LOG_FLOOR).T     # [80, valid]
+  spectrum = np.abs(scipy.fft.rfft(padded[idx] * _WINDOW, axis=-1)) ** 2  # float32 [valid, 513]
+  mel = np.log(spectrum @ _MEL.T + LOG_FLOOR).T                            # [80, valid]
   out = np.zeros((N_MELS, num_frames), np.float32)
   out[:, :valid] = mel
   return out, valid

@@ -114,22 +114,26 @@ def features_dict(config: M5ProductConfig) -> tfds.features.FeaturesDict:
       'pv_values': f.Sequence(f.Text()),
   }
   mel = (decode.N_MELS, decode.MEL_FRAMES)
+  # Large float tensors are stored as their raw bytes: half the size of a
+  # float_list for float16, and about 30x faster to serialize.
+  as_bytes = f.Encoding.BYTES
   if config.form == 'raw':
     s, sv = config.image_size, config.video_size
     media = {
         'image': f.Image(shape=(s, s, 3), encoding_format='jpeg'),
         'video': f.Video(shape=(None, sv, sv, 3), encoding_format='jpeg'),
-        'audio_mel': f.Tensor(shape=mel, dtype=np.float16),
+        'audio_mel': f.Tensor(shape=mel, dtype=np.float16, encoding=as_bytes),
         'audio_frames': f.Scalar(dtype=np.int32),
     }
   else:
     shapes = release.FEATURE_SHAPES
     media = {
-        'image_regions': f.Tensor(shape=shapes['image_regions'], dtype=np.float16),
+        'image_regions': f.Tensor(shape=shapes['image_regions'], dtype=np.float16,
+                                  encoding=as_bytes),
         'image_boxes': f.Tensor(shape=shapes['image_boxes'], dtype=np.float32),
-        'video_s3d': f.Tensor(shape=shapes['video_s3d'], dtype=np.float16),
+        'video_s3d': f.Tensor(shape=shapes['video_s3d'], dtype=np.float16, encoding=as_bytes),
         'video_frames': f.Scalar(dtype=np.int32),
-        'audio_mel': f.Tensor(shape=shapes['audio_mel'], dtype=np.float16),
+        'audio_mel': f.Tensor(shape=shapes['audio_mel'], dtype=np.float16, encoding=as_bytes),
         'audio_frames': f.Scalar(dtype=np.int32),
     }
   return f.FeaturesDict({**common, **media})
