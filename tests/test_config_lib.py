@@ -1,0 +1,112 @@
+"""Strict configs: args, overrides with nearest-key errors, durations, workdir round trip."""
+import glob
+import os
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from m5_jax import config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config():
+  return ml_collections.ConfigDict({
+      'seed': 0, 'modalities': ('text', 'image'), 'name': 'x', 'flag': False,
+      'optimizer': {'lr': 1e-3, 'betas': (0.9, 0.98), 'freeze': ''},
+      'total_steps': 100, 'total_epochs': None, 'total_examples': None,
+      'maybe': None})
+
+
+def test_parse_arg_types_and_bare_flags():
+  args = config_lib.parse_arg('size=tiny,runlocal,batch_size=16', size='base', runlocal=False,
+                              batch_size=256)
+  assert (args.size, args.runlocal, args.batch_size) == ('tiny', True, 16)
+
+
+def test_parse_arg_unknown_names_the_nearest():
+  with pytest.raises(config_lib.ConfigError, match="unknown config argument 'sise'; did you mean 'size'"):
+    config_lib.parse_arg('sise=tiny', size='base', runlocal=False)
+
+
+def test_overrides_parse_by_current_type():
+  c = config_lib.apply_overrides(_config(), [
+      ('seed', '7'), ('optimizer.lr', '3e-4'), ('flag', 'true'), ('modalities', 'text,table'),
+      ('optimizer.betas', '(0.8, 0.9)'), ('name', 'run 1'), ('maybe', '[1, 2]')])
+  assert c.seed == 7 and c.optimizer.lr == 3e-4 and c.flag is True
+  assert c.modalities == ('text', 'table') and c.optimizer.betas == (0.8, 0.9)
+  assert c.name == 'run 1' and c.maybe == [1, 2]
+
+
+@pytest.mark.parametrize('key,value,message', [
+    ('optimizer.lrr', '1', "unknown config key 'optimizer.lrr'; did you mean 'optimizer.lr'?"),
+    ('optimiser.lr', '1', "did you mean 'optimizer.lr'?"),
+    ('seed', 'abc', "bad value 'abc' for config key 'seed' (a int"),
+    ('flag', 'maybe', "bad value 'maybe' for config key 'flag'"),
+    ('optimizer', '1', "config key 'optimizer' is a group"),
+])
+def test_bad_overrides_give_one_line(key, value, message):
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.apply_overrides(_config(), [(key, value)])
+  assert message in str(e.value) and '\n' not in str(e.value)
+
+
+def test_duration_override_clears_the_other_units():
+  c = config_lib.apply_overrides(_config(), [('total_epochs', '3')])
+  assert (c.total_steps, c.total_epochs) == (None, 3)
+  assert config_lib.to_steps(c, 'total', batch_size=10, examples_per_epoch=95) == 29
+
+
+def test_to_steps_units_and_errors():
+  node = ml_collections.ConfigDict({'x_steps': None, 'x_epochs': None, 'x_examples': 1001})
+  assert config_lib.to_steps(node, 'x', batch_size=10) == 101
+  node.x_examples = None
+  assert config_lib.to_steps(node, 'x', batch_size=10, default=5) == 5
+  node.x_epochs = 2
+  with pytest.raises(config_lib.ConfigError, match='epoch size'):
+    config_lib.to_steps(node, 'x', batch_size=10)
+  node.x_steps = 3
+  with pytest.raises(config_lib.ConfigError, match='set only one of x_steps, x_epochs'):
+    config_lib.to_steps(node, 'x', batch_size=10)
+
+
+def test_workdir_config_round_trip(tmp_path):
+  c = _config()
+  config_lib.save_workdir_config(c, str(tmp_path))
+  back = config_lib.load_workdir_config(str(tmp_path))
+  assert back.modalities == ('text', 'image') and back.optimizer.lr == 1e-3
+  assert back.to_dict() == c.to_dict()
+
+
+@pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(REPO, 'configs', '[a-z]*.py'))))
+def test_every_config_loads_with_runlocal(path):
+  if os.path.basename(path) == 'common.py':
+    pytest.skip('library')
+  config = config_lib.load_config(f'{path}:runlocal')
+  assert config.model.size == 'tiny' and config.input.batch_size == 8
+  assert config.total_steps == 20
+  with open(path) as f:
+    assert f.read().startswith('"""python -m m5_jax.train --config configs/')
+
+
+def test_command_line_parses_config_and_flags():
+  config, flags = config_lib.parse_command_line(
+      ['--config', 'configs/clip.py:size=tiny', '--workdir=/tmp/x', '--config.seed', '3'],
+      {'workdir': ''})
+  assert flags['workdir'] == '/tmp/x' and config.seed == 3 and config.model.method == 'clip'
+  with pytest.raises(config_lib.ConfigError, match="unknown flag '--workdri'; did you mean '--workdir'"):
+    config_lib.parse_command_line(['--config', 'configs/clip.py', '--workdri=x'], {'workdir': ''})
+
+
+def test_binary_bad_override_is_one_clean_line(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, '-m', 'm5_jax.train', '--config', 'configs/m5_mmt.py:size=tiny',
+       '--workdir', str(tmp_path), '--config.optimizer.lrr=0.1'],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert lines == ["m5_jax.train: error: unknown config key 'optimizer.lrr'; "
+                   "did you mean 'optimizer.lr'?"], proc.stderr
+  assert not os.listdir(tmp_path)
