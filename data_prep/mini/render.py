@@ -297,10 +297,16 @@ def encode_mp4(frames: np.ndarray) -> bytes:
     stream.width, stream.height = frames.shape[2], frames.shape[1]
     stream.pix_fmt = 'yuv420p'
     stream.codec_context.thread_count = 1
-    chroma = np.full((frames.shape[1] // 2, frames.shape[2]), 128, np.uint8)
-    for luma in frames:
-      planes = np.concatenate([luma, chroma])    # yuv420p: Y, then U and V (w/2 x h/2 each)
-      out.mux(stream.encode(av.VideoFrame.from_ndarray(planes, format='yuv420p')))
+    # One frame, refilled in place: x264 copies each picture on encode.
+    frame = av.VideoFrame(frames.shape[2], frames.shape[1], 'yuv420p')
+    for chroma in frame.planes[1:]:
+      chroma.update(np.full(chroma.buffer_size, 128, np.uint8))
+    luma = frame.planes[0]
+    pad = ((0, 0), (0, luma.line_size - frames.shape[2]))
+    for t, image in enumerate(frames):
+      luma.update(np.ascontiguousarray(np.pad(image, pad)) if pad[1][1] else image)
+      frame.pts = t
+      out.mux(stream.encode(frame))
     out.mux(stream.encode())
   return buf.getvalue()
 
