@@ -96,6 +96,7 @@ class M5Model(nn.Module):
       self.itm_head = nn.Dense(1, param_dtype=jnp.float32,
                                kernel_init=layers.partitioned(layers.dense_init(),
                                                               (layers.EMBED, None)),
+                               bias_init=layers.partitioned(nn.initializers.zeros, (None,)),
                                name='itm_head')
 
   @property

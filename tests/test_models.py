@@ -1,0 +1,186 @@
+"""The model family: presets, missing modalities, masks, scan/remat, logical axes."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+from flax.core import meta
+
+from m5_jax import models
+from m5_jax import objectives
+from m5_jax.models import family
+from m5_jax.models import layers
+from m5_jax.models import presets
+import model_testlib
+
+
+def all_finite(tree):
+  return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
+
+
+def loss_and_grads(model, config, params, batch, rng=jax.random.key(0)):
+  def loss_fn(params):
+    masked, targets = objectives.mask_batch(batch, rng, config)
+    out = model.apply({'params': params}, masked, train=True, rngs={'dropout': rng})
+    terms = objectives.losses(out, targets, masked, config)
+    return objectives.total_loss(terms, config), (terms, out)
+  return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+
+
+def mixed_presence(config):
+  """Items 0, 4: everything; 1: first modality only; 2: last modality only; 3: padding."""
+  names = config.modalities
+  present = {m: np.array([True, i == 0, i == len(names) - 1, False, True])
+             for i, m in enumerate(names)}
+  batch = model_testlib.random_batch(config, 5, present=present)
+  batch['example_mask'][3] = False
+  return batch
+
+
+@pytest.mark.parametrize('method', list(presets.PRESETS))
+def test_preset_builds_and_computes_loss(method):
+  dtype = 'bfloat16' if method == 'm5_mmt' else 'float32'
+  config = model_testlib.tiny_config(method, 'it' if method in ('m5_mmt', 'scale') else None,
+                                     dtype=dtype)
+  model = models.build(config)
+  batch = mixed_presence(config)
+  params = nn.unbox(model_testlib.random_params(model, batch))
+  masked, targets = objectives.mask_batch(batch, jax.random.key(1), config)
+  out = jax.jit(lambda p, b: model.apply({'params': p}, b, train=True,
+                                         rngs={'dropout': jax.random.key(2)}))(params, masked)
+  terms = objectives.losses(out, targets, masked, config)
+  loss = objectives.total_loss(terms, config)
+  assert loss.dtype == jnp.float32 and np.isfinite(loss) and loss > 0
+  assert all(num.dtype == jnp.float32 and den.dtype == jnp.float32 for num, den in terms.values())
+  for m in config.modalities:
+    assert out['pooled'][m].shape == (5, config.model.hidden)
+    assert out['pooled'][m].dtype == jnp.float32
+    np.testing.assert_array_equal(out['present'][m], batch[m]['present'] & batch['example_mask'])
+    # An absent modality's pooled vector is exactly zero, never a stale [CLS].
+    assert not np.any(np.asarray(out['pooled'][m])[~np.asarray(out['present'][m])])
+  if config.loss.itm_weight:
+    assert out['itm']['logits'].shape == (10,) and 'itm' in terms
+
+
+def test_missing_modalities_train_with_finite_gradients():
+  """Single-modality items train; a modality absent from the whole batch is harmless."""
+  config = model_testlib.tiny_config('scale', 'itv')  # SCALE: G over 1-modality items too
+  model = models.build(config)
+  single = {'image': [1, 0, 1, 0], 'text': [0, 1, 0, 1], 'video': [0, 0, 0, 0]}  # no video
+  batch = model_testlib.random_batch(
+      config, 4, present={m: np.array(v, bool) for m, v in single.items()})
+  params = nn.unbox(model_testlib.random_params(model, batch))
+  (loss, (terms, _)), grads = loss_and_grads(model, config, params, batch)
+  assert np.isfinite(loss) and loss > 0
+  assert all_finite(grads)
+  for m in ('image', 'text'):
+    assert terms[f'masked_{m}'][1] > 0
+    encoder_grads = jax.tree.leaves(grads[f'encoders_{m}'])
+    assert max(float(jnp.abs(g).max()) for g in encoder_grads) > 0, m
+  assert terms['masked_video'] == (0, 0)
+  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads['encoders_video'])) == 0
+  # No item has two modalities: every contrastive pair is empty.
+  assert all(terms[n][1] == 0 for n in terms if n.startswith('contrastive_'))
+
+
+@pytest.mark.parametrize('fusion', ['joint', 'co_attention'])
+def test_absent_content_is_never_attended(fusion):
+  """Changing what an absent modality or padding holds changes no output at all."""
+  config = model_testlib.tiny_config('m5_mmt', 'itv', fusion=fusion)
+  model = models.build(config)
+  batch = mixed_presence(config)
+  params = nn.unbox(model_testlib.random_params(model, batch))
+  apply = jax.jit(lambda b: model.apply({'params': params}, b))
+  ref = apply(batch)
+  noisy = jax.tree.map(np.copy, batch)
+  rng = np.random.default_rng(9)
+  absent = ~noisy['video']['present']
+  noisy['video']['frames'][absent] = rng.integers(0, 256, noisy['video']['frames'][absent].shape)
+  pad = ~noisy['text']['mask']
+  noisy['text']['ids'][pad] = rng.integers(5, model_testlib.VOCAB, pad.sum())
+  out = apply(noisy)
+  for m in config.modalities:
+    np.testing.assert_allclose(out['pooled'][m], ref['pooled'][m], atol=1e-6)
+    keep = np.asarray(ref['token_mask'][m])
+    np.testing.assert_allclose(np.asarray(out['tokens'][m])[keep],
+                               np.asarray(ref['tokens'][m])[keep], atol=1e-6)
+  assert all_finite(out['tokens'])
+
+
+def test_modality_dropout_never_drops_the_last_modality():
+  rng = np.random.default_rng(0)
+  present = {m: jnp.asarray(rng.random(256) < 0.6) for m in 'abcd'}
+  stacked = np.stack([present[m] for m in 'abcd'], -1)
+  for rate in (1.0, 0.5):
+    kept = family.drop_modalities(jax.random.key(1), present, rate)
+    kept = np.stack([kept[m] for m in 'abcd'], -1)
+    assert not np.any(kept & ~stacked)                          # never adds one
+    np.testing.assert_array_equal(kept.any(-1), stacked.any(-1))  # never drops the last
+    if rate == 1.0:
+      np.testing.assert_array_equal(kept.sum(-1), np.minimum(stacked.sum(-1), 1))
+    else:
+      assert 0.3 < 1 - kept.sum() / stacked.sum() < 0.5
+
+
+def test_modality_dropout_only_in_training():
+  config = model_testlib.tiny_config('m5_mmt', 'it', modality_dropout=1.0)
+  model = models.build(config)
+  batch = model_testlib.random_batch(config, 8, present_prob=1.0)
+  params = model_testlib.random_params(model, batch)
+  run = lambda train: model.apply({'params': params}, batch, train=train, heads=False,  # noqa: E731
+                                  rngs={'dropout': jax.random.key(0)})
+  assert int(sum(run(True)['present'][m].sum() for m in config.modalities)) == 8
+  assert int(sum(run(False)['present'][m].sum() for m in config.modalities)) == 16
+
+
+@pytest.mark.parametrize('pre_ln', [True, False])
+def test_scan_and_remat_match_unrolled_layers(pre_ln):
+  spec = layers.TransformerSpec(hidden=16, heads=2, mlp_dim=32, pre_ln=pre_ln)
+  x = jax.random.normal(jax.random.key(0), (2, 5, 16))
+  mask = jnp.array([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]], bool)  # row 2 attends to nothing
+  unrolled = layers.Encoder(spec, 3)
+  params = unrolled.init(jax.random.key(1), x, mask)['params']
+  ref = unrolled.apply({'params': params}, x, mask)
+  assert all_finite(ref)
+  remat = layers.Encoder(layers.TransformerSpec(**{**spec.__dict__, 'remat': True}), 3)
+  np.testing.assert_allclose(remat.apply({'params': params}, x, mask), ref, atol=1e-6)
+  scanned = layers.Encoder(layers.TransformerSpec(**{**spec.__dict__, 'scan_layers': True,
+                                                     'remat': True}), 3)
+  stacked = jax.tree.map(lambda *a: jnp.stack(a), *[params[f'layer_{i}'] for i in range(3)])
+  scan_params = {'layers': {'block': stacked}}
+  if pre_ln:
+    scan_params['final_ln'] = params['final_ln']
+  abstract = jax.eval_shape(scanned.init, jax.random.key(1), x, mask)['params']
+  assert jax.tree.map(lambda a: a.shape, nn.unbox(abstract)) == \
+      jax.tree.map(lambda a: a.shape, nn.unbox(scan_params))
+  # Scanned kernels carry the 'layers' axis name for the mesh rules.
+  assert abstract['layers']['block']['mlp']['wi']['kernel'].names == ('layers', 'embed', 'mlp')
+  np.testing.assert_allclose(scanned.apply({'params': nn.unbox(scan_params)}, x, mask), ref,
+                             atol=1e-5)
+
+
+def test_every_parameter_has_logical_axes():
+  known = {'embed', 'mlp', 'heads', 'kv', 'vocab', 'layers', None}
+  for method in ('m5_mmt', 'single_stream', 'dual_stream'):
+    config = model_testlib.tiny_config(method, 'itpva' if method == 'm5_mmt' else None,
+                                       scan_layers=True)
+    model = models.build(config)
+    batch = model_testlib.random_batch(config, 2)
+    abstract = jax.eval_shape(model.init, jax.random.key(0), batch)['params']
+    leaves = jax.tree.leaves(abstract, is_leaf=lambda x: isinstance(x, meta.AxisMetadata))
+    for leaf in leaves:
+      assert isinstance(leaf, nn.LogicallyPartitioned), leaf
+      assert len(leaf.names) == len(leaf.value.shape) and set(leaf.names) <= known, leaf
+
+
+def test_build_rejects_unknown_fusion_and_method():
+  config = model_testlib.tiny_config('m5_mmt', 'it')
+  config.model.fusion = 'late'
+  with pytest.raises(ValueError, match='unknown model.fusion'):
+    models.build(config)
+  with pytest.raises(ValueError, match='unknown method'):
+    presets.get('vilbert')
+  with pytest.raises(ValueError, match='unknown modality letter'):
+    presets.get('m5_mmt', modalities='itx')
+  assert presets.get('m5_mmt', 'base').model.hidden == 768
+  assert presets.get('single_stream', 'base').model.fusion_layers == 12
