@@ -49,8 +49,8 @@ def test_same_bytes_for_any_worker_count(mini, tmp_path):
 
 
 def test_another_seed_gives_another_release(mini, tmp_path, capfd):
-  make_mini.generate(str(tmp_path), N, seed=4, workers=1)
-  assert re.search(r'make_mini: 40/40 items, [\d.]+ items/s, ETA', capfd.readouterr().err)
+  make_mini.generate(str(tmp_path), 12, seed=4, workers=1)
+  assert re.search(r'make_mini: 12/12 items, [\d.]+ items/s, ETA', capfd.readouterr().err)
   root = mini[0]
   with open(os.path.join(root, LAYOUT.annotations), 'rb') as f, \
        open(tmp_path / LAYOUT.annotations, 'rb') as g:

@@ -1,0 +1,1 @@
+"""Parts of the M5Product-mini generator (data_prep/make_mini.py)."""
