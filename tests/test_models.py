@@ -184,3 +184,16 @@ def test_build_rejects_unknown_fusion_and_method():
     presets.get('m5_mmt', modalities='itx')
   assert presets.get('m5_mmt', 'base').model.hidden == 768
   assert presets.get('single_stream', 'base').model.fusion_layers == 12
+
+
+def test_param_count_sizes():
+  from m5_jax.models import param_count  # pylint: disable=g-import-not-at-top
+  tiny = param_count.count('clip', 'tiny')
+  config = model_testlib.tiny_config('clip')
+  config.model.vocab_size = config.modality.text.vocab_size = 8000
+  for m in config.modalities:
+    config.modality[m] = presets.full_config('clip').modality[m]
+  model = models.build(config)
+  abstract = jax.eval_shape(model.init, jax.random.key(0), model_testlib.random_batch(config, 1))
+  assert tiny['total'] == sum(np.prod(x.shape) for x in jax.tree.leaves(nn.unbox(abstract)))
+  assert 0.9e9 < param_count.count('m5_mmt', 'large')['total'] < 1.1e9

@@ -11,7 +11,7 @@ SIZES = {
     'tiny': dict(hidden=64, heads=2, mlp_dim=128, encoder_layers=1, fusion_layers=1),
     'small': dict(hidden=384, heads=6, mlp_dim=1536, encoder_layers=4, fusion_layers=4),
     'base': dict(hidden=768, heads=12, mlp_dim=3072, encoder_layers=6, fusion_layers=6),
-    'large': dict(hidden=1536, heads=16, mlp_dim=6144, encoder_layers=4, fusion_layers=12),
+    'large': dict(hidden=1536, heads=16, mlp_dim=6144, encoder_layers=4, fusion_layers=14),
 }
 
 
