@@ -158,8 +158,8 @@ def make_plan(world: world_lib.World, num_items: int, seed: int,
       drop[i] = tuple(m for m in release.MODALITIES if m != keep)
     else:
       num_drop = int(rng.choice([1, 2, 3], p=[0.6, 0.3, 0.1]))
-      drop[i] = tuple(sorted(rng.choice(5, num_drop, replace=False).tolist()))
-      drop[i] = tuple(release.MODALITIES[m] for m in drop[i])
+      dropped = sorted(rng.choice(5, num_drop, replace=False).tolist())
+      drop[i] = tuple(release.MODALITIES[m] for m in dropped)
   complete = iter(order[n_missing:])
   kinds = [k for k in DEFECTS if k not in FEATURE_DEFECTS]
   wanted = [(k, _count(getattr(rates, k), num_items, True)) for k in kinds]
