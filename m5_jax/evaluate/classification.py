@@ -2,8 +2,9 @@
 
     python -m m5_jax.evaluate.classification --workdir DIR [--step N | --all | --watch] \
         [--subsets T,I,IT,all]             # linear probe on frozen features
-    python -m m5_jax.evaluate.classification --workdir FINETUNE_DIR --finetuned
+    python -m m5_jax.evaluate.classification --workdir FINETUNE_DIR [--finetuned]
                                            # top-1 of the fine-tuned model's own head
+                                           # (chosen automatically for such a workdir)
 
 Linear probe: multinomial logistic regression on cls_train features of each
 modality set (sum of the present modality vectors, standardised with the train
@@ -36,6 +37,7 @@ import numpy as np
 import optax
 
 from m5_jax import checkpointing
+from m5_jax import config_lib
 from m5_jax.evaluate import features as features_lib
 from m5_jax.evaluate import metrics as metrics_lib
 from m5_jax.evaluate import model_features
@@ -154,12 +156,9 @@ def run(options: runner.Options, config, extra) -> list[int]:
     predictions, labels = [], []
     forward = jax.jit(embedder.apply)
     for batch in embedder.iterator('cls_test'):
-      out = forward(embedder.params, batch)
-      if 'logits' not in out:
-        raise ValueError("--finetuned: the model returned no 'logits'; is this a "
-                         'classification fine-tuning workdir?')
+      logits = forward(embedder.params, batch)
       mask = search.fetch(batch['example_mask']).astype(bool)
-      predictions.append(np.argmax(search.fetch(out['logits']), -1)[mask])
+      predictions.append(np.argmax(search.fetch(logits), -1)[mask])
       labels.append(search.fetch(batch['label'])[mask])
     predictions, labels = np.concatenate(predictions), np.concatenate(labels)
     label = 'finetuned ' + features_lib.subset_label(available)
@@ -168,9 +167,13 @@ def run(options: runner.Options, config, extra) -> list[int]:
     train_labels = labels  # class frequencies of the test split stand in for the train's
     _write(options, step, results, results['per_class'][label], train_labels, label)
 
+  finetuned = extra['finetuned'] or model_features.is_finetuned(config)
+  if extra['finetuned'] and not model_features.is_finetuned(config):
+    raise config_lib.ConfigError(f"--finetuned needs a fine-tuning workdir (config.task = "
+                                 f"'{model_features.FINETUNE_TASK}'); {options.workdir} is not one")
   final_step = config.get('total_steps', None)
   return runner.run(TASK, options, lambda: checkpointing.list_steps(options.workdir),
-                    evaluate_finetuned if extra['finetuned'] else evaluate_probe,
+                    evaluate_finetuned if finetuned else evaluate_probe,
                     final_step=final_step if isinstance(final_step, int) else None)
 
 

@@ -8,6 +8,7 @@ eval input pipeline: every example exactly once, padded batches masked.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -24,6 +25,20 @@ from m5_jax import sharding as sharding_lib
 from m5_jax.evaluate import features as features_lib
 
 FEATURE_CHOICES = ('pooled', 'encoder_pooled')
+FINETUNE_TASK = 'classification_finetune'
+
+
+def is_finetuned(config: ml_collections.ConfigDict) -> bool:
+  """True for a workdir of the train binary's classification fine-tuning mode."""
+  return config.get('task', None) == FINETUNE_TASK
+
+
+def build_model(config: ml_collections.ConfigDict) -> nn.Module:
+  """The pretraining model, or the fine-tuning classifier (backbone + head)."""
+  if is_finetuned(config):
+    from m5_jax import finetune  # pylint: disable=g-import-not-at-top
+    return finetune.build(config)
+  return models.build(config)
 
 
 def eval_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
@@ -53,7 +68,7 @@ class Embedder:
     self.workdir, self.config, self.feature = workdir, config, feature
     self.mesh = eval_mesh(config)
     self.rules = sharding_lib.axis_rules(config.sharding)
-    self.model = model or models.build(config)
+    self.model = model or build_model(config)
     self.batch_size = eval_batch_size(batch_size or config.input.batch_size, self.mesh)
     self.param_shardings = self._param_shardings()
     self.step: int | None = None
@@ -79,18 +94,11 @@ class Embedder:
     return self.step
 
   def _make_forward(self):
-    feature = self.feature
     constraints = bool(self.config.sharding.get('activation_constraints', False))
-
-    def forward(params, batch):
-      with sharding_lib.activation_context(self.mesh, self.rules, constraints):
-        out = self.model.apply({'params': params}, batch, train=False, heads=False)
-      return {'pooled': out[feature], 'present': out['present']}
-
-    return jax.jit(forward)
+    return _forward_fn(self.model, self.feature, self.mesh, self.rules, constraints)
 
   def apply(self, params, batch):
-    """The raw model outputs (e.g. classification logits) on a global batch."""
+    """The raw model outputs on a global batch (the fine-tuned classifier: logits)."""
     return self.model.apply({'params': params}, batch, train=False)
 
   def iterator(self, split: str):
@@ -98,6 +106,10 @@ class Embedder:
                                           batch_size=self.batch_size)
 
   def embed(self, split: str) -> features_lib.SplitFeatures:
+    if is_finetuned(self.config):
+      raise ValueError('this workdir holds a fine-tuned classifier: score it with '
+                       '`m5_jax.evaluate.classification --finetuned`; frozen-feature tasks '
+                       'take a pretraining workdir')
     if self.params is None:
       raise RuntimeError('Embedder.embed before restore()')
     batches = self.iterator(split)
@@ -110,18 +122,31 @@ class Embedder:
     return features_lib.FeatureStore(self.workdir, self.step, self.embed, kind=self.feature)
 
 
+@functools.cache
+def _forward_fn(model: nn.Module, feature: str, mesh, rules, constraints: bool):
+  """A jitted forward shared by every Embedder of the same model (one compile per process)."""
+
+  def forward(params, batch):
+    with sharding_lib.activation_context(mesh, rules, constraints):
+      out = model.apply({'params': params}, batch, train=False, heads=False)
+    return {'pooled': out[feature], 'present': out['present']}
+
+  return jax.jit(forward)
+
+
 def read_item_ids(config: ml_collections.ConfigDict, split: str) -> np.ndarray:
   """item_id of every example of `split`, in split order (= the batch `index`).
 
-  Reads only the item_id feature (no media decoding).
+  Parses only the item_id field of each serialized record (no media decoding).
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  data_dir = config.input.data_dir or None
-  builder = tfds.builder(config.input.dataset, data_dir=data_dir)
-  source = builder.as_data_source(split, decoders=tfds.decode.PartialDecoding(
-      {'item_id': True}))
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  source, _ = input_pipeline.load_data_source(config.input.dataset, split,
+                                              config.input.data_dir or None)
   ids = []
   for lo in range(0, len(source), 4096):
-    records = source.__getitems__(list(range(lo, min(lo + 4096, len(source)))))
-    ids.extend(r['item_id'] for r in records)
-  return np.array([i.decode() if isinstance(i, bytes) else str(i) for i in ids], dtype=object)
+    for record in source.__getitems__(list(range(lo, min(lo + 4096, len(source))))):
+      values = tf.train.Example.FromString(record).features.feature['item_id'].bytes_list.value
+      if len(values) != 1:
+        raise ValueError(f'{split}: a record without a single item_id')
+      ids.append(values[0].decode('utf-8'))
+  return np.array(ids, dtype=object)
