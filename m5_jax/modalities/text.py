@@ -6,11 +6,14 @@ Why `tf.numpy_function` over the `sentencepiece` package rather than
 tensorflow-text's SentencepieceTokenizer: tensorflow-text 2.21.1 does import with
 tensorflow-cpu 2.21, but its wheel is 60 MB, its metadata requires the full
 `tensorflow` package (so it must be installed with --no-deps, outside
-`pip install -r`), and its compiled ops break on every TF minor bump. The
-sentencepiece package is already pinned for training the tokenizer, encodes the
-same ids, and titles are short (36 tokens), so holding the GIL for a few
-microseconds per example is not the bottleneck. Encoding never samples
-(no subword regularisation), so preprocessing is deterministic.
+`pip install -r`), its compiled ops break on every TF minor bump, and it bundles
+its own sentencepiece build, so ids could drift from the pinned package that
+trains the tokenizer. The cost, measured (benchmarks/results/modality_preprocess.md):
+a numpy_function call per example holds the GIL, about 6x slower than the
+tensorflow-text op per example (batched calls are on par). Text + table
+preprocessing ran at ~650 examples/s on 2 busy cores; if it ever limits a host,
+tokenize at dataset build time rather than switching tokenizer backends.
+Encoding never samples (no subword regularisation), so it is deterministic.
 """
 from __future__ import annotations
 
