@@ -84,8 +84,10 @@ class Modality(Protocol):
                  tokenizer: Any) -> dict[str, Any]:
     """tf.data side: one decoded TFDS example -> batch_spec fields (tf tensors, padded).
 
-    `tokenizer` is a `text.SentencePieceTokenizer` (or anything with its
-    `tokenize(tf.string[N]) -> tf.RaggedTensor int32` method); media ignore it.
+    `tokenizer` is a `text.SentencePieceTokenizer`, anything with its
+    `tokenize(tf.string[N]) -> tf.RaggedTensor int32` method, or a
+    sentencepiece.SentencePieceProcessor / model path / model bytes (which
+    `text.as_tokenizer` wraps); media ignore it.
     """
 
   def embedder(self, cfg: ml_collections.ConfigDict, hidden: int, shared: Mapping[str, Any]):
