@@ -170,7 +170,7 @@ LOGICAL_RULES = (('batch', 'data'), ('length', None), ('embed', None), ('mlp', '
 def test_sharded_loss_equals_single_device():
   """Batch sharded 4-way, weights sharded 2-way by logical axes == one device."""
   mesh_shape = (4, 2)
-  config = model_testlib.tiny_config('scale', 'itp')
+  config = model_testlib.tiny_config('scale', 'it')
   config.loss.itm_weight = 1.0  # exercise the rolled negatives under sharding too
   model = models.build(config)
   batch = model_testlib.random_batch(config, 16, present_prob=0.7)

@@ -137,7 +137,7 @@ class M5Model(nn.Module):
     return out
 
   def _image_text_matching(self, streams, fused, present, deterministic):
-    """Matched vs mismatched pairs: the first modality (the anchor, e.g. text) with
+    """Matched vs mismatched pairs: the first configured modality (the anchor) with
     every other modality rolled by one item along the (global) batch.
 
     The positive pass is the main forward pass; the negative pass reruns only the
