@@ -6,6 +6,7 @@ import pytest
 from flax import linen as nn
 from flax.core import meta
 
+from m5_jax import modalities
 from m5_jax import models
 from m5_jax import objectives
 from m5_jax.models import family
@@ -42,8 +43,9 @@ def mixed_presence(config):
 @pytest.mark.parametrize('method', list(presets.PRESETS))
 def test_preset_builds_and_computes_loss(method):
   dtype = 'bfloat16' if method == 'm5_mmt' else 'float32'
+  cls_token = 'learned' if method == 'image_only' else 'first'  # exercise both
   config = model_testlib.tiny_config(method, 'it' if method in ('m5_mmt', 'scale') else None,
-                                     dtype=dtype)
+                                     dtype=dtype, cls_token=cls_token)
   model = models.build(config)
   batch = mixed_presence(config)
   params = nn.unbox(model_testlib.random_params(model, batch))
@@ -55,6 +57,10 @@ def test_preset_builds_and_computes_loss(method):
   assert loss.dtype == jnp.float32 and np.isfinite(loss) and loss > 0
   assert all(num.dtype == jnp.float32 and den.dtype == jnp.float32 for num, den in terms.values())
   for m in config.modalities:
+    num_tokens = modalities.get(m).num_tokens(config.modality[m])
+    assert out['tokens'][m].shape == (5, num_tokens, config.model.hidden)
+    assert out['token_mask'][m].shape == targets.get(m, {'weights': out['token_mask'][m]})[
+        'weights'].shape
     assert out['pooled'][m].shape == (5, config.model.hidden)
     assert out['pooled'][m].dtype == jnp.float32
     np.testing.assert_array_equal(out['present'][m], batch[m]['present'] & batch['example_mask'])
@@ -181,6 +187,10 @@ def test_build_rejects_unknown_fusion_and_method():
   config = model_testlib.tiny_config('m5_mmt', 'it')
   config.model.fusion = 'late'
   with pytest.raises(ValueError, match='unknown model.fusion'):
+    models.build(config)
+  config = model_testlib.tiny_config('clip')
+  config.loss.itm_weight = 1.0
+  with pytest.raises(ValueError, match='needs a fusion that mixes'):
     models.build(config)
   with pytest.raises(ValueError, match='unknown method'):
     presets.get('vilbert')

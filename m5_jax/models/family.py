@@ -165,6 +165,9 @@ def build(config) -> M5Model:
   if config.model.fusion not in fusion_lib.FUSIONS:
     raise ValueError(f'unknown model.fusion {config.model.fusion!r}; '
                      f'expected one of {fusion_lib.FUSIONS}')
+  if config.loss.itm_weight > 0 and config.model.fusion == 'none':
+    raise ValueError('loss.itm_weight > 0 needs a fusion that mixes modalities '
+                     "(joint, single_stream or co_attention), not model.fusion='none'")
   if not isinstance(config, ml_collections.FrozenConfigDict):
     config = ml_collections.FrozenConfigDict(config)
   return M5Model(config)
