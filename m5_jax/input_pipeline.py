@@ -56,6 +56,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import read_only_builder
 
 from m5_jax import batch as batch_lib
 from m5_jax import modalities
@@ -79,7 +80,9 @@ def load_tokenizer(path: str | None):
 
 def load_data_source(dataset: str, split: str, data_dir: str | None):
   """(random-access source of serialized records, TFDS features) for a built split."""
-  builder = tfds.builder(dataset, data_dir=data_dir)
+  # Features come from the build's own features.json, not from the builder code
+  # (which may have moved on since the files were written).
+  builder = read_only_builder.builder_from_files(dataset, data_dir=data_dir)
   try:
     source = builder.as_data_source(
         split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)

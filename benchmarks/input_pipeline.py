@@ -1,0 +1,127 @@
+"""Input pipeline throughput (examples/s) on M5Product-mini, host side and onto devices.
+
+    python -m data_prep.make_mini --out /tmp/mini --num_products 400 --seed 0
+    python benchmarks/input_pipeline.py --release /tmp/mini --work /tmp/ipbench \
+        --modalities tp,itpva --batch_size 32 --steps 30
+
+Builds `m5product/<config>` in ArrayRecord under --work/data (once), trains a
+throwaway sentencepiece model on the pretrain titles and tables unless
+--tokenizer is given, then for each modality set times `steps` training batches
+after `warmup` batches (tf.data tracing and the first reads excluded), through
+`InputPipeline` (host numpy batches) and through `create_iterator` (global
+jax.Arrays on the local devices). Appends a table row per run to --results.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+
+import jax
+import ml_collections
+import tensorflow_datasets as tfds
+
+from m5_jax import input_pipeline
+from m5_jax import modalities
+
+CODES = {'t': 'text', 'p': 'table', 'i': 'image', 'v': 'video', 'a': 'audio'}
+
+
+def build(release: str, data_dir: str, form: str) -> float:
+  import data_prep.m5product  # pylint: disable=g-import-not-at-top,unused-import
+  builder = tfds.builder('m5product', config=form, data_dir=data_dir, file_format='array_record')
+  if builder.is_prepared():
+    return 0.0
+  start = time.perf_counter()
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=release))
+  return time.perf_counter() - start
+
+
+def train_tokenizer(dataset: str, data_dir: str, out_dir: str) -> str:
+  """A small throwaway model (the project's tokenizer command is the real one)."""
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  path = os.path.join(out_dir, 'bench_sp')
+  if os.path.exists(path + '.model'):
+    return path + '.model'
+  lines = []
+  for ex in tfds.builder(dataset, data_dir=data_dir).as_data_source('pretrain'):
+    lines.append(ex['title'].decode('utf-8', 'replace'))
+    lines.extend(f'{k.decode()} {v.decode()}' for k, v in zip(ex['pv_keys'], ex['pv_values']))
+  corpus = path + '.txt'
+  with open(corpus, 'w', encoding='utf-8') as f:
+    f.write('\n'.join(line for line in lines if line.strip()))
+  spm.SentencePieceTrainer.Train(
+      input=corpus, model_prefix=path, vocab_size=1000, byte_fallback=True, pad_id=0,
+      unk_id=1, bos_id=2, eos_id=3, user_defined_symbols=['[MASK]'], character_coverage=0.9995,
+      hard_vocab_limit=False, minloglevel=2)
+  return path + '.model'
+
+
+def make_config(codes: str, dataset: str, data_dir: str, tokenizer: str, batch_size: int,
+                form: str) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.modalities = tuple(CODES[c] for c in codes)
+  config.modality = {}
+  for name in config.modalities:
+    cfg = modalities.get(name).default_config()
+    if 'form' in cfg:
+      cfg.form = form
+    config.modality[name] = cfg
+  config.input = {'data_dir': data_dir, 'dataset': dataset, 'tokenizer': tokenizer,
+                  'batch_size': batch_size}
+  return config
+
+
+def time_iterator(it, warmup: int, steps: int, batch_size: int) -> float:
+  for _ in range(warmup):
+    jax.block_until_ready(next(it))
+  start = time.perf_counter()
+  for _ in range(steps):
+    jax.block_until_ready(next(it))
+  return steps * batch_size / (time.perf_counter() - start)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--release', required=True, help='folder written by data_prep.make_mini')
+  parser.add_argument('--work', required=True, help='where the TFDS build and tokenizer go')
+  parser.add_argument('--form', default='raw', choices=('raw', 'features'))
+  parser.add_argument('--modalities', default='tp,itpva', help='comma-separated code sets')
+  parser.add_argument('--tokenizer', default=None)
+  parser.add_argument('--batch_size', type=int, default=32)
+  parser.add_argument('--steps', type=int, default=30)
+  parser.add_argument('--warmup', type=int, default=3)
+  parser.add_argument('--results', default=os.path.join(os.path.dirname(__file__), 'results',
+                                                         'input_pipeline.md'))
+  args = parser.parse_args(argv)
+
+  data_dir = os.path.join(args.work, 'data')
+  os.makedirs(data_dir, exist_ok=True)
+  build_s = build(args.release, data_dir, args.form)
+  dataset = f'm5product/{args.form}'
+  tokenizer = args.tokenizer or train_tokenizer(dataset, data_dir, args.work)
+  mesh = jax.sharding.Mesh(jax.devices(), ('data',))
+  rows = []
+  for codes in args.modalities.split(','):
+    config = make_config(codes, dataset, data_dir, tokenizer, args.batch_size, args.form)
+    host = input_pipeline.create_host_iterator(config, 'pretrain', train=True)
+    host_rate = time_iterator(host, args.warmup, args.steps, args.batch_size)
+    device = input_pipeline.create_iterator(config, 'pretrain', mesh, train=True)
+    device_rate = time_iterator(device, args.warmup, args.steps, args.batch_size)
+    rows.append(f'| {datetime.date.today()} | {dataset} | {codes} | {args.batch_size} | '
+                f'{host.num_examples} | {host_rate:.0f} | {device_rate:.0f} | '
+                f'{os.cpu_count()} cores, {platform.processor() or platform.machine()} |')
+    print(f'{codes}: host {host_rate:.0f} examples/s, to devices {device_rate:.0f} examples/s '
+          f'({host.num_examples} pretrain examples, build {build_s:.0f}s)', flush=True)
+  if args.results:
+    with open(args.results, 'a', encoding='utf-8') as f:
+      f.write('\n'.join(rows) + '\n')
+    print(f'appended {len(rows)} rows to {args.results}')
+
+
+if __name__ == '__main__':
+  sys.exit(main())
