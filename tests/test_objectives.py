@@ -212,3 +212,37 @@ def test_presets_loss_terms():
     assert {n for n in objectives.term_names(config)
             if objectives.term_weight(config, n) > 0} == names, method
   assert presets.get('scale').loss.scale_weighting
+
+
+@pytest.mark.parametrize('kind', ['softmax', 'sigmoid'])
+def test_losses_pairs_and_scale_weighting_match_numpy(kind):
+  """losses() end to end on hand-made outputs: every present pair, SCALE-scaled rows."""
+  config = model_testlib.tiny_config('scale', 'itp')
+  config.loss.contrastive = kind
+  config.loss.masked_weight = 0.0
+  rng = np.random.default_rng(3)
+  names, b = config.modalities, 6
+  present = {m: rng.random(b) < 0.75 for m in names}
+  present['table'][:] = False  # a modality absent everywhere: its pairs are empty
+  encoder = {m: rng.normal(size=(b, 8)).astype(np.float32) for m in names}
+  outputs = {'present': present, 'encoder_pooled': encoder,
+             'pooled': {m: rng.normal(size=(b, 8)).astype(np.float32) for m in names},
+             'contrastive': {'log_scale': jnp.float32(2.0), 'bias': jnp.float32(-1.0)}}
+  terms = objectives.losses(outputs, {}, None, config)
+  assert set(terms) == {'contrastive_image_text', 'contrastive_image_table',
+                        'contrastive_text_table'}
+  g = np_scale_weights(np.stack([encoder[m] for m in names], 1).astype(np.float64),
+                       np.stack([present[m] for m in names], 1))
+  valid = present['image'] & present['text']
+  num, den = terms['contrastive_image_text']
+  if kind == 'softmax':
+    ref = np_infonce(encoder['image'], encoder['text'], valid, 2.0, g[:, 0, 1], g[:, 1, 0])[0]
+  else:  # row i of image->text scaled by G_i[image, text]
+    keep = np.flatnonzero(valid)
+    za = encoder['image'][keep] / np.linalg.norm(encoder['image'][keep], axis=-1, keepdims=True)
+    zb = encoder['text'][keep] / np.linalg.norm(encoder['text'][keep], axis=-1, keepdims=True)
+    logits = np.exp(2.0) * (za @ zb.T) * g[keep, 0, 1][:, None] - 1.0
+    ref = np.log1p(np.exp(-(2 * np.eye(len(keep)) - 1) * logits)).sum()
+  np.testing.assert_allclose(num, ref, rtol=1e-5)
+  assert den == valid.sum() > 1
+  assert terms['contrastive_text_table'] == (0, 0)
