@@ -5,8 +5,7 @@
         --modalities tp,itpva --batch_size 32 --steps 30
 
 Builds `m5product/<config>` in ArrayRecord under --work/data (once), trains a
-throwaway sentencepiece model on the pretrain titles and tables unless
---tokenizer is given, then for each modality set times `steps` training batches
+sentencepiece model with data_prep.tokenizer unless --tokenizer is given, then for each modality set times `steps` training batches
 after `warmup` batches (tf.data tracing and the first reads excluded), through
 `InputPipeline` (host numpy batches) and through `create_iterator` (global
 jax.Arrays on the local devices). Appends a table row per run to --results.
@@ -40,24 +39,13 @@ def build(release: str, data_dir: str, form: str) -> float:
   return time.perf_counter() - start
 
 
-def train_tokenizer(dataset: str, data_dir: str, out_dir: str) -> str:
-  """A small throwaway model (the project's tokenizer command is the real one)."""
-  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
-  path = os.path.join(out_dir, 'bench_sp')
-  if os.path.exists(path + '.model'):
-    return path + '.model'
-  lines = []
-  for ex in tfds.builder(dataset, data_dir=data_dir).as_data_source('pretrain'):
-    lines.append(ex['title'].decode('utf-8', 'replace'))
-    lines.extend(f'{k.decode()} {v.decode()}' for k, v in zip(ex['pv_keys'], ex['pv_values']))
-  corpus = path + '.txt'
-  with open(corpus, 'w', encoding='utf-8') as f:
-    f.write('\n'.join(line for line in lines if line.strip()))
-  spm.SentencePieceTrainer.Train(
-      input=corpus, model_prefix=path, vocab_size=1000, byte_fallback=True, pad_id=0,
-      unk_id=1, bos_id=2, eos_id=3, user_defined_symbols=['[MASK]'], character_coverage=0.9995,
-      hard_vocab_limit=False, minloglevel=2)
-  return path + '.model'
+def train_tokenizer(release: str, out_dir: str, vocab_size: int) -> str:
+  """The project's tokenizer (data_prep.tokenizer) on the release's pretraining text."""
+  from data_prep import tokenizer  # pylint: disable=g-import-not-at-top
+  path = os.path.join(out_dir, f'spm_{vocab_size}.model')
+  if not os.path.exists(path):
+    tokenizer.train(tokenizer.iter_training_text(release), path, vocab_size=vocab_size)
+  return path
 
 
 def make_config(codes: str, dataset: str, data_dir: str, tokenizer: str, batch_size: int,
@@ -92,6 +80,8 @@ def main(argv=None):
   parser.add_argument('--form', default='raw', choices=('raw', 'features'))
   parser.add_argument('--modalities', default='tp,itpva', help='comma-separated code sets')
   parser.add_argument('--tokenizer', default=None)
+  parser.add_argument('--vocab_size', type=int, default=1000,
+                      help='for the tokenizer trained when --tokenizer is not given')
   parser.add_argument('--batch_size', type=int, default=32)
   parser.add_argument('--steps', type=int, default=30)
   parser.add_argument('--warmup', type=int, default=3)
@@ -103,7 +93,7 @@ def main(argv=None):
   os.makedirs(data_dir, exist_ok=True)
   build_s = build(args.release, data_dir, args.form)
   dataset = f'm5product/{args.form}'
-  tokenizer = args.tokenizer or train_tokenizer(dataset, data_dir, args.work)
+  tokenizer = args.tokenizer or train_tokenizer(args.release, args.work, args.vocab_size)
   mesh = jax.sharding.Mesh(jax.devices(), ('data',))
   rows = []
   for codes in args.modalities.split(','):
@@ -112,6 +102,8 @@ def main(argv=None):
     host_rate = time_iterator(host, args.warmup, args.steps, args.batch_size)
     device = input_pipeline.create_iterator(config, 'pretrain', mesh, train=True)
     device_rate = time_iterator(device, args.warmup, args.steps, args.batch_size)
+    host.close()
+    device.host.close()
     rows.append(f'| {datetime.date.today()} | {dataset} | {codes} | {args.batch_size} | '
                 f'{host.num_examples} | {host_rate:.0f} | {device_rate:.0f} | '
                 f'{os.cpu_count()} cores, {platform.processor() or platform.machine()} |')

@@ -45,10 +45,12 @@ The batch schema (field names, shapes, dtypes) is documented in m5_jax/batch.py.
 """
 from __future__ import annotations
 
+import atexit
 import collections
 import logging
 import os
 import time
+import weakref
 from typing import Any, Iterator, Mapping, Sequence
 
 import jax
@@ -64,6 +66,16 @@ from m5_jax import modalities
 Batch = dict[str, Any]
 DEFAULT_DATA_AXES = ('data', 'fsdp')
 STATE_VERSION = 1
+# Live pipelines, closed at exit: a tf.data iterator torn down during interpreter
+# finalization with a tf.numpy_function in flight (our record fetch, the
+# tokenizer) deadlocks, so a crashing run would hang instead of exiting.
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_pipelines():
+  for pipeline in list(_LIVE):
+    pipeline.close()
 
 
 def load_tokenizer(path: str | None):
@@ -161,6 +173,7 @@ class InputPipeline:
     self._spec = batch_lib.batch_spec(config)
     self._iterator: Iterator[Batch] | None = None
     self.restore({'step': start_step})
+    _LIVE.add(self)
 
   # --- sizes ------------------------------------------------------------------
   @property
@@ -192,10 +205,23 @@ class InputPipeline:
     if step < 0 or (self.num_steps is not None and step > self.num_steps):
       raise ValueError(f'step {step} outside [0, {self.num_steps}] for eval split {self.split!r}')
     self.step = self.start_step = step
+    self.close()
     self._iterator = iter(tfds.as_numpy(self._build(step)))
     self._examples = self._batches = 0
     self._wait_s = 0.0
     self._t0 = time.perf_counter()
+
+  def close(self) -> None:
+    """Stops the tf.data workers (also done at exit); `restore` starts them again."""
+    if self._iterator is not None:
+      self._iterator.close()
+      self._iterator = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
 
   @property
   def epoch(self) -> int:
@@ -206,6 +232,8 @@ class InputPipeline:
     return self
 
   def __next__(self) -> Batch:
+    if self._iterator is None:
+      raise StopIteration  # closed
     t = time.perf_counter()
     batch = next(self._iterator)  # StopIteration ends an eval pass
     self._wait_s += time.perf_counter() - t
