@@ -31,15 +31,15 @@ def duration(prefix: str, steps=None, epochs=None, examples=None) -> dict:
   return {f'{prefix}_steps': steps, f'{prefix}_epochs': epochs, f'{prefix}_examples': examples}
 
 
-def get_config(method: str | None, arg: str | None, **extra_args) -> ml_collections.ConfigDict:
-  """The full config of `method` (a models.presets name) for the config args `arg`.
+def get_config(method_name: str | None, arg: str | None, **extra_args) -> ml_collections.ConfigDict:
+  """The full config of `method_name` (a models.presets name) for the config args `arg`.
 
   `extra_args` are further config args with their defaults (kept in config.args);
-  with method=None the method comes from the `method` arg.
+  with method_name=None the method comes from the `method` arg.
   """
   args = config_lib.parse_arg(arg, size='base', modalities='', form='raw', batch_size=256,
                               runlocal=False, **extra_args)
-  method = method or args.method
+  method = method_name or args.method
   if args.runlocal:
     args.size = 'tiny' if 'size=' not in (arg or '') else args.size
     args.batch_size = 8 if 'batch_size=' not in (arg or '') else args.batch_size
