@@ -8,9 +8,10 @@ Top level (always present):
 
   example_mask  bool[B]    False for padding examples (eval batches are padded
                            to a fixed size; padding never reaches a metric).
-  index         int32[B]   position of the example in its split (host-independent;
-                           -1 for padding). Maps back to item_id via the split's
-                           id list.
+  index         int32[B]   position of the example in the built TFDS split
+                           (host-independent; -1 for padding). TFDS orders a split
+                           by its own shuffling, not by the release's id list: the
+                           item id is data_source(split)[index]['item_id'].
   label         int32[B]   category class index, -1 if unknown.
   instance      int32[B]   product-instance id (fine-grained retrieval), -1 if unknown.
 
