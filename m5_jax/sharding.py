@@ -13,6 +13,17 @@ embed, mlp, heads, kv, vocab; see m5_jax/models/layers.py). The rules below map
 them to mesh axes. Batches are split over ('data', 'fsdp') and replicated over
 'tensor'; each process contributes its own slice (`global_batch`).
 
+FSDP weights are gathered for compute (`compute_shardings`): the train step
+constrains each parameter to its sharding without the 'fsdp' axis before the
+forward pass (XLA all-gathers it; the gradient is reduce-scattered back). This is
+ZeRO-3, and it is also required for correctness: XLA's SPMD partitioner (jax
+0.10.2, GSPMD and Shardy alike) miscompiles dots whose weight is split over
+'fsdp' on its contracting dimension while the activation's batch is split over
+('data', 'fsdp'): on mesh (2,2,2) `(x @ w1) + (x @ w2.T @ w2)` comes out with the
+row blocks of devices (data=0, fsdp=1) and (data=1, fsdp=0) swapped (a
+collective-permute that is never undone). Forward losses can still match while
+gradients are wrong. tests/test_sharding.py keeps the reproduction.
+
 Activation constraints (`nn.with_logical_constraint` inside the model) only act
 when a global mesh is set (`jax.set_mesh`); linen's DenseGeneral with a 3-D
 partitioned kernel fails under a global mesh (flax#3676), so by default the mesh
@@ -128,6 +139,27 @@ def create_sharded(init_fn: Callable[[], Any], mesh: Mesh, rules) -> tuple[Any, 
   _, shardings = state_shardings(init_fn, mesh, rules)
   with nn.logical_axis_rules(rules):
     return init_sharded(init_fn, shardings), shardings
+
+
+def without_axis(shardings: Any, axis: str) -> Any:
+  """`shardings` with mesh axis `axis` dropped from every spec (replicated over it)."""
+  def drop(s: NamedSharding) -> NamedSharding:
+    def keep(axes):
+      names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+      kept = tuple(a for a in names if a != axis)
+      return kept[0] if len(kept) == 1 else (kept or None)
+    return NamedSharding(s.mesh, P(*(keep(a) for a in s.spec)))
+  return jax.tree.map(drop, shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+
+
+def compute_shardings(param_shardings: Any) -> Any:
+  """Where parameters are used: gathered over 'fsdp', still split over 'tensor'."""
+  return without_axis(param_shardings, 'fsdp')
+
+
+def gather_for_compute(params: Any, param_shardings: Any) -> Any:
+  """Inside jit: all-gathers FSDP-split parameters (see the module docstring for why)."""
+  return jax.lax.with_sharding_constraint(params, compute_shardings(param_shardings))
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:

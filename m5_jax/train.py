@@ -108,9 +108,20 @@ def split_microbatches(tree, num: int, mesh):
   return jax.tree.map(split, tree)
 
 
-def make_train_step(config, task: Task, tx, schedule, mesh):
+def make_train_step(config, task: Task, tx, schedule, mesh, param_shardings=None):
+  """(state, global batch) -> (state, metrics). `param_shardings` (default: from the
+  config's rules) tell where the parameters live; the forward pass uses them
+  gathered over 'fsdp' (m5_jax/sharding.py says why this is also a correctness
+  requirement)."""
   seed_key = jax.random.key(config.seed)
   num_micro = config.num_microbatches
+  if param_shardings is None:
+    rules = sharding.axis_rules(config.sharding)
+    param_shardings = sharding.state_shardings(init_state_fn(config, task, tx), mesh,
+                                               rules)[1]['params']
+
+  def task_terms(params, inputs, rng):
+    return task.terms(sharding.gather_for_compute(params, param_shardings), inputs, rng)
 
   def train_step(state, batch):
     step, params = state['step'], state['params']
@@ -119,23 +130,24 @@ def make_train_step(config, task: Task, tx, schedule, mesh):
 
     if num_micro == 1:
       def loss_fn(p):
-        terms = task.terms(p, inputs, dropout_rng)
+        terms = task_terms(p, inputs, dropout_rng)
         return task.combine(terms), terms
       (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     else:
       micro = split_microbatches(inputs, num_micro, mesh)
       rngs = jax.random.split(dropout_rng, num_micro)
       # Pass 1: the global denominators (they depend on masks only).
-      dens = jax.lax.map(lambda xs: {k: d for k, (_, d) in task.terms(params, *xs).items()},
+      dens = jax.lax.map(lambda xs: {k: d for k, (_, d) in task_terms(params, *xs).items()},
                          (micro, rngs))
       dens = jax.tree.map(lambda d: d.sum(0), dens)
 
       # Pass 2: sum the microbatches' gradients of sum_k w_k N_k,mb / D_k.
       def accumulate(carry, xs):
         def loss_fn(p):
-          terms = task.terms(p, *xs)
+          terms = task_terms(p, *xs)
           return task.combine({k: (n, dens[k]) for k, (n, _) in terms.items()}), terms
         (_, terms), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        g = jax.lax.with_sharding_constraint(g, param_shardings)  # accumulate FSDP-split
         grads, nums = carry
         nums = {k: nums[k] + n for k, (n, _) in terms.items()}
         return (jax.tree.map(jnp.add, grads, g), nums), None
@@ -302,7 +314,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() == 0:
     config_lib.save_workdir_config(config, workdir)
 
-  step_fn = jax.jit(make_train_step(config, task, tx, schedule, mesh),
+  step_fn = jax.jit(make_train_step(config, task, tx, schedule, mesh, shardings['params']),
                     in_shardings=(shardings, sharding.batch_sharding(mesh)),
                     out_shardings=(shardings, None), donate_argnums=(0,))
   with sharding.activation_context(mesh, rules, constraints):

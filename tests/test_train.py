@@ -70,22 +70,15 @@ def _sharded_and_single():
 
 
 def test_fsdp_tensor_on_8_devices_equals_1_device():
-  (_, sharded_metrics), (_, single_metrics) = _sharded_and_single()
+  """Mesh (data=2, fsdp=2, tensor=2): losses, gradient norms and parameters after two
+  steps equal one device's. (Without sharding.gather_for_compute the gradients were
+  ~2% off: an XLA SPMD miscompile, see tests/test_sharding.py.)"""
+  (sharded, sharded_metrics), (single, single_metrics) = _sharded_and_single()
   for got, want in zip(sharded_metrics, single_metrics):
     for name in want:  # every loss term (contrastive over the global batch too) and count
-      if name.startswith(('loss', 'count')):
+      if name.startswith(('loss', 'count', 'grad_norm')):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5, err_msg=name)
   assert sharded_metrics[0]['loss'] != sharded_metrics[1]['loss']  # the params did move
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    'known issue: on mesh data=2,fsdp=2,tensor=2 the gradient norm differs by ~2% from 1 '
-    'device although every loss term matches to 1e-5; data=8, fsdp=8 and tensor=8 alone '
-    'give equal gradients (under investigation, see the training report)'))
-def test_fsdp_tensor_gradients_equal_1_device():
-  (sharded, sharded_metrics), (single, single_metrics) = _sharded_and_single()
-  np.testing.assert_allclose(sharded_metrics[0]['grad_norm'], single_metrics[0]['grad_norm'],
-                             rtol=1e-5)
   for a, b in zip(jax.tree.leaves(sharded['params']), jax.tree.leaves(single['params'])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
