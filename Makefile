@@ -4,8 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES ?=
 PYTEST_ARGS ?=
+WORKDIR ?= demo
 
-.PHONY: test venv apt clean
+.PHONY: test venv apt clean demo
 
 $(VENV)/.installed: requirements.txt requirements-test.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +25,10 @@ apt:
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# End to end on M5Product-mini (m5_jax/demo.py): results in $(WORKDIR)/results.md
+demo: venv
+	$(PY) -m m5_jax.demo --workdir $(WORKDIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -7,7 +7,8 @@ Config args (after ':' in `--config configs/<method>.py:ARGS`):
                                 (default: the method's own set)
   form=raw|features             input form of the media modalities (default raw)
   batch_size=N                  global batch size (default 256; runlocal 8)
-  runlocal                      a tiny CPU smoke run on M5Product-mini: size tiny,
+  runlocal                      a tiny CPU smoke run on M5Product-mini as the README
+                                builds it (/tmp/tfds, /tmp/m5mini/spm.model): size tiny,
                                 batch 8, 20 steps, checkpoints every 10, log every step
 
 Every field can then be overridden with `--config.a.b=value` (m5_jax/config_lib.py).
@@ -23,8 +24,10 @@ from m5_jax import config_lib
 from m5_jax.models import presets
 
 MEDIA = ('image', 'video', 'audio')
-MINI_DATA_DIR = 'data/mini/tfds'               # python -m data_prep.make_mini + tfds build
-MINI_TOKENIZER = 'data/mini/spm/m5_mini.model'  # python -m data_prep.tokenizer
+# runlocal's data: where the README's M5Product-mini commands put it (make_mini
+# --out /tmp/m5mini, tfds build --data_dir /tmp/tfds, tokenizer --out below).
+MINI_DATA_DIR = '/tmp/tfds'
+MINI_TOKENIZER = '/tmp/m5mini/spm.model'
 
 
 def duration(prefix: str, steps=None, epochs=None, examples=None) -> dict:

@@ -1,0 +1,299 @@
+r"""The end-to-end demo on M5Product-mini: `make demo [WORKDIR=demo]`.
+
+Each stage is one of the README's commands, run as a subprocess exactly as a
+user would type it (printed before it runs), so the demo doubles as a check that
+those commands work:
+
+  1. python -m data_prep.make_mini          generate the synthetic release
+  2. tfds build data_prep/m5product         convert it (array_record: the input
+                                            pipeline reads by index)
+  3. python -m data_prep.tokenizer          train the sentencepiece model
+  4. python -m m5_jax.train                 pretrain a tiny M5-MMT (five modalities)
+  5. python -m m5_jax.demo init_checkpoint  the same model at its initialisation
+                                            (step 0, random weights; see below)
+  6. python -m m5_jax.evaluate.<task>       the four tasks, for both checkpoints
+  7. python -m m5_jax.evaluate.report       the paper's tables
+
+Everything lands under WORKDIR; WORKDIR/results.json and WORKDIR/results.md put
+pretrained and random weights side by side, with each stage's wall and CPU
+seconds. A finished stage is skipped when the demo is re-run (delete WORKDIR to
+start over). The subprocesses share a JAX compilation cache (WORKDIR/jax_cache),
+so the eval binaries compile the forward pass once, not eight times.
+
+Random weights: `m5_jax.train` with total_steps=0 writes no checkpoint (its loop
+saves after steps only), so stage 5 saves the train binary's own initial state
+(`train.init_state_fn`, same config and seed as the pretrained run, hence the
+exact parameters that run started from) as a step-0 checkpoint, with the
+resolved config, without compiling a train step.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import shlex
+import subprocess
+import sys
+import time
+
+TASKS = ('coarse_retrieval', 'fine_retrieval', 'classification', 'clustering')
+# (label, task, metric) rows of the side-by-side comparison.
+HEADLINE = (
+    ('coarse retrieval mAP@10', 'coarse_retrieval', 'm5_map@10'),
+    ('coarse retrieval P@10', 'coarse_retrieval', 'm5_prec@10'),
+    ('fine retrieval mAP@10', 'fine_retrieval', 'm5_map@10'),
+    ('fine retrieval Recall@10', 'fine_retrieval', 'recall@10'),
+    ('linear-probe accuracy %', 'classification', 'accuracy'),
+    ('clustering NMI', 'clustering', 'nmi'),
+)
+DEMO_CONFIG = 'configs/m5_mmt.py:size=tiny,modalities=itpva,runlocal'
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def _children_cpu_s() -> float:
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
+
+
+def run_stage(name: str, cmd: list[str], workdir: str, timings: dict, *,
+              env: dict | None = None, rerun: bool = False) -> None:
+  """Runs one stage, echoing the command; records {wall_s, cpu_s} in `timings[name]`.
+
+  A stage that finished before (marker WORKDIR/.done/<name> holding its command
+  and timings) is skipped unless `rerun`; a failing stage ends the demo with its
+  exit status and command.
+  """
+  marker = os.path.join(workdir, '.done', name)
+  if not rerun and os.path.exists(marker):
+    with open(marker) as f:
+      timings[name] = {**json.load(f)['timing'], 'skipped': True}
+    print(f'[demo] {name}: done before, skipped ({marker})', flush=True)
+    return
+  print(f'\n[demo] {name}: $ {shlex.join(cmd)}', flush=True)
+  wall0, cpu0 = time.perf_counter(), _children_cpu_s()
+  result = subprocess.run(cmd, env={**os.environ, **(env or {})})
+  if result.returncode != 0:
+    sys.exit(f'[demo] stage {name} failed (exit {result.returncode}): {shlex.join(cmd)}')
+  timing = {'wall_s': round(time.perf_counter() - wall0, 1),
+            'cpu_s': round(_children_cpu_s() - cpu0, 1)}
+  timings[name] = timing
+  print(f'[demo] {name}: done in {timing["wall_s"]:.0f} s ({timing["cpu_s"]:.0f} CPU s)',
+        flush=True)
+  os.makedirs(os.path.dirname(marker), exist_ok=True)
+  with open(marker, 'w') as f:
+    json.dump({'command': shlex.join(cmd), 'timing': timing}, f)
+
+
+def builder_dir() -> str:
+  """data_prep/m5product of this checkout (the demo may run from any directory)."""
+  spec = importlib.util.find_spec('data_prep')
+  return os.path.join(list(spec.submodule_search_locations)[0], 'm5product')
+
+
+def stages(args, py: str = sys.executable) -> list[tuple[str, list[str]]]:
+  """(name, command) of every stage, in order."""
+  work = os.path.abspath(args.workdir)
+  release, tfds_dir = os.path.join(work, 'release'), os.path.join(work, 'tfds')
+  tokenizer = os.path.join(work, 'spm.model')
+  pretrained, random_init = run_dirs(work)
+  tfds_cli = os.path.join(os.path.dirname(py), 'tfds')
+  data = [f'--config.input.data_dir={tfds_dir}', f'--config.input.tokenizer={tokenizer}',
+          f'--config.input.batch_size={args.batch_size}', f'--config.total_steps={args.steps}']
+  plan = [
+      ('make_mini', [py, '-m', 'data_prep.make_mini', '--out', release,
+                     '--num_products', str(args.num_products), '--seed', '0', '--overwrite']),
+      ('tfds_build', [tfds_cli, 'build', builder_dir(), '--manual_dir', release,
+                      '--data_dir', tfds_dir, '--config', 'raw',
+                      '--file_format', 'array_record', '--overwrite']),
+      ('tokenizer', [py, '-m', 'data_prep.tokenizer', '--manual_dir', release,
+                     '--out', tokenizer]),
+      ('train', [py, '-m', 'm5_jax.train', '--config', args.config, '--workdir', pretrained,
+                 *data, f'--config.optimizer.lr={args.lr}',
+                 f'--config.schedule.warmup_steps={max(1, args.steps // 10)}',
+                 f'--config.checkpoint.every_steps={args.steps}',
+                 f'--config.log.every_steps={max(1, args.steps // 50)}']),
+      ('random_init', [py, '-m', 'm5_jax.demo', 'init_checkpoint', '--config', args.config,
+                       '--workdir', random_init, *data]),
+  ]
+  for run_name, workdir in (('pretrained', pretrained), ('random_init', random_init)):
+    for task in TASKS:
+      plan.append((f'eval_{task}_{run_name}',
+                   [py, '-m', f'm5_jax.evaluate.{task}', '--workdir', workdir,
+                    '--feature', args.feature]))
+  plan.append(('report', [py, '-m', 'm5_jax.evaluate.report', '--workdir', pretrained,
+                          '--compare', f'pretrained={pretrained},random_weights={random_init}',
+                          '--modality_set', args.modality_set,
+                          '--out', os.path.join(work, 'report.md')]))
+  return plan
+
+
+def run_dirs(work: str) -> tuple[str, str]:
+  return os.path.join(work, 'm5_mmt'), os.path.join(work, 'random_init')
+
+
+# ----------------------------------------------------------------------------- random weights
+
+
+def init_checkpoint(argv) -> int:
+  """`python -m m5_jax.demo init_checkpoint --config C --workdir DIR [--config.x=y]`.
+
+  Writes DIR/config.json and DIR/checkpoints/0 holding the train binary's initial
+  state {'step', 'params', 'opt_state'} for that config (what m5_jax.train would
+  start from), without the input iterator state: the eval binaries read it; it is
+  not meant to be trained on.
+  """
+  import logging  # pylint: disable=g-import-not-at-top
+  from m5_jax import checkpointing, config_lib, sharding, train  # pylint: disable=g-import-not-at-top
+  from m5_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
+  try:
+    config, flags = config_lib.parse_command_line(argv, {'workdir': ''})
+    if not flags['workdir']:
+      raise config_lib.ConfigError('--workdir DIR is required')
+  except config_lib.ConfigError as e:
+    config_lib.exit_with(e, 'm5_jax.demo init_checkpoint')
+  workdir = flags['workdir']
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.axis_rules(config.sharding)
+  task = train.make_task(config)
+  # The optimizer state's structure does not depend on the schedule's length.
+  tx, _ = optimizer_lib.make_optimizer(config, 1, 0)
+  init_fn = train.init_state_fn(config, task, tx)
+  with sharding.activation_context(mesh, rules, config.sharding.activation_constraints):
+    _, shardings = sharding.state_shardings(init_fn, mesh, rules)
+    state = sharding.init_sharded(init_fn, shardings)
+  config_lib.save_workdir_config(config, workdir)
+  checkpointer = checkpointing.Checkpointer(workdir, config.checkpoint)
+  checkpointer.save(0, state, force=True)
+  checkpointer.close()
+  logging.info('saved the initial state (step 0, seed %d) to %s', config.seed,
+               checkpointer.directory)
+  return 0
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def latest_results(workdir: str, task: str) -> dict:
+  directory = os.path.join(workdir, 'eval', task)
+  steps = sorted(f for f in os.listdir(directory) if f.startswith('step_') and f.endswith('.json'))
+  if not steps:
+    sys.exit(f'[demo] no results in {directory}')
+  with open(os.path.join(directory, steps[-1])) as f:
+    return json.load(f)
+
+
+def resolve_set(results: dict, modality_set: str) -> str:
+  """The row label for `modality_set` ('all' = the set with the most modalities)."""
+  sets = list(results.get('sets', {}))
+  if modality_set in sets:
+    return modality_set
+  if modality_set == 'all' and sets:
+    return max(sets, key=lambda label: label.count('+'))
+  raise KeyError(f'modality set {modality_set!r} not among {sets}')
+
+
+def comparison_rows(results: dict, modality_set: str) -> list[tuple[str, float, float]]:
+  """(label, pretrained, random) for every HEADLINE metric, on one modality set."""
+  rows = []
+  for label, task, metric in HEADLINE:
+    values = []
+    for run_name in ('pretrained', 'random_weights'):
+      task_results = results[run_name][task]
+      values.append(task_results['sets'][resolve_set(task_results, modality_set)].get(metric))
+    rows.append((label, *values))
+  return rows
+
+
+def comparison_markdown(rows, modality_set: str) -> str:
+  fmt = lambda v: f'{v:.3g}' if isinstance(v, (int, float)) else 'n/a'  # noqa: E731
+  lines = [f'| {modality_set} | pretrained | random weights |', '|---|---:|---:|']
+  lines += [f'| {label} | {fmt(a)} | {fmt(b)} |' for label, a, b in rows]
+  return '\n'.join(lines)
+
+
+def timings_markdown(timings: dict) -> str:
+  lines = ['| stage | wall s | CPU s |', '|---|---:|---:|']
+  for name, t in timings.items():
+    note = ' (earlier run)' if t.get('skipped') else ''
+    lines.append(f'| {name}{note} | {t["wall_s"]:.0f} | {t["cpu_s"]:.0f} |')
+  total_wall = sum(t['wall_s'] for t in timings.values())
+  total_cpu = sum(t['cpu_s'] for t in timings.values())
+  lines.append(f'| total | {total_wall:.0f} | {total_cpu:.0f} |')
+  return '\n'.join(lines)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog='m5_jax.demo', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--workdir', default='demo')
+  parser.add_argument('--num_products', type=int, default=1000)
+  parser.add_argument('--steps', type=int, default=300, help='pretraining steps')
+  parser.add_argument('--batch_size', type=int, default=32)
+  parser.add_argument('--lr', type=float, default=1e-3)
+  parser.add_argument('--config', default=DEMO_CONFIG)
+  parser.add_argument('--feature', default='encoder_pooled', choices=('pooled', 'encoder_pooled'),
+                      help='model output the eval binaries use (see docs/models.md)')
+  parser.add_argument('--modality_set', default='all',
+                      help="row of the side-by-side table, e.g. I+T ('all': every modality)")
+  parser.add_argument('--rerun', action='store_true', help='run finished stages again')
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv[:1] == ['init_checkpoint']:
+    return init_checkpoint(argv[1:])
+  args = parse_args(argv)
+  work = os.path.abspath(args.workdir)
+  os.makedirs(work, exist_ok=True)
+  pretrained, random_init = run_dirs(work)
+  # One compilation cache for every stage: the eval binaries of both runs compile
+  # the same forward pass.
+  env = {'JAX_COMPILATION_CACHE_DIR': os.path.join(work, 'jax_cache'),
+         'TF_CPP_MIN_LOG_LEVEL': os.environ.get('TF_CPP_MIN_LOG_LEVEL', '2')}
+  timings: dict = {}
+  start = time.perf_counter()
+  for name, cmd in stages(args):
+    run_stage(name, cmd, work, timings, env=env, rerun=args.rerun)
+
+  results = {'workdir': work, 'config': args.config, 'steps': args.steps,
+             'batch_size': args.batch_size, 'num_products': args.num_products,
+             'feature': args.feature, 'modality_set': args.modality_set,
+             'pretrained': {t: latest_results(pretrained, t) for t in TASKS},
+             'random_weights': {t: latest_results(random_init, t) for t in TASKS},
+             'timings': timings}
+  rows = comparison_rows(results, args.modality_set)
+  label = resolve_set(results['pretrained']['coarse_retrieval'], args.modality_set)
+  results['comparison'] = {name: {'pretrained': a, 'random_weights': b} for name, a, b in rows}
+  with open(os.path.join(work, 'results.json'), 'w') as f:
+    json.dump(results, f, indent=1, ensure_ascii=False)
+
+  comparison = comparison_markdown(rows, label)
+  with open(os.path.join(work, 'report.md')) as f:
+    report = f.read()
+  with open(os.path.join(work, 'results.md'), 'w') as f:
+    f.write(f'# M5Product-mini demo: pretrained vs random weights\n\n'
+            f'{args.num_products} products; `{args.config}`, {args.steps} steps of batch '
+            f'{args.batch_size}; features: `{args.feature}`.\n\n{comparison}\n\n'
+            f'## Paper tables (pretrained; --compare rows use {args.modality_set})\n\n'
+            f'{report}\n## Stages\n\n{timings_markdown(timings)}\n')
+
+  print(f'\n{comparison}\n\n{timings_markdown(timings)}\n')
+  print(f'Demo finished in {time.perf_counter() - start:.0f} s. Under {work}:')
+  print('  results.json, results.md            numbers, paper-layout tables, stage timings')
+  print(f'  {os.path.relpath(pretrained, work)}/eval/<task>/*.png         plots (P@K curves, '
+        'PCA projection, long tail); also random_init/eval/')
+  print(f'  tensorboard --logdir {work}   training curves and eval scalars')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,110 @@
+"""The demo orchestrator's pieces (m5_jax/demo.py); the full demo is `make demo`.
+
+The end-to-end run takes minutes (it compiles a train step and an eval forward),
+so it is not a unit test: these check the stage commands parse against the real
+configs and binaries' flags, the stage runner, the random-weights checkpoint and
+the side-by-side table.
+"""
+import os
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from m5_jax import checkpointing
+from m5_jax import config_lib
+from m5_jax import demo
+from m5_jax import optimizer as optimizer_lib
+from m5_jax import train
+from m5_jax.evaluate import runner
+
+
+def _args(tmp_path, *extra):
+  return demo.parse_args(['--workdir', str(tmp_path / 'w'), '--steps', '40',
+                          '--batch_size', '16', *extra])
+
+
+def test_stage_commands_parse_strictly(tmp_path):
+  plan = dict(demo.stages(_args(tmp_path)))
+  assert list(plan)[:5] == ['make_mini', 'tfds_build', 'tokenizer', 'train', 'random_init']
+  assert len(plan) == 5 + 2 * len(demo.TASKS) + 1
+  train_cmd, init_cmd = plan['train'], plan['random_init']
+  config, flags = config_lib.parse_command_line(train_cmd[3:], {'workdir': ''})
+  assert config.total_steps == 40 and config.input.batch_size == 16
+  assert config.checkpoint.every_steps == 40 and config.schedule.warmup_steps == 4
+  assert tuple(config.modalities) == ('image', 'text', 'table', 'video', 'audio')
+  assert config.args.size == 'tiny'
+  assert config.input.data_dir == str(tmp_path / 'w' / 'tfds')
+  # The random-weights run has the pretrained run's model, data and seed.
+  assert init_cmd[3] == 'init_checkpoint'
+  init_config, init_flags = config_lib.parse_command_line(init_cmd[4:], {'workdir': ''})
+  assert init_config.model.to_dict() == config.model.to_dict()
+  assert init_config.seed == config.seed and init_config.input.to_dict() == config.input.to_dict()
+  assert flags['workdir'] != init_flags['workdir']
+  for name, cmd in plan.items():
+    if name.startswith('eval_'):
+      options, _, _ = runner.parse_flags(cmd[3:], {'finetuned': False, 'split': 'cls_test'})
+      assert options.feature == 'encoder_pooled'
+  assert os.path.isfile(os.path.join(plan['tfds_build'][2], 'm5product_dataset_builder.py'))
+
+
+def test_run_stage_times_skips_and_fails_clearly(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  timings = {}
+  cmd = [sys.executable, '-c', 'open("out.txt", "w").write("x")']
+  demo.run_stage('write', cmd, str(tmp_path), timings)
+  assert set(timings['write']) == {'wall_s', 'cpu_s'} and timings['write']['wall_s'] >= 0
+  os.remove('out.txt')
+  demo.run_stage('write', cmd, str(tmp_path), timings)  # done: skipped, timing kept
+  assert not os.path.exists('out.txt') and timings['write']['skipped']
+  with pytest.raises(SystemExit, match=r'stage boom failed \(exit 3\)'):
+    demo.run_stage('boom', [sys.executable, '-c', 'raise SystemExit(3)'], str(tmp_path), {})
+  assert not os.path.exists(tmp_path / '.done' / 'boom')
+
+
+def test_init_checkpoint_saves_the_train_binarys_initial_params(tmp_path):
+  workdir = str(tmp_path / 'random_init')
+  spec = 'configs/text_only.py:size=tiny,runlocal'
+  assert demo.init_checkpoint(['--config', spec, '--workdir', workdir,
+                               '--config.input.dataset=synthetic']) == 0
+  assert checkpointing.list_steps(workdir) == [0]
+  step, params = checkpointing.restore_params(workdir)
+  config = config_lib.load_workdir_config(workdir)
+  assert step == 0 and config.input.dataset == 'synthetic'
+  task = train.make_task(config)
+  tx, _ = optimizer_lib.make_optimizer(config, 1, 0)
+  # train.py creates its state under jit (sharding.init_sharded); so does the reference.
+  init_fn = train.init_state_fn(config, task, tx)
+  expected = jax.jit(lambda: nn.unbox(init_fn())['params'])()
+  flat = jax.tree_util.tree_leaves_with_path(expected)
+  restored = dict(jax.tree_util.tree_leaves_with_path(params))
+  assert len(flat) == len(restored) > 0
+  for path, value in flat:
+    np.testing.assert_array_equal(np.asarray(restored[path]), np.asarray(value), err_msg=str(path))
+
+
+def _fake(value):
+  """Results of the four tasks: every HEADLINE metric = value on 'I+T+P', value/2 on 'I'."""
+  out = {}
+  for _, task, metric in demo.HEADLINE:
+    sets = out.setdefault(task, {'sets': {'I': {}, 'I+T+P': {}}})['sets']
+    sets['I'][metric], sets['I+T+P'][metric] = value / 2, value
+  return out
+
+
+def test_comparison_rows_pick_the_full_set_and_both_runs():
+  pretrained, random_weights = _fake(60.0), _fake(20.0)
+  results = {'pretrained': pretrained, 'random_weights': random_weights}
+  rows = demo.comparison_rows(results, 'all')
+  assert [r[0] for r in rows] == [label for label, _, _ in demo.HEADLINE]
+  assert all(a == 60.0 and b == 20.0 for _, a, b in rows)
+  assert all(b == 10.0 for _, _, b in demo.comparison_rows(results, 'I'))
+  table = demo.comparison_markdown(rows, 'I+T+P')
+  assert '| linear-probe accuracy % | 60 | 20 |' in table
+  with pytest.raises(KeyError, match='I\\+T'):
+    demo.resolve_set(pretrained['clustering'], 'I+T')
+  timing = demo.timings_markdown({'a': {'wall_s': 1.0, 'cpu_s': 2.0},
+                                  'b': {'wall_s': 3.0, 'cpu_s': 4.0, 'skipped': True}})
+  assert '| b (earlier run) | 3 | 4 |' in timing and '| total | 4 | 6 |' in timing
