@@ -370,7 +370,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def main(argv) -> int:
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
+  # force: an imported library already gave the root logger a WARNING-level handler,
+  # which would silently drop the progress lines below.
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s',
+                      force=True)
   try:
     config, flags = config_lib.parse_command_line(argv, {'workdir': ''})
     if not flags['workdir']:

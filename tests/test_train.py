@@ -1,13 +1,9 @@
 """The train binary: sharded == single device, loss falls, exact resume after SIGTERM."""
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
@@ -18,21 +14,15 @@ from m5_jax import sharding
 from m5_jax import synthetic_input
 from m5_jax import train
 from m5_jax import train_logging
+pytest.register_assert_rewrite('train_fixtures')
+from train_fixtures import REFERENCE, REFERENCE_STEPS, TINY, parse, start_binary
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# A small text+table M5-MMT on synthetic data (masked modeling + contrastive).
-# Adam's eps is raised so that float rounding in near-zero gradients is not amplified
-# to lr-sized updates (which would make sharded-vs-single comparisons meaningless).
-TINY = ['--config', 'configs/m5_mmt.py:runlocal,modalities=tp',
-        '--config.input.dataset=synthetic', '--config.modality.text.max_len=16',
-        '--config.modality.table.max_len=16', '--config.model.dropout=0.0',
-        '--config.optimizer.eps=1e-3']
+pytest_plugins = ['m5_fixtures', 'train_fixtures']
 _CACHE = {}
 
 
 def tiny_config(*overrides):
-  config, _ = config_lib.parse_command_line(TINY + list(overrides), {})
-  return config
+  return parse(TINY + list(overrides))
 
 
 def _run_steps(config, num_steps, devices):
@@ -94,61 +84,62 @@ def test_gradient_accumulation_sums_numerators_and_denominators():
       np.testing.assert_allclose(acc[0][name], one[0][name], rtol=1e-5, err_msg=name)
 
 
-def test_train_loop_loss_falls_and_writes_workdir(tmp_path):
-  config = tiny_config('--config.total_steps=30', '--config.checkpoint.every_steps=15')
+def test_tiny_m5_mmt_on_mini_loss_falls_and_writes_workdir(mini_tfds, tmp_path):
+  data_dir, tokenizer, vocab = mini_tfds
+  config = parse([
+      '--config', 'configs/m5_mmt.py:runlocal,modalities=ti', f'--config.input.data_dir={data_dir}',
+      f'--config.input.tokenizer={tokenizer}', f'--config.model.vocab_size={vocab}',
+      f'--config.modality.text.vocab_size={vocab}', '--config.modality.text.max_len=16',
+      '--config.modality.image.image_size=32', '--config.model.dropout=0.0',
+      '--config.optimizer.lr=3e-3', '--config.total_steps=24',
+      '--config.checkpoint.every_steps=12'])
   train.train(config, str(tmp_path))
   rows = train_logging.read_metrics(str(tmp_path))
   losses = [r['loss'] for r in rows]
-  assert [r['step'] for r in rows] == list(range(1, 31))
-  assert np.mean(losses[-5:]) < losses[0] - 1.0, losses
-  assert {'grad_norm', 'param_norm', 'lr', 'loss/masked_text', 'loss/contrastive_text_table',
-          'perf/steps_per_sec', 'perf/examples_per_sec', 'perf/eta_hours'} <= set(rows[-1])
-  assert checkpointing.list_steps(str(tmp_path)) == [15, 30]
-  assert config_lib.load_workdir_config(str(tmp_path)).total_steps == 30
+  assert [r['step'] for r in rows] == list(range(1, 25))
+  assert np.mean(losses[-4:]) < losses[0] - 1.0, losses
+  assert {'grad_norm', 'param_norm', 'lr', 'loss/masked_text', 'loss/masked_image',
+          'loss/contrastive_text_image', 'perf/steps_per_sec', 'perf/examples_per_sec',
+          'perf/eta_hours'} <= set(rows[-1])
+  assert checkpointing.list_steps(str(tmp_path)) == [12, 24]
+  saved = config_lib.load_workdir_config(str(tmp_path))
+  assert saved.total_steps == 24 and saved.input.data_dir == data_dir
   assert os.listdir(tmp_path / 'tensorboard')
 
 
-def _binary(workdir, *overrides, cache_dir):
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache_dir,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
-  return subprocess.Popen([sys.executable, '-m', 'm5_jax.train', *TINY, '--workdir', workdir,
-                           '--config.checkpoint.every_steps=1000', *overrides],
-                          cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True)
-
-
-def test_sigterm_then_restart_is_bitwise_equal_to_uninterrupted(tmp_path):
-  total = '--config.total_steps=60'
-  cache = str(tmp_path / 'jax_cache')
-  full = _binary(str(tmp_path / 'full'), total, cache_dir=cache)
-  _, err = full.communicate(timeout=300)
-  assert full.returncode == 0, err[-3000:]
-
-  interrupted = str(tmp_path / 'interrupted')
-  proc = _binary(interrupted, total, cache_dir=cache)
-  metrics = os.path.join(interrupted, train_logging.METRICS_FILE)
-  deadline = time.time() + 300
+def test_sigterm_then_restart_is_bitwise_equal_to_uninterrupted(reference_run, tmp_path):
+  """kill -TERM a real train binary after step 3; the restart resumes from the
+  preemption checkpoint and ends bitwise equal to the uninterrupted reference run."""
+  args = REFERENCE + [f'--config.total_steps={REFERENCE_STEPS}',
+                      '--config.checkpoint.every_steps=1000']
+  workdir = str(tmp_path / 'interrupted')
+  proc = start_binary(args, workdir, str(tmp_path / 'first.log'))
+  metrics = os.path.join(workdir, train_logging.METRICS_FILE)
+  deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
     if os.path.exists(metrics) and len(open(metrics).read().splitlines()) >= 3:
       proc.send_signal(signal.SIGTERM)
       break
-    time.sleep(0.02)
-  _, err = proc.communicate(timeout=120)
-  assert proc.returncode == 0, err[-3000:]
-  (saved,) = checkpointing.list_steps(interrupted)
-  assert 3 <= saved < 60, 'the run finished before SIGTERM arrived'
+    time.sleep(0.01)
+  assert proc.wait(timeout=120) == 0, (tmp_path / 'first.log').read_text()[-3000:]
+  (saved,) = checkpointing.list_steps(workdir)
+  assert 3 <= saved < REFERENCE_STEPS, 'the run finished before SIGTERM arrived'
 
-  restart = _binary(interrupted, total, cache_dir=cache)
-  _, err = restart.communicate(timeout=300)
-  assert restart.returncode == 0, err[-3000:]
-  assert checkpointing.list_steps(interrupted) == [saved, 60]
-  _, expected = checkpointing.restore_params(str(tmp_path / 'full'))
-  _, resumed = checkpointing.restore_params(interrupted)
+  restart = start_binary(args, workdir, str(tmp_path / 'restart.log'))
+  assert restart.wait(timeout=240) == 0, (tmp_path / 'restart.log').read_text()[-3000:]
+  assert checkpointing.list_steps(workdir) == [saved, REFERENCE_STEPS]
+  _, expected = checkpointing.restore_params(reference_run)
+  _, resumed = checkpointing.restore_params(workdir)
   assert checkpointing.tree_equal(resumed, expected)
+  assert 'resuming from' in (tmp_path / 'restart.log').read_text()
 
 
 def test_nonfinite_loss_stops_naming_the_step(tmp_path):
-  config = tiny_config('--config.total_steps=3', '--config.optimizer.lr=1e30',
-                       '--config.optimizer.grad_clip_norm=0.0')
+  # Text only, no transformer layers: the cheapest model to compile.
+  text_only = ['--config', 'configs/m5_mmt.py:runlocal,modalities=t'] + [
+      a for a in TINY[2:] if 'table' not in a]
+  config = parse(text_only + ['--config.total_steps=3', '--config.optimizer.lr=1e30',
+                              '--config.optimizer.grad_clip_norm=0.0',
+                              '--config.model.fusion_layers=0', '--config.model.encoder_layers=0'])
   with pytest.raises(FloatingPointError, match=r'non-finite loss \(nan\) at step \d'):
     train.train(config, str(tmp_path))
