@@ -39,7 +39,8 @@ import sys
 import time
 
 TASKS = ('coarse_retrieval', 'fine_retrieval', 'classification', 'clustering')
-# (label, task, metric) rows of the side-by-side comparison.
+# (label, task, metric) rows of the side-by-side comparison; COUNTS names the
+# metric that says how many items a task's number averages over (mini is small).
 HEADLINE = (
     ('coarse retrieval mAP@10', 'coarse_retrieval', 'm5_map@10'),
     ('coarse retrieval P@10', 'coarse_retrieval', 'm5_prec@10'),
@@ -48,6 +49,8 @@ HEADLINE = (
     ('linear-probe accuracy %', 'classification', 'accuracy'),
     ('clustering NMI', 'clustering', 'nmi'),
 )
+COUNTS = {'coarse_retrieval': 'num_queries', 'fine_retrieval': 'num_queries',
+          'classification': 'num_examples', 'clustering': 'num_examples'}
 DEMO_CONFIG = 'configs/m5_mmt.py:size=tiny,modalities=itpva,runlocal'
 
 
@@ -197,22 +200,23 @@ def resolve_set(results: dict, modality_set: str) -> str:
   raise KeyError(f'modality set {modality_set!r} not among {sets}')
 
 
-def comparison_rows(results: dict, modality_set: str) -> list[tuple[str, float, float]]:
-  """(label, pretrained, random) for every HEADLINE metric, on one modality set."""
+def comparison_rows(results: dict, modality_set: str) -> list[tuple]:
+  """(label, pretrained, random, items averaged over) per HEADLINE metric, one modality set."""
   rows = []
   for label, task, metric in HEADLINE:
     values = []
     for run_name in ('pretrained', 'random_weights'):
       task_results = results[run_name][task]
-      values.append(task_results['sets'][resolve_set(task_results, modality_set)].get(metric))
-    rows.append((label, *values))
+      values.append(task_results['sets'][resolve_set(task_results, modality_set)])
+    rows.append((label, values[0].get(metric), values[1].get(metric),
+                 values[0].get(COUNTS[task])))
   return rows
 
 
 def comparison_markdown(rows, modality_set: str) -> str:
   fmt = lambda v: f'{v:.3g}' if isinstance(v, (int, float)) else 'n/a'  # noqa: E731
-  lines = [f'| {modality_set} | pretrained | random weights |', '|---|---:|---:|']
-  lines += [f'| {label} | {fmt(a)} | {fmt(b)} |' for label, a, b in rows]
+  lines = [f'| {modality_set} | pretrained | random weights | items |', '|---|---:|---:|---:|']
+  lines += [f'| {label} | {fmt(a)} | {fmt(b)} | {fmt(n)} |' for label, a, b, n in rows]
   return '\n'.join(lines)
 
 
@@ -272,7 +276,8 @@ def main(argv=None) -> int:
              'timings': timings}
   rows = comparison_rows(results, args.modality_set)
   label = resolve_set(results['pretrained']['coarse_retrieval'], args.modality_set)
-  results['comparison'] = {name: {'pretrained': a, 'random_weights': b} for name, a, b in rows}
+  results['comparison'] = {name: {'pretrained': a, 'random_weights': b, 'items': n}
+                           for name, a, b, n in rows}
   with open(os.path.join(work, 'results.json'), 'w') as f:
     json.dump(results, f, indent=1, ensure_ascii=False)
 
@@ -283,14 +288,14 @@ def main(argv=None) -> int:
     f.write(f'# M5Product-mini demo: pretrained vs random weights\n\n'
             f'{args.num_products} products; `{args.config}`, {args.steps} steps of batch '
             f'{args.batch_size}; features: `{args.feature}`.\n\n{comparison}\n\n'
-            f'## Paper tables (pretrained; --compare rows use {args.modality_set})\n\n'
+            f'## Paper tables (`m5_jax.evaluate.report`; pretrained run, then both)\n\n'
             f'{report}\n## Stages\n\n{timings_markdown(timings)}\n')
 
   print(f'\n{comparison}\n\n{timings_markdown(timings)}\n')
   print(f'Demo finished in {time.perf_counter() - start:.0f} s. Under {work}:')
   print('  results.json, results.md            numbers, paper-layout tables, stage timings')
-  print(f'  {os.path.relpath(pretrained, work)}/eval/<task>/*.png         plots (P@K curves, '
-        'PCA projection, long tail); also random_init/eval/')
+  print('  m5_mmt/eval/<task>/*.png            plots (P@K curves, PCA projection, long tail);'
+        ' random_init/eval/ the same')
   print(f'  tensorboard --logdir {work}   training curves and eval scalars')
   return 0
 

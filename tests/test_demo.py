@@ -91,6 +91,7 @@ def _fake(value):
   for _, task, metric in demo.HEADLINE:
     sets = out.setdefault(task, {'sets': {'I': {}, 'I+T+P': {}}})['sets']
     sets['I'][metric], sets['I+T+P'][metric] = value / 2, value
+    sets['I+T+P'][demo.COUNTS[task]] = 25
   return out
 
 
@@ -99,10 +100,10 @@ def test_comparison_rows_pick_the_full_set_and_both_runs():
   results = {'pretrained': pretrained, 'random_weights': random_weights}
   rows = demo.comparison_rows(results, 'all')
   assert [r[0] for r in rows] == [label for label, _, _ in demo.HEADLINE]
-  assert all(a == 60.0 and b == 20.0 for _, a, b in rows)
-  assert all(b == 10.0 for _, _, b in demo.comparison_rows(results, 'I'))
+  assert all(a == 60.0 and b == 20.0 and n == 25 for _, a, b, n in rows)
+  assert all(b == 10.0 and n is None for _, _, b, n in demo.comparison_rows(results, 'I'))
   table = demo.comparison_markdown(rows, 'I+T+P')
-  assert '| linear-probe accuracy % | 60 | 20 |' in table
+  assert '| linear-probe accuracy % | 60 | 20 | 25 |' in table
   with pytest.raises(KeyError, match='I\\+T'):
     demo.resolve_set(pretrained['clustering'], 'I+T')
   timing = demo.timings_markdown({'a': {'wall_s': 1.0, 'cpu_s': 2.0},
