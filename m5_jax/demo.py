@@ -190,6 +190,23 @@ def latest_results(workdir: str, task: str) -> dict:
     return json.load(f)
 
 
+def training_losses(workdir: str) -> dict:
+  """{term: (first logged value, last logged value)} from the run's metrics.jsonl;
+  the contrastive terms are averaged over modality pairs."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    logged = [json.loads(line) for line in f if line.strip()]
+
+  def terms(row):
+    out = {k[len('loss/'):]: v for k, v in row.items() if k.startswith('loss/masked_')}
+    pairs = [v for k, v in row.items() if k.startswith('loss/contrastive_')]
+    if pairs:
+      out['contrastive (pair mean)'] = sum(pairs) / len(pairs)
+    return {'total': row['loss'], **out}
+
+  first, last = terms(logged[0]), terms(logged[-1])
+  return {k: (first[k], last.get(k)) for k in first}
+
+
 def resolve_set(results: dict, modality_set: str) -> str:
   """The row label for `modality_set` ('all' = the set with the most modalities)."""
   sets = list(results.get('sets', {}))
@@ -240,8 +257,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--workdir', default='demo')
   parser.add_argument('--num_products', type=int, default=1000)
   parser.add_argument('--steps', type=int, default=300, help='pretraining steps')
-  parser.add_argument('--batch_size', type=int, default=32)
-  parser.add_argument('--lr', type=float, default=1e-3)
+  parser.add_argument('--batch_size', type=int, default=16)
+  parser.add_argument('--lr', type=float, default=3e-3)
   parser.add_argument('--config', default=DEMO_CONFIG)
   parser.add_argument('--feature', default='encoder_pooled', choices=('pooled', 'encoder_pooled'),
                       help='model output the eval binaries use (see docs/models.md)')
@@ -276,22 +293,25 @@ def main(argv=None) -> int:
              'timings': timings}
   rows = comparison_rows(results, args.modality_set)
   label = resolve_set(results['pretrained']['coarse_retrieval'], args.modality_set)
+  results['training_loss'] = training_losses(pretrained)
   results['comparison'] = {name: {'pretrained': a, 'random_weights': b, 'items': n}
                            for name, a, b, n in rows}
   with open(os.path.join(work, 'results.json'), 'w') as f:
     json.dump(results, f, indent=1, ensure_ascii=False)
 
   comparison = comparison_markdown(rows, label)
+  losses = '\n'.join(['| pretraining loss | first step | last step |', '|---|---:|---:|'] + [
+      f'| {k} | {a:.3g} | {b:.3g} |' for k, (a, b) in results['training_loss'].items()])
   with open(os.path.join(work, 'report.md')) as f:
     report = f.read()
   with open(os.path.join(work, 'results.md'), 'w') as f:
     f.write(f'# M5Product-mini demo: pretrained vs random weights\n\n'
             f'{args.num_products} products; `{args.config}`, {args.steps} steps of batch '
-            f'{args.batch_size}; features: `{args.feature}`.\n\n{comparison}\n\n'
+            f'{args.batch_size}; features: `{args.feature}`.\n\n{comparison}\n\n{losses}\n\n'
             f'## Paper tables (`m5_jax.evaluate.report`; pretrained run, then both)\n\n'
             f'{report}\n## Stages\n\n{timings_markdown(timings)}\n')
 
-  print(f'\n{comparison}\n\n{timings_markdown(timings)}\n')
+  print(f'\n{comparison}\n\n{losses}\n\n{timings_markdown(timings)}\n')
   print(f'Demo finished in {time.perf_counter() - start:.0f} s. Under {work}:')
   print('  results.json, results.md            numbers, paper-layout tables, stage timings')
   print('  m5_mmt/eval/<task>/*.png            plots (P@K curves, PCA projection, long tail);'

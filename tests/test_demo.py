@@ -5,6 +5,7 @@ so it is not a unit test: these check the stage commands parse against the real
 configs and binaries' flags, the stage runner, the random-weights checkpoint and
 the side-by-side table.
 """
+import json
 import os
 import sys
 
@@ -109,3 +110,14 @@ def test_comparison_rows_pick_the_full_set_and_both_runs():
   timing = demo.timings_markdown({'a': {'wall_s': 1.0, 'cpu_s': 2.0},
                                   'b': {'wall_s': 3.0, 'cpu_s': 4.0, 'skipped': True}})
   assert '| b (earlier run) | 3 | 4 |' in timing and '| total | 4 | 6 |' in timing
+
+
+def test_training_losses_first_and_last_with_pair_mean(tmp_path):
+  rows = [{'step': 1, 'loss': 50.0, 'loss/masked_text': 9.0, 'loss/contrastive_image_text': 3.0,
+           'loss/contrastive_image_audio': 2.0, 'lr': 0.1},
+          {'step': 2, 'loss': 40.0, 'loss/masked_text': 5.0, 'loss/contrastive_image_text': 2.0,
+           'loss/contrastive_image_audio': 1.0, 'lr': 0.2}]
+  with open(tmp_path / 'metrics.jsonl', 'w') as f:
+    f.write('\n'.join(json.dumps(r) for r in rows) + '\n')
+  assert demo.training_losses(str(tmp_path)) == {
+      'total': (50.0, 40.0), 'masked_text': (9.0, 5.0), 'contrastive (pair mean)': (2.5, 1.5)}
