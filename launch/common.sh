@@ -14,3 +14,18 @@ die() { echo "error: $*" >&2; exit 2; }
 
 # Quote an argument list into one string for a remote shell (gcloud --command).
 quote_args() { local out="" a; for a in "$@"; do out+=" $(printf '%q' "$a")"; done; echo "${out# }"; }
+
+# Parses "--config C --workdir W [extra ...]" into $config, $workdir and the array
+# $extra (passed on to the train binary); dies with `usage` if either is missing.
+parse_train_args() {
+  local usage="$1"; shift
+  config="" workdir="" extra=()
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --config) config="$2"; shift 2;;
+      --workdir) workdir="$2"; shift 2;;
+      *) extra+=("$1"); shift;;
+    esac
+  done
+  [[ -n "$config" && -n "$workdir" ]] || die "usage: $usage"
+}

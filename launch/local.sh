@@ -10,15 +10,7 @@ source "$(dirname "$0")/common.sh"
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3 )}
 
-config="" workdir="" extra=()
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --config) config="$2"; shift 2;;
-    --workdir) workdir="$2"; shift 2;;
-    *) extra+=("$1"); shift;;
-  esac
-done
-[[ -n "$config" && -n "$workdir" ]] || die "usage: launch/local.sh --config FILE.py[:ARGS] --workdir DIR [--config.x=y ...]"
+parse_train_args "launch/local.sh --config FILE.py[:ARGS] --workdir DIR [--config.x=y ...]" "$@"
 
 run "$PY" -m m5_jax.train --config "$config" --workdir "$workdir" "${extra[@]}"
 if [[ "${EVAL:-1}" == "1" ]]; then

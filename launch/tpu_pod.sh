@@ -19,15 +19,7 @@ REMOTE_DIR=${REMOTE_DIR:-m5_jax}
 gcloud_args=(--zone "$ZONE" --worker=all)
 [[ -n "${PROJECT:-}" ]] && gcloud_args+=(--project "$PROJECT")
 
-config="" workdir="" extra=()
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --config) config="$2"; shift 2;;
-    --workdir) workdir="$2"; shift 2;;
-    *) extra+=("$1"); shift;;
-  esac
-done
-[[ -n "$config" && -n "$workdir" ]] || die "usage: launch/tpu_pod.sh --config FILE.py[:ARGS] --workdir gs://... [--config.x=y ...]"
+parse_train_args "launch/tpu_pod.sh --config FILE.py[:ARGS] --workdir gs://... [--config.x=y ...]" "$@"
 [[ "$workdir" == gs://* ]] || echo "warning: workdir $workdir is not on GCS; each worker would write its own copy" >&2
 
 # 1. Ship the code: a tarball of the tracked files, copied to every worker.
