@@ -199,3 +199,40 @@ def test_reports_write_json_tables_tensorboard_and_plots(tmp_path, toy):
   for p in (png, proj, tail):
     with open(p, 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_variants_get_their_own_folder_and_subsets_merge(tmp_path):
+  workdir = str(tmp_path)
+  default = runner.Options(workdir=workdir)
+  other = runner.Options(workdir=workdir, feature='encoder_pooled')
+  assert runner.variant_of(default) == ''
+  assert runner.variant_of(other) == 'feature=encoder_pooled'
+  # Task flags count where not default; the fine-tuned mode is not a variant.
+  assert runner.variant_of(default, {'split': 'cls_train', 'finetuned': True},
+                           {'split': 'cls_test', 'finetuned': False}) == 'split=cls_train'
+  assert runner.variant_of(default, {'split': 'cls_test'}, {'split': 'cls_test'}) == ''
+  # Another feature at the same step does not overwrite the default results ...
+  report.write_step(workdir, 'clustering', 3, {'sets': {'T': {'nmi': 10.0}}})
+  report.write_step(workdir, 'clustering', 3, {'sets': {'T': {'nmi': 20.0}}},
+                    variant='feature=encoder_pooled')
+  assert report.load_step(workdir, 'clustering')['sets']['T']['nmi'] == 10.0
+  assert report.load_step(workdir, 'clustering', 3, 'feature=encoder_pooled')['sets'] == {
+      'T': {'nmi': 20.0}}
+  # ... and other subsets at the same step add rows (the new value of a row wins).
+  merged = report.with_saved_rows(workdir, 'clustering', 3,
+                                  {'sets': {'I': {'nmi': 5.0}, 'T': {'nmi': 11.0}}})
+  assert merged['sets'] == {'T': {'nmi': 11.0}, 'I': {'nmi': 5.0}}
+  # Signatures differ per variant, so a done-list never mixes them.
+  assert default.signature('clustering') != other.signature('clustering')
+
+
+def test_method_table_never_guesses_the_row(tmp_path):
+  for name, acc in (('a', 50.0), ('b', 60.0)):
+    report.write_step(str(tmp_path / name), 'classification', 1,
+                      {'sets': {'T': {'accuracy': acc}, 'I+T': {'accuracy': acc + 1}}})
+  runs = {'a': str(tmp_path / 'a'), 'b': str(tmp_path / 'b')}
+  table = report.method_table(runs, 'I+T')
+  assert '| a | 51.00 | - | - | - |' in table and '| b | 61.00 |' in table
+  assert '| a | - |' in report.method_table(runs, 'I+T+P')  # absent row: '-', not another row
+  with pytest.raises(ValueError, match='--modality_set'):
+    report.method_table(runs)

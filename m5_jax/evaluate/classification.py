@@ -120,13 +120,16 @@ def probe_set(train: features_lib.SplitFeatures, test: features_lib.SplitFeature
 
 
 def _write(options, step, results, per_class, train_labels, title):
+  results = report.with_saved_rows(options.workdir, TASK, step, results, options.variant)
   report.write_step(options.workdir, TASK, step, results, report.markdown_table(
       ['Modalities', 'Acc', 'mean class Acc', 'test items', 'without features'],
       [[label, m['accuracy'], m['mean_class_accuracy'], m['num_examples'],
-        m.get('test_without_features', 0)] for label, m in results['sets'].items()]))
+        m.get('test_without_features', 0)] for label, m in results['sets'].items()]),
+                    options.variant)
   counts = np.bincount(train_labels[train_labels >= 0])
   report.plot_long_tail(per_class, {c: int(n) for c, n in enumerate(counts)},
-                        os.path.join(runner.output_dir(options.workdir, TASK), 'long_tail.png'),
+                        os.path.join(runner.output_dir(options.workdir, TASK, options.variant),
+                                     'long_tail.png'),
                         title=f'{title}, step {step}')
 
 
@@ -164,8 +167,8 @@ def run(options: runner.Options, config, extra) -> list[int]:
     label = 'finetuned ' + features_lib.subset_label(available)
     results = {'sets': {label: metrics_lib.accuracy(predictions, labels)}, 'mode': 'finetuned',
                'per_class': {label: metrics_lib.per_class_accuracy(predictions, labels)}}
-    train_labels = labels  # class frequencies of the test split stand in for the train's
-    _write(options, step, results, results['per_class'][label], train_labels, label)
+    _write(options, step, results, results['per_class'][label],
+           model_features.read_labels(config, 'cls_train'), label)
 
   finetuned = extra['finetuned'] or model_features.is_finetuned(config)
   if extra['finetuned'] and not model_features.is_finetuned(config):

@@ -62,13 +62,14 @@ def run(options: runner.Options, config, extra) -> list[int]:
       results['sets'][label] = cluster(combined, items.label, seed=options.seed)
       logging.info('%s: NMI %.2f purity %.2f ARI %.2f', label, results['sets'][label]['nmi'],
                    results['sets'][label]['purity'], results['sets'][label]['ari'])
+    results = report.with_saved_rows(options.workdir, TASK, step, results, options.variant)
     report.write_step(options.workdir, TASK, step, results, report.markdown_table(
         ['Modalities', 'NMI', 'Purity', 'ARI', 'k', 'items'],
         [[label, m['nmi'], m['purity'], m['ari'], m['k'], m['num_examples']]
-         for label, m in results['sets'].items()]))
+         for label, m in results['sets'].items()]), options.variant)
     rows = combined.has_any
     report.plot_projection(combined.features[rows], items.label[rows],
-                           os.path.join(runner.output_dir(options.workdir, TASK),
+                           os.path.join(runner.output_dir(options.workdir, TASK, options.variant),
                                         'projection.png'),
                            seed=options.seed, title=f'{label} features, step {step} (PCA)')
 

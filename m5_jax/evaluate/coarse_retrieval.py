@@ -39,8 +39,10 @@ def run_retrieval(task: str, query_split: str, gallery_split: str, key: str,
     results['queries_in_gallery'] = int((exclude >= 0).sum())
     results['options'] = {'feature': options.feature, 'normalize': options.normalize,
                           'query_split': query_split, 'gallery_split': gallery_split}
-    report.write_step(options.workdir, task, step, results, report.retrieval_tables(results))
-    out_dir = runner.output_dir(options.workdir, task)
+    results = report.with_saved_rows(options.workdir, task, step, results, options.variant)
+    report.write_step(options.workdir, task, step, results, report.retrieval_tables(results),
+                      options.variant)
+    out_dir = runner.output_dir(options.workdir, task, options.variant)
     report.plot_precision_curves(results['curves'], os.path.join(out_dir, 'precision_at_k.png'),
                                  title=f'{task}, step {step} (M5Product P@K)')
 

@@ -95,10 +95,17 @@ class Embedder:
 
   def _make_forward(self):
     constraints = bool(self.config.sharding.get('activation_constraints', False))
-    return _forward_fn(self.model, self.feature, self.mesh, self.rules, constraints)
+    leaves, treedef = jax.tree.flatten(self.param_shardings)
+    return _forward_fn(self.model, self.feature, self.mesh, self.rules, constraints,
+                       tuple(leaves), treedef)
 
   def apply(self, params, batch):
-    """The raw model outputs on a global batch (the fine-tuned classifier: logits)."""
+    """The raw model outputs on a global batch (the fine-tuned classifier: logits).
+
+    Call inside jit: FSDP-split parameters are gathered first, as in the train step
+    (`sharding.gather_for_compute`: an XLA SPMD miscompile otherwise).
+    """
+    params = sharding_lib.gather_for_compute(params, self.param_shardings)
     return self.model.apply({'params': params}, batch, train=False)
 
   def iterator(self, split: str):
@@ -123,10 +130,17 @@ class Embedder:
 
 
 @functools.cache
-def _forward_fn(model: nn.Module, feature: str, mesh, rules, constraints: bool):
-  """A jitted forward shared by every Embedder of the same model (one compile per process)."""
+def _forward_fn(model: nn.Module, feature: str, mesh, rules, constraints: bool,
+                shardings_leaves: tuple, shardings_treedef):
+  """A jitted forward shared by every Embedder of the same model (one compile per process).
+
+  The parameter shardings come flattened (hashable, for the cache); FSDP-split
+  parameters are gathered before the forward, as in the train step.
+  """
+  param_shardings = jax.tree.unflatten(shardings_treedef, shardings_leaves)
 
   def forward(params, batch):
+    params = sharding_lib.gather_for_compute(params, param_shardings)
     with sharding_lib.activation_context(mesh, rules, constraints):
       out = model.apply({'params': params}, batch, train=False, heads=False)
     return {'pooled': out[feature], 'present': out['present']}
@@ -134,19 +148,32 @@ def _forward_fn(model: nn.Module, feature: str, mesh, rules, constraints: bool):
   return jax.jit(forward)
 
 
-def read_item_ids(config: ml_collections.ConfigDict, split: str) -> np.ndarray:
-  """item_id of every example of `split`, in split order (= the batch `index`).
+def _read_records_field(config: ml_collections.ConfigDict, split: str, name: str) -> list:
+  """One scalar field of every serialized example of `split`, in split order.
 
-  Parses only the item_id field of each serialized record (no media decoding).
+  Parses the records only (no media decoding).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   source, _ = input_pipeline.load_data_source(config.input.dataset, split,
                                               config.input.data_dir or None)
-  ids = []
+  values = []
   for lo in range(0, len(source), 4096):
     for record in source.__getitems__(list(range(lo, min(lo + 4096, len(source))))):
-      values = tf.train.Example.FromString(record).features.feature['item_id'].bytes_list.value
-      if len(values) != 1:
-        raise ValueError(f'{split}: a record without a single item_id')
-      ids.append(values[0].decode('utf-8'))
-  return np.array(ids, dtype=object)
+      feature = tf.train.Example.FromString(record).features.feature[name]
+      kind = feature.WhichOneof('kind')
+      field = list(getattr(feature, kind).value) if kind else []
+      if len(field) != 1:
+        raise ValueError(f'{split}: a record without a single {name}')
+      values.append(field[0])
+  return values
+
+
+def read_item_ids(config: ml_collections.ConfigDict, split: str) -> np.ndarray:
+  """item_id of every example of `split`, in split order (= the batch `index`)."""
+  return np.array([v.decode('utf-8') for v in _read_records_field(config, split, 'item_id')],
+                  dtype=object)
+
+
+def read_labels(config: ml_collections.ConfigDict, split: str) -> np.ndarray:
+  """label (category, -1 unknown) of every example of `split`, in split order."""
+  return np.array(_read_records_field(config, split, 'label'), np.int64)

@@ -55,19 +55,50 @@ def scalars(results: Mapping[str, Any]) -> dict[str, float]:
   return out
 
 
+# Per-modality-set parts of a results dict: merged when a step is evaluated again
+# with other --subsets (the new rows win), so no row is lost.
+PER_SET_KEYS = ('sets', 'per_class', 'curves')
+
+
+def merge_results(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+  """`new`, with the rows of `old`'s per-set parts that `new` does not have."""
+  merged = dict(new)
+  for key in PER_SET_KEYS:
+    if isinstance(old.get(key), Mapping) and isinstance(new.get(key), Mapping):
+      merged[key] = {**old[key], **new[key]}
+  return merged
+
+
+def step_path(workdir: str, task: str, step: int, variant: str = '') -> str:
+  return os.path.join(runner.output_dir(workdir, task, variant), f'step_{step:08d}.json')
+
+
+def with_saved_rows(workdir: str, task: str, step: int, results: Mapping[str, Any],
+                    variant: str = '') -> dict[str, Any]:
+  """`results` merged with the step's saved results of the same variant, if any.
+
+  Evaluating a step again with other --subsets thus adds rows, never drops them.
+  """
+  path = step_path(workdir, task, step, variant)
+  if not os.path.isfile(path):
+    return dict(results)
+  with open(path) as f:
+    return merge_results(json.load(f), results)
+
+
 def write_step(workdir: str, task: str, step: int, results: Mapping[str, Any],
-               markdown: str = '') -> str:
+               markdown: str = '', variant: str = '') -> str:
   """Writes step_<N>.json, results.md and TensorBoard scalars; returns the JSON path."""
-  directory = runner.output_dir(workdir, task)
-  path = os.path.join(directory, f'step_{step:08d}.json')
+  path = step_path(workdir, task, step, variant)
   if jax.process_index() != 0:
     return path
-  os.makedirs(directory, exist_ok=True)
-  payload = _jsonable({'task': task, 'step': step, **results})
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  payload = _jsonable({'task': task, 'step': step, 'variant': variant, **results})
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     json.dump(payload, f, indent=1, ensure_ascii=False)
   os.replace(tmp, path)
+  directory = os.path.dirname(path)
   if markdown:
     with open(os.path.join(directory, 'results.md'), 'w') as f:
       f.write(f'# {task}, step {step}\n\n{markdown}\n')
@@ -79,9 +110,10 @@ def write_step(workdir: str, task: str, step: int, results: Mapping[str, Any],
   return path
 
 
-def load_step(workdir: str, task: str, step: int | None = None) -> dict[str, Any] | None:
+def load_step(workdir: str, task: str, step: int | None = None,
+              variant: str = '') -> dict[str, Any] | None:
   """A task's results at `step` (default: the latest evaluated), or None."""
-  directory = runner.output_dir(workdir, task)
+  directory = runner.output_dir(workdir, task, variant)
   paths = sorted(glob.glob(os.path.join(directory, 'step_*.json')))
   if step is not None:
     paths = [p for p in paths if p.endswith(f'step_{step:08d}.json')]
@@ -136,19 +168,25 @@ def paper_table(classification: Mapping[str, Any] | None, retrieval: Mapping[str
                         + [f'P@{k}' for k in ks], rows)
 
 
-def method_table(runs: Mapping[str, str], modality_set: str | None = None) -> str:
-  """Method comparison: Acc, mAP@1, NMI, Purity; one row per (name -> workdir)."""
+def method_table(runs: Mapping[str, str], modality_set: str | None = None,
+                 variant: str = '') -> str:
+  """Method comparison: Acc, mAP@1, NMI, Purity; one row per (name -> workdir).
+
+  Each number is the `modality_set` row of its task ('-' where that run has no
+  such row); without `modality_set`, a task must have exactly one row.
+  """
   rows = []
   for name, workdir in runs.items():
-    found = {t: load_step(workdir, t) for t in ('classification', 'coarse_retrieval',
-                                                'clustering')}
+    found = {t: load_step(workdir, t, variant=variant)
+             for t in ('classification', 'coarse_retrieval', 'clustering')}
 
     def pick(task, metric):
-      sets = (found[task] or {}).get('sets', {})
-      if not sets:
-        return None
-      key = modality_set if modality_set in sets else list(sets)[-1]
-      return sets[key].get(metric)
+      sets = (found[task] or {}).get('sets', {})  # pylint: disable=cell-var-from-loop
+      if modality_set is None and len(sets) > 1:
+        raise ValueError(f'{name}: {task} has rows {sorted(sets)}; choose one with '  # pylint: disable=cell-var-from-loop
+                         f'--modality_set')
+      key = modality_set if modality_set is not None else next(iter(sets), None)
+      return sets[key].get(metric) if key in sets else None
 
     rows.append([name, pick('classification', 'accuracy'), pick('coarse_retrieval', 'm5_map@1'),
                  pick('clustering', 'nmi'), pick('clustering', 'purity')])
@@ -245,18 +283,25 @@ def main(argv: Sequence[str]) -> None:
   parser.add_argument('--step', type=int, default=None)
   parser.add_argument('--compare', help='name=WORKDIR,name=WORKDIR,...: the method table')
   parser.add_argument('--modality_set', default=None, help='row used by --compare (e.g. I+T)')
+  parser.add_argument('--feature', default='pooled', help='the eval binaries\' --feature')
+  parser.add_argument('--normalize', default='modality', help='the eval binaries\' --normalize')
   parser.add_argument('--out', default=None, help='Markdown file to write (default: print)')
   args = parser.parse_args(argv)
+  variant = runner.variant_of(runner.Options(feature=args.feature, normalize=args.normalize))
   parts = []
   if args.workdir:
-    cls = load_step(args.workdir, 'classification', args.step)
-    ret = load_step(args.workdir, 'coarse_retrieval', args.step)
+    cls = load_step(args.workdir, 'classification', args.step, variant)
+    ret = load_step(args.workdir, 'coarse_retrieval', args.step, variant)
     if cls is None and ret is None:
-      parser.error(f'no classification or coarse_retrieval results under {args.workdir}/eval')
+      parser.error('no classification or coarse_retrieval results in '
+                   f'{runner.output_dir(args.workdir, "<task>", variant)}')
     parts.append(paper_table(cls, ret))
   if args.compare:
     runs = dict(item.split('=', 1) for item in args.compare.split(','))
-    parts.append(method_table(runs, args.modality_set))
+    try:
+      parts.append(method_table(runs, args.modality_set, variant))
+    except ValueError as e:
+      parser.error(str(e))
   if not parts:
     parser.error('give --workdir and/or --compare')
   text = '\n\n'.join(parts) + '\n'

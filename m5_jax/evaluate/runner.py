@@ -16,7 +16,11 @@ Only complete checkpoints are ever read (`checkpointing.list_steps` lists
 finalized steps only); a step deleted by the keep policy between listing and
 reading is skipped with a warning.
 
-Done-list: `<workdir>/eval/<task>/done.json` records each finished step with the
+Outputs go to `<workdir>/eval/<task>/`, or to `<workdir>/eval/<task>/<variant>/`
+when a choice that changes the numbers is not the default (e.g.
+`feature=encoder_pooled`; see `variant_of`).
+
+Done-list: `<output dir>/done.json` records each finished step with the
 signature of what was evaluated (subsets, feature, normalisation), written
 atomically after the step's results. A restarted evaluator skips what is done;
 --force re-evaluates.
@@ -56,12 +60,35 @@ class Options:
   watch_timeout_s: float = 3600.0
   seed: int = 0
 
+  variant: str = ''           # set by main(): the non-default choices (see `variant_of`)
+
   def signature(self, task: str) -> str:
-    return f'{task}|{self.subsets}|{self.feature}|{self.normalize}'
+    return f'{task}|{self.subsets}|{self.feature}|{self.normalize}|{self.variant}'
 
 
-def output_dir(workdir: str, task: str) -> str:
-  return os.path.join(workdir, EVAL_DIR, task)
+def variant_of(options: Options, extra: dict[str, Any] | None = None,
+               extra_defaults: dict[str, Any] | None = None) -> str:
+  """'name=value,...' of the choices that change a task's numbers, where not default.
+
+  Results of different variants go to different folders (`output_dir`), so that
+  evaluating the same step with, say, another --feature never overwrites the
+  default results. --subsets is not part of it: rows of other subsets are merged
+  into the same step's results.
+  """
+  defaults = Options()
+  chosen = {'feature': (options.feature, defaults.feature),
+            'normalize': (options.normalize, defaults.normalize)}
+  for name, value in (extra or {}).items():
+    if name != 'finetuned':  # a mode of the workdir, not a variant
+      chosen[name] = (value, (extra_defaults or {}).get(name))
+  return ','.join(f'{name}={value}' for name, (value, default) in chosen.items()
+                  if value != default)
+
+
+def output_dir(workdir: str, task: str, variant: str = '') -> str:
+  """<workdir>/eval/<task>, or <workdir>/eval/<task>/<variant> for a non-default variant."""
+  directory = os.path.join(workdir, EVAL_DIR, task)
+  return os.path.join(directory, variant) if variant else directory
 
 
 # ----------------------------------------------------------------------------- done-list
@@ -104,7 +131,7 @@ def run(task: str, options: Options, list_steps: Callable[[], list[int]],
   `evaluate_step(step)` does the work (and writes results); it may raise
   FileNotFoundError when the checkpoint vanished, which skips the step.
   """
-  done = DoneList(output_dir(options.workdir, task))
+  done = DoneList(output_dir(options.workdir, task, options.variant))
   signature = options.signature(task)
   evaluated: list[int] = []
 
@@ -220,6 +247,7 @@ def main(task: str, argv: Sequence[str], body: Callable[..., None],
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
   try:
     options, extra, overrides = parse_flags(argv, extra_flags)
+    options.variant = variant_of(options, extra, extra_flags)
     config = load_config(options, overrides)
   except config_lib.ConfigError as e:
     config_lib.exit_with(e, f'm5_jax.evaluate.{task}')
