@@ -20,6 +20,9 @@ jitted, donated state), then the loop (resume, log, checkpoint, preemption).
   * A non-finite loss or gradient never updates the state; config.nonfinite =
     'stop' ends the run with an error naming the step, 'skip' goes on.
   * SIGTERM (preemption): save at the current step, exit 0; a restart resumes.
+  * Nothing to train (total_steps=0, or start step >= total_steps): the state at
+    the start step is checkpointed (a step-0 checkpoint of the initial, random
+    weights for total_steps=0) without compiling a train step.
 """
 from __future__ import annotations
 
@@ -274,6 +277,23 @@ def _maybe_init_from(config, state, shardings):
   return dict(state, params=params)
 
 
+def _save_without_training(checkpointer, step: int, state, data) -> dict:
+  """Nothing to train (total_steps=0, or a finished run restarted): make sure `step`
+  is checkpointed (total_steps=0 gives a step-0 checkpoint of the initial state,
+  e.g. random weights to evaluate) without compiling a train step."""
+  try:
+    if step not in checkpointer.all_steps():
+      checkpointer.save(step, state, data.get_state(), force=True)
+      logging.info('nothing to train: saved the state at step %d to %s', step,
+                   checkpointer.directory)
+    else:
+      logging.info('nothing to train: step %d is already checkpointed in %s', step,
+                   checkpointer.directory)
+  finally:
+    checkpointer.close()
+  return state
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains until config's total duration (resuming from `workdir`); returns the state."""
   mesh = sharding.make_mesh(config.mesh)
@@ -313,6 +333,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       state = _maybe_init_from(config, state, shardings)
   if jax.process_index() == 0:
     config_lib.save_workdir_config(config, workdir)
+  if start_step >= total_steps:
+    return _save_without_training(checkpointer, start_step, state, data)
 
   step_fn = jax.jit(make_train_step(config, task, tx, schedule, mesh, shardings['params']),
                     in_shardings=(shardings, sharding.batch_sharding(mesh)),

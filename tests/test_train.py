@@ -143,3 +143,28 @@ def test_nonfinite_loss_stops_naming_the_step(tmp_path):
                               '--config.model.fusion_layers=0', '--config.model.encoder_layers=0'])
   with pytest.raises(FloatingPointError, match=r'non-finite loss \(nan\) at step \d'):
     train.train(config, str(tmp_path))
+
+
+def test_total_steps_zero_saves_the_initial_state_without_compiling(tmp_path, monkeypatch):
+  """`m5_jax.train --config.total_steps=0` exits 0 with a step-0 checkpoint (the initial,
+  random weights) and the resolved config, and never builds a train step."""
+  def no_train_step(*args, **kwargs):
+    raise AssertionError('a train step was built with nothing to train')
+  monkeypatch.setattr(train, 'make_train_step', no_train_step)
+  args = TINY + ['--config.total_steps=0', '--workdir', str(tmp_path)]
+  assert train.main(args) == 0
+  assert checkpointing.list_steps(str(tmp_path)) == [0]
+  assert config_lib.load_workdir_config(str(tmp_path)).total_steps == 0
+  # The checkpoint holds exactly the state the train binary starts from.
+  config = parse(TINY)
+  task = train.make_task(config)
+  tx, _ = optimizer_lib.make_optimizer(config, 1, 0)
+  mesh, rules = sharding.make_mesh(config.mesh), sharding.axis_rules(config.sharding)
+  with sharding.activation_context(mesh, rules, config.sharding.activation_constraints):
+    expected, _ = sharding.create_sharded(train.init_state_fn(config, task, tx), mesh, rules)
+  expected = expected['params']
+  _, params = checkpointing.restore_params(str(tmp_path))
+  assert checkpointing.tree_equal(params, expected)
+  # Run again (already checkpointed): still exits 0, nothing new.
+  assert train.main(args) == 0
+  assert checkpointing.list_steps(str(tmp_path)) == [0]
