@@ -1,0 +1,256 @@
+r"""The benchmark matrix: methods x modality sets on M5Product-mini, in the paper's tables.
+
+    python -m m5_jax.benchmark_matrix --config configs/matrix.py[:size=smoke] --workdir DIR \
+        [--parallel N] [--only CELL,CELL] [--dry_run] [--config.pretrain.steps=600 ...]
+
+1. Data, once for every cell (m5_jax.demo's stages): make_mini -> tfds build of
+   one form (config.data.form) -> tokenizer, under DIR/data.
+2. Cells (m5_jax/matrix/cells.py): each pretrains one method on one modality set,
+   is scored by the eval binaries, fine-tuned for classification and scored again.
+   Every stage is the README's command as a subprocess, with a done-marker under
+   DIR/cells/<cell>/.done; a finished cell's numbers are DIR/cells/<cell>/result.json.
+   A re-run skips finished cells and stages (resumable); a failed cell is reported
+   and the others go on.
+3. Tables (m5_jax/matrix/tables.py): DIR/matrix.md (Table 1 modalities in
+   sequence, Table 2 combinations, Table 3 methods, noise, the paper's findings
+   checked) and DIR/matrix.json (every cell's numbers and stage timings).
+
+--parallel N runs N cells at once, each subprocess pinned to one thread
+(XLA's and TensorFlow's pools) so N cells share N cores without oversubscription;
+with N=1 each subprocess uses every core.
+
+`python -m m5_jax.benchmark_matrix export_backbone --finetune FT --pretrained PT
+--workdir OUT` writes the fine-tuned backbone of FT as a pretraining-style workdir
+(PT's config, params = FT's params['backbone']) for the frozen-feature binaries.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import sys
+import threading
+import time
+
+from m5_jax import config_lib
+from m5_jax import demo
+from m5_jax.matrix import cells as cells_lib
+from m5_jax.matrix import tables
+
+RESULT = 'result.json'
+RUNS = ('pretrained', 'finetuned', 'random_init')
+_print_lock = threading.Lock()
+
+
+def log(message: str) -> None:
+  with _print_lock:
+    print(f'[matrix] {message}', flush=True)
+
+
+def subprocess_env(work: str, parallel: int) -> dict[str, str]:
+  """Shared JAX compile cache; one compute thread per subprocess when cells run side by side."""
+  env = {'JAX_COMPILATION_CACHE_DIR': os.path.join(work, 'jax_cache'),
+         'TF_CPP_MIN_LOG_LEVEL': os.environ.get('TF_CPP_MIN_LOG_LEVEL', '2')}
+  if parallel > 1:
+    env.update({'XLA_FLAGS': (os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_multi_thread_eigen='
+                              'false intra_op_parallelism_threads=1').strip(),
+                'TF_NUM_INTRAOP_THREADS': '1', 'TF_NUM_INTEROP_THREADS': '1',
+                'OMP_NUM_THREADS': '1'})
+  return env
+
+
+def num_classes(paths: cells_lib.Paths) -> int:
+  with open(os.path.join(paths.release, 'mini_manifest.json'), encoding='utf-8') as f:
+    return len(json.load(f)['label_names'])
+
+
+# ----------------------------------------------------------------------------- one cell
+
+
+def _sets(workdir: str, task: str, strip_prefix: str = '') -> dict | None:
+  from m5_jax.evaluate import report  # pylint: disable=g-import-not-at-top
+  found = report.load_step(workdir, task)
+  if found is None:
+    return None
+  return {label[len(strip_prefix):] if label.startswith(strip_prefix) else label: metrics
+          for label, metrics in found.get('sets', {}).items()}
+
+
+def collect_cell(config, cell: cells_lib.Cell, paths: cells_lib.Paths, timings: dict) -> dict:
+  """The cell's numbers from its eval outputs, as tables.py reads them."""
+  out = {'cell': cell.name, 'method': cell.method, 'letters': cell.letters, 'seed': cell.seed,
+         'label': cell.label, 'tables': list(cell.tables), 'timings': timings}
+  runs = {'pretrained': paths.run(cell, 'pretrained'), 'random_init': paths.run(cell, 'random_init'),
+          'finetuned': paths.run(cell, 'finetuned')}
+  for run, workdir in runs.items():
+    tasks = config.eval.finetuned_tasks if run == 'finetuned' else config.eval.pretrained_tasks
+    found = {}
+    for task in tasks:
+      if run == 'finetuned' and task == 'classification':
+        sets = _sets(paths.run(cell, 'finetune'), task, strip_prefix='finetuned ')
+      else:
+        sets = _sets(workdir, task)
+      if sets is not None:
+        found[task] = sets
+    if found:
+      out[run] = found
+  out['pretraining_loss'] = demo.training_losses(runs['pretrained'])
+  return out
+
+
+def run_cell(config, cell: cells_lib.Cell, paths: cells_lib.Paths, classes: int,
+             env: dict) -> dict:
+  """Runs the cell's unfinished stages; returns (and writes) its result."""
+  directory = paths.cell(cell)
+  result_path = os.path.join(directory, RESULT)
+  if os.path.isfile(result_path):
+    with open(result_path) as f:
+      return json.load(f)
+  os.makedirs(directory, exist_ok=True)
+  timings: dict = {}
+  for name, cmd in cells_lib.cell_stages(config, cell, paths, classes, sys.executable):
+    try:
+      demo.run_stage(name, cmd, directory, timings, env=env)
+    except SystemExit as e:  # run_stage exits on a failed command: fail this cell only
+      raise RuntimeError(f'{cell.name}: {e}') from None
+  result = collect_cell(config, cell, paths, timings)
+  tmp = result_path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(result, f, indent=1, ensure_ascii=False)
+  os.replace(tmp, result_path)
+  return result
+
+
+def run_cells(config, todo: list[cells_lib.Cell], paths: cells_lib.Paths, classes: int,
+              parallel: int, env: dict) -> tuple[dict, dict]:
+  """({cell: result}, {cell: error}), running `parallel` cells at a time with progress."""
+  results, errors = {}, {}
+  start = time.perf_counter()
+  with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
+    futures = {pool.submit(run_cell, config, c, paths, classes, env): c for c in todo}
+    for future in concurrent.futures.as_completed(futures):
+      cell = futures[future]
+      try:
+        results[cell.name] = future.result()
+      except Exception as e:  # pylint: disable=broad-except
+        errors[cell.name] = str(e)
+        log(f'cell {cell.name} FAILED: {e}')
+      done = len(results) + len(errors)
+      elapsed = time.perf_counter() - start
+      eta = elapsed / done * (len(todo) - done)
+      log(f'{done}/{len(todo)} cells finished ({cell.name}); {elapsed / 60:.1f} min elapsed, '
+          f'ETA {eta / 60:.1f} min')
+  return results, errors
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def export_backbone(argv) -> int:
+  """The `export_backbone` subcommand (see the module docstring)."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  from m5_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(prog='m5_jax.benchmark_matrix export_backbone')
+  parser.add_argument('--finetune', required=True, help='classification fine-tuning workdir')
+  parser.add_argument('--pretrained', required=True, help='its pretraining workdir (config)')
+  parser.add_argument('--workdir', required=True, help='output workdir')
+  args = parser.parse_args(argv)
+  step, params = checkpointing.restore_params(args.finetune)
+  if 'backbone' not in params:
+    sys.exit(f'export_backbone: {args.finetune} step {step} has no backbone parameters '
+             f'(top-level keys: {sorted(params)}); is it a classification fine-tuning run?')
+  config = config_lib.load_workdir_config(args.pretrained)
+  config_lib.save_workdir_config(config, args.workdir)
+  checkpointer = checkpointing.Checkpointer(args.workdir, config.checkpoint)
+  checkpointer.save(step, {'params': params['backbone']}, force=True)
+  checkpointer.close()
+  print(f'export_backbone: {args.finetune} step {step} backbone -> {args.workdir}')
+  return 0
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def write_tables(config, work: str, results: dict, errors: dict, command: str) -> str:
+  header = (f'# Benchmark matrix on M5Product-mini\n\n`{command}`\n\n'
+            f'{config.data.num_products} products ({config.data.form} form); pretraining '
+            f'{config.pretrain.steps} steps x batch {config.pretrain.batch_size} at lr '
+            f'{config.pretrain.lr} ({config.pretrain.size} model); fine-tuning '
+            f'{config.finetune.steps} steps x batch {config.finetune.batch_size} at lr '
+            f'{config.finetune.lr}; eval features `{config.pretrain.feature}`.')
+  if errors:
+    header += '\n\nFailed cells (re-run the command to retry): ' + ', '.join(
+        f'{k} ({v})' for k, v in errors.items())
+  ordered = {k: results[k] for k in sorted(results)}
+  text = tables.render(ordered, header)
+  with open(os.path.join(work, 'matrix.md'), 'w') as f:
+    f.write(text)
+  with open(os.path.join(work, 'matrix.json'), 'w') as f:
+    json.dump({'command': command, 'config': config.to_dict(), 'cells': ordered,
+               'errors': errors, 'findings': tables.findings(ordered)}, f, indent=1,
+              ensure_ascii=False, default=str)
+  return text
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv[:1] == ['export_backbone']:
+    return export_backbone(argv[1:])
+  try:
+    config, flags = config_lib.parse_command_line(
+        argv, {'workdir': '', 'parallel': 1, 'only': '', 'dry_run': False})
+    if not flags['workdir']:
+      raise config_lib.ConfigError('--workdir DIR is required')
+    if flags['parallel'] < 1:
+      raise config_lib.ConfigError('--parallel must be >= 1')
+    all_cells = cells_lib.enumerate_cells(config)
+    names = [c.name for c in all_cells]
+    only = [n for n in flags['only'].split(',') if n]
+    unknown = [n for n in only if n not in names]
+    if unknown:
+      raise config_lib.ConfigError(f'--only: unknown cell(s) {unknown}; cells: {", ".join(names)}')
+  except (config_lib.ConfigError, ValueError) as e:
+    config_lib.exit_with(e, 'm5_jax.benchmark_matrix')
+    return 2
+  work = os.path.abspath(flags['workdir'])
+  paths = cells_lib.Paths(work)
+  todo = [c for c in all_cells if not only or c.name in only]
+  py = sys.executable
+  tfds_cli = os.path.join(os.path.dirname(py), 'tfds')
+  data = cells_lib.data_stages(config, paths, py, tfds_cli, demo.builder_dir())
+  if flags['dry_run']:
+    for name, cmd in data:
+      print(f'data/{name}: {" ".join(cmd)}')
+    for cell in todo:
+      for name, cmd in cells_lib.cell_stages(config, cell, paths, 0, py):
+        print(f'{cell.name}/{name}: {" ".join(cmd)}')
+    return 0
+
+  os.makedirs(work, exist_ok=True)
+  env = subprocess_env(work, flags['parallel'])
+  start = time.perf_counter()
+  data_timings: dict = {}
+  for name, cmd in data:  # the data stages use every core: run them first, one at a time
+    demo.run_stage(name, cmd, os.path.join(work, 'data'), data_timings,
+                   env=subprocess_env(work, 1))
+  classes = num_classes(paths)
+  finished = [c for c in todo if os.path.isfile(os.path.join(paths.cell(c), RESULT))]
+  log(f'{len(todo)} cells ({len(finished)} finished before), {flags["parallel"]} at a time: '
+      + ', '.join(c.name for c in todo))
+  results, errors = run_cells(config, todo, paths, classes, flags['parallel'], env)
+  # Cells finished in earlier runs but outside --only still belong in the tables.
+  for cell in all_cells:
+    path = os.path.join(paths.cell(cell), RESULT)
+    if cell.name not in results and os.path.isfile(path):
+      with open(path) as f:
+        results[cell.name] = json.load(f)
+  command = 'python -m m5_jax.benchmark_matrix ' + ' '.join(argv)
+  text = write_tables(config, work, results, errors, command)
+  print(text)
+  log(f'{len(results)} cells in the tables, {len(errors)} failed; '
+      f'{(time.perf_counter() - start) / 60:.1f} min. Wrote {work}/matrix.md and matrix.json')
+  return 1 if errors else 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,1 @@
+"""The benchmark matrix (m5_jax/benchmark_matrix.py): its cells and its tables."""
