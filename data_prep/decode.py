@@ -10,7 +10,10 @@ the reason and marks the modality absent. No decoder reads more than its bounds:
           most `max_frames` frames sampled at `fps` (1 per second), decoding
           stops after `max_seconds` of stream time or `max_decoded_frames`.
   audio   at most `seconds` of audio decoded, resampled to 16 kHz mono.
-  .npy    header (shape, dtype) checked before the array is read.
+  .npy    header (shape, dtype) and data length checked before the array is read.
+  A file whose content is not what its extension says fails as `corrupt_file`,
+  except another image format in an image file (a PNG named .jpg decodes: the
+  pixels are fine, and such files are common in crawled shop images).
 """
 from __future__ import annotations
 
@@ -92,6 +95,9 @@ def decode_video(path: str, size: int, max_frames: int = 12, fps: float = 1.0,
     with av.open(path) as container:
       if not container.streams.video:
         raise Absent('corrupt_file', f'{path}: no video stream')
+      if container.format.name.endswith('_pipe') or container.format.name == 'image2':
+        # FFmpeg opens a still image as a one-frame "video": not what .mp4 promises.
+        raise Absent('corrupt_file', f'{path}: a {container.format.name} image, not a video')
       stream = container.streams.video[0]
       stream.thread_type = 'AUTO'
       width, height = stream.codec_context.width, stream.codec_context.height
@@ -218,33 +224,51 @@ def log_mel(samples: np.ndarray, num_frames: int = MEL_FRAMES) -> tuple[np.ndarr
 
 # ---------------------------------------------------------------- pre-extracted features
 
+def _npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+  """(shape, fortran_order, dtype) from an open .npy file, reading the header only."""
+  version = np.lib.format.read_magic(f)
+  if version == (1, 0):
+    return np.lib.format.read_array_header_1_0(f)
+  if version == (2, 0):
+    return np.lib.format.read_array_header_2_0(f)
+  raise ValueError(f'unsupported .npy version {version}')
+
+
 def load_feature(path: str, shape: tuple[int, ...], variable_axis: int | None = None,
                  bounds: Bounds = Bounds()) -> tuple[np.ndarray, int]:
   """A feature .npy -> (array zero-padded to `shape`, valid length along variable_axis).
 
   The file must have exactly `shape`, except along `variable_axis` where 1..shape
   entries are accepted (video rows, audio frames); trailing all-zero entries
-  there are padding, not valid. Non-finite values, another shape or no valid
-  entry are `bad_features`; an unreadable file is `corrupt_file`.
+  there are padding, not valid. The header is checked before any data is read:
+  a non-float dtype or another shape (a header claiming huge dimensions
+  included) is `bad_features`, and so are non-finite values or no valid entry;
+  a file that is not a .npy, or whose data is shorter or longer than its header
+  says, is `corrupt_file`.
   """
   check_file(path)
-  if os.path.getsize(path) > bounds.max_feature_bytes:
-    raise Absent('too_large', f'{path}: {os.path.getsize(path)} bytes')
-  try:
-    header = np.load(path, mmap_mode='r', allow_pickle=False)
-    got = tuple(header.shape)
-    if header.dtype.kind != 'f':
-      raise Absent('bad_features', f'{path}: dtype {header.dtype}')
+  size = os.path.getsize(path)
+  if size > bounds.max_feature_bytes:
+    raise Absent('too_large', f'{path}: {size} bytes')
+  with open(path, 'rb') as f:
+    try:
+      got, fortran, dtype = _npy_header(f)
+    except (ValueError, OSError, EOFError, SyntaxError) as e:
+      raise Absent('corrupt_file', f'{path}: not a .npy file ({e})') from None
+    got = tuple(got)
+    if dtype.kind != 'f':
+      raise Absent('bad_features', f'{path}: dtype {dtype}')
     ok = len(got) == len(shape) and all(
         (1 <= g <= s) if axis == variable_axis else g == s
         for axis, (g, s) in enumerate(zip(got, shape)))
     if not ok:
       raise Absent('bad_features', f'{path}: shape {got}, want {shape}')
-    array = np.array(header, dtype=np.float32)
-  except Absent:
-    raise
-  except (ValueError, OSError, EOFError) as e:
-    raise Absent('corrupt_file', f'{path}: {e}') from None
+    want_bytes = int(np.prod(got)) * dtype.itemsize
+    if size - f.tell() != want_bytes:
+      raise Absent('corrupt_file', f'{path}: {size - f.tell()} data bytes, header says '
+                   f'{want_bytes}')
+    array = np.frombuffer(f.read(want_bytes), dtype).reshape(
+        got, order='F' if fortran else 'C').astype(np.float32)
   if not np.isfinite(array).all():
     raise Absent('bad_features', f'{path}: non-finite values')
   valid = 0
