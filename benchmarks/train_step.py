@@ -1,0 +1,159 @@
+r"""Train step throughput and MFU of M5-MMT on this machine, against its own matmul peak.
+
+    python -m benchmarks.train_step --size base --form features --batch_size 8 --steps 5
+
+The step is the real one: m5_jax.train's task (masking + model + every loss),
+its jitted train step with AdamW, on synthetic batches of the configured schema
+(m5_jax/synthetic_input.py), so the input pipeline is not in the measurement.
+
+  model FLOPs   XLA's cost analysis of the compiled step (what the train binary
+                logs as perf/mfu), per step, forward + backward + optimizer
+  MFU           FLOPs / step time / peak, where peak is the best FLOP/s of a
+                large fp32 jax.jit matmul measured in this process just before
+                and just after the steps (benchmarks/machine.py)
+
+Prints one JSON object (with --json) or a line of text.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import jax
+
+from benchmarks import machine
+
+
+def make_config(size: str, form: str, batch_size: int, modalities: str = 'itpva',
+                overrides: dict | None = None):
+  """The m5_mmt config the train binary would build, on synthetic data."""
+  from configs import common  # pylint: disable=g-import-not-at-top
+  config = common.get_config('m5_mmt', f'size={size},form={form},batch_size={batch_size},'
+                             f'modalities={modalities}')
+  config.input.dataset = 'synthetic'
+  config.total_steps = 1000
+  config.schedule.warmup_steps = 10
+  for key, value in (overrides or {}).items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def sequence_lengths(config) -> dict[str, int]:
+  """Tokens per example per modality, as the model sees them."""
+  from m5_jax import batch as batch_lib  # pylint: disable=g-import-not-at-top
+  from m5_jax import models  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  model = models.build(config)
+  batch = batch_lib.zeros_batch(config, 1)
+  out = jax.eval_shape(lambda: model.init_with_output(
+      {'params': jax.random.key(0), 'dropout': jax.random.key(0)}, batch, train=False)[0])
+  return {m: int(np.prod(x.shape[1:])) for m, x in out['token_mask'].items()}
+
+
+def measure(size: str, form: str, batch_size: int, steps: int, modalities: str = 'itpva',
+            overrides: dict | None = None, matmul_n: int = 2048) -> dict:
+  """Examples/s and MFU of `steps` train steps after one warm-up step."""
+  from m5_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
+  from m5_jax import sharding  # pylint: disable=g-import-not-at-top
+  from m5_jax import synthetic_input  # pylint: disable=g-import-not-at-top
+  from m5_jax import train  # pylint: disable=g-import-not-at-top
+  from m5_jax import train_logging  # pylint: disable=g-import-not-at-top
+
+  config = make_config(size, form, batch_size, modalities, overrides)
+  load_start = machine.load_average()
+  peak_before = machine.matmul_peak_flops(matmul_n)
+
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.axis_rules(config.sharding)
+  task = train.make_task(config)
+  tx, schedule = optimizer_lib.make_optimizer(config, config.total_steps, 10)
+  init_fn = train.init_state_fn(config, task, tx)
+  with sharding.activation_context(mesh, rules, False):
+    abstract, shardings = sharding.state_shardings(init_fn, mesh, rules)
+    state = sharding.init_sharded(init_fn, shardings)
+  num_params = sum(x.size for x in jax.tree.leaves(abstract['params']))
+  step_fn = jax.jit(train.make_train_step(config, task, tx, schedule, mesh, shardings['params']),
+                    in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                    out_shardings=(shardings, None), donate_argnums=(0,))
+  data = synthetic_input.SyntheticIterator(config, mesh, batch_size, config.seed)
+  batches = [next(data) for _ in range(min(steps, 4))]  # made once: no host work timed
+
+  start = time.perf_counter()
+  with sharding.activation_context(mesh, rules, False):
+    compiled = step_fn.lower(state, batches[0]).compile()
+  compile_s = time.perf_counter() - start
+  flops = train_logging.train_step_flops(compiled)
+
+  state, metrics = compiled(state, batches[0])  # warm-up (first run allocates)
+  jax.block_until_ready(metrics)
+  times = []
+  for i in range(steps):
+    start = time.perf_counter()
+    state, metrics = compiled(state, batches[i % len(batches)])
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  peak_after = machine.matmul_peak_flops(matmul_n)
+
+  step_s = sorted(times)[len(times) // 2]  # median: robust to a burst of load
+  peak = max(peak_before, peak_after)
+  result = {
+      'size': size, 'form': form, 'modalities': modalities, 'batch_size': batch_size,
+      'steps': steps, 'overrides': overrides or {}, 'params_millions': num_params / 1e6,
+      'tokens_per_example': sequence_lengths(config),
+      'compile_s': compile_s, 'step_s_median': step_s, 'step_s_min': min(times),
+      'examples_per_s': batch_size / step_s,
+      'step_gflop': flops / 1e9 if flops else None,
+      'achieved_gflops': flops / step_s / 1e9 if flops else None,
+      'matmul_peak_gflops': peak / 1e9,
+      'matmul_peak_spread': abs(peak_before - peak_after) / peak,
+      'mfu': flops / step_s / peak if flops else None,
+      'loss': float(metrics['loss']),
+      'load_avg_start': load_start, 'load_avg_end': machine.load_average(),
+      'devices': f'{jax.device_count()} x {jax.devices()[0].platform}',
+      'peak_rss_mib': machine.peak_rss_mib(),
+  }
+  return result
+
+
+def parse_overrides(items) -> dict:
+  out = {}
+  for item in items or ():
+    key, _, value = item.partition('=')
+    out[key] = json.loads(value) if value[:1] in '0123456789-[{tfn"' else value
+  return out
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--size', default='tiny')
+  parser.add_argument('--form', default='features', choices=('raw', 'features'))
+  parser.add_argument('--modalities', default='itpva')
+  parser.add_argument('--batch_size', type=int, default=8)
+  parser.add_argument('--steps', type=int, default=5)
+  parser.add_argument('--matmul_n', type=int, default=2048)
+  parser.add_argument('--set', action='append', metavar='KEY=VALUE',
+                      help='config override, e.g. --set model.scan_layers=true')
+  parser.add_argument('--json', action='store_true', help='print one JSON object')
+  args = parser.parse_args(argv)
+  result = measure(args.size, args.form, args.batch_size, args.steps, args.modalities,
+                   parse_overrides(args.set), args.matmul_n)
+  if args.json:
+    print(json.dumps(result))
+  else:
+    print(f"{args.size}/{args.form} batch {args.batch_size}: {result['examples_per_s']:.2f} "
+          f"examples/s, step {result['step_s_median']:.3f} s, {result['step_gflop']:.1f} GFLOP, "
+          f"{result['achieved_gflops']:.1f} GFLOP/s vs matmul peak "
+          f"{result['matmul_peak_gflops']:.1f} -> MFU {100 * result['mfu']:.1f}% "
+          f"(compile {result['compile_s']:.0f} s, load {result['load_avg_start']}-"
+          f"{result['load_avg_end']}, peak RSS {result['peak_rss_mib']:.0f} MiB)")
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
