@@ -27,6 +27,7 @@ jitted, donated state), then the loop (resume, log, checkpoint, preemption).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -277,6 +278,21 @@ def _maybe_init_from(config, state, shardings):
   return dict(state, params=params)
 
 
+_COMPILED: dict[str, Any] = {}
+
+
+def compile_cached(lowered) -> Any:
+  """`lowered.compile()`, reused when this process already compiled the same program
+  (identical StableHLO, shardings and donation included): a run restarted in the
+  same process (notebooks, the preemption tests) skips XLA compilation. In memory
+  only: JAX's persistent cache is not used for the train step (see
+  tests/train_fixtures.py on CPU executables loaded from it)."""
+  key = hashlib.sha256(lowered.as_text().encode()).hexdigest()
+  if key not in _COMPILED:
+    _COMPILED[key] = lowered.compile()
+  return _COMPILED[key]
+
+
 def _save_without_training(checkpointer, step: int, state, data) -> dict:
   """Nothing to train (total_steps=0, or a finished run restarted): make sure `step`
   is checkpointed (total_steps=0 gives a step-0 checkpoint of the initial state,
@@ -340,8 +356,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     in_shardings=(shardings, sharding.batch_sharding(mesh)),
                     out_shardings=(shardings, None), donate_argnums=(0,))
   with sharding.activation_context(mesh, rules, constraints):
-    compiled = step_fn.lower(sharding.abstract_with_shardings(abstract, shardings),
-                             _batch_shapes(config, mesh)).compile()
+    compiled = compile_cached(step_fn.lower(
+        sharding.abstract_with_shardings(abstract, shardings), _batch_shapes(config, mesh)))
   flops = train_logging.train_step_flops(compiled)
   logger = train_logging.MetricLogger(
       workdir, total_steps=total_steps, batch_size=batch_size, flops_per_step=flops,
@@ -370,8 +386,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if watcher.should_stop(step):
         if pending:
           check_and_log(*pending)
-        checkpointer.save(step, state, data.get_state(), force=True)
-        checkpointer.wait()
+        checkpointer.wait()  # a periodic save of this very step may be in flight
+        if step not in checkpointer.all_steps():
+          checkpointer.save(step, state, data.get_state(), force=True)
+          checkpointer.wait()
         logging.warning('preempted: saved step %d to %s; exiting', step, checkpointer.directory)
         return state
       profiler.step(step)
