@@ -67,9 +67,15 @@ def num_classes(paths: cells_lib.Paths) -> int:
 # ----------------------------------------------------------------------------- one cell
 
 
-def _sets(workdir: str, task: str, strip_prefix: str = '') -> dict | None:
-  from m5_jax.evaluate import report  # pylint: disable=g-import-not-at-top
-  found = report.load_step(workdir, task)
+def _sets(workdir: str, task: str, feature: str | None, strip_prefix: str = '') -> dict | None:
+  """{set label: metrics} of the task's latest evaluated step (None if not evaluated).
+
+  `feature`: the --feature the binary ran with (its results folder depends on it);
+  None for a fine-tuned classifier's own head.
+  """
+  from m5_jax.evaluate import report, runner  # pylint: disable=g-import-not-at-top
+  variant = runner.variant_of(runner.Options(feature=feature)) if feature else ''
+  found = report.load_step(workdir, task, variant=variant)
   if found is None:
     return None
   return {label[len(strip_prefix):] if label.startswith(strip_prefix) else label: metrics
@@ -83,13 +89,13 @@ def collect_cell(config, cell: cells_lib.Cell, paths: cells_lib.Paths, timings: 
   runs = {'pretrained': paths.run(cell, 'pretrained'), 'random_init': paths.run(cell, 'random_init'),
           'finetuned': paths.run(cell, 'finetuned')}
   for run, workdir in runs.items():
-    tasks = config.eval.finetuned_tasks if run == 'finetuned' else config.eval.pretrained_tasks
+    tasks = cells_lib.eval_tasks(config, cell, 'finetuned' if run == 'finetuned' else 'pretrained')
     found = {}
     for task in tasks:
       if run == 'finetuned' and task == 'classification':
-        sets = _sets(paths.run(cell, 'finetune'), task, strip_prefix='finetuned ')
+        sets = _sets(paths.run(cell, 'finetune'), task, None, strip_prefix='finetuned ')
       else:
-        sets = _sets(workdir, task)
+        sets = _sets(workdir, task, config.pretrain.feature)
       if sets is not None:
         found[task] = sets
     if found:

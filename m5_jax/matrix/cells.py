@@ -168,6 +168,16 @@ def _eval(py: str, task: str, workdir: str, config, subsets: str) -> list[str]:
   return cmd + (['--subsets', subsets] if subsets else [])
 
 
+def eval_tasks(config, cell: Cell, weights: str) -> tuple[str, ...]:
+  """The eval binaries for the cell's `weights` ('pretrained' | 'finetuned'): those in
+  eval.methods_only_tasks (clustering: only Table 3 shows it) run for Table 3's
+  cells and the noise runs only."""
+  tasks = config.eval.get(f'{weights}_tasks')
+  if 'methods' in cell.tables or 'noise' in cell.tables:
+    return tuple(tasks)
+  return tuple(t for t in tasks if t not in config.eval.methods_only_tasks)
+
+
 def eval_subsets(config, cell: Cell) -> str:
   """'all' (the cell's whole set) except for cells.per_modality_cells, which also
   score each modality alone (for 'text dominates'); '' = the binary's default."""
@@ -186,15 +196,15 @@ def cell_stages(config, cell: Cell, paths: Paths, num_classes: int, py: str,
   plan = [('train', [py, '-m', 'm5_jax.train', '--config', pretrain_config_spec(config, cell),
                      '--workdir', pretrained, *data,
                      *_duration_overrides(p.steps, p.lr, p.warmup_fraction), *p.overrides])]
-  plan += [(f'eval_{t}', _eval(py, t, pretrained, config, subsets))
-           for t in config.eval.pretrained_tasks]
+  pretrained_tasks = eval_tasks(config, cell, 'pretrained')
+  plan += [(f'eval_{t}', _eval(py, t, pretrained, config, subsets)) for t in pretrained_tasks]
   if cell.name in config.cells.random_cells:
     random_init = paths.run(cell, 'random_init')
     plan.append(('random_init', [py, '-m', 'm5_jax.demo', 'init_checkpoint', '--config',
                                  pretrain_config_spec(config, cell), '--workdir', random_init,
                                  *data, *p.overrides]))
     plan += [(f'random_eval_{t}', _eval(py, t, random_init, config, subsets))
-             for t in config.eval.pretrained_tasks]
+             for t in pretrained_tasks]
   if f.enabled:
     finetune, finetuned = paths.run(cell, 'finetune'), paths.run(cell, 'finetuned')
     spec = (f'{config_file("classification")}:method={cell.method},size={p.size},'
@@ -204,12 +214,13 @@ def cell_stages(config, cell: Cell, paths: Paths, num_classes: int, py: str,
                               *data, *_duration_overrides(f.steps, f.lr, p.warmup_fraction),
                               f'--config.init_from.path={pretrained}',
                               f'--config.finetune.hidden={f.hidden}']))
-    for task in config.eval.finetuned_tasks:
+    finetuned_tasks = eval_tasks(config, cell, 'finetuned')
+    for task in finetuned_tasks:
       if task == 'classification':  # the fine-tuned head itself
         plan.append(('ft_eval_classification',
                      [py, '-m', 'm5_jax.evaluate.classification', '--workdir', finetune,
                       '--batch_size', str(config.eval.batch_size)]))
-    frozen = [t for t in config.eval.finetuned_tasks if t != 'classification']
+    frozen = [t for t in finetuned_tasks if t != 'classification']
     if frozen:
       plan.append(('export_backbone', [py, '-m', module, 'export_backbone', '--finetune',
                                        finetune, '--pretrained', pretrained,
