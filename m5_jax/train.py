@@ -18,7 +18,8 @@ jitted, donated state), then the loop (resume, log, checkpoint, preemption).
     drops the model compute from it). Masked-modeling terms are therefore exact;
     contrastive terms see the negatives of their microbatch.
   * A non-finite loss or gradient never updates the state; config.nonfinite =
-    'stop' ends the run with an error naming the step, 'skip' goes on.
+    'stop' ends the run with an error naming the step (before any checkpoint
+    after it is written), 'skip' goes on.
   * SIGTERM (preemption): save at the current step, exit 0; a restart resumes.
   * Nothing to train (total_steps=0, or start step >= total_steps): the state at
     the start step is checkpointed (a step-0 checkpoint of the initial, random
@@ -325,6 +326,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   checkpoint_every = config_lib.to_steps(config.checkpoint, 'every', **durations,
                                          default=total_steps)
   log_every = config_lib.to_steps(config.log, 'every', **durations, default=50)
+  checkpoint_every = max(checkpoint_every or total_steps, 1)  # 0: at the end (and preemption)
+  log_every = max(log_every, 1)
 
   task = make_task(config)
   tx, schedule = optimizer_lib.make_optimizer(config, total_steps, warmup_steps)
@@ -398,6 +401,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         check_and_log(*pending)
       pending = (step + 1, metrics)
       if (step + 1) % checkpoint_every == 0 or step + 1 == total_steps:
+        check_and_log(*pending)  # never checkpoint past a non-finite step that must stop
+        pending = None
         checkpointer.save(step + 1, state, data.get_state(), force=True)
     if pending:
       check_and_log(*pending)

@@ -6,6 +6,7 @@ caught by the train binary's handler) so that the restarts reuse one compiled st
 (`train.compile_cached`); tests/test_train.py kills the real binary once.
 """
 import os
+import shutil
 import signal
 
 import jax
@@ -94,3 +95,97 @@ def test_sigterm_at_three_random_steps_and_during_an_async_save(reference_run, t
   _, expected = checkpointing.restore_params(reference_run)
   _, resumed = checkpointing.restore_params(workdir)
   assert checkpointing.tree_equal(resumed, expected)
+
+
+# ----------------------------------------------------------------------------- non-finite loss
+
+NONFINITE_SKIP_STEP = 6    # logged step numbers (1 = the first update)
+NONFINITE_STOP_STEP = 8    # also a checkpoint step: the stop must come before that save
+
+
+class _PoisonAtStep:
+  """Wraps the input iterator: logged step `at` gets text token ids past the vocabulary
+  (a corrupt batch; the embedding lookup returns NaN, so the loss is NaN)."""
+
+  def __init__(self, data, start_step: int, at: int):
+    self._data, self._step, self._at, self.poisoned_now = data, start_step, at, False
+
+  def __next__(self):
+    self._step += 1
+    batch = next(self._data)
+    self.poisoned_now = self._step == self._at
+    if self.poisoned_now:
+      ids = batch['text']['ids']
+      batch = dict(batch, text=dict(batch['text'], ids=jax.device_put(
+          np.full(ids.shape, 10**6, np.int32), ids.sharding)))
+    return batch
+
+  def __getattr__(self, name):
+    return getattr(self._data, name)
+
+
+def _run_poisoned(config, workdir, monkeypatch, at):
+  """Trains with step `at` poisoned; -> (params before, params after) that step."""
+  seen = {}
+  with monkeypatch.context() as m:
+    create_input, compile_cached = train.create_input, train.compile_cached
+    start = max(checkpointing.list_steps(workdir) or [0])
+    m.setattr(train, 'create_input', lambda c, mesh: seen.setdefault(
+        'data', _PoisonAtStep(create_input(c, mesh), start, at)))
+
+    def compile_and_watch(lowered):
+      compiled = compile_cached(lowered)
+
+      def step(state, batch):
+        if not seen['data'].poisoned_now:
+          return compiled(state, batch)
+        seen['before'] = jax.device_get(state['params'])  # (the state is donated)
+        state, metrics = compiled(state, batch)
+        seen['after'] = jax.device_get(state['params'])
+        return state, metrics
+      return step
+    m.setattr(train, 'compile_cached', compile_and_watch)
+    train.train(config, workdir)
+  return seen['before'], seen['after']
+
+
+def _resume_from_reference(reference_run, workdir, step=4):
+  """Starts `workdir` from a copy of the reference run's checkpoint `step` (no init compile)."""
+  shutil.copytree(os.path.join(checkpointing.checkpoint_dir(reference_run), str(step)),
+                  os.path.join(checkpointing.checkpoint_dir(workdir), str(step)))
+
+
+def _assert_checkpoint_equals_reference(workdir, reference_run, step):
+  _, got = checkpointing.restore_params(workdir, step=step)
+  _, want = checkpointing.restore_params(reference_run, step=step)
+  assert checkpointing.tree_equal(got, want), f'checkpoint {step} differs from the reference'
+
+
+def test_nonfinite_loss_stop_names_the_step_and_keeps_the_checkpoint_before(
+    reference_run, tmp_path, monkeypatch):
+  config = parse(REFERENCE + [f'--config.total_steps={REFERENCE_STEPS}',
+                              '--config.nonfinite=stop'])
+  _resume_from_reference(reference_run, str(tmp_path))
+  with pytest.raises(FloatingPointError,
+                     match=rf'non-finite loss \(nan\) at step {NONFINITE_STOP_STEP};'):
+    _run_poisoned(config, str(tmp_path), monkeypatch, NONFINITE_STOP_STEP)
+  assert checkpointing.list_steps(str(tmp_path)) == [4]   # nothing saved at or after step 8
+  _assert_checkpoint_equals_reference(str(tmp_path), reference_run, 4)
+
+
+def test_nonfinite_loss_skip_leaves_the_state_unchanged_and_goes_on(
+    reference_run, tmp_path, monkeypatch):
+  from m5_jax import train_logging  # pylint: disable=g-import-not-at-top
+  config = parse(REFERENCE + [f'--config.total_steps={REFERENCE_STEPS}',
+                              '--config.nonfinite=skip'])
+  _resume_from_reference(reference_run, str(tmp_path))
+  before, after = _run_poisoned(config, str(tmp_path), monkeypatch, NONFINITE_SKIP_STEP)
+  assert checkpointing.tree_equal(before, after)   # the poisoned update was not applied
+  rows = {r['step']: r for r in train_logging.read_metrics(str(tmp_path))}
+  assert rows[NONFINITE_SKIP_STEP]['skipped'] == 1.0
+  assert all(rows[s]['skipped'] == 0.0 for s in rows if s != NONFINITE_SKIP_STEP)
+  assert min(rows) == 5   # resumed after the copied checkpoint
+  assert checkpointing.list_steps(str(tmp_path))[-1] == REFERENCE_STEPS
+  _assert_checkpoint_equals_reference(str(tmp_path), reference_run, 4)
+  _, final = checkpointing.restore_params(str(tmp_path))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(final))
