@@ -34,7 +34,7 @@ def get_config(arg=None):
   config.args = args
 
   config.data = ml_collections.ConfigDict(dict(
-      num_products=3000,       # mini's eval splits grow with it (5% coarse queries, 5% cls_test)
+      num_products=5000,       # mini's eval splits grow with it (cls_test, coarse_query)
       seed=0,
       form='features',         # 'features' | 'raw'
       vocab_size=8000,
@@ -50,7 +50,7 @@ def get_config(arg=None):
   ))
   config.finetune = ml_collections.ConfigDict(dict(
       enabled=True,
-      steps=150,
+      steps=100,
       batch_size=16,
       lr=1e-3,
       hidden=256,              # the paper's head is 1024 wide; tiny backbones are 64 wide

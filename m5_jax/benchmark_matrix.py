@@ -152,6 +152,17 @@ def run_cells(config, todo: list[cells_lib.Cell], paths: cells_lib.Paths, classe
 # ----------------------------------------------------------------------------- export
 
 
+def _overlay(base, update):
+  """`base` with every leaf that `update` has replaced by update's (nested dicts)."""
+  if not isinstance(base, dict):
+    return update
+  unknown = set(update) - set(base)
+  if unknown:
+    raise ValueError(f'export_backbone: fine-tuned parameters {sorted(unknown)} are not in '
+                     'the pretraining run (different model config?)')
+  return {k: _overlay(v, update[k]) if k in update else v for k, v in base.items()}
+
+
 def export_backbone(argv) -> int:
   """The `export_backbone` subcommand (see the module docstring)."""
   import argparse  # pylint: disable=g-import-not-at-top
@@ -165,10 +176,15 @@ def export_backbone(argv) -> int:
   if 'backbone' not in params:
     sys.exit(f'export_backbone: {args.finetune} step {step} has no backbone parameters '
              f'(top-level keys: {sorted(params)}); is it a classification fine-tuning run?')
+  # The classifier builds its backbone without the masked-modeling heads; the
+  # eval binaries build the pretraining model, heads included: those (unused for
+  # features) keep their pretrained values.
+  _, pretrained = checkpointing.restore_params(args.pretrained)
+  merged = _overlay(pretrained, params['backbone'])
   config = config_lib.load_workdir_config(args.pretrained)
   config_lib.save_workdir_config(config, args.workdir)
   checkpointer = checkpointing.Checkpointer(args.workdir, config.checkpoint)
-  checkpointer.save(step, {'params': params['backbone']}, force=True)
+  checkpointer.save(step, {'params': merged}, force=True)
   checkpointer.close()
   print(f'export_backbone: {args.finetune} step {step} backbone -> {args.workdir}')
   return 0
