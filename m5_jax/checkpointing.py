@@ -10,6 +10,9 @@ state dict, so a resumed run reads exactly the batches it would have read.
     process has finished (atomic finalize), so a process killed mid-save leaves
     no half-written step that `list_steps` or a restore would pick
     (tests/test_checkpointing.py kills a saving process to check this).
+  * A failed write (disk full, read-only directory; async ones surface at the
+    next save, wait or close) raises CheckpointWriteError, one line naming the
+    step and the last complete checkpoint; the failed step stays unfinalized.
   * Restores go through an abstract state that carries the *current* shardings:
     a checkpoint saved on any mesh or device count restores onto any other.
   * `init_params_from` copies matching parameters from another run's checkpoint
@@ -17,6 +20,7 @@ state dict, so a resumed run reads exactly the batches it would have read.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -30,6 +34,32 @@ import orbax.checkpoint as ocp
 from m5_jax import optimizer as optimizer_lib
 
 CHECKPOINT_DIR = 'checkpoints'
+
+
+class CheckpointWriteError(RuntimeError):
+  """A checkpoint (or the workdir) could not be written: disk full, read-only, ...
+  Its message is one line; the step being written stays unfinalized, so it is
+  never listed or restored."""
+
+
+def _one_line(error: BaseException, head: int = 80, tail: int = 220) -> str:
+  """The error on one line; long ones (tensorstore) keep their end, where the OS
+  cause is ('... File too large [os_error_code=27]')."""
+  text = ' '.join(str(error).split()) or type(error).__name__
+  return text if len(text) <= head + tail else f'{text[:head]} ... {text[-tail:]}'
+
+
+def check_writable(workdir: str) -> None:
+  """Creates `workdir` and writes a probe file there; raises CheckpointWriteError."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_probe.{os.getpid()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise CheckpointWriteError(f'workdir {workdir} is not writable ({e.strerror or e}); '
+                               'give a writable --workdir') from e
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -54,6 +84,7 @@ class Checkpointer:
         create=not read_only,
     )
     self.directory = checkpoint_dir(workdir)
+    self._writing: int | None = None   # the step of the last save started
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_handlers=_item_handlers())
 
@@ -65,10 +96,31 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, data_state: Mapping[str, Any] | None = None, *,
            force: bool = False) -> bool:
-    """Starts an (async) save of `state` and the iterator state at `step`."""
+    """Starts an (async) save of `state` and the iterator state at `step`. A failed
+    write (this one, or the previous async one) raises CheckpointWriteError."""
     args = ocp.args.Composite(state=ocp.args.PyTreeSave(state),
                               data=ocp.args.JsonSave(dict(data_state or {})))
-    return self.manager.save(step, args=args, force=force)
+    with self._write_errors():
+      self.manager.wait_until_finished()  # the previous async save's error is its own
+    self._writing = step
+    with self._write_errors():
+      return self.manager.save(step, args=args, force=force)
+
+  @contextlib.contextmanager
+  def _write_errors(self):
+    """Turns an error of the step being written into a one-line CheckpointWriteError."""
+    try:
+      yield
+    except (OSError, ValueError, RuntimeError) as e:
+      if self._writing is None or isinstance(e, CheckpointWriteError):
+        raise
+      step, self._writing = self._writing, None
+      complete = [s for s in self.manager.all_steps() if s != step]
+      raise CheckpointWriteError(
+          f'could not write checkpoint step {step} to {self.directory}: {_one_line(e)}; '
+          f'the last complete checkpoint is '
+          f'{f"step {max(complete)}" if complete else "none"} (disk full or not writable?)'
+      ) from e
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
     """(state placed as `abstract_state`'s shardings, iterator state) at `step`."""
@@ -84,11 +136,14 @@ class Checkpointer:
     return self.manager.reached_preemption(step)
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._write_errors():
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
 
 
 # ---------------------------------------------------------------------------- readers

@@ -313,6 +313,7 @@ def _save_without_training(checkpointer, step: int, state, data) -> dict:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains until config's total duration (resuming from `workdir`); returns the state."""
+  checkpointing.check_writable(workdir)  # fail before compiling, not at the first save
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.axis_rules(config.sharding)
   sharding.log_mesh(mesh)
@@ -430,7 +431,7 @@ def main(argv) -> int:
   initialize_distributed()
   try:
     train(config, flags['workdir'])
-  except (FloatingPointError, config_lib.ConfigError) as e:
+  except (FloatingPointError, config_lib.ConfigError, checkpointing.CheckpointWriteError) as e:
     print(f'm5_jax.train: error: {e}', file=sys.stderr)
     return 1
   return 0

@@ -94,3 +94,71 @@ def test_kill_9_mid_save_watching_evaluator_and_restart_never_read_the_partial_s
   restarted.close()
   assert checkpointing.list_steps(workdir)[-1] == latest + 1
   assert not _partial_steps(workdir)  # the restart cleaned the partial step up
+
+
+# ----------------------------------------------------------------------------- unwritable, full
+
+_FILE_SIZE_LIMITED_SAVER = textwrap.dedent('''
+    import resource, signal, sys
+    import numpy as np
+    import ml_collections
+    from m5_jax import checkpointing
+    ckpt = checkpointing.Checkpointer(sys.argv[1], ml_collections.ConfigDict(
+        dict(keep=0, keep_every=0, async_save=True)))
+    rng = np.random.default_rng(0)
+    ckpt.save(1, {'params': {'w': rng.random((512, 1024), np.float32)}}, {'step': 1})
+    ckpt.wait()
+    # From here on the kernel refuses to grow any file past 100 kB (EFBIG), as a full
+    # disk would (ENOSPC): the next checkpoint's data file cannot be written.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))
+    try:
+      ckpt.save(2, {'params': {'w': rng.random((512, 1024), np.float32)}}, {'step': 2})
+      ckpt.close()
+    except checkpointing.CheckpointWriteError as e:
+      print('ERROR', e)
+      sys.exit(3)
+''')
+
+
+def test_a_write_failure_mid_save_is_one_clear_error_and_leaves_no_corrupt_step(tmp_path):
+  """A real kernel write failure (RLIMIT_FSIZE) during an async save."""
+  result = subprocess.run([sys.executable, '-c', _FILE_SIZE_LIMITED_SAVER, str(tmp_path)],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert result.returncode == 3, result.stderr[-2000:]
+  (line,) = [l for l in result.stdout.splitlines() if l.startswith('ERROR')]
+  assert line.startswith(f'ERROR could not write checkpoint step 2 to {tmp_path}/checkpoints: ')
+  assert 'File too large' in line and 'the last complete checkpoint is step 1' in line
+  assert checkpointing.list_steps(str(tmp_path)) == [1]
+  step, params = checkpointing.restore_params(str(tmp_path))
+  assert step == 1 and params['w'].shape == (512, 1024)
+
+
+def test_unwritable_workdir_is_one_line_before_any_compile(tmp_path, capsys):
+  from m5_jax import train  # pylint: disable=g-import-not-at-top
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('not a directory')
+  args = ['--config', 'configs/m5_mmt.py:runlocal,modalities=t',
+          '--config.input.dataset=synthetic', '--workdir', str(blocker / 'run')]
+  cwd = os.getcwd()
+  os.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  try:
+    assert train.main(args) == 1
+  finally:
+    os.chdir(cwd)
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[-1] == (f'm5_jax.train: error: workdir {blocker}/run is not writable (Not a '
+                     'directory); give a writable --workdir')
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root ignores directory permissions')
+def test_read_only_workdir_is_one_line(tmp_path):
+  workdir = tmp_path / 'ro'
+  workdir.mkdir()
+  workdir.chmod(0o555)
+  try:
+    with pytest.raises(checkpointing.CheckpointWriteError, match='is not writable'):
+      checkpointing.check_writable(str(workdir))
+  finally:
+    workdir.chmod(0o755)

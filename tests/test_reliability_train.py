@@ -189,3 +189,33 @@ def test_nonfinite_loss_skip_leaves_the_state_unchanged_and_goes_on(
   _assert_checkpoint_equals_reference(str(tmp_path), reference_run, 4)
   _, final = checkpointing.restore_params(str(tmp_path))
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(final))
+
+
+# ----------------------------------------------------------------------------- disk full
+
+
+def test_disk_full_during_a_train_checkpoint_is_one_line_and_keeps_the_last_one(
+    reference_run, tmp_path, monkeypatch, capsys):
+  """The array writer fails with ENOSPC while step 8's (async) checkpoint is written
+  (simulated in-process: Orbax's array-writing coroutine raises ENOSPC, as the tensorstore
+  write does when the disk is full; tests/test_reliability_checkpoint.py has a real kernel write failure)."""
+  import errno  # pylint: disable=g-import-not-at-top
+  from orbax.checkpoint._src.serialization import serialization  # pylint: disable=g-import-not-at-top
+  _resume_from_reference(reference_run, str(tmp_path))
+  save = checkpointing.Checkpointer.save
+
+  def save_onto_a_full_disk(self, step, *args, **kwargs):
+    if step == 8:
+      async def disk_full(*unused_args, **unused_kwargs):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+      monkeypatch.setattr(serialization, 'async_serialize_from_host', disk_full)
+    return save(self, step, *args, **kwargs)
+  monkeypatch.setattr(checkpointing.Checkpointer, 'save', save_onto_a_full_disk)
+  args = REFERENCE + [f'--config.total_steps={REFERENCE_STEPS}', '--workdir', str(tmp_path)]
+  monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert train.main(args) == 1
+  last = capsys.readouterr().err.strip().splitlines()[-1]
+  assert last.startswith(f'm5_jax.train: error: could not write checkpoint step 8 to {tmp_path}')
+  assert 'No space left on device' in last and 'the last complete checkpoint is step 4' in last
+  assert checkpointing.list_steps(str(tmp_path)) == [4]
+  _assert_checkpoint_equals_reference(str(tmp_path), reference_run, 4)
