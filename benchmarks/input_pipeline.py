@@ -1,7 +1,7 @@
 """Input pipeline throughput (examples/s) on M5Product-mini, host side and onto devices.
 
     python -m data_prep.make_mini --out /tmp/mini --num_products 400 --seed 0
-    python benchmarks/input_pipeline.py --release /tmp/mini --work /tmp/ipbench \
+    python -m benchmarks.input_pipeline --release /tmp/mini --work /tmp/ipbench \
         --modalities tp,itpva --batch_size 32 --steps 30
 
 Builds `m5product/<config>` in ArrayRecord under --work/data (once), trains a
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import sys
@@ -23,6 +24,7 @@ import jax
 import ml_collections
 import tensorflow_datasets as tfds
 
+from benchmarks import machine
 from m5_jax import input_pipeline
 from m5_jax import modalities
 
@@ -73,6 +75,34 @@ def time_iterator(it, warmup: int, steps: int, batch_size: int) -> float:
   return steps * batch_size / (time.perf_counter() - start)
 
 
+def measure(release: str, work: str, codes: str = 'itpva', form: str = 'raw',
+            batch_size: int = 32, steps: int = 30, warmup: int = 3,
+            tokenizer: str | None = None, vocab_size: int = 1000) -> dict:
+  """Examples/s of the host pipeline and of the pipeline onto the local devices."""
+  data_dir = os.path.join(work, 'data')
+  os.makedirs(data_dir, exist_ok=True)
+  build_s = build(release, data_dir, form)
+  dataset = f'm5product/{form}'
+  tokenizer = tokenizer or train_tokenizer(release, work, vocab_size)
+  mesh = jax.sharding.Mesh(jax.devices(), ('data',))
+  config = make_config(codes, dataset, data_dir, tokenizer, batch_size, form)
+  load_start = machine.load_average()
+  cpu0 = machine.cpu_seconds()
+  host = input_pipeline.create_host_iterator(config, 'pretrain', train=True)
+  host_rate = time_iterator(host, warmup, steps, batch_size)
+  host_cpu = machine.cpu_seconds() - cpu0
+  device = input_pipeline.create_iterator(config, 'pretrain', mesh, train=True)
+  device_rate = time_iterator(device, warmup, steps, batch_size)
+  host.close()
+  device.host.close()
+  return {'dataset': dataset, 'modalities': codes, 'batch_size': batch_size, 'steps': steps,
+          'pretrain_examples': host.num_examples, 'build_s': build_s,
+          'host_examples_per_s': host_rate, 'device_examples_per_s': device_rate,
+          'host_cpu_s_per_example': host_cpu / ((steps + warmup) * batch_size),
+          'load_avg_start': load_start, 'load_avg_end': machine.load_average(),
+          'peak_rss_mib': machine.peak_rss_mib()}
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--release', required=True, help='folder written by data_prep.make_mini')
@@ -85,31 +115,26 @@ def main(argv=None):
   parser.add_argument('--batch_size', type=int, default=32)
   parser.add_argument('--steps', type=int, default=30)
   parser.add_argument('--warmup', type=int, default=3)
+  parser.add_argument('--json', action='store_true', help='print one JSON object per set')
   parser.add_argument('--results', default=os.path.join(os.path.dirname(__file__), 'results',
                                                          'input_pipeline.md'))
   args = parser.parse_args(argv)
 
-  data_dir = os.path.join(args.work, 'data')
-  os.makedirs(data_dir, exist_ok=True)
-  build_s = build(args.release, data_dir, args.form)
-  dataset = f'm5product/{args.form}'
-  tokenizer = args.tokenizer or train_tokenizer(args.release, args.work, args.vocab_size)
-  mesh = jax.sharding.Mesh(jax.devices(), ('data',))
   rows = []
   for codes in args.modalities.split(','):
-    config = make_config(codes, dataset, data_dir, tokenizer, args.batch_size, args.form)
-    host = input_pipeline.create_host_iterator(config, 'pretrain', train=True)
-    host_rate = time_iterator(host, args.warmup, args.steps, args.batch_size)
-    device = input_pipeline.create_iterator(config, 'pretrain', mesh, train=True)
-    device_rate = time_iterator(device, args.warmup, args.steps, args.batch_size)
-    host.close()
-    device.host.close()
-    rows.append(f'| {datetime.date.today()} | {dataset} | {codes} | {args.batch_size} | '
-                f'{host.num_examples} | {host_rate:.0f} | {device_rate:.0f} | '
+    r = measure(args.release, args.work, codes, args.form, args.batch_size, args.steps,
+                args.warmup, args.tokenizer, args.vocab_size)
+    if args.json:
+      print(json.dumps(r), flush=True)
+      continue
+    rows.append(f"| {datetime.date.today()} | {r['dataset']} | {codes} | {args.batch_size} | "
+                f"{r['pretrain_examples']} | {r['host_examples_per_s']:.0f} | "
+                f"{r['device_examples_per_s']:.0f} | "
                 f'{os.cpu_count()} cores, {platform.processor() or platform.machine()} |')
-    print(f'{codes}: host {host_rate:.0f} examples/s, to devices {device_rate:.0f} examples/s '
-          f'({host.num_examples} pretrain examples, build {build_s:.0f}s)', flush=True)
-  if args.results:
+    print(f"{codes}: host {r['host_examples_per_s']:.0f} examples/s, to devices "
+          f"{r['device_examples_per_s']:.0f} examples/s ({r['pretrain_examples']} pretrain "
+          f"examples, build {r['build_s']:.0f}s)", flush=True)
+  if args.results and rows:
     with open(args.results, 'a', encoding='utf-8') as f:
       f.write('\n'.join(rows) + '\n')
     print(f'appended {len(rows)} rows to {args.results}')

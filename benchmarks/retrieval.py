@@ -1,26 +1,35 @@
 """Exact top-K retrieval throughput: our sharded blockwise search vs faiss IndexFlatIP.
 
-    .venv/bin/python benchmarks/retrieval.py --num_queries 10000 --gallery 1000000 \
-        --dim 768 --k 100 [--faiss_path /tmp/faiss_pkg] [--out benchmarks/results/retrieval.md]
+    .venv/bin/python -m benchmarks.retrieval --num_queries 10000 --gallery 1000000 \
+        --dim 768 --k 100 [--json]
 
 Synthetic float32 embeddings (L2-normalised Gaussians). Times
 `ShardedGallery.search` (m5_jax/evaluate/search.py) on whatever devices JAX sees
-(after one warm-up query block, so compile time is reported separately), and,
-when faiss can be imported, faiss-cpu's exact IndexFlatIP on the same data,
-then compares the returned ids (ties aside they must agree). faiss is not a
-project dependency: install it aside for this benchmark, e.g.
-`pip install --target /tmp/faiss_pkg faiss-cpu`, and pass --faiss_path.
+(after one warm-up query block, so compile time is reported separately), and
+faiss-cpu's exact IndexFlatIP on the same data in the same process, then
+compares the returned ids.
+
+Ties: two fp32 dot products that differ by less than `TIE_EPS` can come out in
+either order depending on the summation order of the matmul, so rank j of a
+query is "tied" when its score is within TIE_EPS of the score at rank j-1 or
+j+1, or of rank K+1 (the first left out, which it may swap with). Every untied
+rank must hold the same id in both lists; `untied_mismatches` counts those that
+do not (0 is the pass condition).
+
+faiss is a benchmark-only dependency: `pip install -r benchmarks/requirements.txt`.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
+import json
 import sys
 import time
 
 import numpy as np
+
+from benchmarks import machine
+
+TIE_EPS = 1e-6  # > the ~3e-7 rounding gap seen between fp32 matmuls of unit 768-d vectors
 
 
 def synthetic(n: int, dim: int, seed: int) -> np.ndarray:
@@ -32,7 +41,74 @@ def synthetic(n: int, dim: int, seed: int) -> np.ndarray:
   return out
 
 
-def main(argv=None) -> None:
+def compare(ours_s, ours_i, ref_s, ref_i, eps: float = TIE_EPS) -> dict:
+  """Id agreement of [Q, K] top-K lists against a reference's [Q, K + 1] lists (the extra
+  rank tells whether rank K is tied with the first rank left out); ties as in the doc."""
+  k = ours_i.shape[1]
+  scores = ref_s[:, :k]
+  gap_prev = np.abs(np.diff(scores, axis=1, prepend=np.inf))
+  gap_next = np.abs(scores - ref_s[:, 1:k + 1])
+  gap_cut = np.abs(scores - ref_s[:, k:k + 1])
+  tied = (gap_prev < eps) | (gap_next < eps) | (gap_cut < eps)
+  differ = ours_i != ref_i[:, :k]
+  return {
+      'ranks': int(differ.size),
+      'tied_ranks': int(tied.sum()),
+      'identical_ids_share': float(1 - differ.mean()),
+      'untied_mismatches': int((differ & ~tied).sum()),
+      'max_score_gap': float(np.abs(np.sort(ours_s, 1) - np.sort(scores, 1)).max()),
+  }
+
+
+def measure(num_queries: int, gallery_size: int, dim: int, k: int, query_block: int = 1024,
+            gallery_block: int = 16384, with_faiss: bool = True) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  from m5_jax.evaluate import search  # pylint: disable=g-import-not-at-top
+
+  gallery = synthetic(gallery_size, dim, seed=0)
+  queries = synthetic(num_queries, dim, seed=1)
+  result = {'num_queries': num_queries, 'gallery': gallery_size, 'dim': dim, 'k': k,
+            'query_block': query_block, 'gallery_block': gallery_block,
+            'devices': f'{jax.device_count()} x {jax.devices()[0].platform}',
+            'load_avg_start': machine.load_average()}
+
+  start = time.perf_counter()
+  index = search.ShardedGallery(gallery, gallery_block=gallery_block)
+  jax.block_until_ready(index.embeddings)
+  result['ours_place_s'] = time.perf_counter() - start
+  start = time.perf_counter()
+  index.search(queries[:query_block], k, query_block=query_block)
+  result['ours_first_block_s'] = time.perf_counter() - start  # includes compilation
+  start = time.perf_counter()
+  ours_s, ours_i = index.search(queries, k, query_block=query_block, log_every_s=10.0)
+  result['ours_s'] = time.perf_counter() - start
+  result['ours_qps'] = num_queries / result['ours_s']
+  del index
+
+  try:
+    import faiss  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    faiss = None
+  if with_faiss and faiss is not None:
+    start = time.perf_counter()
+    flat = faiss.IndexFlatIP(dim)
+    flat.add(gallery)
+    result['faiss_add_s'] = time.perf_counter() - start
+    start = time.perf_counter()
+    ref_s, ref_i = flat.search(queries, k + 1)  # + 1: see compare()
+    result['faiss_s'] = time.perf_counter() - start
+    result.update(faiss_version=faiss.__version__, faiss_threads=faiss.omp_get_max_threads(),
+                  faiss_qps=num_queries / result['faiss_s'],
+                  time_ratio_ours_over_faiss=result['ours_s'] / result['faiss_s'],
+                  **compare(ours_s, ours_i, ref_s, ref_i))
+  else:
+    result['faiss'] = 'not installed (pip install -r benchmarks/requirements.txt)'
+  result['load_avg_end'] = machine.load_average()
+  result['peak_rss_mib'] = machine.peak_rss_mib()
+  return result
+
+
+def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--num_queries', type=int, default=10_000)
@@ -41,69 +117,26 @@ def main(argv=None) -> None:
   parser.add_argument('--k', type=int, default=100)
   parser.add_argument('--query_block', type=int, default=1024)
   parser.add_argument('--gallery_block', type=int, default=16384)
-  parser.add_argument('--faiss_path', default='', help='extra sys.path entry holding faiss')
-  parser.add_argument('--out', default='', help='append a Markdown result row here')
+  parser.add_argument('--no_faiss', action='store_true')
+  parser.add_argument('--json', action='store_true', help='print one JSON object')
   args = parser.parse_args(argv)
-
-  import jax  # pylint: disable=g-import-not-at-top
-  from m5_jax.evaluate import search  # pylint: disable=g-import-not-at-top
-
-  t = time.time()
-  gallery = synthetic(args.gallery, args.dim, seed=0)
-  queries = synthetic(args.num_queries, args.dim, seed=1)
-  print(f'data: {args.num_queries} x {args.gallery} x {args.dim} in {time.time() - t:.1f} s',
-        flush=True)
-
-  t = time.time()
-  index = search.ShardedGallery(gallery, gallery_block=args.gallery_block)
-  jax.block_until_ready(index.embeddings)
-  place_s = time.time() - t
-  t = time.time()
-  index.search(queries[:args.query_block], args.k, query_block=args.query_block)
-  warmup_s = time.time() - t
-  t = time.time()
-  ours_scores, ours_ids = index.search(queries, args.k, query_block=args.query_block,
-                                       log_every_s=10.0)
-  ours_s = time.time() - t
-  ours_qps = args.num_queries / ours_s
-  devices = f'{jax.device_count()} x {jax.devices()[0].platform}'
-  print(f'ours: {ours_qps:.1f} queries/s ({ours_s:.1f} s; placing {place_s:.1f} s, '
-        f'first block incl. compile {warmup_s:.1f} s) on {devices}', flush=True)
-
-  faiss_note = 'faiss not importable (see --faiss_path)'
-  faiss_qps = None
-  if args.faiss_path:
-    sys.path.append(args.faiss_path)  # appended: the venv's numpy stays first
-  try:
-    import faiss  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    faiss = None
-  if faiss is not None:
-    t = time.time()
-    flat = faiss.IndexFlatIP(args.dim)
-    flat.add(gallery)
-    add_s = time.time() - t
-    t = time.time()
-    faiss_scores, faiss_ids = flat.search(queries, args.k)
-    faiss_s = time.time() - t
-    faiss_qps = args.num_queries / faiss_s
-    same = (faiss_ids == ours_ids).mean()
-    # Disagreements must be near-ties: compare the k-th scores.
-    max_score_gap = float(np.abs(np.sort(faiss_scores, 1) - np.sort(ours_scores, 1)).max())
-    faiss_note = (f'faiss {faiss.__version__} IndexFlatIP ({faiss.omp_get_max_threads()} '
-                  f'threads): {faiss_qps:.1f} queries/s ({faiss_s:.1f} s, add {add_s:.1f} s); '
-                  f'ids identical {100 * same:.3f}%, max score gap {max_score_gap:.2e}')
-  print(faiss_note, flush=True)
-
-  if args.out:
-    os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
-    line = (f'| {datetime.date.today()} | {platform.processor() or platform.machine()}, '
-            f'{os.cpu_count()} cores | {devices} | {args.num_queries} | {args.gallery} | '
-            f'{args.dim} | {args.k} | {ours_qps:.1f} | '
-            f'{"-" if faiss_qps is None else f"{faiss_qps:.1f}"} | {faiss_note} |\n')
-    with open(args.out, 'a') as f:
-      f.write(line)
+  r = measure(args.num_queries, args.gallery, args.dim, args.k, args.query_block,
+              args.gallery_block, not args.no_faiss)
+  if args.json:
+    print(json.dumps(r))
+    return 0
+  print(f"ours: {r['ours_qps']:.1f} queries/s ({r['ours_s']:.1f} s; placing "
+        f"{r['ours_place_s']:.1f} s, first block incl. compile {r['ours_first_block_s']:.1f} s) "
+        f"on {r['devices']}")
+  if 'faiss_s' in r:
+    print(f"faiss {r['faiss_version']} IndexFlatIP ({r['faiss_threads']} threads): "
+          f"{r['faiss_qps']:.1f} queries/s ({r['faiss_s']:.1f} s); ours/faiss time "
+          f"{r['time_ratio_ours_over_faiss']:.2f}; ids identical "
+          f"{100 * r['identical_ids_share']:.3f}%, {r['tied_ranks']} tied ranks, "
+          f"{r['untied_mismatches']} untied mismatches; load {r['load_avg_start']}-"
+          f"{r['load_avg_end']}")
+  return 0
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

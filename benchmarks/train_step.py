@@ -6,10 +6,13 @@ The step is the real one: m5_jax.train's task (masking + model + every loss),
 its jitted train step with AdamW, on synthetic batches of the configured schema
 (m5_jax/synthetic_input.py), so the input pipeline is not in the measurement.
 
-  model FLOPs   XLA's cost analysis of the compiled step (what the train binary
-                logs as perf/mfu), per step, forward + backward + optimizer
-  MFU           FLOPs / step time / peak, where peak is the best FLOP/s of a
-                large fp32 jax.jit matmul measured in this process just before
+  model FLOPs   the matmul FLOPs of one step (forward + backward) counted on its
+                jaxpr (train_logging.matmul_flops; scanned layers count once per
+                layer). XLA's cost analysis of the compiled step (what the train
+                binary logs) is reported beside it as xla_gflop: it also counts
+                elementwise work, and counts a scanned layer stack only once
+  MFU           model FLOPs / step time / peak, where peak is the best FLOP/s of
+                large fp32 jax.jit matmuls measured in this process just before
                 and just after the steps (benchmarks/machine.py)
 
 Prints one JSON object (with --json) or a line of text.
@@ -67,7 +70,7 @@ def measure(size: str, form: str, batch_size: int, steps: int, modalities: str =
 
   config = make_config(size, form, batch_size, modalities, overrides)
   load_start = machine.load_average()
-  peak_before = machine.matmul_peak_flops(matmul_n)
+  peak_before = max(machine.matmul_peak_flops(n) for n in (matmul_n // 2, matmul_n))
 
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.axis_rules(config.sharding)
@@ -78,8 +81,8 @@ def measure(size: str, form: str, batch_size: int, steps: int, modalities: str =
     abstract, shardings = sharding.state_shardings(init_fn, mesh, rules)
     state = sharding.init_sharded(init_fn, shardings)
   num_params = sum(x.size for x in jax.tree.leaves(abstract['params']))
-  step_fn = jax.jit(train.make_train_step(config, task, tx, schedule, mesh, shardings['params']),
-                    in_shardings=(shardings, sharding.batch_sharding(mesh)),
+  step = train.make_train_step(config, task, tx, schedule, mesh, shardings['params'])
+  step_fn = jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(mesh)),
                     out_shardings=(shardings, None), donate_argnums=(0,))
   data = synthetic_input.SyntheticIterator(config, mesh, batch_size, config.seed)
   batches = [next(data) for _ in range(min(steps, 4))]  # made once: no host work timed
@@ -88,7 +91,9 @@ def measure(size: str, form: str, batch_size: int, steps: int, modalities: str =
   with sharding.activation_context(mesh, rules, False):
     compiled = step_fn.lower(state, batches[0]).compile()
   compile_s = time.perf_counter() - start
-  flops = train_logging.train_step_flops(compiled)
+  xla_flops = train_logging.train_step_flops(compiled)
+  with sharding.activation_context(mesh, rules, False):
+    flops = train_logging.matmul_flops(step, state, batches[0])
 
   state, metrics = compiled(state, batches[0])  # warm-up (first run allocates)
   jax.block_until_ready(metrics)
@@ -98,7 +103,7 @@ def measure(size: str, form: str, batch_size: int, steps: int, modalities: str =
     state, metrics = compiled(state, batches[i % len(batches)])
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
-  peak_after = machine.matmul_peak_flops(matmul_n)
+  peak_after = max(machine.matmul_peak_flops(n) for n in (matmul_n // 2, matmul_n))
 
   step_s = sorted(times)[len(times) // 2]  # median: robust to a burst of load
   peak = max(peak_before, peak_after)
@@ -108,11 +113,11 @@ def measure(size: str, form: str, batch_size: int, steps: int, modalities: str =
       'tokens_per_example': sequence_lengths(config),
       'compile_s': compile_s, 'step_s_median': step_s, 'step_s_min': min(times),
       'examples_per_s': batch_size / step_s,
-      'step_gflop': flops / 1e9 if flops else None,
-      'achieved_gflops': flops / step_s / 1e9 if flops else None,
+      'step_gflop': flops / 1e9, 'xla_gflop': xla_flops / 1e9 if xla_flops else None,
+      'achieved_gflops': flops / step_s / 1e9,
       'matmul_peak_gflops': peak / 1e9,
       'matmul_peak_spread': abs(peak_before - peak_after) / peak,
-      'mfu': flops / step_s / peak if flops else None,
+      'mfu': flops / step_s / peak,
       'loss': float(metrics['loss']),
       'load_avg_start': load_start, 'load_avg_end': machine.load_average(),
       'devices': f'{jax.device_count()} x {jax.devices()[0].platform}',

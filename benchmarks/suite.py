@@ -1,0 +1,221 @@
+r"""The whole benchmark suite in one command: a table on stdout and JSON on disk.
+
+    python -m benchmarks.suite --mode quick            # a few minutes
+    python -m benchmarks.suite --mode full             # the issue's sizes (hours on 2 cores)
+    python -m benchmarks.suite --parts retrieval,train --out /tmp/suite.json
+
+Parts (each measurement runs in its own Python process, so its peak resident
+memory, VmHWM, is its own; the load average is recorded at its start and end):
+
+  train       examples/s and MFU of the real train step per model size and media
+              form; MFU = XLA's step FLOPs / step time / fp32 matmul peak measured
+              in the same process (benchmarks/train_step.py)
+  input       the full input pipeline's examples/s on M5Product-mini (raw and
+              features) and its headroom = pipeline examples/s / train step
+              examples/s for the same form (benchmarks/input_pipeline.py)
+  retrieval   our exact sharded top-K search vs faiss IndexFlatIP in one process:
+              time ratio, id agreement outside ties (benchmarks/retrieval.py)
+  conversion  products/s per core of the raw-media builder on mini, profiled into
+              stages (benchmarks/conversion.py)
+
+Mini data for `input` and `conversion` is generated once into --work (reused).
+The GPU path (bf16 MFU on an H100) runs only when JAX sees a GPU (`--gpu`);
+on CPU-only machines the JSON says it was not run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from benchmarks import machine
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PARTS = ('train', 'input', 'retrieval', 'conversion')
+
+
+
+def _train(size, form, batch_size, steps, modalities='itpva', matmul_n=2048):
+  return dict(size=size, form=form, batch_size=batch_size, steps=steps, modalities=modalities,
+              matmul_n=matmul_n)
+
+
+# What each mode measures. 'smoke' is for tests/test_benchmarks.py (seconds, not numbers
+# to quote); 'quick' takes minutes; 'full' is the issue's sizes.
+MODES = {
+    'smoke': {
+        'train': [_train('tiny', 'features', 4, 2, modalities='tp', matmul_n=512)],
+        'input': {'forms': ('features',), 'batch_size': 4, 'steps': 2, 'products': 24},
+        'retrieval': {'num_queries': 64, 'gallery': 4096, 'dim': 64, 'k': 10,
+                      'query_block': 32, 'gallery_block': 1024},
+        'conversion': {'products': 24},
+    },
+    'quick': {
+        'train': [_train('tiny', 'features', 8, 3), _train('small', 'features', 4, 2)],
+        'input': {'forms': ('features',), 'batch_size': 8, 'steps': 5, 'products': 40},
+        'retrieval': {'num_queries': 512, 'gallery': 32768, 'dim': 768, 'k': 100,
+                      'query_block': 256},
+        'conversion': {'products': 40},
+    },
+    'full': {
+        'train': [_train('tiny', 'features', 32, 10), _train('small', 'features', 16, 5),
+                  _train('base', 'features', 8, 3), _train('tiny', 'raw', 32, 10),
+                  _train('small', 'raw', 8, 3), _train('base', 'raw', 4, 2)],
+        'input': {'forms': ('features', 'raw'), 'batch_size': 32, 'steps': 20,
+                  'products': 300},
+        'retrieval': {'num_queries': 10_000, 'gallery': 1_000_000, 'dim': 768, 'k': 100,
+                      'query_block': 1024},
+        'conversion': {'products': 200},
+    },
+}
+
+
+def run_json(module: str, args: list[str], timeout: float | None = None) -> list[dict]:
+  """`python -m module args`; the JSON objects it printed (one per line), each with the
+  process's peak RSS from wait4 (MiB) unless the child reported its own."""
+  cmd = [sys.executable, '-m', module, *args]
+  print(f'$ {" ".join(cmd[1:])}', file=sys.stderr, flush=True)
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  deadline = None if timeout is None else time.time() + timeout
+  out = []
+  for line in proc.stdout:  # the child's stderr (progress) goes straight through
+    if line.startswith('{'):
+      out.append(json.loads(line))
+    if deadline and time.time() > deadline:
+      proc.kill()
+      raise TimeoutError(f'{module} ran past {timeout:.0f} s')
+  _, status, usage = os.wait4(proc.pid, 0)
+  if os.waitstatus_to_exitcode(status) != 0:
+    raise RuntimeError(f'{module} {" ".join(args)} failed (exit {status}); see its stderr above')
+  for row in out:
+    row.setdefault('peak_rss_mib', usage.ru_maxrss / 1024)
+  return out
+
+
+def ensure_mini(work: str, products: int) -> str:
+  """M5Product-mini with features under work/mini<products> (generated once)."""
+  release = os.path.join(work, f'mini{products}')
+  if not os.path.exists(os.path.join(release, 'mini_manifest.json')):
+    subprocess.run([sys.executable, '-m', 'data_prep.make_mini', '--out', release,
+                    '--num_products', str(products), '--seed', '0', '--features'],
+                   cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+  return release
+
+
+def run_train(spec) -> list[dict]:
+  rows = []
+  for run in spec:
+    rows += run_json('benchmarks.train_step', [f'--{k}={v}' for k, v in run.items()] + ['--json'])
+  return rows
+
+
+def run_input(spec, work: str, train_rows: list[dict]) -> list[dict]:
+  release = ensure_mini(work, spec['products'])
+  rows = []
+  for form in spec['forms']:
+    row, = run_json('benchmarks.input_pipeline', [
+        '--release', release, '--work', os.path.join(work, f'input_{spec["products"]}'),
+        '--form', form, '--modalities', 'itpva', '--batch_size', str(spec['batch_size']),
+        '--steps', str(spec['steps']), '--json'])
+    # Headroom against every measured train step of this form (the pipeline does not
+    # depend on the model size).
+    row['headroom'] = {f"{t['size']}": row['host_examples_per_s'] / t['examples_per_s']
+                       for t in train_rows if t['form'] == form}
+    rows.append(row)
+  return rows
+
+
+def run_retrieval(spec) -> list[dict]:
+  args = [f'--{k}={v}' for k, v in spec.items()]
+  return run_json('benchmarks.retrieval', args + ['--json'])
+
+
+def run_conversion(spec, work: str) -> list[dict]:
+  release = ensure_mini(work, spec['products'])
+  return run_json('benchmarks.conversion', ['--manual_dir', release, '--configs', 'raw',
+                                            '--profile', '--json'])
+
+
+def gpu_note() -> dict:
+  return {'run': False, 'why': 'no GPU visible to JAX on this machine; the bf16 H100 MFU '
+          'measurement (base and large) needs `python -m benchmarks.train_step --size base '
+          '--set model.dtype=bfloat16` on a GPU host'}
+
+
+def table(results: dict) -> str:
+  """The human summary: one line per measurement, with the load average beside it."""
+  lines = ['part        | what                                   | result'
+           '                                          | load',
+           '------------|----------------------------------------|'
+           '-------------------------------------------------|------']
+
+  def add(part, what, result, row):
+    load = f"{row.get('load_avg_start', '?')}-{row.get('load_avg_end', '?')}"
+    lines.append(f'{part:11s} | {what:38s} | {result:47s} | {load}')
+
+  for r in results.get('train', []):
+    add('train', f"{r['size']}/{r['form']} batch {r['batch_size']}",
+        f"{r['examples_per_s']:.2f} ex/s, MFU {100 * (r['mfu'] or 0):.1f}% of "
+        f"{r['matmul_peak_gflops']:.0f} GF/s, {r['peak_rss_mib']:.0f} MiB", r)
+  for r in results.get('input', []):
+    headroom = ', '.join(f'{k} {v:.1f}x' for k, v in r['headroom'].items())
+    add('input', f"{r['dataset']} {r['modalities']} batch {r['batch_size']}",
+        f"{r['host_examples_per_s']:.0f} ex/s; headroom {headroom or '-'}; "
+        f"{r['peak_rss_mib']:.0f} MiB", r)
+  for r in results.get('retrieval', []):
+    faiss = (f"faiss {r['faiss_qps']:.1f} q/s, ratio {r['time_ratio_ours_over_faiss']:.2f}, "
+             f"{r['untied_mismatches']} untied diff" if 'faiss_qps' in r else 'no faiss')
+    add('retrieval', f"{r['num_queries']} x {r['gallery']} d{r['dim']} top{r['k']}",
+        f"ours {r['ours_qps']:.1f} q/s; {faiss}", r)
+  for r in results.get('conversion', []):
+    top = max(r['stages'].items(), key=lambda kv: kv[1]['seconds'])[0] if r['stages'] else '-'
+    add('conversion', f"{r['config']} builder, {r['products']} products",
+        f"{r['products_per_cpu_s']:.1f} products/s/core; most time: {top}; "
+        f"{r['peak_rss_mib']:.0f} MiB", r)
+  return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--mode', default='quick', choices=tuple(MODES))
+  parser.add_argument('--parts', default=','.join(PARTS))
+  parser.add_argument('--work', default='/tmp/m5_benchmarks', help='mini data, TFDS builds')
+  parser.add_argument('--out', default=os.path.join(REPO, 'benchmarks', 'results', 'suite.json'))
+  args = parser.parse_args(argv)
+  parts = [p for p in args.parts.split(',') if p]
+  unknown = set(parts) - set(PARTS)
+  if unknown:
+    parser.error(f'unknown part(s) {sorted(unknown)}; choose from {",".join(PARTS)}')
+  spec = MODES[args.mode]
+  os.makedirs(args.work, exist_ok=True)
+
+  results: dict = {'mode': args.mode, 'machine': machine.describe(),
+                   'command': 'python -m benchmarks.suite ' + ' '.join(
+                       argv if argv is not None else sys.argv[1:]),
+                   'gpu': gpu_note()}
+  start = time.time()
+  if 'train' in parts or 'input' in parts:
+    results['train'] = run_train(spec['train'])
+  if 'input' in parts:
+    results['input'] = run_input(spec['input'], args.work, results['train'])
+  if 'retrieval' in parts:
+    results['retrieval'] = run_retrieval(spec['retrieval'])
+  if 'conversion' in parts:
+    results['conversion'] = run_conversion(spec['conversion'], args.work)
+  results['wall_s'] = time.time() - start
+
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, 'w', encoding='utf-8') as f:
+    json.dump(results, f, indent=1)
+  print(table(results))
+  print(f'wrote {args.out} ({results["wall_s"]:.0f} s)')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
