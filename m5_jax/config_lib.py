@@ -85,7 +85,10 @@ def _parse_int(text: str) -> int:
   try:
     return int(text)
   except ValueError:
-    value = float(text)  # accepts '1e6'
+    try:
+      value = float(text)  # accepts '1e6'
+    except ValueError:
+      raise ValueError(f'{text!r} is not an integer') from None
     if not value.is_integer():
       raise ValueError(f'{text!r} is not an integer') from None
     return int(value)
@@ -144,9 +147,25 @@ def _set(config: ml_collections.ConfigDict, key: str, text: str) -> None:
       node[leaf] = value
       _clear_other_duration_units(node, leaf, value)
   except (ValueError, TypeError, SyntaxError) as e:
-    kind = type(current).__name__
-    raise ConfigError(f"bad value {text!r} for config key '{key}' (a {kind}, now "
-                      f"{current!r}): {str(e).splitlines()[0]}") from None
+    raise ConfigError(f"bad value {text!r} for config key '{key}': {str(e).splitlines()[0]}; "
+                      f"give {_kind_of(current)}, e.g. --config.{key}={_as_text(current)} "
+                      "(the current value)") from None
+
+
+def _kind_of(value: Any) -> str:
+  if isinstance(value, bool):
+    return 'a bool (true/false)'
+  if isinstance(value, (tuple, list)):
+    return 'a comma-separated list'
+  return {int: 'an int', float: 'a float'}.get(type(value), f'a {type(value).__name__}')
+
+
+def _as_text(value: Any) -> str:
+  if isinstance(value, bool):
+    return str(value).lower()
+  if isinstance(value, (tuple, list)):
+    return ','.join(str(v) for v in value)
+  return str(value)
 
 
 DURATION_UNITS = ('steps', 'epochs', 'examples')

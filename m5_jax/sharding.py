@@ -44,6 +44,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from m5_jax import config_lib
+
 MESH_AXES = ('data', 'fsdp', 'tensor')
 BATCH_AXES = ('data', 'fsdp')
 
@@ -60,19 +62,24 @@ RULE_PRESETS: dict[str, tuple[tuple[str, Any], ...]] = {
 
 
 def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
-  """Axis sizes for MESH_AXES, with one -1 resolved to the remaining devices."""
+  """Axis sizes for MESH_AXES, with one -1 resolved to the remaining devices.
+  Raises ConfigError (one line, saying what to change) for an impossible mesh."""
   sizes = [int(mesh_config.get(axis, 1)) for axis in MESH_AXES]
+  mesh = ', '.join(f'{a}={s}' for a, s in zip(MESH_AXES, sizes))
+  fix = (f'set --config.mesh.{{{",".join(MESH_AXES)}}} so that their product is {num_devices} '
+         '(one of them may be -1: the remaining devices)')
   unknown = [i for i, s in enumerate(sizes) if s == -1]
   if len(unknown) > 1 or any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(f'mesh {dict(zip(MESH_AXES, sizes))}: sizes must be >= 1, one may be -1')
+    raise config_lib.ConfigError(f'mesh ({mesh}): sizes must be >= 1 and at most one -1; {fix}')
   known = math.prod(s for s in sizes if s != -1)
   if unknown:
     if num_devices % known:
-      raise ValueError(f'mesh {dict(zip(MESH_AXES, sizes))} does not divide {num_devices} devices')
+      raise config_lib.ConfigError(f'mesh ({mesh}) does not divide the {num_devices} devices; '
+                                   f'{fix}')
     sizes[unknown[0]] = num_devices // known
   if math.prod(sizes) != num_devices:
-    raise ValueError(f'mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, '
-                     f'have {num_devices}')
+    raise config_lib.ConfigError(f'mesh ({mesh}) needs {math.prod(sizes)} devices, have '
+                                 f'{num_devices}; {fix}')
   return tuple(sizes)
 
 
@@ -181,11 +188,14 @@ def process_batch_size(global_batch_size: int, mesh: Mesh) -> int:
   """This process's share of the global batch (every process feeds its own devices)."""
   shards = batch_shards(mesh)
   if global_batch_size % shards:
-    raise ValueError(f'global batch size {global_batch_size} is not divisible by the '
-                     f'{shards} batch shards of mesh {dict(mesh.shape)}')
+    raise config_lib.ConfigError(
+        f'global batch size {global_batch_size} is not divisible by the {shards} batch shards '
+        f'of mesh {dict(mesh.shape)}; set --config.input.batch_size to a multiple of {shards} '
+        '(or change config.mesh)')
   if global_batch_size % jax.process_count():
-    raise ValueError(f'global batch size {global_batch_size} is not divisible by the '
-                     f'{jax.process_count()} processes')
+    raise config_lib.ConfigError(
+        f'global batch size {global_batch_size} is not divisible by the {jax.process_count()} '
+        f'processes; set --config.input.batch_size to a multiple of {jax.process_count()}')
   return global_batch_size // jax.process_count()
 
 

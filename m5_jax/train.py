@@ -317,9 +317,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.axis_rules(config.sharding)
   sharding.log_mesh(mesh)
-  data = create_input(config, mesh)
   batch_size = config.input.batch_size
-  sharding.process_batch_size(batch_size, mesh)  # validates divisibility
+  sharding.process_batch_size(batch_size, mesh)  # validates divisibility (one-line error)
+  data = create_input(config, mesh)
   durations = dict(batch_size=batch_size, examples_per_epoch=getattr(
       getattr(data, 'host', data), 'num_examples', None) or config.input.get('num_train_examples'))
   total_steps = config_lib.to_steps(config, 'total', **durations)

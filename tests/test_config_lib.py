@@ -43,7 +43,8 @@ def test_overrides_parse_by_current_type():
 @pytest.mark.parametrize('key,value,message', [
     ('optimizer.lrr', '1', "unknown config key 'optimizer.lrr'; did you mean 'optimizer.lr'?"),
     ('optimiser.lr', '1', "did you mean 'optimizer.lr'?"),
-    ('seed', 'abc', "bad value 'abc' for config key 'seed' (a int"),
+    ('seed', 'abc', "bad value 'abc' for config key 'seed': 'abc' is not an integer; give an "
+                    "int, e.g. --config.seed=0"),
     ('flag', 'maybe', "bad value 'maybe' for config key 'flag'"),
     ('optimizer', '1', "config key 'optimizer' is a group"),
 ])
