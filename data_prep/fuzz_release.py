@@ -469,7 +469,8 @@ def read_presence(builder, splits) -> dict:
 def reconcile(manifest: dict, config: str, report: dict, presence: dict) -> dict:
   """Compares one config's build with the manifest.
 
-  Returns {'faults_visible', 'faults_survived', 'items_lost', 'mismatches'}: a
+  Returns {'faults_visible', 'faults_survived', 'failed_faults' (ids), 'items_lost',
+  'mismatches'}: a
   fault survived when its item is rejected and counted under the expected
   reason, or written with the modality absent, counted under the expected reason;
   items lost = listings neither written nor counted as rejected.
@@ -512,6 +513,7 @@ def reconcile(manifest: dict, config: str, report: dict, presence: dict) -> dict
     return got == want
 
   visible = survived = 0
+  failed = []
   for fault in manifest['faults']:
     effect = fault['effect'][config]
     if effect is None:
@@ -527,8 +529,10 @@ def reconcile(manifest: dict, config: str, report: dict, presence: dict) -> dict
       ok = present is not None and not present[modality] and counted(
           split, ('absent', modality, reason))
     survived += bool(ok)
-  return {'faults_visible': visible, 'faults_survived': survived, 'items_lost': items_lost,
-          'mismatches': mismatches}
+    if not ok:
+      failed.append(fault['id'])
+  return {'faults_visible': visible, 'faults_survived': survived, 'failed_faults': failed,
+          'items_lost': items_lost, 'mismatches': mismatches}
 
 
 def build_and_reconcile(fuzzed: str, data_dir: str, config: str) -> dict:
