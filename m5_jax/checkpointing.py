@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import re
+import tempfile
 from typing import Any, Mapping
 
 import jax
@@ -53,9 +54,8 @@ def check_writable(workdir: str) -> None:
   """Creates `workdir` and writes a probe file there; raises CheckpointWriteError."""
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write_probe.{os.getpid()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
+    fd, probe = tempfile.mkstemp(prefix='.write_probe.', dir=workdir)  # unique per process
+    os.close(fd)
     os.remove(probe)
   except OSError as e:
     raise CheckpointWriteError(f'workdir {workdir} is not writable ({e.strerror or e}); '

@@ -140,3 +140,10 @@ def test_a_png_named_jpg_is_still_an_image(tmp_path, mini_release):
   path = str(tmp_path / 'png.jpg')
   Image.open(source / 'images' / name).save(path, format='PNG')
   assert decode.decode_image(path, 32).shape == (32, 32, 3)
+
+
+def test_cli_refuses_an_existing_output_folder(mini_release, tmp_path, capsys):
+  source, _ = mini_release
+  assert fuzz_release.main(['--release', str(source), '--out', str(tmp_path)]) == 2
+  assert capsys.readouterr().err.strip() == (
+      f'fuzz_release: error: --out {tmp_path} exists; give a new folder')
