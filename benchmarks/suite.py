@@ -17,10 +17,10 @@ memory, VmHWM, is its own; the load average is recorded at its start and end):
               time ratio, id agreement outside ties (benchmarks/retrieval.py)
   conversion  products/s per core of the raw-media builder on mini, profiled into
               stages (benchmarks/conversion.py)
+  gpu         bf16 MFU of base and large against a bf16 matmul peak, only when JAX
+              sees a GPU (the issue's H100 target); otherwise recorded as not run
 
 Mini data for `input` and `conversion` is generated once into --work (reused).
-The GPU path (bf16 MFU on an H100) runs only when JAX sees a GPU (`--gpu`);
-on CPU-only machines the JSON says it was not run.
 """
 from __future__ import annotations
 
@@ -34,13 +34,15 @@ import time
 from benchmarks import machine
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARTS = ('train', 'input', 'retrieval', 'conversion')
+PARTS = ('train', 'input', 'retrieval', 'conversion', 'gpu')
 
 
 
-def _train(size, form, batch_size, steps, modalities='itpva', matmul_n=2048):
+def _train(size, form, batch_size, steps, modalities='itpva', matmul_n=2048, scan=False):
+  """One train-step measurement. scan: model.scan_layers (one compiled layer per stack:
+  several times faster to compile at base, same step time within the noise)."""
   return dict(size=size, form=form, batch_size=batch_size, steps=steps, modalities=modalities,
-              matmul_n=matmul_n)
+              matmul_n=matmul_n, set='model.scan_layers=true' if scan else None)
 
 
 # What each mode measures. 'smoke' is for tests/test_benchmarks.py (seconds, not numbers
@@ -61,9 +63,9 @@ MODES = {
         'conversion': {'products': 40},
     },
     'full': {
-        'train': [_train('tiny', 'features', 32, 10), _train('small', 'features', 16, 5),
-                  _train('base', 'features', 8, 3), _train('tiny', 'raw', 32, 10),
-                  _train('small', 'raw', 8, 3), _train('base', 'raw', 4, 2)],
+        'train': [_train('tiny', 'features', 32, 10), _train('small', 'features', 16, 4, scan=True),
+                  _train('base', 'features', 8, 3, scan=True), _train('tiny', 'raw', 32, 10),
+                  _train('small', 'raw', 8, 3, scan=True), _train('base', 'raw', 4, 2, scan=True)],
         'input': {'forms': ('features', 'raw'), 'batch_size': 32, 'steps': 20,
                   'products': 300},
         'retrieval': {'num_queries': 10_000, 'gallery': 1_000_000, 'dim': 768, 'k': 100,
@@ -109,7 +111,8 @@ def ensure_mini(work: str, products: int) -> str:
 def run_train(spec) -> list[dict]:
   rows = []
   for run in spec:
-    rows += run_json('benchmarks.train_step', [f'--{k}={v}' for k, v in run.items()] + ['--json'])
+    rows += run_json('benchmarks.train_step', [f'--{k}={v}' for k, v in run.items()
+                                               if v is not None] + ['--json'])
   return rows
 
 
@@ -140,10 +143,22 @@ def run_conversion(spec, work: str) -> list[dict]:
                                             '--profile', '--json'])
 
 
-def gpu_note() -> dict:
-  return {'run': False, 'why': 'no GPU visible to JAX on this machine; the bf16 H100 MFU '
-          'measurement (base and large) needs `python -m benchmarks.train_step --size base '
-          '--set model.dtype=bfloat16` on a GPU host'}
+GPU_RUNS = [dict(size='base', form='features', batch_size=64, steps=10, dtype='bfloat16',
+                 matmul_n=8192, set='model.scan_layers=true'),
+            dict(size='large', form='features', batch_size=32, steps=10, dtype='bfloat16',
+                 matmul_n=8192, set='model.scan_layers=true')]
+
+
+def run_gpu() -> dict:
+  """bf16 train-step MFU on a GPU; {'run': False, 'why'} when there is none."""
+  probe = subprocess.run([sys.executable, '-c', 'import jax; print(jax.devices()[0].platform)'],
+                         cwd=REPO, capture_output=True, text=True, check=False,
+                         env=dict(os.environ, JAX_PLATFORMS=''))
+  platform_name = probe.stdout.strip().splitlines()[-1] if probe.stdout.strip() else 'none'
+  if platform_name != 'gpu':
+    return {'run': False, 'why': f'no GPU visible to JAX here (default platform: '
+            f'{platform_name}); the bf16 H100 MFU of base and large was not measured'}
+  return {'run': True, 'train': run_train(GPU_RUNS)}
 
 
 def table(results: dict) -> str:
@@ -157,8 +172,8 @@ def table(results: dict) -> str:
     load = f"{row.get('load_avg_start', '?')}-{row.get('load_avg_end', '?')}"
     lines.append(f'{part:11s} | {what:38s} | {result:47s} | {load}')
 
-  for r in results.get('train', []):
-    add('train', f"{r['size']}/{r['form']} batch {r['batch_size']}",
+  for r in results.get('train', []) + results['gpu'].get('train', []):
+    add('train', f"{r['size']}/{r['form']} {r.get('dtype', 'float32')} batch {r['batch_size']}",
         f"{r['examples_per_s']:.2f} ex/s, MFU {100 * (r['mfu'] or 0):.1f}% of "
         f"{r['matmul_peak_gflops']:.0f} GF/s, {r['peak_rss_mib']:.0f} MiB", r)
   for r in results.get('input', []):
@@ -185,33 +200,46 @@ def main(argv=None) -> int:
   parser.add_argument('--mode', default='quick', choices=tuple(MODES))
   parser.add_argument('--parts', default=','.join(PARTS))
   parser.add_argument('--work', default='/tmp/m5_benchmarks', help='mini data, TFDS builds')
+  parser.add_argument('--retrieval_queries', type=int, default=0,
+                      help='override the mode\'s number of retrieval queries')
   parser.add_argument('--out', default=os.path.join(REPO, 'benchmarks', 'results', 'suite.json'))
   args = parser.parse_args(argv)
   parts = [p for p in args.parts.split(',') if p]
   unknown = set(parts) - set(PARTS)
   if unknown:
     parser.error(f'unknown part(s) {sorted(unknown)}; choose from {",".join(PARTS)}')
-  spec = MODES[args.mode]
+  spec = dict(MODES[args.mode])
+  if args.retrieval_queries:
+    spec['retrieval'] = dict(spec['retrieval'], num_queries=args.retrieval_queries)
   os.makedirs(args.work, exist_ok=True)
 
   results: dict = {'mode': args.mode, 'machine': machine.describe(),
                    'command': 'python -m benchmarks.suite ' + ' '.join(
                        argv if argv is not None else sys.argv[1:]),
-                   'gpu': gpu_note()}
+                   'gpu': {'run': False, 'why': 'part gpu not selected'}}
   start = time.time()
+
+  def save():  # after every part: a crash or a timeout later keeps what was measured
+    results['wall_s'] = time.time() - start
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, 'w', encoding='utf-8') as f:
+      json.dump(results, f, indent=1)
+
   if 'train' in parts or 'input' in parts:
     results['train'] = run_train(spec['train'])
+    save()
   if 'input' in parts:
     results['input'] = run_input(spec['input'], args.work, results['train'])
+    save()
   if 'retrieval' in parts:
     results['retrieval'] = run_retrieval(spec['retrieval'])
+    save()
   if 'conversion' in parts:
     results['conversion'] = run_conversion(spec['conversion'], args.work)
-  results['wall_s'] = time.time() - start
-
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, 'w', encoding='utf-8') as f:
-    json.dump(results, f, indent=1)
+    save()
+  if 'gpu' in parts:
+    results['gpu'] = run_gpu()
+  save()
   print(table(results))
   print(f'wrote {args.out} ({results["wall_s"]:.0f} s)')
   return 0

@@ -60,8 +60,14 @@ def sequence_lengths(config) -> dict[str, int]:
 
 
 def measure(size: str, form: str, batch_size: int, steps: int, modalities: str = 'itpva',
-            overrides: dict | None = None, matmul_n: int = 2048) -> dict:
-  """Examples/s and MFU of `steps` train steps after one warm-up step."""
+            overrides: dict | None = None, matmul_n: int = 2048,
+            dtype: str = 'float32') -> dict:
+  """Examples/s and MFU of `steps` train steps after one warm-up step.
+
+  dtype: the model's matmul compute dtype (config.model.dtype) and the dtype of
+  the peak matmul (bfloat16 on a GPU: the H100 MFU of the issue).
+  """
+  overrides = dict(overrides or {}, **{'model.dtype': dtype})
   from m5_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
   from m5_jax import sharding  # pylint: disable=g-import-not-at-top
   from m5_jax import synthetic_input  # pylint: disable=g-import-not-at-top
@@ -70,7 +76,9 @@ def measure(size: str, form: str, batch_size: int, steps: int, modalities: str =
 
   config = make_config(size, form, batch_size, modalities, overrides)
   load_start = machine.load_average()
-  peak_before = max(machine.matmul_peak_flops(n) for n in (matmul_n // 2, matmul_n))
+  peak = lambda: max(machine.matmul_peak_flops(n, dtype=dtype)  # noqa: E731
+                     for n in (matmul_n // 2, matmul_n))
+  peak_before = peak()
 
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.axis_rules(config.sharding)
@@ -103,12 +111,13 @@ def measure(size: str, form: str, batch_size: int, steps: int, modalities: str =
     state, metrics = compiled(state, batches[i % len(batches)])
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
-  peak_after = max(machine.matmul_peak_flops(n) for n in (matmul_n // 2, matmul_n))
+  peak_after = peak()
 
   step_s = sorted(times)[len(times) // 2]  # median: robust to a burst of load
   peak = max(peak_before, peak_after)
   result = {
       'size': size, 'form': form, 'modalities': modalities, 'batch_size': batch_size,
+      'dtype': dtype,
       'steps': steps, 'overrides': overrides or {}, 'params_millions': num_params / 1e6,
       'tokens_per_example': sequence_lengths(config),
       'compile_s': compile_s, 'step_s_median': step_s, 'step_s_min': min(times),
@@ -142,12 +151,13 @@ def main(argv=None) -> int:
   parser.add_argument('--batch_size', type=int, default=8)
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--matmul_n', type=int, default=2048)
+  parser.add_argument('--dtype', default='float32', help='matmul compute dtype (and of the peak)')
   parser.add_argument('--set', action='append', metavar='KEY=VALUE',
                       help='config override, e.g. --set model.scan_layers=true')
   parser.add_argument('--json', action='store_true', help='print one JSON object')
   args = parser.parse_args(argv)
   result = measure(args.size, args.form, args.batch_size, args.steps, args.modalities,
-                   parse_overrides(args.set), args.matmul_n)
+                   parse_overrides(args.set), args.matmul_n, args.dtype)
   if args.json:
     print(json.dumps(result))
   else:
