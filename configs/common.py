@@ -7,6 +7,8 @@ Config args (after ':' in `--config configs/<method>.py:ARGS`):
                                 (default: the method's own set)
   form=raw|features             input form of the media modalities (default raw)
   batch_size=N                  global batch size (default 256; runlocal 8)
+  vocab_size=N                  the tokenizer's vocabulary: sets model.vocab_size and
+                                every text-like modality's vocab_size (default 8000)
   runlocal                      a tiny CPU smoke run on M5Product-mini as the README
                                 builds it (/tmp/tfds, /tmp/m5mini/spm.model): size tiny,
                                 batch 8, 20 steps, checkpoints every 10, log every step
@@ -41,7 +43,7 @@ def get_config(method_name: str | None, arg: str | None, **extra_args) -> ml_col
   with method_name=None the method comes from the `method` arg.
   """
   args = config_lib.parse_arg(arg, size='base', modalities='', form='raw', batch_size=256,
-                              runlocal=False, **extra_args)
+                              vocab_size=8000, runlocal=False, **extra_args)
   method = method_name or args.method
   if args.runlocal:
     args.size = 'tiny' if 'size=' not in (arg or '') else args.size
@@ -52,6 +54,10 @@ def get_config(method_name: str | None, arg: str | None, **extra_args) -> ml_col
   config = presets.full_config(method, args.size, args.modalities or None)
   config.args = args
   config.task = 'pretrain'
+  config.model.vocab_size = args.vocab_size
+  for m in config.modality.values():
+    if 'vocab_size' in m:
+      m.vocab_size = args.vocab_size
   for m in MEDIA:
     if m in config.modality and 'form' in config.modality[m]:
       config.modality[m].form = args.form

@@ -4,13 +4,15 @@ Each stage is one of the README's commands, run as a subprocess exactly as a
 user would type it (printed before it runs), so the demo doubles as a check that
 those commands work:
 
-  1. python -m data_prep.make_mini          generate the synthetic release
-  2. tfds build data_prep/m5product         convert it (array_record: the input
-                                            pipeline reads by index)
+  1. python -m data_prep.make_mini          generate the synthetic release (2000
+                                            items, with pre-extracted features)
+  2. tfds build data_prep/m5product         convert it (config `features`, the
+                                            paper's input form; array_record: the
+                                            input pipeline reads by index)
   3. python -m data_prep.tokenizer          train the sentencepiece model
   4. python -m m5_jax.train                 pretrain a tiny M5-MMT (five modalities)
-  5. python -m m5_jax.demo init_checkpoint  the same model at its initialisation
-                                            (step 0, random weights; see below)
+  5. python -m m5_jax.train ... total_steps=0   the same model and seed, untrained:
+                                            a step-0 checkpoint of random weights
   6. python -m m5_jax.evaluate.<task>       the four tasks, for both checkpoints
   7. python -m m5_jax.evaluate.report       the paper's tables
 
@@ -19,12 +21,6 @@ pretrained and random weights side by side, with each stage's wall and CPU
 seconds. A finished stage is skipped when the demo is re-run (delete WORKDIR to
 start over). The subprocesses share a JAX compilation cache (WORKDIR/jax_cache),
 so the eval binaries compile the forward pass once, not eight times.
-
-Random weights: `m5_jax.train` with total_steps=0 writes no checkpoint (its loop
-saves after steps only), so stage 5 saves the train binary's own initial state
-(`train.init_state_fn`, same config and seed as the pretrained run, hence the
-exact parameters that run started from) as a step-0 checkpoint, with the
-resolved config, without compiling a train step.
 """
 from __future__ import annotations
 
@@ -104,23 +100,27 @@ def stages(args, py: str = sys.executable) -> list[tuple[str, list[str]]]:
   tokenizer = os.path.join(work, 'spm.model')
   pretrained, random_init = run_dirs(work)
   tfds_cli = os.path.join(os.path.dirname(py), 'tfds')
-  data = [f'--config.input.data_dir={tfds_dir}', f'--config.input.tokenizer={tokenizer}',
-          f'--config.input.batch_size={args.batch_size}', f'--config.total_steps={args.steps}']
+  config = f'{args.config},form={args.form},vocab_size={args.vocab_size}'
+  data = ['--config', config, f'--config.input.data_dir={tfds_dir}',
+          f'--config.input.tokenizer={tokenizer}', f'--config.input.batch_size={args.batch_size}']
   plan = [
       ('make_mini', [py, '-m', 'data_prep.make_mini', '--out', release,
-                     '--num_products', str(args.num_products), '--seed', '0', '--overwrite']),
+                     '--num_products', str(args.num_products), '--seed', '0', '--overwrite',
+                     *(['--features'] if args.form == 'features' else [])]),
       ('tfds_build', [tfds_cli, 'build', builder_dir(), '--manual_dir', release,
-                      '--data_dir', tfds_dir, '--config', 'raw',
+                      '--data_dir', tfds_dir, '--config', args.form,
                       '--file_format', 'array_record', '--overwrite']),
       ('tokenizer', [py, '-m', 'data_prep.tokenizer', '--manual_dir', release,
-                     '--out', tokenizer]),
-      ('train', [py, '-m', 'm5_jax.train', '--config', args.config, '--workdir', pretrained,
-                 *data, f'--config.optimizer.lr={args.lr}',
+                     '--out', tokenizer, '--vocab_size', str(args.vocab_size)]),
+      ('train', [py, '-m', 'm5_jax.train', '--workdir', pretrained, *data,
+                 f'--config.total_steps={args.steps}', f'--config.optimizer.lr={args.lr}',
                  f'--config.schedule.warmup_steps={max(1, args.steps // 10)}',
                  f'--config.checkpoint.every_steps={args.steps}',
                  f'--config.log.every_steps={max(1, args.steps // 50)}']),
-      ('random_init', [py, '-m', 'm5_jax.demo', 'init_checkpoint', '--config', args.config,
-                       '--workdir', random_init, *data]),
+      # Same config and seed, nothing to train: a step-0 checkpoint of the
+      # initial parameters the pretrained run started from.
+      ('random_init', [py, '-m', 'm5_jax.train', '--workdir', random_init, *data,
+                       '--config.total_steps=0']),
   ]
   for run_name, workdir in (('pretrained', pretrained), ('random_init', random_init)):
     for task in TASKS:
@@ -129,7 +129,7 @@ def stages(args, py: str = sys.executable) -> list[tuple[str, list[str]]]:
                     '--feature', args.feature]))
   plan.append(('report', [py, '-m', 'm5_jax.evaluate.report', '--workdir', pretrained,
                           '--compare', f'pretrained={pretrained},random_weights={random_init}',
-                          '--modality_set', args.modality_set,
+                          '--modality_set', args.modality_set, '--feature', args.feature,
                           '--out', os.path.join(work, 'report.md')]))
   return plan
 
@@ -181,13 +181,14 @@ def init_checkpoint(argv) -> int:
 # ----------------------------------------------------------------------------- results
 
 
-def latest_results(workdir: str, task: str) -> dict:
-  directory = os.path.join(workdir, 'eval', task)
-  steps = sorted(f for f in os.listdir(directory) if f.startswith('step_') and f.endswith('.json'))
-  if not steps:
-    sys.exit(f'[demo] no results in {directory}')
-  with open(os.path.join(directory, steps[-1])) as f:
-    return json.load(f)
+def latest_results(workdir: str, task: str, feature: str) -> dict:
+  """The task's results of the latest step evaluated with `feature`."""
+  from m5_jax.evaluate import report, runner  # pylint: disable=g-import-not-at-top
+  variant = runner.variant_of(runner.Options(feature=feature))
+  results = report.load_step(workdir, task, variant=variant)
+  if results is None:
+    sys.exit(f'[demo] no results in {runner.output_dir(workdir, task, variant)}')
+  return results
 
 
 def training_losses(workdir: str) -> dict:
@@ -209,12 +210,11 @@ def training_losses(workdir: str) -> dict:
 
 def resolve_set(results: dict, modality_set: str) -> str:
   """The row label for `modality_set` ('all' = the set with the most modalities)."""
-  sets = list(results.get('sets', {}))
-  if modality_set in sets:
-    return modality_set
-  if modality_set == 'all' and sets:
-    return max(sets, key=lambda label: label.count('+'))
-  raise KeyError(f'modality set {modality_set!r} not among {sets}')
+  from m5_jax.evaluate import report  # pylint: disable=g-import-not-at-top
+  label = report.resolve_set(list(results.get('sets', {})), modality_set)
+  if label is None:
+    raise KeyError(f'modality set {modality_set!r} not among {list(results.get("sets", {}))}')
+  return label
 
 
 def comparison_rows(results: dict, modality_set: str) -> list[tuple]:
@@ -255,11 +255,17 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog='m5_jax.demo', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', default='demo')
-  parser.add_argument('--num_products', type=int, default=1000)
+  parser.add_argument('--num_products', type=int, default=2000)
   parser.add_argument('--steps', type=int, default=300, help='pretraining steps')
-  parser.add_argument('--batch_size', type=int, default=16)
+  parser.add_argument('--batch_size', type=int, default=32)
   parser.add_argument('--lr', type=float, default=3e-3)
-  parser.add_argument('--config', default=DEMO_CONFIG)
+  parser.add_argument('--config', default=DEMO_CONFIG,
+                      help='config file and args (form= and vocab_size= are appended)')
+  parser.add_argument('--form', default='features', choices=('features', 'raw'),
+                      help="media input: the paper's pre-extracted features, or raw pixels/"
+                           'frames/audio (slower)')
+  parser.add_argument('--vocab_size', type=int, default=1000,
+                      help="tokenizer vocabulary (mini's titles and tables need few pieces)")
   parser.add_argument('--feature', default='encoder_pooled', choices=('pooled', 'encoder_pooled'),
                       help='model output the eval binaries use (see docs/models.md)')
   parser.add_argument('--modality_set', default='all',
@@ -288,8 +294,8 @@ def main(argv=None) -> int:
   results = {'workdir': work, 'config': args.config, 'steps': args.steps,
              'batch_size': args.batch_size, 'num_products': args.num_products,
              'feature': args.feature, 'modality_set': args.modality_set,
-             'pretrained': {t: latest_results(pretrained, t) for t in TASKS},
-             'random_weights': {t: latest_results(random_init, t) for t in TASKS},
+             'pretrained': {t: latest_results(pretrained, t, args.feature) for t in TASKS},
+             'random_weights': {t: latest_results(random_init, t, args.feature) for t in TASKS},
              'timings': timings}
   rows = comparison_rows(results, args.modality_set)
   label = resolve_set(results['pretrained']['coarse_retrieval'], args.modality_set)

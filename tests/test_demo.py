@@ -36,11 +36,16 @@ def test_stage_commands_parse_strictly(tmp_path):
   assert config.total_steps == 40 and config.input.batch_size == 16
   assert config.checkpoint.every_steps == 40 and config.schedule.warmup_steps == 4
   assert tuple(config.modalities) == ('image', 'text', 'table', 'video', 'audio')
-  assert config.args.size == 'tiny'
+  assert config.args.size == 'tiny' and config.input.dataset == 'm5product/features'
+  assert config.model.vocab_size == config.modality.text.vocab_size == 1000
+  assert plan['tokenizer'][-2:] == ['--vocab_size', '1000']
+  assert '--features' in plan['make_mini'] and 'features' in plan['tfds_build']
   assert config.input.data_dir == str(tmp_path / 'w' / 'tfds')
-  # The random-weights run has the pretrained run's model, data and seed.
-  assert init_cmd[3] == 'init_checkpoint'
-  init_config, init_flags = config_lib.parse_command_line(init_cmd[4:], {'workdir': ''})
+  # The random-weights run: the train binary with nothing to train, with the
+  # pretrained run's model, data and seed.
+  assert init_cmd[1:3] == ['-m', 'm5_jax.train']
+  init_config, init_flags = config_lib.parse_command_line(init_cmd[3:], {'workdir': ''})
+  assert init_config.total_steps == 0
   assert init_config.model.to_dict() == config.model.to_dict()
   assert init_config.seed == config.seed and init_config.input.to_dict() == config.input.to_dict()
   assert flags['workdir'] != init_flags['workdir']

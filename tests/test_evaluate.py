@@ -234,5 +234,6 @@ def test_method_table_never_guesses_the_row(tmp_path):
   table = report.method_table(runs, 'I+T')
   assert '| a | 51.00 | - | - | - |' in table and '| b | 61.00 |' in table
   assert '| a | - |' in report.method_table(runs, 'I+T+P')  # absent row: '-', not another row
+  assert '| b | 61.00 |' in report.method_table(runs, 'all')  # the row with most modalities
   with pytest.raises(ValueError, match='--modality_set'):
     report.method_table(runs)

@@ -96,3 +96,32 @@ def mini_tfds(mini_release, tmp_path_factory):
   spm_path = tokenizer.train(tokenizer.iter_training_text(str(release)),
                              str(root / 'spm.model'), vocab_size=vocab_size)
   return str(root / 'data'), spm_path, vocab_size
+
+
+# A tiny text+image M5-MMT trained on mini (`mini_trained`): the run of the
+# loss-falls test and the checkpoint the eval binaries are tested on.
+MINI_TRAINED_STEPS = 24
+
+
+def mini_train_args(data_dir: str, tokenizer: str, vocab: int) -> list[str]:
+  return ['--config', 'configs/m5_mmt.py:runlocal,modalities=ti',
+          f'--config.input.data_dir={data_dir}', f'--config.input.tokenizer={tokenizer}',
+          f'--config.model.vocab_size={vocab}', f'--config.modality.text.vocab_size={vocab}',
+          '--config.modality.text.max_len=16', '--config.modality.image.image_size=32',
+          '--config.model.dropout=0.0', '--config.optimizer.lr=3e-3',
+          f'--config.total_steps={MINI_TRAINED_STEPS}', '--config.checkpoint.every_steps=12']
+
+
+@pytest.fixture(scope='session')
+def mini_trained(mini_tfds, tmp_path_factory) -> str:
+  """Workdir of a tiny text+image M5-MMT trained MINI_TRAINED_STEPS steps on mini
+  (in-process, 8 devices; checkpoints at 12 and 24). Read it, do not write to it."""
+  from m5_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp('mini_trained'))
+  cwd = os.getcwd()
+  os.chdir(REPO)
+  try:
+    train.train(parse(mini_train_args(*mini_tfds)), workdir)
+  finally:
+    os.chdir(cwd)
+  return workdir

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import math
 import os
 import sys
@@ -168,12 +169,21 @@ def paper_table(classification: Mapping[str, Any] | None, retrieval: Mapping[str
                         + [f'P@{k}' for k in ks], rows)
 
 
+def resolve_set(sets: Sequence[str], modality_set: str) -> str | None:
+  """The row label for `modality_set` ('all': the row with the most modalities), or None."""
+  if modality_set in sets:
+    return modality_set
+  if modality_set == 'all' and sets:
+    return max(sets, key=lambda label: label.count('+'))
+  return None
+
+
 def method_table(runs: Mapping[str, str], modality_set: str | None = None,
                  variant: str = '') -> str:
   """Method comparison: Acc, mAP@1, NMI, Purity; one row per (name -> workdir).
 
-  Each number is the `modality_set` row of its task ('-' where that run has no
-  such row); without `modality_set`, a task must have exactly one row.
+  Each number is the `modality_set` row of its task (see resolve_set; '-' where
+  that run has no such row); without `modality_set`, a task must have exactly one row.
   """
   rows = []
   for name, workdir in runs.items():
@@ -185,7 +195,7 @@ def method_table(runs: Mapping[str, str], modality_set: str | None = None,
       if modality_set is None and len(sets) > 1:
         raise ValueError(f'{name}: {task} has rows {sorted(sets)}; choose one with '  # pylint: disable=cell-var-from-loop
                          f'--modality_set')
-      key = modality_set if modality_set is not None else next(iter(sets), None)
+      key = resolve_set(list(sets), modality_set) if modality_set else next(iter(sets), None)
       return sets[key].get(metric) if key in sets else None
 
     rows.append([name, pick('classification', 'accuracy'), pick('coarse_retrieval', 'm5_map@1'),
@@ -223,11 +233,17 @@ def plot_precision_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], p
 
 
 def plot_projection(features: np.ndarray, labels: np.ndarray, path: str, *, method: str = 'pca',
-                    max_points: int = 5000, seed: int = 0, title: str = '') -> str:
-  """A 2-D projection (PCA or t-SNE) of `features`, coloured by category."""
+                    max_points: int = 5000, seed: int = 0, title: str = '') -> str | None:
+  """A 2-D projection (PCA or t-SNE) of `features`, coloured by category.
+
+  Returns None (and draws nothing) with fewer than 3 labelled points.
+  """
   from sklearn import decomposition, manifold  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   keep = np.flatnonzero(labels >= 0)
+  if len(keep) < 3:
+    logging.warning('projection plot skipped: %d labelled points', len(keep))
+    return None
   if len(keep) > max_points:
     keep = np.sort(rng.choice(keep, max_points, replace=False))
   x, y = np.asarray(features[keep], np.float32), labels[keep]
@@ -282,7 +298,8 @@ def main(argv: Sequence[str]) -> None:
   parser.add_argument('--workdir', help='one run: the modality-set table')
   parser.add_argument('--step', type=int, default=None)
   parser.add_argument('--compare', help='name=WORKDIR,name=WORKDIR,...: the method table')
-  parser.add_argument('--modality_set', default=None, help='row used by --compare (e.g. I+T)')
+  parser.add_argument('--modality_set', default=None,
+                      help="row used by --compare, e.g. I+T ('all': the most modalities)")
   parser.add_argument('--feature', default='pooled', help='the eval binaries\' --feature')
   parser.add_argument('--normalize', default='modality', help='the eval binaries\' --normalize')
   parser.add_argument('--out', default=None, help='Markdown file to write (default: print)')

@@ -82,6 +82,7 @@ def evaluate_pair(query: features_lib.Combined, gallery_index: search.ShardedGal
            'm5_map': [curve_metrics[f'm5_map@{c}'] for c in CURVE_KS]}
   out['queries_without_features'] = int((~query.has_any).sum())
   out['queries_without_label'] = int((query.has_any & (query_keys < 0)).sum())
+  out['num_query_items'] = len(query_keys)  # = the four counts above, every query once
   return out, curve
 
 
