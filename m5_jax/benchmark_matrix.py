@@ -1,7 +1,7 @@
 r"""The benchmark matrix: methods x modality sets on M5Product-mini, in the paper's tables.
 
     python -m m5_jax.benchmark_matrix --config configs/matrix.py[:size=smoke] --workdir DIR \
-        [--parallel N] [--only CELL,CELL] [--dry_run] [--config.pretrain.steps=600 ...]
+        [--parallel N] [--only CELL,CELL] [--dry_run | --tables_only] [--config.x=y ...]
 
 1. Data, once for every cell (m5_jax.demo's stages): make_mini -> tfds build of
    one form (config.data.form) -> tokenizer, under DIR/data.
@@ -13,7 +13,9 @@ r"""The benchmark matrix: methods x modality sets on M5Product-mini, in the pape
    and the others go on.
 3. Tables (m5_jax/matrix/tables.py): DIR/matrix.md (Table 1 modalities in
    sequence, Table 2 combinations, Table 3 methods, noise, the paper's findings
-   checked) and DIR/matrix.json (every cell's numbers and stage timings).
+   checked) and DIR/matrix.json (every cell's numbers and stage timings), from
+   every finished cell; --tables_only writes them without running anything (e.g.
+   while, or after stopping, a long run).
 
 --parallel N runs N cells at once, each subprocess pinned to one thread
 (XLA's and TensorFlow's pools) so N cells share N cores without oversubscription;
@@ -220,7 +222,8 @@ def main(argv=None) -> int:
     return export_backbone(argv[1:])
   try:
     config, flags = config_lib.parse_command_line(
-        argv, {'workdir': '', 'parallel': 1, 'only': '', 'dry_run': False})
+        argv, {'workdir': '', 'parallel': 1, 'only': '', 'dry_run': False,
+               'tables_only': False})
     if not flags['workdir']:
       raise config_lib.ConfigError('--workdir DIR is required')
     if flags['parallel'] < 1:
@@ -249,17 +252,19 @@ def main(argv=None) -> int:
     return 0
 
   os.makedirs(work, exist_ok=True)
-  env = subprocess_env(work, flags['parallel'])
   start = time.perf_counter()
-  data_timings: dict = {}
-  for name, cmd in data:  # the data stages use every core: run them first, one at a time
-    demo.run_stage(name, cmd, os.path.join(work, 'data'), data_timings,
-                   env=subprocess_env(work, 1))
-  classes = num_classes(paths)
-  finished = [c for c in todo if os.path.isfile(os.path.join(paths.cell(c), RESULT))]
-  log(f'{len(todo)} cells ({len(finished)} finished before), {flags["parallel"]} at a time: '
-      + ', '.join(c.name for c in todo))
-  results, errors = run_cells(config, todo, paths, classes, flags['parallel'], env)
+  results, errors = {}, {}
+  if not flags['tables_only']:
+    env = subprocess_env(work, flags['parallel'])
+    data_timings: dict = {}
+    for name, cmd in data:  # the data stages use every core: run them first, one at a time
+      demo.run_stage(name, cmd, os.path.join(work, 'data'), data_timings,
+                     env=subprocess_env(work, 1))
+    classes = num_classes(paths)
+    finished = [c for c in todo if os.path.isfile(os.path.join(paths.cell(c), RESULT))]
+    log(f'{len(todo)} cells ({len(finished)} finished before), {flags["parallel"]} at a time: '
+        + ', '.join(c.name for c in todo))
+    results, errors = run_cells(config, todo, paths, classes, flags['parallel'], env)
   # Cells finished in earlier runs but outside --only still belong in the tables.
   for cell in all_cells:
     path = os.path.join(paths.cell(cell), RESULT)

@@ -37,6 +37,11 @@ def test_default_matrix_cells_each_once_with_their_tables():
   assert cells['text_only-t'].modalities == ('text',)
   assert cells['clip-ti'].label == 'T+I'
   assert cells['m5_mmt-ti-s1'].seed == 1 and cells['m5_mmt-ti-s1'].tables == ('noise',)
+  # Run order: Table 1, Table 3, noise, then the rest of Table 2.
+  assert list(cells)[5:] == ['image_only-i', 'text_only-t', 'clip-ti', 'single_stream-ti',
+                             'dual_stream-ti', 'capture-ti', 'scale-ti', 'm5_mmt-ti-s1',
+                             'm5_mmt-tp', 'm5_mmt-ip', 'm5_mmt-tv', 'm5_mmt-ta', 'm5_mmt-tiv',
+                             'm5_mmt-tia']
 
 
 def test_bad_cells_fail_with_a_clear_message():
@@ -162,6 +167,9 @@ def test_matrix_runs_every_cell_then_resumes_without_rerunning(tmp_path, fake_st
   assert second.count('finetune') == 3 and second.count('random_init') == 1
   assert _run(tmp_path) == 0
   assert fake_stages.read_text().split()[len(first) + len(second):] == []  # all finished
+  (tmp_path / 'w' / 'matrix.md').unlink()
+  assert _run(tmp_path, '--tables_only') == 0  # tables from the finished cells, nothing run
+  assert fake_stages.read_text().split()[len(first) + len(second):] == []
 
   work = tmp_path / 'w'
   result = json.loads((work / 'cells' / 'clip-ti' / 'result.json').read_text())

@@ -59,7 +59,7 @@ class Cell:
 
 
 def enumerate_cells(config: ml_collections.ConfigDict) -> list[Cell]:
-  """Every cell of the matrix, each once, with the tables it feeds; sequence first."""
+  """Every cell of the matrix, each once, with the tables it feeds, in run order."""
   cells = config.cells
   wanted: dict[tuple[str, str, int], list[str]] = {}
 
@@ -93,7 +93,11 @@ def enumerate_cells(config: ml_collections.ConfigDict) -> list[Cell]:
     if name not in by_name:
       raise ValueError(f'cells.random_cells: {name!r} is not a cell of this matrix '
                        f'(cells: {", ".join(by_name)})')
-  return [Cell(m, l, s, tuple(t)) for (m, l, s), t in wanted.items()]
+  # Run order: Table 1, Table 3, the noise runs, then Table 2's remaining cells
+  # (a run stopped early still fills the paper's main tables first).
+  priority = ('sequence', 'methods', 'noise', 'combinations')
+  out = [Cell(m, l, s, tuple(t)) for (m, l, s), t in wanted.items()]
+  return sorted(out, key=lambda c: min(priority.index(t) for t in c.tables))
 
 
 # ----------------------------------------------------------------------------- commands
