@@ -113,11 +113,11 @@ class Release:
 
   def __init__(self, source: str, out: str):
     if os.path.exists(out):
-      raise FileExistsError(f'fuzz_release: --out {out} exists; give a new folder')
+      raise FileExistsError(f'--out {out} exists; give a new folder')
     with open(os.path.join(source, 'mini_manifest.json'), encoding='utf-8') as f:
       self.base_manifest = json.load(f)
     if self.base_manifest.get('absent_features') is None:
-      raise ValueError(f'fuzz_release: {source} has no features; make it with make_mini --features')
+      raise ValueError(f'{source} has no features; make it with make_mini --features')
     try:
       shutil.copytree(source, out, copy_function=os.link)
     except (OSError, shutil.Error):  # another filesystem: real copies
@@ -305,7 +305,7 @@ class Fuzzer:
     self.complete = [i for i in sorted(self.split_of)
                      if not any(self.absent[c].get(i) for c in CONFIGS)]
     if not self.complete:
-      raise ValueError('fuzz_release: the release has no complete item to clone')
+      raise ValueError('the release has no complete item to clone')
     self.donors = Donors(rel, self.complete[0])
     self.duplicated = set()
     self.faults, self.clones = [], []
