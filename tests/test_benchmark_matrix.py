@@ -191,6 +191,15 @@ def test_unknown_only_cell_and_config_key_fail_in_one_line(tmp_path, capsys):
   assert 'pretrain.steps' in capsys.readouterr().err
 
 
+def test_export_overlay_keeps_the_pretrained_heads():
+  pretrained = {'encoders': {'w': 1, 'b': 2}, 'heads_text': {'w': 3}}
+  backbone = {'encoders': {'w': 10, 'b': 20}}
+  assert benchmark_matrix._overlay(pretrained, backbone) == {  # pylint: disable=protected-access
+      'encoders': {'w': 10, 'b': 20}, 'heads_text': {'w': 3}}
+  with pytest.raises(ValueError, match='not in the pretraining run'):
+    benchmark_matrix._overlay(pretrained, {'head_out': {'w': 1}})  # pylint: disable=protected-access
+
+
 def test_export_backbone_needs_a_finetuning_run(tmp_path):
   with pytest.raises((SystemExit, FileNotFoundError)):
     benchmark_matrix.main(['export_backbone', '--finetune', str(tmp_path / 'none'),
