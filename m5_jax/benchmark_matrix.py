@@ -195,6 +195,17 @@ def export_backbone(argv) -> int:
 # ----------------------------------------------------------------------------- main
 
 
+def _data_timings(work: str) -> dict:
+  """{stage: timing} of the data stages, from their done-markers."""
+  out = {}
+  for name in ('make_mini', 'tfds_build', 'tokenizer'):
+    marker = os.path.join(work, 'data', '.done', name)
+    if os.path.isfile(marker):
+      with open(marker) as f:
+        out[name] = json.load(f)['timing']
+  return out
+
+
 def write_tables(config, work: str, results: dict, errors: dict, command: str) -> str:
   header = (f'# Benchmark matrix on M5Product-mini\n\n`{command}`\n\n'
             f'{config.data.num_products} products ({config.data.form} form); pretraining '
@@ -206,7 +217,7 @@ def write_tables(config, work: str, results: dict, errors: dict, command: str) -
     header += '\n\nFailed cells (re-run the command to retry): ' + ', '.join(
         f'{k} ({v})' for k, v in errors.items())
   ordered = {k: results[k] for k in sorted(results)}
-  text = tables.render(ordered, header)
+  text = tables.render(ordered, header, _data_timings(work))
   with open(os.path.join(work, 'matrix.md'), 'w') as f:
     f.write(text)
   with open(os.path.join(work, 'matrix.json'), 'w') as f:

@@ -296,3 +296,10 @@ def test_smoke_config_and_bad_size():
   with pytest.raises(config_lib.ConfigError, match='default or smoke'):
     _config('size=huge')
   assert os.path.isfile(cells_lib.config_file('m5_mmt'))
+
+
+def test_cost_table_sums_stages_and_data():
+  results = {'a': {'cell': 'a', 'timings': {'train': {'wall_s': 10.0, 'cpu_s': 8.0},
+                                            'eval': {'wall_s': 5.0, 'cpu_s': 4.0, 'skipped': True}}}}
+  lines = tables.cost_table(results, {'make_mini': {'wall_s': 3.0, 'cpu_s': 2.0}}).splitlines()
+  assert lines[2:] == ['| data: make_mini | 1 | 3 | 2 |', '| a | 2 | 15 | 12 |', '| total |  | 18 | 14 |']

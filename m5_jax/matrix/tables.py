@@ -225,7 +225,23 @@ def findings_table(rows: Sequence[Mapping[str, Any]]) -> str:
        for r in rows])
 
 
-def render(results: Mapping[str, Mapping], header: str = '') -> str:
+def cost_table(results: Mapping[str, Mapping], data_timings: Mapping[str, Mapping] | None = None
+               ) -> str:
+  """Wall and CPU seconds per cell (its stages' sum; stages done in an earlier run count
+  with their original timings) and the total: what the matrix costs."""
+  rows, total_wall, total_cpu = [], 0.0, 0.0
+  for name, timings in [*(('data: ' + k, {k: v}) for k, v in (data_timings or {}).items()),
+                        *((r['cell'], r.get('timings', {})) for r in results.values())]:
+    wall = sum(t.get('wall_s', 0.0) for t in timings.values())
+    cpu = sum(t.get('cpu_s', 0.0) for t in timings.values())
+    total_wall, total_cpu = total_wall + wall, total_cpu + cpu
+    rows.append([name, len(timings), round(wall), round(cpu)])
+  rows.append(['total', '', round(total_wall), round(total_cpu)])
+  return report.markdown_table(['Cell', 'stages', 'wall s', 'CPU s'], rows)
+
+
+def render(results: Mapping[str, Mapping], header: str = '',
+           data_timings: Mapping[str, Mapping] | None = None) -> str:
   """The whole Markdown report."""
   parts = [header] if header else []
   parts += ['## Table 1: modalities added in sequence (M5-MMT)\n\n'
@@ -248,4 +264,7 @@ def render(results: Mapping[str, Mapping], header: str = '') -> str:
   parts.append("## The paper's findings on mini\n\n'holds' = every margin above the seed "
                "noise, 'fails' = a margin below minus the noise, else 'within noise'.\n\n"
                + findings_table(findings(results)))
+  parts.append('## Cost\n\nSum over each cell\'s subprocesses (CPU s = user + sys of the '
+               'process tree; wall s overlap when cells run in parallel):\n\n'
+               + cost_table(results, data_timings))
   return '\n\n'.join(parts) + '\n'
