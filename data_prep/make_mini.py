@@ -27,15 +27,19 @@ attributes that all its listings share, each visible in ONE modality:
   image  colour and pattern of the object          (10 colours x plain/stripes/dots)
   video  --                                        (tempo: speed of the moving disk)
   audio  timbre of the tone                        (tempo: its beat rate = video speed)
-The category itself shows in every modality, but only through a different
-many-to-one cue per modality (`World.cue_maps`, fixed by the seed), each
-replaced by a random cue with probability --cue_noise (0.15) per listing:
-  text: one of 8 title words (潮流, 爆款, ...)    table: 风格 value, one of 6
-  image: object shape, one of 6                   video: motion direction, one of 8
-  audio: tone pitch, one of 6
-No single cue identifies the category (3-4 categories share each cue value);
-the five together do (checked when the world is drawn), so a model gains from
-each modality it adds. Listing-level noise: object position/size, background,
+The category itself shows in every modality through a per-modality cue
+(`World.cue_maps`, fixed by the seed), replaced by a random cue with
+probability --cue_noise (0.15) per listing:
+  text: one of 24 title words (潮流, 爆款, ...)   table: 风格 value, one of 24
+  audio: tone pitch, one of 24                   (these three name the category)
+  image: object shape, one of 6                  video: motion direction, one of 8
+                                                 (these two narrow it to 3-4)
+Each modality alone is thus a noisy witness of the category, and more modalities
+outvote the noise (a model gains from each one it adds); two modalities of one
+item agree on the category, which is what cross-modal pretraining can learn.
+(An earlier world used many-to-one cues everywhere: the cross-modal mutual
+information was ~0.4 nats, too little for contrastive pretraining to learn.)
+Listing-level noise: object position/size, background,
 shop logo, filler words (包邮, 新款, ...), English specs (USB-C, 500ml), filler pv
 keys (13 keys in all: 产地, 尺码, 货号, 重量, ...), video start point, duration,
 brightness, audio detune/phase/noise. Pre-extracted features come from the same
@@ -50,9 +54,10 @@ Splits (disjoint; every item in exactly one): 25% of products have 2-4 listings
 (--instance_rate). Half of those groups go to fine-grained retrieval (one
 listing in fine_query, the rest in fine_gallery; splits/fine_instances.tsv maps
 exactly these items to their product id, so every group has 2-4 members); the
-other half to pretrain. Single listings: pretrain 62%, coarse_query 5%,
-coarse_gallery 13%, fine_gallery distractors 5% (no instance), cls_train 10%,
-cls_test 5%.
+other half to pretrain. Single listings: pretrain 45%, coarse_query 8%,
+coarse_gallery 17%, fine_gallery distractors 5% (no instance), cls_train 15%,
+cls_test 10% (downstream shares larger than the real release's, for numbers
+above the noise at demo sizes).
 
 Defects (rates are fractions of items, flags --<name>_rate): --missing_rate 0.20
 of items lack >= 1 modality, including --unimodal_rate 0.05 with exactly one;

@@ -1,8 +1,9 @@
 """The latent world of M5Product-mini: vocabularies, category cue maps, products.
 
-A `World` is a pure function of the seed. It fixes, for every modality, a
-many-to-one map from the 24 categories to that modality's category cue (see the
-scheme in data_prep/make_mini.py), and the random projections that turn latent
+A `World` is a pure function of the seed. It fixes, for every modality, a map
+from the 24 categories to that modality's category cue (one-to-one for text,
+table and audio, many-to-one for image and video; see the scheme in
+data_prep/make_mini.py), and the random projections that turn latent
 attributes into pre-extracted features. A `Product` is one latent product; its
 listings (items) share all product-level attributes.
 """
@@ -18,12 +19,20 @@ CATEGORIES = (
     '瑜伽垫', '机械键盘', '充电宝', '电饭煲', '床上四件套', '太阳镜', '手表', '雨伞',
 )
 
-# --- category cues: one per modality, each a many-to-one map of the category ---
-TITLE_CUES = ('潮流', '爆款', '经典', '高端', '百搭', '便携', '家用', '网红')  # text
-STYLE_CUES = ('简约', '复古', '运动', '商务', '可爱', '科技')                    # table '风格'
+# --- category cues: one per modality. Text, table and audio name the category
+# (one cue value per category, like a real title names the product), image and
+# video only narrow it down (many-to-one: 3-4 categories per shape / direction).
+TITLE_CUES = ('潮流', '爆款', '经典', '高端', '百搭', '便携', '家用', '网红', '轻奢', '国潮',
+              '极简', '日系', '韩版', '欧美', '原装', '智能', '迷你', '升级款', '旗舰',
+              '专业', '手工', '定制', '复古风', '北欧')                          # text
+STYLE_CUES = ('简约', '复古', '运动', '商务', '可爱', '科技', '田园', '工业', '学院', '街头',
+              '优雅', '休闲', '民族', '朋克', '森系', '中性', '甜美', '通勤', '户外',
+              '极光', '波普', '古典', '清新', '摩登')                              # table '风格'
 SHAPES = ('circle', 'square', 'triangle', 'diamond', 'star', 'hexagon')       # image
 DIRECTIONS = 8                                   # video: motion direction, 45 degree steps
-PITCHES_HZ = (262.0, 330.0, 392.0, 523.0, 659.0, 784.0)                         # audio
+# audio: 24 tones 60 Hz apart (one Slaney mel bin each below 1 kHz; the 5th
+# harmonic of the highest stays under the 8 kHz Nyquist frequency)
+PITCHES_HZ = tuple(200.0 + 60.0 * k for k in range(24))
 CUE_SIZES = {'text': len(TITLE_CUES), 'table': len(STYLE_CUES), 'image': len(SHAPES),
              'video': DIRECTIONS, 'audio': len(PITCHES_HZ)}
 
@@ -107,8 +116,8 @@ class World:
     if not 2 <= num_categories <= len(CATEGORIES):
       raise ValueError(f'num_categories must be in [2, {len(CATEGORIES)}], got {num_categories}')
     rng = np.random.default_rng([seed, 0xC0FFEE])
-    # Redraw until the joint cue of all five modalities identifies the category,
-    # while no single modality does (each map is many-to-one by construction).
+    # Redraw until the joint cue of all five modalities identifies the category
+    # (image and video maps are many-to-one by construction).
     for _ in range(1000):
       maps = {m: _balanced_map(rng, num_categories, k) for m, k in CUE_SIZES.items()}
       joint = set(zip(*(maps[m].tolist() for m in CUE_SIZES)))
