@@ -12,6 +12,7 @@ import os
 import pytest
 
 from data_prep import decode
+from data_prep import fuzz_reconcile
 from data_prep import fuzz_release
 
 pytest_plugins = ['m5_fixtures']
@@ -51,7 +52,7 @@ def builds(fuzzed, tmp_path_factory):
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=out))
     with open(os.path.join(builder.data_dir, 'build_report.json')) as f:
       report = json.load(f)
-    result[config] = report, fuzz_release.read_presence(
+    result[config] = report, fuzz_reconcile.read_presence(
         builder, manifest['expected'][config]['splits'])
   return result
 
@@ -78,7 +79,7 @@ def test_fuzz_injects_at_least_200_faults_of_at_least_10_kinds(fuzzed):
 def test_build_accounts_for_every_item_exactly(fuzzed, builds, config):
   _, manifest = fuzzed
   report, presence = builds[config]
-  result = fuzz_release.reconcile(manifest, config, report, presence)
+  result = fuzz_reconcile.reconcile(manifest, config, report, presence)
   assert result['mismatches'] == []
   assert result['items_lost'] == 0
   assert result['faults_survived'] == result['faults_visible'] > 0
@@ -93,14 +94,14 @@ def test_reconcile_notices_a_wrong_count_and_a_lost_item(fuzzed, builds):
   fault = next(f for f in manifest['faults'] if f['kind'] == 'truncated_jpeg')
   lost = copy.deepcopy(presence)
   del lost[fault['split']][fault['item_id']]
-  result = fuzz_release.reconcile(manifest, 'raw', report, lost)
+  result = fuzz_reconcile.reconcile(manifest, 'raw', report, lost)
   assert result['items_lost'] == 1 and result['mismatches']
   assert result['faults_survived'] < result['faults_visible']
   miscounted = copy.deepcopy(report)
   reasons = miscounted['splits'][fault['split']]['absent']['image']
   reasons['corrupt_file'] -= 1
   reasons['missing_file'] = reasons.get('missing_file', 0) + 1
-  result = fuzz_release.reconcile(manifest, 'raw', miscounted, presence)
+  result = fuzz_reconcile.reconcile(manifest, 'raw', miscounted, presence)
   assert any('absent image' in m for m in result['mismatches'])
   assert result['faults_survived'] < result['faults_visible']
 

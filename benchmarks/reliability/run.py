@@ -31,6 +31,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, REPO)
 
 from benchmarks import machine  # noqa: E402  pylint: disable=g-import-not-at-top
+from data_prep import fuzz_reconcile  # noqa: E402  pylint: disable=g-import-not-at-top
 from data_prep import fuzz_release  # noqa: E402  pylint: disable=g-import-not-at-top
 
 FAULT_TESTS = ('tests/test_reliability_train.py', 'tests/test_reliability_checkpoint.py',
@@ -63,7 +64,7 @@ def fuzz_at_scale(work: str, num_products: int, num_faults: int, seeds) -> list[
     failed = set()
     for config in fuzz_release.CONFIGS:
       start = time.time()
-      result = fuzz_release.build_and_reconcile(out, os.path.join(work, f'tfds_{seed}'), config)
+      result = fuzz_reconcile.build_and_reconcile(out, os.path.join(work, f'tfds_{seed}'), config)
       row[config] = dict(result, seconds=round(time.time() - start, 1),
                          mismatches=len(result['mismatches']),
                          first_mismatches=result['mismatches'][:5])
