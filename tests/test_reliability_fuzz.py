@@ -148,3 +148,17 @@ def test_cli_refuses_an_existing_output_folder(mini_release, tmp_path, capsys):
   assert fuzz_release.main(['--release', str(source), '--out', str(tmp_path)]) == 2
   assert capsys.readouterr().err.strip() == (
       f'fuzz_release: error: --out {tmp_path} exists; give a new folder')
+
+
+@pytest.mark.slow
+def test_beam_path_accounts_for_every_item_exactly(fuzzed, tmp_path):
+  """The Beam path (records cross workers as JSON, counts come from Beam metrics)."""
+  from m5_fixtures import build, read_split  # pylint: disable=g-import-not-at-top
+  out, manifest = fuzzed
+  builder, report = build(out, tmp_path, 'features', beam=True)
+  presence = {s: {i: {m: bool(e['present'][m]) for m in e['present']}
+                  for i, e in read_split(builder, s).items()}
+              for s in manifest['expected']['features']['splits']}
+  result = fuzz_reconcile.reconcile(manifest, 'features', report, presence)
+  assert result['mismatches'] == [] and result['items_lost'] == 0
+  assert result['faults_survived'] == result['faults_visible']

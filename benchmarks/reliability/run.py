@@ -12,7 +12,8 @@ r"""The reliability suite at full size, with its figures recorded.
 2. The fault tests (preemption at random steps and during an async save, kill -9
    mid-save with a watching evaluator, non-finite loss stop/skip, bad configs,
    unwritable workdir, disk full) run through pytest; their outcome and time are
-   recorded. They are the same tests CI runs (they are small enough).
+   recorded. They are the tests CI runs, plus the slow ones (the fuzzed release
+   through the Beam path).
 
 Writes the figures to --results (Markdown) with the command, date and machine.
 """
@@ -85,7 +86,8 @@ def run_fault_tests() -> dict:
   _log('pytest: ' + ' '.join(FAULT_TESTS))
   start = time.time()
   proc = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:logging',
-                         '--durations=0', *FAULT_TESTS], cwd=REPO, capture_output=True, text=True)
+                         '-m', 'slow or not slow', '--durations=0', *FAULT_TESTS],
+                        cwd=REPO, capture_output=True, text=True)
   lines = proc.stdout.splitlines()
   summary = next((l for l in reversed(lines) if ' passed' in l or ' failed' in l), '?')
   durations = [l for l in lines if l.strip().split(' ')[0].endswith('s') and '::' in l
@@ -134,7 +136,8 @@ def write_results(path: str, command: str, info: dict, rows: list[dict], tests: 
         for m in r[config]['first_mismatches']:
           lines.append(f'- seed {r["seed"]} {config}: {m}')
   if tests is not None:
-    lines += ['', '## Fault tests (pytest)', '', f'`pytest {" ".join(FAULT_TESTS)}`', '',
+    lines += ['', '## Fault tests (pytest)', '',
+              f'`pytest -m "slow or not slow" {" ".join(FAULT_TESTS)}`', '',
               f'Result: **{tests["summary"]}** in {tests["seconds"]} s.', '']
     lines += [f'- {p}' for p in tests['preemption']]
     if tests['durations']:
