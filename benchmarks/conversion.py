@@ -15,8 +15,9 @@ stages (`profile_buckets`): decode (JPEG/H.264/MP3 demux+decode), resample
 (frame and image resize, audio resampling to 16 kHz mono), mel (log-mel STFT),
 encode (JPEG encoding of image and frames by TFDS's features), write
 (serialisation, shuffling, file writes), read (release annotations and paths)
-and other. cProfile adds overhead to Python-heavy stages, so the shares are
-indicative; products/s is measured without it.
+and other, in CPU seconds of this process. cProfile adds overhead to
+Python-heavy stages, so the shares are indicative and products/s of a profiled
+build is lower than of a plain one (the suite runs both).
 
 Appends a row to benchmarks/results/conversion.md with --record.
 """
@@ -110,7 +111,8 @@ def measure(manual_dir: str, config: str, beam: bool, workdir: str,
     download_config.beam_options = beam_lib.options.pipeline_options.PipelineOptions(flags=[
         '--runner=DirectRunner', f'--direct_num_workers={workers}',
         '--direct_running_mode=multi_processing'])
-  profiler = cProfile.Profile() if profile else None
+  # CPU time, not wall time: the shares must not depend on other jobs on the machine.
+  profiler = cProfile.Profile(time.process_time) if profile else None
   load_start = round(os.getloadavg()[0], 2)
   cpu0, wall0 = _cpu_seconds(), time.time()
   if profiler:

@@ -116,10 +116,17 @@ def main(argv=None):
   parser.add_argument('--steps', type=int, default=30)
   parser.add_argument('--warmup', type=int, default=3)
   parser.add_argument('--json', action='store_true', help='print one JSON object per set')
+  parser.add_argument('--build_only', action='store_true',
+                      help='only build the dataset and tokenizer (so that a later run\'s '
+                      'peak memory is the pipeline\'s alone)')
   parser.add_argument('--results', default=os.path.join(os.path.dirname(__file__), 'results',
                                                          'input_pipeline.md'))
   args = parser.parse_args(argv)
 
+  if args.build_only:
+    build(args.release, os.path.join(args.work, 'data'), args.form)
+    args.tokenizer or train_tokenizer(args.release, args.work, args.vocab_size)
+    return 0
   rows = []
   for codes in args.modalities.split(','):
     r = measure(args.release, args.work, codes, args.form, args.batch_size, args.steps,
