@@ -30,6 +30,8 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import shlex
+import subprocess
 import sys
 import threading
 import time
@@ -64,6 +66,35 @@ def subprocess_env(work: str, parallel: int) -> dict[str, str]:
 def num_classes(paths: cells_lib.Paths) -> int:
   with open(os.path.join(paths.release, 'mini_manifest.json'), encoding='utf-8') as f:
     return len(json.load(f)['label_names'])
+
+
+# ----------------------------------------------------------------------------- one stage
+
+
+def run_stage(name: str, cmd: list[str], directory: str, timings: dict, env: dict) -> None:
+  """m5_jax.demo.run_stage (same done-markers, same skip), with CPU seconds measured per
+  child (os.wait4): the demo's RUSAGE_CHILDREN delta is process-wide, so cells running
+  in threads side by side would count each other's stages. Raises RuntimeError on failure."""
+  marker = os.path.join(directory, '.done', name)
+  if os.path.exists(marker):
+    with open(marker) as f:
+      timings[name] = {**json.load(f)['timing'], 'skipped': True}
+    return
+  log(f'{os.path.basename(directory)}/{name}: $ {shlex.join(cmd)}')
+  wall0 = time.perf_counter()
+  process = subprocess.Popen(cmd, env={**os.environ, **env})
+  _, status, usage = os.wait4(process.pid, 0)
+  process.returncode = os.waitstatus_to_exitcode(status)
+  if process.returncode != 0:
+    raise RuntimeError(f'stage {name} failed (exit {process.returncode}): {shlex.join(cmd)}')
+  timing = {'wall_s': round(time.perf_counter() - wall0, 1),
+            'cpu_s': round(usage.ru_utime + usage.ru_stime, 1)}
+  timings[name] = timing
+  log(f'{os.path.basename(directory)}/{name}: done in {timing["wall_s"]:.0f} s '
+      f'({timing["cpu_s"]:.0f} CPU s)')
+  os.makedirs(os.path.dirname(marker), exist_ok=True)
+  with open(marker, 'w') as f:
+    json.dump({'command': shlex.join(cmd), 'timing': timing}, f)
 
 
 # ----------------------------------------------------------------------------- one cell
@@ -118,8 +149,8 @@ def run_cell(config, cell: cells_lib.Cell, paths: cells_lib.Paths, classes: int,
   timings: dict = {}
   for name, cmd in cells_lib.cell_stages(config, cell, paths, classes, sys.executable):
     try:
-      demo.run_stage(name, cmd, directory, timings, env=env)
-    except SystemExit as e:  # run_stage exits on a failed command: fail this cell only
+      run_stage(name, cmd, directory, timings, env)
+    except RuntimeError as e:  # fail this cell only
       raise RuntimeError(f'{cell.name}: {e}') from None
   result = collect_cell(config, cell, paths, timings)
   tmp = result_path + '.tmp'
@@ -269,8 +300,10 @@ def main(argv=None) -> int:
     env = subprocess_env(work, flags['parallel'])
     data_timings: dict = {}
     for name, cmd in data:  # the data stages use every core: run them first, one at a time
-      demo.run_stage(name, cmd, os.path.join(work, 'data'), data_timings,
-                     env=subprocess_env(work, 1))
+      try:
+        run_stage(name, cmd, os.path.join(work, 'data'), data_timings, subprocess_env(work, 1))
+      except RuntimeError as e:
+        sys.exit(f'm5_jax.benchmark_matrix: data {e}')
     classes = num_classes(paths)
     finished = [c for c in todo if os.path.isfile(os.path.join(paths.cell(c), RESULT))]
     log(f'{len(todo)} cells ({len(finished)} finished before), {flags["parallel"]} at a time: '

@@ -182,6 +182,30 @@ def test_matrix_runs_every_cell_then_resumes_without_rerunning(tmp_path, fake_st
   assert json.loads((work / 'matrix.json').read_text())['errors'] == {}
 
 
+def test_stage_cpu_seconds_are_per_child_when_stages_overlap(tmp_path):
+  """A stage that waits while a CPU-bound one finishes is not charged for it."""
+  import threading  # pylint: disable=g-import-not-at-top
+  flag = tmp_path / 'busy_done'
+  busy = [sys.executable, '-c', 'import time, pathlib\nwhile time.process_time() < 0.6: pass\n'
+          f'pathlib.Path({str(flag)!r}).touch()']
+  idle = [sys.executable, '-c', 'import time, os\n'
+          f'while not os.path.exists({str(flag)!r}): time.sleep(0.05)\ntime.sleep(0.5)']
+  timings = {}
+  threads = [threading.Thread(target=benchmark_matrix.run_stage,
+                              args=(n, c, str(tmp_path), timings, {}))
+             for n, c in (('idle', idle), ('busy', busy))]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert timings['busy']['cpu_s'] >= 0.6
+  assert timings['idle']['cpu_s'] < 0.4
+  assert (tmp_path / '.done' / 'busy').is_file()
+  with pytest.raises(RuntimeError, match='stage bad failed'):
+    benchmark_matrix.run_stage('bad', [sys.executable, '-c', 'raise SystemExit(2)'],
+                               str(tmp_path), timings, {})
+
+
 def test_unknown_only_cell_and_config_key_fail_in_one_line(tmp_path, capsys):
   with pytest.raises(SystemExit):
     _run(tmp_path, '--only', 'nope')
