@@ -10,7 +10,8 @@ r"""The benchmark matrix: methods x modality sets on M5Product-mini, in the pape
    Every stage is the README's command as a subprocess, with a done-marker under
    DIR/cells/<cell>/.done; a finished cell's numbers are DIR/cells/<cell>/result.json.
    A re-run skips finished cells and stages (resumable); a failed cell is reported
-   and the others go on.
+   and the others go on. A cell is locked while it runs (DIR/cells/<cell>/.lock),
+   so several matrix processes may share a workdir with different --only lists.
 3. Tables (m5_jax/matrix/tables.py): DIR/matrix.md (Table 1 modalities in
    sequence, Table 2 combinations, Table 3 methods, noise, the paper's findings
    checked) and DIR/matrix.json (every cell's numbers and stage timings), from
@@ -146,18 +147,45 @@ def run_cell(config, cell: cells_lib.Cell, paths: cells_lib.Paths, classes: int,
     with open(result_path) as f:
       return json.load(f)
   os.makedirs(directory, exist_ok=True)
-  timings: dict = {}
-  for name, cmd in cells_lib.cell_stages(config, cell, paths, classes, sys.executable):
-    try:
-      run_stage(name, cmd, directory, timings, env)
-    except RuntimeError as e:  # fail this cell only
-      raise RuntimeError(f'{cell.name}: {e}') from None
-  result = collect_cell(config, cell, paths, timings)
-  tmp = result_path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(result, f, indent=1, ensure_ascii=False)
-  os.replace(tmp, result_path)
+  lock = _lock_cell(directory, cell.name)
+  try:
+    timings: dict = {}
+    for name, cmd in cells_lib.cell_stages(config, cell, paths, classes, sys.executable):
+      try:
+        run_stage(name, cmd, directory, timings, env)
+      except RuntimeError as e:  # fail this cell only
+        raise RuntimeError(f'{cell.name}: {e}') from None
+    result = collect_cell(config, cell, paths, timings)
+    tmp = result_path + '.tmp'
+    with open(tmp, 'w') as f:
+      json.dump(result, f, indent=1, ensure_ascii=False)
+    os.replace(tmp, result_path)
+  finally:
+    os.remove(lock)
   return result
+
+
+def _lock_cell(directory: str, name: str) -> str:
+  """Claims the cell for this process (DIR/cells/<cell>/.lock holds the pid), so two
+  matrix processes on one workdir (e.g. with different --only) never run one cell twice.
+  A lock whose process is gone is taken over."""
+  path = os.path.join(directory, '.lock')
+  for _ in range(2):
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+      with open(path) as f:
+        owner = int(f.read().strip() or 0)
+      try:
+        os.kill(owner, 0)
+      except ProcessLookupError:
+        os.remove(path)  # stale: its process died
+        continue
+      raise RuntimeError(f'{name}: running in another process (pid {owner}, {path})') from None
+    with os.fdopen(fd, 'w') as f:
+      f.write(str(os.getpid()))
+    return path
+  raise RuntimeError(f'{name}: could not take the lock {path}')
 
 
 def run_cells(config, todo: list[cells_lib.Cell], paths: cells_lib.Paths, classes: int,

@@ -206,6 +206,20 @@ def test_stage_cpu_seconds_are_per_child_when_stages_overlap(tmp_path):
                                str(tmp_path), timings, {})
 
 
+def test_a_cell_running_in_another_process_is_not_run_twice(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  directory = tmp_path / 'cell'
+  directory.mkdir()
+  (directory / '.lock').write_text(str(os.getpid()))  # alive: this test's process
+  with pytest.raises(RuntimeError, match='running in another process'):
+    benchmark_matrix._lock_cell(str(directory), 'c')  # pylint: disable=protected-access
+  gone = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  (directory / '.lock').write_text(gone)  # its process has exited: stale, taken over
+  path = benchmark_matrix._lock_cell(str(directory), 'c')  # pylint: disable=protected-access
+  assert open(path).read() == str(os.getpid())
+
+
 def test_unknown_only_cell_and_config_key_fail_in_one_line(tmp_path, capsys):
   with pytest.raises(SystemExit):
     _run(tmp_path, '--only', 'nope')
