@@ -69,7 +69,11 @@ def test_binaries_write_results_for_every_step_and_resume(workdir):
   default, other = (load(workdir, 'clustering', 24, 'split=pretrain'),
                     load(workdir, 'clustering', 24, 'feature=encoder_pooled,split=pretrain'))
   assert 0.0 <= default['sets']['T+I']['nmi'] <= 100.0
-  assert default['sets']['T+I']['nmi'] != other['sets']['T+I']['nmi']
+  assert 0.0 <= other['sets']['T+I']['nmi'] <= 100.0
+  assert (default['variant'], other['variant']) == ('split=pretrain',
+                                                    'feature=encoder_pooled,split=pretrain')
+  for kind in ('pooled', 'encoder_pooled'):  # each feature kind embedded and cached
+    assert os.path.isdir(features.cache_dir(workdir, 24, 'pretrain', kind))
   for task, variant, png in (('coarse_retrieval', '', 'precision_at_k.png'),
                              ('classification', '', 'long_tail.png'),
                              ('clustering', 'split=pretrain', 'projection.png')):
