@@ -135,6 +135,59 @@ def measure(size: str, form: str, batch_size: int, steps: int, modalities: str =
   return result
 
 
+def layer_matmul_efficiency(size: str, form: str, batch_size: int, modalities: str = 'itpva',
+                            matmul_n: int = 2048, repeats: int = 3) -> dict:
+  """How fast this machine runs the matmuls of one transformer layer at the model's shapes.
+
+  For each token count the model sees (each modality encoder; the fusion over all
+  tokens), times the forward matmuls of one block - q, k, v, out [B*L, D] x [D, D]
+  and the MLP [B*L, D] x [D, F], [B*L, F] x [F, D] - under jit, and divides their
+  FLOP/s by the square-matmul peak measured now. An MFU above this is out of
+  reach for that layer whatever the rest of the step does; the gap between it
+  and the step's MFU is the non-matmul work (layer norms, softmax, GELU,
+  dropout masks, the optimizer) plus attention's small batched matmuls.
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  config = make_config(size, form, batch_size, modalities)
+  hidden, mlp = config.model.hidden, config.model.mlp_dim
+  lengths = sequence_lengths(config)
+  lengths['fusion (all)'] = sum(lengths.values())
+
+  def layer(x, w_d, w_up, w_down):
+    for _ in range(4):  # q, k, v, out
+      x = jnp.dot(x, w_d, precision='highest')
+    return jnp.dot(jnp.dot(x, w_up, precision='highest'), w_down, precision='highest')
+
+  def best_seconds(f, *args):
+    jax.block_until_ready(f(*args))
+    best = float('inf')
+    for _ in range(repeats):
+      start = time.perf_counter()
+      jax.block_until_ready(f(*args))
+      best = min(best, time.perf_counter() - start)
+    return best
+
+  fn = jax.jit(layer)
+  square = jax.jit(lambda a, b: jnp.dot(a, b, precision='highest'))
+  key = jax.random.key(0)
+  a = jax.random.normal(key, (matmul_n, matmul_n))
+  w_d = jax.random.normal(key, (hidden, hidden))
+  w_up, w_down = jax.random.normal(key, (hidden, mlp)), jax.random.normal(key, (mlp, hidden))
+  out = {}
+  for name, length in lengths.items():
+    rows = batch_size * length
+    x = jax.random.normal(key, (rows, hidden))
+    flops = 2 * rows * hidden * (4 * hidden + 2 * mlp)
+    # The peak is re-measured next to each shape: on a shared machine the share of
+    # the cores we get drifts, and the ratio of two adjacent timings is what holds.
+    peak = 2 * matmul_n**3 / best_seconds(square, a, a)
+    layer_flops = flops / best_seconds(fn, x, w_d, w_up, w_down)
+    peak = max(peak, 2 * matmul_n**3 / best_seconds(square, a, a))
+    out[name] = {'rows': rows, 'gflops': layer_flops / 1e9, 'peak_gflops': peak / 1e9,
+                 'of_peak': layer_flops / peak}
+  return out
+
+
 def parse_overrides(items) -> dict:
   out = {}
   for item in items or ():
@@ -155,7 +208,13 @@ def main(argv=None) -> int:
   parser.add_argument('--set', action='append', metavar='KEY=VALUE',
                       help='config override, e.g. --set model.scan_layers=true')
   parser.add_argument('--json', action='store_true', help='print one JSON object')
+  parser.add_argument('--layer_matmuls', action='store_true',
+                      help='only time one layer\'s matmuls at the model\'s shapes vs the peak')
   args = parser.parse_args(argv)
+  if args.layer_matmuls:
+    print(json.dumps(layer_matmul_efficiency(args.size, args.form, args.batch_size,
+                                             args.modalities, args.matmul_n)))
+    return 0
   result = measure(args.size, args.form, args.batch_size, args.steps, args.modalities,
                    parse_overrides(args.set), args.matmul_n, args.dtype)
   if args.json:
