@@ -41,6 +41,24 @@ FAULT_TESTS = ('tests/test_reliability_train.py', 'tests/test_reliability_checkp
                'tests/test_checkpointing.py::test_a_checkpoint_killed_mid_save_is_never_chosen')
 
 
+NOTES = (
+    'How each fault is made (what is real and what is simulated):',
+    '',
+    '- Preemption: a real SIGTERM to the training process (the train binary\'s handler), '
+    'at 3 seeded random steps and once while an async checkpoint save is in flight (its '
+    'temporary directory seen); the loop runs in the test process so restarts reuse the '
+    'compiled step. The existing test_train test signals the real binary as a subprocess.',
+    '- kill -9 mid-save: a real SIGKILL to a writer process while an evaluator runs the eval '
+    'runner\'s --watch loop (m5_jax/evaluate/runner.run with checkpointing.list_steps).',
+    '- Non-finite loss: text token ids past the vocabulary in the batch of step k (the '
+    'embedding lookup gives NaN).',
+    '- Disk full: (a) real: RLIMIT_FSIZE makes the kernel refuse to grow a checkpoint file '
+    '(EFBIG, as ENOSPC would); (b) simulated: Orbax\'s array-writing coroutine raises ENOSPC '
+    'during a train-loop save. Unwritable workdir: a path under a regular file (the tests run '
+    'as root, so a chmod-ed directory is skipped there).',
+)
+
+
 def _log(message: str) -> None:
   print(f'[reliability {time.strftime("%H:%M:%S")}] {message}', flush=True)
 
@@ -136,7 +154,7 @@ def write_results(path: str, command: str, info: dict, rows: list[dict], tests: 
         for m in r[config]['first_mismatches']:
           lines.append(f'- seed {r["seed"]} {config}: {m}')
   if tests is not None:
-    lines += ['', '## Fault tests (pytest)', '',
+    lines += ['', '## Fault tests (pytest)', '', *NOTES, '',
               f'`pytest -m "slow or not slow" {" ".join(FAULT_TESTS)}`', '',
               f'Result: **{tests["summary"]}** in {tests["seconds"]} s.', '']
     lines += [f'- {p}' for p in tests['preemption']]
