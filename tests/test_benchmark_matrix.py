@@ -322,6 +322,11 @@ def test_findings_verdicts_known_answer(fake_results):
   assert scale['verdict'] == 'holds' and 'best baseline CLIP 23.0' in scale['evidence']
   mmt = found[('M5-MMT beats the image+text baselines', 'pretrain features', 'mAP@10')]
   assert mmt['verdict'] == 'within noise'  # 24 vs 23, noise 1.4
+  no_seeds = {k: v for k, v in fake_results.items() if not v['seed']}
+  verdicts = {(f['claim'], f['weights'], f['metric']): f['verdict']
+              for f in tables.findings(no_seeds)}
+  assert verdicts[('each added modality helps', 'pretrain features', 'Acc')] \
+      == 'fails (noise unknown: no seed runs)'  # 35 -> 34 with nothing to judge it by
   rendered = tables.render(fake_results, '# header')
   assert rendered.startswith('# header') and "## The paper's findings on mini" in rendered
   assert '## Per-modality features of m5_mmt-tip' in rendered

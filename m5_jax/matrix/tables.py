@@ -148,14 +148,16 @@ def sampling_error(result: Mapping[str, Any]) -> str:
 
 
 def _verdict(margins: Sequence[float], noise: float | None) -> str:
-  """'holds' when every margin is above the noise, 'fails' when one is below -noise."""
+  """'holds' when every margin is above the noise, 'fails' when one is below -noise
+  (noise None: unknown, judged against 0 and said so)."""
   if not margins:
-    return 'n/a'
+    return 'n/a (cells not run)'
   band = noise or 0.0
+  unknown = '' if noise is not None else ' (noise unknown: no seed runs)'
   if all(m > band for m in margins):
-    return 'holds'
+    return 'holds' + unknown
   if any(m < -band for m in margins):
-    return 'fails'
+    return 'fails' + unknown
   return 'within noise'
 
 
