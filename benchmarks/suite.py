@@ -49,7 +49,7 @@ def _train(size, form, batch_size, steps, modalities='itpva', matmul_n=2048, sca
 # to quote); 'quick' takes minutes; 'full' is the sizes.
 MODES = {
     'smoke': {
-        'train': [_train('tiny', 'features', 4, 2, modalities='tp', matmul_n=512)],
+        'train': [_train('tiny', 'features', 8, 2, modalities='tp', matmul_n=512)],
         'input': {'forms': ('features',), 'batch_size': 4, 'steps': 2, 'products': 24},
         'retrieval': {'num_queries': 64, 'gallery': 4096, 'dim': 64, 'k': 10,
                       'query_block': 32, 'gallery_block': 1024},
@@ -94,7 +94,8 @@ def run_json(module: str, args: list[str], timeout: float | None = None) -> list
       raise TimeoutError(f'{module} ran past {timeout:.0f} s')
   _, status, usage = os.wait4(proc.pid, 0)
   if os.waitstatus_to_exitcode(status) != 0:
-    raise RuntimeError(f'{module} {" ".join(args)} failed (exit {status}); see its stderr above')
+    raise RuntimeError(f'{module} {" ".join(args)} failed (exit '
+                       f'{os.waitstatus_to_exitcode(status)}); see its stderr above')
   for row in out:
     row.setdefault('peak_rss_mib', usage.ru_maxrss / 1024)
   return out
