@@ -211,8 +211,9 @@ def table(results: dict) -> str:
 
   for r in results.get('train', []) + results['gpu'].get('train', []):
     add('train', f"{r['size']}/{r['form']} {r.get('dtype', 'float32')} batch {r['batch_size']}",
-        f"{r['examples_per_s']:.2f} ex/s, MFU {100 * (r['mfu'] or 0):.1f}% of "
-        f"{r['matmul_peak_gflops']:.0f} GF/s, {r['peak_rss_mib']:.0f} MiB", r)
+        f"{r['examples_per_s']:.2f} ex/s, MFU {100 * r['mfu']:.0f}% wall, "
+        f"{100 * r.get('mfu_per_cpu_second', float('nan')):.0f}% per CPU-s, "
+        f"{r['peak_rss_mib']:.0f} MiB", r)
   for r in results.get('input', []):
     headroom = ', '.join(f'{k} {v:.1f}x' for k, v in r['headroom'].items())
     add('input', f"{r['dataset']} {r['modalities']} batch {r['batch_size']}",

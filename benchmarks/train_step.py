@@ -14,6 +14,10 @@ its jitted train step with AdamW, on synthetic batches of the configured schema
   MFU           model FLOPs / step time / peak, where peak is the best FLOP/s of
                 large fp32 jax.jit matmuls measured in this process just before
                 and just after the steps (benchmarks/machine.py)
+  MFU per CPU-second   the same with CPU seconds of this process instead of wall
+                seconds, for the step and for the peak: on a shared machine the
+                wall MFU moves with the share of the cores we get between the
+                two timings (matmul_peak_spread says by how much), this does not
 
 Prints one JSON object (with --json) or a line of text.
 """
@@ -76,9 +80,10 @@ def measure(size: str, form: str, batch_size: int, steps: int, modalities: str =
 
   config = make_config(size, form, batch_size, modalities, overrides)
   load_start = machine.load_average()
-  peak = lambda: max(machine.matmul_peak_flops(n, dtype=dtype)  # noqa: E731
-                     for n in (matmul_n // 2, matmul_n))
-  peak_before = peak()
+  peak = lambda per_cpu=False: max(  # noqa: E731
+      machine.matmul_peak_flops(n, dtype=dtype, per_cpu_second=per_cpu)
+      for n in (matmul_n // 2, matmul_n))
+  peak_before, cpu_peak_before = peak(), peak(per_cpu=True)
 
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.axis_rules(config.sharding)
@@ -105,13 +110,16 @@ def measure(size: str, form: str, batch_size: int, steps: int, modalities: str =
 
   state, metrics = compiled(state, batches[0])  # warm-up (first run allocates)
   jax.block_until_ready(metrics)
-  times = []
+  times, cpu_times = [], []
   for i in range(steps):
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     state, metrics = compiled(state, batches[i % len(batches)])
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
-  peak_after = peak()
+    cpu_times.append(time.process_time() - cpu_start)
+  peak_after, cpu_peak_after = peak(), peak(per_cpu=True)
+  cpu_peak = max(cpu_peak_before, cpu_peak_after)
+  step_cpu_s = sorted(cpu_times)[len(cpu_times) // 2]
 
   step_s = sorted(times)[len(times) // 2]  # median: robust to a burst of load
   peak = max(peak_before, peak_after)
@@ -127,6 +135,10 @@ def measure(size: str, form: str, batch_size: int, steps: int, modalities: str =
       'matmul_peak_gflops': peak / 1e9,
       'matmul_peak_spread': abs(peak_before - peak_after) / peak,
       'mfu': flops / step_s / peak,
+      # Load-independent version (machine.matmul_peak_flops(per_cpu_second=True)).
+      'step_cpu_s_median': step_cpu_s,
+      'matmul_peak_gflop_per_cpu_s': cpu_peak / 1e9,
+      'mfu_per_cpu_second': flops / step_cpu_s / cpu_peak,
       'loss': float(metrics['loss']),
       'load_avg_start': load_start, 'load_avg_end': machine.load_average(),
       'devices': f'{jax.device_count()} x {jax.devices()[0].platform}',
@@ -224,6 +236,7 @@ def main(argv=None) -> int:
           f"examples/s, step {result['step_s_median']:.3f} s, {result['step_gflop']:.1f} GFLOP, "
           f"{result['achieved_gflops']:.1f} GFLOP/s vs matmul peak "
           f"{result['matmul_peak_gflops']:.1f} -> MFU {100 * result['mfu']:.1f}% "
+          f"(per CPU-second: {100 * result['mfu_per_cpu_second']:.1f}%) "
           f"(compile {result['compile_s']:.0f} s, load {result['load_avg_start']}-"
           f"{result['load_avg_end']}, peak RSS {result['peak_rss_mib']:.0f} MiB)")
   return 0

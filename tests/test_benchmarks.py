@@ -87,7 +87,7 @@ def test_suite_smoke_train_step(tmp_path):
   assert suite.main(['--mode', 'smoke', '--parts', 'train', '--out', str(out)]) == 0
   row, = json.loads(out.read_text())['train']
   assert _positive(row['examples_per_s'], row['step_gflop'], row['matmul_peak_gflops'],
-                   row['mfu'], row['peak_rss_mib'])
+                   row['mfu'], row['mfu_per_cpu_second'], row['peak_rss_mib'])
   assert row['tokens_per_example'] == {'text': 36, 'table': 64}
 
 
