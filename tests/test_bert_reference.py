@@ -61,5 +61,7 @@ def test_text_encoder_matches_numpy_bert():
   ref = np_bert(batch['text']['ids'], batch['text']['mask'],
                 jax.tree.map(lambda a: np.asarray(a, np.float64), params), num_layers, heads)
   np.testing.assert_allclose(out['tokens']['text'], ref, atol=1e-5, rtol=1e-5)
-  np.testing.assert_allclose(out['pooled']['text'], ref[:, 0], atol=1e-5, rtol=1e-5)
+  mask = np.asarray(batch['text']['mask'], np.float64)[..., None]  # model.pool='mean'
+  np.testing.assert_allclose(out['pooled']['text'], (ref * mask).sum(1) / mask.sum(1),
+                             atol=1e-5, rtol=1e-5)
   assert np.abs(ref[:, 0] - ref[:, 1]).max() > 1e-2  # the comparison is not vacuous

@@ -108,7 +108,8 @@ def predict(probe: Probe, x: np.ndarray, block: int = 65536) -> np.ndarray:
 def probe_set(train: features_lib.SplitFeatures, test: features_lib.SplitFeatures,
               subset, num_classes: int, *, normalize: str, seed: int) -> tuple[dict, dict]:
   """(metrics, per-class accuracy) of a linear probe on one modality set."""
-  tr, te = train.combine(subset, normalize), test.combine(subset, normalize)
+  means = train.modality_means()  # 'center': both splits centred on the training split
+  tr, te = train.combine(subset, normalize, means), test.combine(subset, normalize, means)
   rows = tr.has_any & (train.label >= 0)
   probe = linear_probe(tr.features[rows], train.label[rows], num_classes, seed=seed)
   scored = te.has_any & (test.label >= 0)

@@ -33,7 +33,7 @@ from m5_jax.evaluate import search
 
 CACHE_DIR = 'eval_cache'
 BUILTIN_CODES = {'t': 'text', 'p': 'table', 'i': 'image', 'v': 'video', 'a': 'audio'}
-NORMALIZE_CHOICES = ('modality', 'none')
+NORMALIZE_CHOICES = ('center', 'modality', 'none')
 
 
 # ----------------------------------------------------------------------------- subsets
@@ -99,25 +99,42 @@ class SplitFeatures:
   def modalities(self) -> tuple[str, ...]:
     return tuple(self.pooled)
 
-  def combine(self, subset: Sequence[str], normalize: str = 'modality') -> Combined:
-    """Sum over the present modalities of `subset` (L2-normalised first if 'modality').
+  def modality_means(self) -> dict[str, np.ndarray]:
+    """modality -> f32[D]: the mean vector over the items that have it (0 if none)."""
+    return {m: (np.asarray(self.pooled[m][self.present[m]], np.float64).mean(0)
+                if self.present[m].any() else np.zeros(self.pooled[m].shape[1]))
+            .astype(np.float32) for m in self.modalities}
 
-    normalize='modality' puts every modality on the unit sphere before summing, so
-    no modality dominates by norm (the contrastive objectives compare normalised
-    vectors); 'none' sums the raw pooled outputs.
+  def combine(self, subset: Sequence[str], normalize: str = 'center',
+              means: Mapping[str, np.ndarray] | None = None) -> Combined:
+    """Sum over the present modalities of `subset`, each vector normalised first.
+
+    normalize='center' subtracts the modality's mean vector (`means`, taken from
+    a reference split such as the gallery or the probe's training split; default:
+    this split's own) and then L2-normalises. Without centering, every vector of
+    a modality shares a large common component (transformer outputs are far from
+    zero-mean), so the similarity of two sums is dominated by WHICH modalities
+    are present, not by what they show: the sum of five modalities then retrieves
+    worse than any one of them. 'modality' only L2-normalises (no modality
+    dominates by norm; the contrastive objectives compare normalised vectors);
+    'none' sums the raw pooled outputs.
     """
     if normalize not in NORMALIZE_CHOICES:
       raise ValueError(f'normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}')
     missing_names = [m for m in subset if m not in self.pooled]
     if missing_names:
       raise ValueError(f'modalities {missing_names} were not embedded (have {self.modalities})')
+    if normalize == 'center' and means is None:
+      means = self.modality_means()
     dim = self.pooled[subset[0]].shape[1]
     total = np.zeros((self.num_items, dim), np.float32)
     has_any = np.zeros((self.num_items,), bool)
     missing = {}
     for m in subset:
-      vectors, present = self.pooled[m], self.present[m]
-      if normalize == 'modality':
+      vectors, present = np.asarray(self.pooled[m], np.float32), self.present[m]
+      if normalize == 'center':
+        vectors = vectors - means[m]
+      if normalize in ('center', 'modality'):
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-6)
       total += np.where(present[:, None], vectors, 0.0)
       has_any |= present

@@ -301,7 +301,7 @@ def main(argv: Sequence[str]) -> None:
   parser.add_argument('--modality_set', default=None,
                       help="row used by --compare, e.g. I+T ('all': the most modalities)")
   parser.add_argument('--feature', default='pooled', help='the eval binaries\' --feature')
-  parser.add_argument('--normalize', default='modality', help='the eval binaries\' --normalize')
+  parser.add_argument('--normalize', default='center', help='the eval binaries\' --normalize')
   parser.add_argument('--out', default=None, help='Markdown file to write (default: print)')
   args = parser.parse_args(argv)
   variant = runner.variant_of(runner.Options(feature=args.feature, normalize=args.normalize))

@@ -90,7 +90,7 @@ def evaluate_sets(query_split: features_lib.SplitFeatures,
                   gallery_split: features_lib.SplitFeatures, key: str,
                   pairs: Iterable[tuple[tuple[str, ...], tuple[str, ...]]], *,
                   exclude: np.ndarray | None = None,
-                  ks: Sequence[int] = metrics_lib.DEFAULT_KS, normalize: str = 'modality',
+                  ks: Sequence[int] = metrics_lib.DEFAULT_KS, normalize: str = 'center',
                   mesh=None, gallery_block: int = 8192) -> dict[str, Any]:
   """Results for every (query subset, gallery subset): {'sets', 'curves', 'missing'}."""
   if key not in ('label', 'instance'):
@@ -99,15 +99,16 @@ def evaluate_sets(query_split: features_lib.SplitFeatures,
   if exclude is None:
     exclude = np.full((query_split.num_items,), -1, np.int32)
   galleries: dict[tuple[str, ...], Any] = {}  # a gallery subset is placed on devices once
+  means = gallery_split.modality_means()  # 'center': queries are centred like the gallery
   results: dict[str, Any] = {'sets': {}, 'curves': {}, 'missing': {}}
   for query_subset, gallery_subset in pairs:
     label = pair_label(query_subset, gallery_subset)
     if gallery_subset not in galleries:
-      combined = gallery_split.combine(gallery_subset, normalize)
+      combined = gallery_split.combine(gallery_subset, normalize, means)
       galleries[gallery_subset] = (combined, search.ShardedGallery(
           combined.features, valid=combined.has_any, mesh=mesh, gallery_block=gallery_block))
     gallery, index = galleries[gallery_subset]
-    query = query_split.combine(query_subset, normalize)
+    query = query_split.combine(query_subset, normalize, means)
     metrics, curve = evaluate_pair(query, index, gallery.has_any, query_keys, gallery_keys,
                                    exclude, ks)
     metrics['gallery_without_features'] = int((~gallery.has_any).sum())

@@ -2,7 +2,7 @@
 
     python -m m5_jax.evaluate.<task> --workdir DIR [--config FILE[:ARG]]
         [--step N | --all | --watch] [--subsets T,I,IT,T:I,all] [--force]
-        [--batch_size B] [--feature pooled|encoder_pooled] [--normalize modality|none]
+        [--batch_size B] [--feature pooled|encoder_pooled] [--normalize center|modality|none]
         [--config.x=y ...]
 
 Modes (the t5x eval convention):
@@ -55,7 +55,7 @@ class Options:
   subsets: str = ''           # comma list; '' = the task's default
   batch_size: int = 0         # 0: config.input.batch_size
   feature: str = 'pooled'     # model output used as the feature: pooled | encoder_pooled
-  normalize: str = 'modality'
+  normalize: str = 'center'   # center | modality | none (features.SplitFeatures.combine)
   poll_s: float = 30.0
   watch_timeout_s: float = 3600.0
   seed: int = 0

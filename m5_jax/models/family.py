@@ -6,15 +6,16 @@ Per configured modality m (plugin = m5_jax.modalities.get(m)):
            (token 0 is the plugin's summary token: BOS or a learned [CLS])
            --ModalityEncoder (config'd depth)--> [B, L, D]
   all modalities --fusion (joint | single_stream | co_attention | none)--> [B, L, D]
-           --> pooled[m] = fused token 0; predictions[m] = plugin head(fused tokens)
+           --> pooled[m] = pool(fused tokens); predictions[m] = plugin head(fused tokens)
 
 Missing modalities never take part: `present` is ANDed with `example_mask`, an
 absent modality's tokens and [CLS] are masked keys everywhere, its pooled
 vector is zero, and rows that can attend to nothing produce zeros, not NaN.
 
 Outputs (all float32 except masks):
-  pooled[m]          [B, D]  fused [CLS]: the retrieval / classification feature
-  encoder_pooled[m]  [B, D]  [CLS] after the modality encoder, before fusion
+  pooled[m]          [B, D]  pooled fused tokens (model.pool: mean | token): the
+                             retrieval / classification feature
+  encoder_pooled[m]  [B, D]  the same pooling after the modality encoder, before fusion
                              (what the contrastive loss aligns by default: after a
                              joint fusion an item's text and image [CLS] have seen
                              each other, so contrasting them would leak the pair)
@@ -125,8 +126,12 @@ class M5Model(nn.Module):
     for m in self.names:
       keep = present[m][:, None]
       p = num_prefix[m]
-      out['encoder_pooled'][m] = jnp.where(keep, streams[m][0][:, 0], 0.0).astype(jnp.float32)
-      out['pooled'][m] = jnp.where(keep, fused[m][:, 0], 0.0).astype(jnp.float32)
+      encoder_mask = streams[m][1]
+      how = mcfg.get('pool', 'token')  # runs saved before model.pool existed pooled token 0
+      out['encoder_pooled'][m] = jnp.where(keep, pool(streams[m][0], encoder_mask, how),
+                                           0.0).astype(jnp.float32)
+      out['pooled'][m] = jnp.where(keep, pool(fused[m], encoder_mask, how),
+                                   0.0).astype(jnp.float32)
       out['tokens'][m] = fused[m][:, p:]
       out['token_mask'][m] = streams[m][1][:, p:]
       if heads:
@@ -158,6 +163,23 @@ class M5Model(nn.Module):
     labels = jnp.concatenate([jnp.ones_like(valid_pos), jnp.zeros_like(valid_neg)])
     return {'logits': logits.astype(jnp.float32), 'labels': labels.astype(jnp.float32),
             'valid': jnp.concatenate([valid_pos, valid_neg])}
+
+
+def pool(tokens, mask, how: str):
+  """[B, L, D] -> [B, D]: the first token ('token') or the mean of the valid ones ('mean').
+
+  'mean' is the default: at initialisation the first token ([CLS]/BOS, the same
+  embedding in every item) dominates its own output, so first-token vectors of
+  different items are nearly parallel and the contrastive gradient is ~1e-3 of
+  that of mean pooling (measured on mini); short budgets then learn nothing.
+  """
+  if how == 'token':
+    return tokens[:, 0]
+  if how == 'mean':
+    weights = mask.astype(jnp.float32)[..., None]
+    return (jnp.sum(tokens.astype(jnp.float32) * weights, axis=1)
+            / jnp.maximum(jnp.sum(weights, axis=1), 1.0))
+  raise ValueError(f"model.pool must be 'token' or 'mean', got {how!r}")
 
 
 def build(config) -> M5Model:

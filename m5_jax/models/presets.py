@@ -44,7 +44,8 @@ def model_defaults(size: str = 'tiny') -> ml_collections.ConfigDict:
   m.update(sizes.get(size))
   m.fusion = 'joint'              # joint | single_stream | co_attention | none
   m.vocab_size = 8000             # shared by text and table
-  m.cls_token = 'first'           # first: pool the plugin's token 0 | learned: prepend one
+  m.cls_token = 'first'           # first: the plugin's token 0 | learned: prepend one
+  m.pool = 'mean'                 # pooled vectors: mean of the valid tokens | token ([CLS])
   m.dropout = 0.1
   m.attention_dropout = 0.0
   m.pre_ln = True
