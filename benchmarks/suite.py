@@ -212,8 +212,9 @@ def table(results: dict) -> str:
   for r in results.get('train', []) + results['gpu'].get('train', []):
     add('train', f"{r['size']}/{r['form']} {r.get('dtype', 'float32')} batch {r['batch_size']}",
         f"{r['examples_per_s']:.2f} ex/s, MFU {100 * r['mfu']:.0f}% wall, "
-        f"{100 * r.get('mfu_per_cpu_second', float('nan')):.0f}% per CPU-s, "
-        f"{r['peak_rss_mib']:.0f} MiB", r)
+        + (f"{100 * r['mfu_per_cpu_second']:.0f}% per CPU-s, " if 'mfu_per_cpu_second' in r
+           else '')
+        + f"{r['peak_rss_mib']:.0f} MiB", r)
   for r in results.get('input', []):
     headroom = ', '.join(f'{k} {v:.1f}x' for k, v in r['headroom'].items())
     add('input', f"{r['dataset']} {r['modalities']} batch {r['batch_size']}",
