@@ -15,7 +15,8 @@ from m5_jax import synthetic_input
 from m5_jax import train
 from m5_jax import train_logging
 pytest.register_assert_rewrite('train_fixtures')
-from train_fixtures import REFERENCE, REFERENCE_STEPS, TINY, parse, start_binary
+from train_fixtures import (MINI_TRAINED_STEPS, REFERENCE, REFERENCE_STEPS, TINY, parse,
+                            start_binary)
 
 pytest_plugins = ['m5_fixtures', 'train_fixtures']
 _CACHE = {}
@@ -84,27 +85,21 @@ def test_gradient_accumulation_sums_numerators_and_denominators():
       np.testing.assert_allclose(acc[0][name], one[0][name], rtol=1e-5, err_msg=name)
 
 
-def test_tiny_m5_mmt_on_mini_loss_falls_and_writes_workdir(mini_tfds, tmp_path):
-  data_dir, tokenizer, vocab = mini_tfds
-  config = parse([
-      '--config', 'configs/m5_mmt.py:runlocal,modalities=ti', f'--config.input.data_dir={data_dir}',
-      f'--config.input.tokenizer={tokenizer}', f'--config.model.vocab_size={vocab}',
-      f'--config.modality.text.vocab_size={vocab}', '--config.modality.text.max_len=16',
-      '--config.modality.image.image_size=32', '--config.model.dropout=0.0',
-      '--config.optimizer.lr=3e-3', '--config.total_steps=24',
-      '--config.checkpoint.every_steps=12'])
-  train.train(config, str(tmp_path))
-  rows = train_logging.read_metrics(str(tmp_path))
+def test_tiny_m5_mmt_on_mini_loss_falls_and_writes_workdir(mini_tfds, mini_trained):
+  """The shared `mini_trained` run (train_fixtures.mini_train_args; the eval e2e
+  tests score its checkpoints)."""
+  data_dir = mini_tfds[0]
+  rows = train_logging.read_metrics(mini_trained)
   losses = [r['loss'] for r in rows]
-  assert [r['step'] for r in rows] == list(range(1, 25))
+  assert [r['step'] for r in rows] == list(range(1, MINI_TRAINED_STEPS + 1))
   assert np.mean(losses[-4:]) < losses[0] - 1.0, losses
   assert {'grad_norm', 'param_norm', 'lr', 'loss/masked_text', 'loss/masked_image',
           'loss/contrastive_text_image', 'perf/steps_per_sec', 'perf/examples_per_sec',
           'perf/eta_hours'} <= set(rows[-1])
-  assert checkpointing.list_steps(str(tmp_path)) == [12, 24]
-  saved = config_lib.load_workdir_config(str(tmp_path))
-  assert saved.total_steps == 24 and saved.input.data_dir == data_dir
-  assert os.listdir(tmp_path / 'tensorboard')
+  assert checkpointing.list_steps(mini_trained) == [12, 24]
+  saved = config_lib.load_workdir_config(mini_trained)
+  assert saved.total_steps == MINI_TRAINED_STEPS and saved.input.data_dir == data_dir
+  assert os.listdir(os.path.join(mini_trained, 'tensorboard'))
 
 
 def test_sigterm_then_restart_is_bitwise_equal_to_uninterrupted(reference_run, tmp_path):
