@@ -210,6 +210,22 @@ def run_cells(config, todo: list[cells_lib.Cell], paths: cells_lib.Paths, classe
   return results, errors
 
 
+def _partial_result(config, cell: cells_lib.Cell, paths: cells_lib.Paths) -> dict | None:
+  """An unfinished cell's numbers so far (None before its first evaluation)."""
+  if not os.path.isfile(os.path.join(paths.run(cell, 'pretrained'), 'metrics.jsonl')):
+    return None
+  done = os.path.join(paths.cell(cell), '.done')
+  timings = {}
+  for name in sorted(os.listdir(done)) if os.path.isdir(done) else []:
+    with open(os.path.join(done, name)) as f:
+      timings[name] = json.load(f)['timing']
+  result = collect_cell(config, cell, paths, timings)
+  if 'pretrained' not in result:
+    return None
+  result['partial'] = True
+  return result
+
+
 # ----------------------------------------------------------------------------- export
 
 
@@ -275,6 +291,10 @@ def write_tables(config, work: str, results: dict, errors: dict, command: str) -
   if errors:
     header += '\n\nFailed cells (re-run the command to retry): ' + ', '.join(
         f'{k} ({v})' for k, v in errors.items())
+  partial = [k for k, r in results.items() if r.get('partial')]
+  if partial:
+    header += ('\n\nUnfinished cells, shown with the stages they completed: '
+               + ', '.join(sorted(partial)))
   ordered = {k: results[k] for k in sorted(results)}
   text = tables.render(ordered, header, _data_timings(work))
   with open(os.path.join(work, 'matrix.md'), 'w') as f:
@@ -337,12 +357,17 @@ def main(argv=None) -> int:
     log(f'{len(todo)} cells ({len(finished)} finished before), {flags["parallel"]} at a time: '
         + ', '.join(c.name for c in todo))
     results, errors = run_cells(config, todo, paths, classes, flags['parallel'], env)
-  # Cells finished in earlier runs but outside --only still belong in the tables.
+  # Cells finished in earlier runs but outside --only still belong in the tables;
+  # --tables_only also shows the evaluated part of unfinished cells, marked partial.
   for cell in all_cells:
     path = os.path.join(paths.cell(cell), RESULT)
     if cell.name not in results and os.path.isfile(path):
       with open(path) as f:
         results[cell.name] = json.load(f)
+    elif cell.name not in results and flags['tables_only']:
+      partial = _partial_result(config, cell, paths)
+      if partial:
+        results[cell.name] = partial
   command = 'python -m m5_jax.benchmark_matrix ' + ' '.join(argv)
   text = write_tables(config, work, results, errors, command)
   print(text)
