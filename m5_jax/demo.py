@@ -138,46 +138,6 @@ def run_dirs(work: str) -> tuple[str, str]:
   return os.path.join(work, 'm5_mmt'), os.path.join(work, 'random_init')
 
 
-# ----------------------------------------------------------------------------- random weights
-
-
-def init_checkpoint(argv) -> int:
-  """`python -m m5_jax.demo init_checkpoint --config C --workdir DIR [--config.x=y]`.
-
-  Writes DIR/config.json and DIR/checkpoints/0 holding the train binary's initial
-  state {'step', 'params', 'opt_state'} for that config (what m5_jax.train would
-  start from), without the input iterator state: the eval binaries read it; it is
-  not meant to be trained on.
-  """
-  import logging  # pylint: disable=g-import-not-at-top
-  from m5_jax import checkpointing, config_lib, sharding, train  # pylint: disable=g-import-not-at-top
-  from m5_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
-  try:
-    config, flags = config_lib.parse_command_line(argv, {'workdir': ''})
-    if not flags['workdir']:
-      raise config_lib.ConfigError('--workdir DIR is required')
-  except config_lib.ConfigError as e:
-    config_lib.exit_with(e, 'm5_jax.demo init_checkpoint')
-  workdir = flags['workdir']
-  mesh = sharding.make_mesh(config.mesh)
-  rules = sharding.axis_rules(config.sharding)
-  task = train.make_task(config)
-  # The optimizer state's structure does not depend on the schedule's length.
-  tx, _ = optimizer_lib.make_optimizer(config, 1, 0)
-  init_fn = train.init_state_fn(config, task, tx)
-  with sharding.activation_context(mesh, rules, config.sharding.activation_constraints):
-    _, shardings = sharding.state_shardings(init_fn, mesh, rules)
-    state = sharding.init_sharded(init_fn, shardings)
-  config_lib.save_workdir_config(config, workdir)
-  checkpointer = checkpointing.Checkpointer(workdir, config.checkpoint)
-  checkpointer.save(0, state, force=True)
-  checkpointer.close()
-  logging.info('saved the initial state (step 0, seed %d) to %s', config.seed,
-               checkpointer.directory)
-  return 0
-
-
 # ----------------------------------------------------------------------------- results
 
 
@@ -275,10 +235,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-  argv = sys.argv[1:] if argv is None else list(argv)
-  if argv[:1] == ['init_checkpoint']:
-    return init_checkpoint(argv[1:])
-  args = parse_args(argv)
+  args = parse_args(sys.argv[1:] if argv is None else list(argv))
   work = os.path.abspath(args.workdir)
   os.makedirs(work, exist_ok=True)
   pretrained, random_init = run_dirs(work)

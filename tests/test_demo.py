@@ -2,23 +2,17 @@
 
 The end-to-end run takes minutes (it compiles a train step and an eval forward),
 so it is not a unit test: these check the stage commands parse against the real
-configs and binaries' flags, the stage runner, the random-weights checkpoint and
-the side-by-side table.
+configs and binaries' flags, the stage runner and the side-by-side table (the
+random-weights checkpoint is the train binary's total_steps=0: tests/test_train.py).
 """
 import json
 import os
 import sys
 
-import flax.linen as nn
-import jax
-import numpy as np
 import pytest
 
-from m5_jax import checkpointing
 from m5_jax import config_lib
 from m5_jax import demo
-from m5_jax import optimizer as optimizer_lib
-from m5_jax import train
 from m5_jax.evaluate import runner
 
 
@@ -68,27 +62,6 @@ def test_run_stage_times_skips_and_fails_clearly(tmp_path, monkeypatch):
   with pytest.raises(SystemExit, match=r'stage boom failed \(exit 3\)'):
     demo.run_stage('boom', [sys.executable, '-c', 'raise SystemExit(3)'], str(tmp_path), {})
   assert not os.path.exists(tmp_path / '.done' / 'boom')
-
-
-def test_init_checkpoint_saves_the_train_binarys_initial_params(tmp_path):
-  workdir = str(tmp_path / 'random_init')
-  spec = 'configs/text_only.py:size=tiny,runlocal'
-  assert demo.init_checkpoint(['--config', spec, '--workdir', workdir,
-                               '--config.input.dataset=synthetic']) == 0
-  assert checkpointing.list_steps(workdir) == [0]
-  step, params = checkpointing.restore_params(workdir)
-  config = config_lib.load_workdir_config(workdir)
-  assert step == 0 and config.input.dataset == 'synthetic'
-  task = train.make_task(config)
-  tx, _ = optimizer_lib.make_optimizer(config, 1, 0)
-  # train.py creates its state under jit (sharding.init_sharded); so does the reference.
-  init_fn = train.init_state_fn(config, task, tx)
-  expected = jax.jit(lambda: nn.unbox(init_fn())['params'])()
-  flat = jax.tree_util.tree_leaves_with_path(expected)
-  restored = dict(jax.tree_util.tree_leaves_with_path(params))
-  assert len(flat) == len(restored) > 0
-  for path, value in flat:
-    np.testing.assert_array_equal(np.asarray(restored[path]), np.asarray(value), err_msg=str(path))
 
 
 def _fake(value):

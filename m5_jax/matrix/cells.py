@@ -204,9 +204,11 @@ def cell_stages(config, cell: Cell, paths: Paths, num_classes: int, py: str,
   plan += [(f'eval_{t}', _eval(py, t, pretrained, config, subsets)) for t in pretrained_tasks]
   if cell.name in config.cells.random_cells:
     random_init = paths.run(cell, 'random_init')
-    plan.append(('random_init', [py, '-m', 'm5_jax.demo', 'init_checkpoint', '--config',
+    # The pretrained cell's config and seed with nothing to train: a step-0
+    # checkpoint of its initial (random) weights.
+    plan.append(('random_init', [py, '-m', 'm5_jax.train', '--config',
                                  pretrain_config_spec(config, cell), '--workdir', random_init,
-                                 *data, *p.overrides]))
+                                 *data, *p.overrides, '--config.total_steps=0']))
     plan += [(f'random_eval_{t}', _eval(py, t, random_init, config, subsets))
              for t in pretrained_tasks]
   if f.enabled:
