@@ -277,7 +277,10 @@ def main(argv=None) -> int:
   print(f'\n{comparison}\n\n{losses}\n\n{timings_markdown(timings)}\n')
   print(f'Demo finished in {time.perf_counter() - start:.0f} s. Under {work}:')
   print('  results.json, results.md            numbers, paper-layout tables, stage timings')
-  print('  m5_mmt/eval/<task>/*.png            plots (P@K curves, PCA projection, long tail);'
+  from m5_jax.evaluate import runner  # pylint: disable=g-import-not-at-top
+  variant = runner.variant_of(runner.Options(feature=args.feature))
+  plots = runner.output_dir('m5_mmt', '<task>', variant)
+  print(f'  {plots}/*.png   plots (P@K curves, PCA projection, long tail);'
         ' random_init/eval/ the same')
   print(f'  tensorboard --logdir {work}   training curves and eval scalars')
   return 0
