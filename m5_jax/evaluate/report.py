@@ -273,7 +273,8 @@ def plot_long_tail(per_class: Mapping[int, float], class_counts: Mapping[int, in
   positions = np.arange(len(classes))
   ax1.bar(positions, [class_counts.get(c, 0) for c in classes], color='lightgray',
           label='training examples')
-  ax1.set_yscale('log')
+  if any(class_counts.get(c, 0) > 0 for c in classes):
+    ax1.set_yscale('log')
   ax1.set_xlabel('classes, by training frequency')
   ax1.set_ylabel('training examples')
   ax2 = ax1.twinx()
