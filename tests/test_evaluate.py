@@ -113,3 +113,157 @@ def test_centering_removes_the_common_component_that_hides_content():
   np.testing.assert_allclose(means['text'], vectors['text'].mean(0), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(means['image'], vectors['image'][present['image']].mean(0),
                              rtol=1e-5, atol=1e-6)
+
+
+def test_items_without_features_are_counted_not_ranked():
+  labels = np.array([0, 0, 1, 1])
+  vectors = np.array([[1, 0], [1, 0], [0, 1], [0, 1]], np.float32)
+  present = np.array([True, False, True, True])
+  split = fake_split(labels, {'image': vectors}, present={'image': present})
+  out = retrieval.evaluate_sets(split, split, 'label', [(('image',), ('image',))],
+                                exclude=np.arange(4, dtype=np.int32))
+  metrics = out['sets']['I']
+  assert metrics['queries_without_features'] == 1 and metrics['gallery_without_features'] == 1
+  # Query 0's only other class-0 item has no image: no positive, counted.
+  assert metrics['queries_without_positives'] == 1 and metrics['num_queries'] == 2
+  assert metrics['m5_map@1'] == pytest.approx(100.0)
+
+
+def test_parse_pairs_and_labels():
+  pairs = retrieval.parse_pairs('IT,T:I,all', MODALITIES)
+  assert pairs[0] == (('text', 'image'), ('text', 'image'))
+  assert pairs[1] == (('text',), ('image',))
+  assert [retrieval.pair_label(*p) for p in pairs] == ['T+I', 'T->I', 'T+P+I']
+  assert retrieval.default_subsets(MODALITIES) == 'T,P,I,IT,all'
+  with pytest.raises(config_lib.ConfigError, match='bad modality set'):
+    retrieval.parse_pairs('X', MODALITIES)
+
+
+def test_linear_probe_and_clustering_on_known_features(toy):
+  query, gallery, num_classes = toy
+  probe = classification.linear_probe(gallery.combine(('text',)).features, gallery.label,
+                                      num_classes, seed=0)
+  perfect = classification.predict(probe, query.combine(('text',)).features)
+  assert (perfect == query.label).all()
+  rand = classification.linear_probe(gallery.combine(('table',)).features, gallery.label,
+                                     num_classes, seed=0)
+  assert (classification.predict(rand, query.combine(('table',)).features)
+          == query.label).mean() < 0.4
+  result = clustering.cluster(gallery.combine(('text',)), gallery.label, seed=0)
+  assert result['nmi'] > 99.0 and result['purity'] > 99.0 and result['k'] == num_classes
+
+
+def test_restarted_evaluator_resumes_from_done_list(tmp_path):
+  options = runner.Options(workdir=str(tmp_path), all=True)
+  calls = []
+
+  def crash_at_2(step):
+    calls.append(step)
+    if step == 2:
+      raise KeyboardInterrupt  # the evaluator dies mid-run
+  with pytest.raises(KeyboardInterrupt):
+    runner.run('toy', options, lambda: [1, 2, 3], crash_at_2)
+  assert calls == [1, 2]
+  calls.clear()
+  assert runner.run('toy', options, lambda: [1, 2, 3], calls.append) == [2, 3]
+  assert calls == [2, 3]
+  calls.clear()
+  assert runner.run('toy', options, lambda: [1, 2, 3], calls.append) == []
+  # Other subsets are a different evaluation; --force redoes.
+  other = runner.Options(workdir=str(tmp_path), all=True, subsets='T')
+  assert runner.run('toy', other, lambda: [1, 2, 3], calls.append) == [1, 2, 3]
+  forced = runner.Options(workdir=str(tmp_path), step=3, force=True)
+  assert runner.run('toy', forced, lambda: [1, 2, 3], calls.append) == [3]
+
+
+def test_watch_waits_for_new_checkpoints_and_stops_at_final(tmp_path):
+  listings = iter([[10], [10], [10, 20], [10, 20, 30]])
+  current = {'steps': []}
+
+  def list_steps():
+    current['steps'] = next(listings, current['steps'])
+    return current['steps']
+  evaluated = runner.run('toy', runner.Options(workdir=str(tmp_path), watch=True, poll_s=0),
+                         list_steps, lambda step: None, final_step=30, sleep=lambda s: None)
+  assert evaluated == [10, 20, 30]
+
+
+def test_vanished_checkpoint_is_skipped(tmp_path):
+  def gone(step):
+    raise FileNotFoundError(f'step {step} deleted')
+  assert runner.run('toy', runner.Options(workdir=str(tmp_path), all=True), lambda: [5],
+                    gone) == []
+
+
+def test_flags_parse_strictly():
+  options, extra, overrides = runner.parse_flags(
+      ['--workdir', '/w', '--all', '--subsets=IT,T:I', '--config.input.batch_size=4'],
+      {'finetuned': False})
+  assert options.all and options.subsets == 'IT,T:I' and extra == {'finetuned': False}
+  assert overrides == [('input.batch_size', '4')]
+  with pytest.raises(config_lib.ConfigError, match='--subsets'):
+    runner.parse_flags(['--workdir=/w', '--subset=T'])
+  with pytest.raises(config_lib.ConfigError, match='at most one'):
+    runner.parse_flags(['--workdir=/w', '--all', '--watch'])
+
+
+def test_reports_write_json_tables_tensorboard_and_plots(tmp_path, toy):
+  query, gallery, num_classes = toy
+  results = retrieval.evaluate_sets(query, gallery, 'label',
+                                    retrieval.parse_pairs('T,IT', MODALITIES))
+  workdir = str(tmp_path)
+  path = report.write_step(workdir, 'coarse_retrieval', 7, results,
+                           report.retrieval_tables(results))
+  with open(path) as f:
+    saved = json.load(f)
+  assert saved['step'] == 7 and saved['sets']['T']['m5_map@1'] == pytest.approx(100.0)
+  out_dir = runner.output_dir(workdir, 'coarse_retrieval')
+  assert any(name.startswith('events.out.tfevents') for name in os.listdir(out_dir))
+  cls = {'sets': {'T': {'accuracy': 91.5}, 'T+I': {'accuracy': 95.0}}}
+  table = report.paper_table(cls, report.load_step(workdir, 'coarse_retrieval'))
+  assert table.splitlines()[0] == '| Modalities | Acc | mAP@1 | mAP@5 | mAP@10 | P@1 | P@5 | P@10 |'
+  assert '| T | 91.50 | 100.00 |' in table
+  png = report.plot_precision_curves(results['curves'], str(tmp_path / 'p.png'))
+  proj = report.plot_projection(gallery.pooled['image'], gallery.label, str(tmp_path / 'x.png'))
+  tail = report.plot_long_tail({0: 90.0, 1: 50.0}, {0: 100, 1: 3}, str(tmp_path / 't.png'))
+  for p in (png, proj, tail):
+    with open(p, 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_variants_get_their_own_folder_and_subsets_merge(tmp_path):
+  workdir = str(tmp_path)
+  default = runner.Options(workdir=workdir)
+  other = runner.Options(workdir=workdir, feature='encoder_pooled')
+  assert runner.variant_of(default) == ''
+  assert runner.variant_of(other) == 'feature=encoder_pooled'
+  # Task flags count where not default; the fine-tuned mode is not a variant.
+  assert runner.variant_of(default, {'split': 'cls_train', 'finetuned': True},
+                           {'split': 'cls_test', 'finetuned': False}) == 'split=cls_train'
+  assert runner.variant_of(default, {'split': 'cls_test'}, {'split': 'cls_test'}) == ''
+  # Another feature at the same step does not overwrite the default results ...
+  report.write_step(workdir, 'clustering', 3, {'sets': {'T': {'nmi': 10.0}}})
+  report.write_step(workdir, 'clustering', 3, {'sets': {'T': {'nmi': 20.0}}},
+                    variant='feature=encoder_pooled')
+  assert report.load_step(workdir, 'clustering')['sets']['T']['nmi'] == 10.0
+  assert report.load_step(workdir, 'clustering', 3, 'feature=encoder_pooled')['sets'] == {
+      'T': {'nmi': 20.0}}
+  # ... and other subsets at the same step add rows (the new value of a row wins).
+  merged = report.with_saved_rows(workdir, 'clustering', 3,
+                                  {'sets': {'I': {'nmi': 5.0}, 'T': {'nmi': 11.0}}})
+  assert merged['sets'] == {'T': {'nmi': 11.0}, 'I': {'nmi': 5.0}}
+  # Signatures differ per variant, so a done-list never mixes them.
+  assert default.signature('clustering') != other.signature('clustering')
+
+
+def test_method_table_never_guesses_the_row(tmp_path):
+  for name, acc in (('a', 50.0), ('b', 60.0)):
+    report.write_step(str(tmp_path / name), 'classification', 1,
+                      {'sets': {'T': {'accuracy': acc}, 'I+T': {'accuracy': acc + 1}}})
+  runs = {'a': str(tmp_path / 'a'), 'b': str(tmp_path / 'b')}
+  table = report.method_table(runs, 'I+T')
+  assert '| a | 51.00 | - | - | - |' in table and '| b | 61.00 |' in table
+  assert '| a | - |' in report.method_table(runs, 'I+T+P')  # absent row: '-', not another row
+  assert '| b | 61.00 |' in report.method_table(runs, 'all')  # the row with most modalities
+  with pytest.raises(ValueError, match='--modality_set'):
+    report.method_table(runs)
