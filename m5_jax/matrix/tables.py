@@ -52,30 +52,27 @@ def _cells_in(results: Mapping[str, Mapping], table: str) -> list[Mapping]:
   return [r for r in results.values() if table in r.get('tables', ()) and not r.get('seed')]
 
 
+def _per_weights_table(first_header: str, cells, first_cell, columns) -> str:
+  """One row per cell: `first_cell(cell)`, then `columns` for each of WEIGHTS."""
+  rows = [[first_cell(r)] + [metric(r, weights, task, name)
+                             for weights in WEIGHTS for _, task, name in columns]
+          for r in cells]
+  header = [first_header] + [f'{c} ({"FT" if w == "finetuned" else "PT"})'
+                             for w in WEIGHTS for c, _, _ in columns]
+  return report.markdown_table(header, rows)
+
+
 def set_table(results: Mapping[str, Mapping], table: str) -> str:
   """Rows = modality sets; per weights: Acc, mAP@1/5/10, P@1/5/10."""
-  rows = []
-  for r in _cells_in(results, table):
-    row = [r['label']]
-    for weights in WEIGHTS:
-      row += [metric(r, weights, task, name) for _, task, name in SET_COLUMNS]
-    rows.append(row)
-  header = ['Modalities'] + [f'{c} ({"FT" if w == "finetuned" else "PT"})'
-                             for w in WEIGHTS for c, _, _ in SET_COLUMNS]
-  return report.markdown_table(header, rows)
+  return _per_weights_table('Modalities', _cells_in(results, table), lambda r: r['label'],
+                            SET_COLUMNS)
 
 
 def method_table(results: Mapping[str, Mapping]) -> str:
   """Rows = methods (Table 3); per weights: mAP@1, Acc, NMI, Purity."""
-  rows = []
-  for r in _cells_in(results, 'methods'):
-    row = [f'{METHOD_NAMES.get(r["method"], r["method"])} ({r["label"]})']
-    for weights in WEIGHTS:
-      row += [metric(r, weights, task, name) for _, task, name in METHOD_COLUMNS]
-    rows.append(row)
-  header = ['Method'] + [f'{c} ({"FT" if w == "finetuned" else "PT"})'
-                         for w in WEIGHTS for c, _, _ in METHOD_COLUMNS]
-  return report.markdown_table(header, rows)
+  return _per_weights_table(
+      'Method', _cells_in(results, 'methods'),
+      lambda r: f'{METHOD_NAMES.get(r["method"], r["method"])} ({r["label"]})', METHOD_COLUMNS)
 
 
 def per_modality_table(result: Mapping[str, Any]) -> str:
