@@ -155,10 +155,15 @@ def run(options: runner.Options, config, extra) -> list[int]:
       logging.info('%s linear probe: accuracy %.2f', label, metrics['accuracy'])
     _write(options, step, results, per_class, train.label, f'linear probe {label}')
 
+  @functools.cache
+  def train_labels() -> np.ndarray:  # read once, not at every step evaluated
+    return model_features.read_labels(config, 'cls_train')
+
+  forward = jax.jit(embedder.apply)  # one jitted function for every step evaluated
+
   def evaluate_finetuned(step: int) -> None:
     embedder.restore(step)
     predictions, labels = [], []
-    forward = jax.jit(embedder.apply)
     for batch in embedder.iterator('cls_test'):
       logits = forward(embedder.params, batch)
       mask = search.fetch(batch['example_mask']).astype(bool)
@@ -168,8 +173,7 @@ def run(options: runner.Options, config, extra) -> list[int]:
     label = 'finetuned ' + features_lib.subset_label(available)
     results = {'sets': {label: metrics_lib.accuracy(predictions, labels)}, 'mode': 'finetuned',
                'per_class': {label: metrics_lib.per_class_accuracy(predictions, labels)}}
-    _write(options, step, results, results['per_class'][label],
-           model_features.read_labels(config, 'cls_train'), label)
+    _write(options, step, results, results['per_class'][label], train_labels(), label)
 
   finetuned = extra['finetuned'] or model_features.is_finetuned(config)
   if extra['finetuned'] and not model_features.is_finetuned(config):
