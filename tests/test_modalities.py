@@ -349,3 +349,26 @@ def test_unknown_modality_and_bad_form_fail_clearly():
   cfg.form = 'pixels'
   with pytest.raises(ValueError, match='raw|features'):
     modalities.get('image').batch_spec(cfg)
+
+
+def test_audio_utterance_normalization_known_answer():
+  """Valid frames -> mean 0, std 1 over the clip; padding stays 0; offsets cancel."""
+  from m5_jax.modalities import audio
+  rng = np.random.default_rng(0)
+  mel = rng.normal(-10.0, 3.0, (4, 6)).astype(np.float32)
+  mask = np.array([True, True, True, False, False, False])
+  mel[:, ~mask] = 0.0
+  out = audio.normalize_utterance(tf.constant(mel), tf.constant(mask), 'utterance').numpy()
+  valid = mel[:, mask]
+  np.testing.assert_allclose(out[:, mask], (valid - valid.mean()) / np.sqrt(valid.var() + 1e-5),
+                             rtol=1e-5, atol=1e-5)
+  assert (out[:, ~mask] == 0).all()
+  # A constant offset (the log floor) does not change the result.
+  shifted = np.where(mask[None], mel + 7.0, 0.0).astype(np.float32)
+  np.testing.assert_allclose(
+      audio.normalize_utterance(tf.constant(shifted), tf.constant(mask), 'utterance').numpy(),
+      out, atol=1e-4)
+  np.testing.assert_array_equal(
+      audio.normalize_utterance(tf.constant(mel), tf.constant(mask), 'none').numpy(), mel)
+  with pytest.raises(ValueError, match='normalize_input'):
+    audio.normalize_utterance(tf.constant(mel), tf.constant(mask), 'global')

@@ -9,6 +9,15 @@ form 'raw':      time patches of `patch_frames` frames x 80 bins (751 frames ->
                  47 tokens at 16). Masked audio modeling zeroes the patch;
                  target = the patch's values.
 Targets are normalised per token by default (log-mel has a large offset).
+
+Input normalisation (`normalize_input`, in preprocess): 'utterance' (default)
+standardises each clip's log-mel over its valid frames and all bins, so padding
+and masked frames (zeros) equal the clip's mean. Without it, silent bins sit at
+log(1e-6) = -13.8 against padding at 0, and a mel row's projection is dominated
+by how many frames are valid (the clip's length) rather than by its spectrum:
+on mini, audio was the model's weakest vector though its pitch names the
+category. 'none' keeps raw log-mel (and is what runs saved before this key
+existed used).
 """
 from __future__ import annotations
 
@@ -46,6 +55,20 @@ def patch_mask(frame_mask, patch_frames: int):
   return m.reshape(b, n, patch_frames).any(-1)
 
 
+def normalize_utterance(mel, mask, how: str):
+  """tf: float32[bins, frames] with invalid frames 0 -> standardised over the valid ones."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if how == 'none':
+    return mel
+  if how != 'utterance':
+    raise ValueError(f"audio normalize_input must be 'utterance' or 'none', got {how!r}")
+  valid = tf.cast(mask, tf.float32)[None, :] * tf.ones_like(mel)
+  count = tf.maximum(tf.reduce_sum(valid), 1.0)
+  mean = tf.reduce_sum(mel * valid) / count
+  var = tf.reduce_sum(tf.square(mel - mean) * valid) / count
+  return tf.where(valid > 0, (mel - mean) * tf.math.rsqrt(var + 1e-5), 0.0)
+
+
 class MelEmbedder(nn.Module):
   """Projection of mel rows (features) or time patches (raw), + positions."""
   cfg: ml_collections.ConfigDict
@@ -76,6 +99,7 @@ class Audio(base.MaskedFeatureModality):
         'mask_prob': 0.15,         # share of real tokens masked, at least one
         'target': 'regression',    # 'regression' | 'classification' (in-batch NCE)
         'normalize_target': True,
+        'normalize_input': 'utterance',  # 'utterance' | 'none' (see the module docstring)
         'nce_temperature': 0.07,
         'encoder_layers': None,
     })
@@ -100,6 +124,7 @@ class Audio(base.MaskedFeatureModality):
     mask = tf.logical_and(present, tf.range(frames) < valid)
     mel = tf.pad(mel, [[0, bins - shape[0]], [0, frames - shape[1]]])
     mel = tf.where(mask[None, :], mel, tf.zeros_like(mel))
+    mel = normalize_utterance(mel, mask, cfg.get('normalize_input', 'none'))
     mel.set_shape([bins, frames])
     return {'present': present, 'mel': mel, 'mask': mask}
 
