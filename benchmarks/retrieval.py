@@ -6,8 +6,8 @@
 Synthetic float32 embeddings (L2-normalised Gaussians). Times
 `ShardedGallery.search` (m5_jax/evaluate/search.py) on whatever devices JAX sees
 (after one warm-up query block, so compile time is reported separately), and
-faiss-cpu's exact IndexFlatIP on the same data in the same process, then
-compares the returned ids.
+faiss-cpu's exact IndexFlatIP on the same data in the same process, interleaved
+in `--rounds` chunks of queries (see `measure`), then compares the returned ids.
 
 Ties: two fp32 dot products that differ by less than `TIE_EPS` can come out in
 either order depending on the summation order of the matmul, so rank j of a
@@ -60,49 +60,86 @@ def compare(ours_s, ours_i, ref_s, ref_i, eps: float = TIE_EPS) -> dict:
   }
 
 
+def _timed(fn):
+  """(result, wall seconds, process CPU seconds) of fn()."""
+  wall, cpu = time.perf_counter(), machine.cpu_seconds()
+  out = fn()
+  return out, time.perf_counter() - wall, machine.cpu_seconds() - cpu
+
+
 def measure(num_queries: int, gallery_size: int, dim: int, k: int, query_block: int = 1024,
-            gallery_block: int = 16384, with_faiss: bool = True) -> dict:
+            gallery_block: int = 16384, with_faiss: bool = True, rounds: int = 5) -> dict:
+  """Ours and faiss on the same arrays, timed in `rounds` interleaved chunks of queries.
+
+  Each round times ours and faiss on the same chunk back to back (alternating who
+  goes first), so a change in this shared machine's load hits both sides alike;
+  the ratio is also reported per process CPU-second, which the load cannot move.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   from m5_jax.evaluate import search  # pylint: disable=g-import-not-at-top
 
   gallery = synthetic(gallery_size, dim, seed=0)
   queries = synthetic(num_queries, dim, seed=1)
+  query_block = max(1, min(query_block, num_queries))
   result = {'num_queries': num_queries, 'gallery': gallery_size, 'dim': dim, 'k': k,
             'query_block': query_block, 'gallery_block': gallery_block,
             'devices': f'{jax.device_count()} x {jax.devices()[0].platform}',
             'load_avg_start': machine.load_average()}
 
-  start = time.perf_counter()
-  index = search.ShardedGallery(gallery, gallery_block=gallery_block)
-  jax.block_until_ready(index.embeddings)
-  result['ours_place_s'] = time.perf_counter() - start
-  start = time.perf_counter()
-  index.search(queries[:query_block], k, query_block=query_block)
-  result['ours_first_block_s'] = time.perf_counter() - start  # includes compilation
-  start = time.perf_counter()
-  ours_s, ours_i = index.search(queries, k, query_block=query_block, log_every_s=10.0)
-  result['ours_s'] = time.perf_counter() - start
-  result['ours_qps'] = num_queries / result['ours_s']
-  del index
+  def place():
+    placed = search.ShardedGallery(gallery, gallery_block=gallery_block)
+    jax.block_until_ready(placed.embeddings)
+    return placed
+  index, result['ours_place_s'], _ = _timed(place)
+  _, result['ours_first_block_s'], _ = _timed(  # includes compilation
+      lambda: index.search(queries[:query_block], k, query_block=query_block))
 
   try:
     import faiss  # pylint: disable=g-import-not-at-top
   except ImportError:
     faiss = None
+  flat = None
   if with_faiss and faiss is not None:
-    start = time.perf_counter()
     flat = faiss.IndexFlatIP(dim)
-    flat.add(gallery)
-    result['faiss_add_s'] = time.perf_counter() - start
-    start = time.perf_counter()
-    ref_s, ref_i = flat.search(queries, k + 1)  # + 1: see compare()
-    result['faiss_s'] = time.perf_counter() - start
-    result.update(faiss_version=faiss.__version__, faiss_threads=faiss.omp_get_max_threads(),
-                  faiss_qps=num_queries / result['faiss_s'],
-                  time_ratio_ours_over_faiss=result['ours_s'] / result['faiss_s'],
-                  **compare(ours_s, ours_i, ref_s, ref_i))
+    _, result['faiss_add_s'], _ = _timed(lambda: flat.add(gallery))
+    result.update(faiss_version=faiss.__version__, faiss_threads=faiss.omp_get_max_threads())
   else:
     result['faiss'] = 'not installed (pip install -r benchmarks/requirements.txt)'
+
+  # Chunks of whole query blocks, so ours never pads a block that faiss does not see.
+  blocks = -(-num_queries // query_block)
+  per_round = -(-blocks // max(1, rounds)) * query_block
+  last = num_queries - (num_queries - 1) // per_round * per_round
+  if last < query_block:  # the search compiles a smaller block for it: not in the timing
+    index.search(queries[-last:], k, query_block=query_block)
+  ours_s, ours_i, ref_s, ref_i, per_round_rows = [], [], [], [], []
+  totals = dict(ours_s=0.0, ours_cpu_s=0.0, faiss_s=0.0, faiss_cpu_s=0.0)
+  for r, lo in enumerate(range(0, num_queries, per_round)):
+    chunk = queries[lo:lo + per_round]
+    sides = [('ours', lambda c=chunk: index.search(c, k, query_block=query_block))]
+    if flat is not None:
+      sides.append(('faiss', lambda c=chunk: flat.search(c, k + 1)))  # + 1: see compare()
+    row = {'queries': len(chunk)}
+    for side, fn in (sides if r % 2 == 0 else sides[::-1]):
+      (scores, ids), wall, cpu = _timed(fn)
+      (ours_s if side == 'ours' else ref_s).append(scores)
+      (ours_i if side == 'ours' else ref_i).append(ids)
+      row[f'{side}_s'], row[f'{side}_cpu_s'] = wall, cpu
+      totals[f'{side}_s'] += wall
+      totals[f'{side}_cpu_s'] += cpu
+    row['load_avg'] = machine.load_average()
+    per_round_rows.append(row)
+    print(f'round {r + 1}: {row}', file=sys.stderr, flush=True)
+  result['rounds'] = per_round_rows
+  result['ours_s'], result['ours_cpu_s'] = totals['ours_s'], totals['ours_cpu_s']
+  result['ours_qps'] = num_queries / result['ours_s']
+  if flat is not None:
+    result.update(faiss_s=totals['faiss_s'], faiss_cpu_s=totals['faiss_cpu_s'],
+                  faiss_qps=num_queries / totals['faiss_s'],
+                  time_ratio_ours_over_faiss=totals['ours_s'] / totals['faiss_s'],
+                  cpu_ratio_ours_over_faiss=totals['ours_cpu_s'] / totals['faiss_cpu_s'],
+                  **compare(np.concatenate(ours_s), np.concatenate(ours_i),
+                            np.concatenate(ref_s), np.concatenate(ref_i)))
   result['load_avg_end'] = machine.load_average()
   result['peak_rss_mib'] = machine.peak_rss_mib()
   return result
@@ -118,10 +155,12 @@ def main(argv=None) -> int:
   parser.add_argument('--query_block', type=int, default=1024)
   parser.add_argument('--gallery_block', type=int, default=16384)
   parser.add_argument('--no_faiss', action='store_true')
+  parser.add_argument('--rounds', type=int, default=5,
+                      help='interleaved chunks: ours and faiss alternate on each')
   parser.add_argument('--json', action='store_true', help='print one JSON object')
   args = parser.parse_args(argv)
   r = measure(args.num_queries, args.gallery, args.dim, args.k, args.query_block,
-              args.gallery_block, not args.no_faiss)
+              args.gallery_block, not args.no_faiss, args.rounds)
   if args.json:
     print(json.dumps(r))
     return 0
@@ -131,7 +170,8 @@ def main(argv=None) -> int:
   if 'faiss_s' in r:
     print(f"faiss {r['faiss_version']} IndexFlatIP ({r['faiss_threads']} threads): "
           f"{r['faiss_qps']:.1f} queries/s ({r['faiss_s']:.1f} s); ours/faiss time "
-          f"{r['time_ratio_ours_over_faiss']:.2f}; ids identical "
+          f"{r['time_ratio_ours_over_faiss']:.2f} (per CPU-s "
+          f"{r['cpu_ratio_ours_over_faiss']:.2f}); ids identical "
           f"{100 * r['identical_ids_share']:.3f}%, {r['tied_ranks']} tied ranks, "
           f"{r['untied_mismatches']} untied mismatches; load {r['load_avg_start']}-"
           f"{r['load_avg_end']}")
