@@ -360,9 +360,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     in_shardings=(shardings, sharding.batch_sharding(mesh)),
                     out_shardings=(shardings, None), donate_argnums=(0,))
   with sharding.activation_context(mesh, rules, constraints):
-    compiled = compile_cached(step_fn.lower(
-        sharding.abstract_with_shardings(abstract, shardings), _batch_shapes(config, mesh)))
-  flops = train_logging.train_step_flops(compiled)
+    traced = step_fn.trace(sharding.abstract_with_shardings(abstract, shardings),
+                           _batch_shapes(config, mesh))
+    compiled = compile_cached(traced.lower())
+  # Model FLOPs per device from the step's jaxpr (scan-aware; XLA's cost analysis
+  # counts a model.scan_layers stack once): train_logging.matmul_flops.
+  flops = train_logging.jaxpr_matmul_flops(traced.jaxpr) / jax.device_count() or None
   logger = train_logging.MetricLogger(
       workdir, total_steps=total_steps, batch_size=batch_size, flops_per_step=flops,
       peak_flops_per_device=config.log.peak_flops_per_device)

@@ -6,9 +6,10 @@ log to their own stderr. Besides the step's metrics (each loss term, grad and
 param norms, learning rate) every logged step gets:
 
   perf/steps_per_sec, perf/examples_per_sec   measured between two log points
-  perf/mfu     model FLOPs utilisation = XLA's per-device FLOPs of the compiled
-               train step (`compiled.cost_analysis()['flops']`) x steps/s divided
-               by `config.log.peak_flops_per_device` (omitted when that is 0)
+  perf/mfu     model FLOPs utilisation = the train step's matmul FLOPs per device
+               (`matmul_flops`, counted on its jaxpr, scan bodies x their length)
+               x steps/s divided by `config.log.peak_flops_per_device` (omitted
+               when that is 0)
   perf/eta_hours
 """
 from __future__ import annotations
@@ -95,7 +96,12 @@ def matmul_flops(fn, *args) -> float:
   count `length` times; every other sub-jaxpr (jit, remat, custom_vjp, ...)
   once; a cond its most expensive branch. Elementwise work is not counted.
   """
-  return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+  return jaxpr_matmul_flops(jax.make_jaxpr(fn)(*args))
+
+
+def jaxpr_matmul_flops(closed_jaxpr) -> float:
+  """matmul_flops of an already traced function (e.g. `jax.jit(f).trace(...).jaxpr`)."""
+  return _jaxpr_flops(closed_jaxpr.jaxpr)
 
 
 def _jaxpr_flops(jaxpr) -> float:
