@@ -63,6 +63,50 @@ def sequence_lengths(config) -> dict[str, int]:
   return {m: int(np.prod(x.shape[1:])) for m, x in out['token_mask'].items()}
 
 
+def build_step(size: str, form: str, batch_size: int, modalities: str = 'itpva',
+               overrides: dict | None = None, steps: int = 4) -> dict:
+  """The compiled real train step, its initial state, synthetic batches and its
+  matmul FLOPs: {'config', 'compiled', 'state', 'batches', 'flops', 'xla_flops',
+  'compile_s', 'num_params'} (shared with benchmarks/op_profile.py)."""
+  from m5_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
+  from m5_jax import sharding  # pylint: disable=g-import-not-at-top
+  from m5_jax import synthetic_input  # pylint: disable=g-import-not-at-top
+  from m5_jax import train  # pylint: disable=g-import-not-at-top
+  from m5_jax import train_logging  # pylint: disable=g-import-not-at-top
+
+  config = make_config(size, form, batch_size, modalities, overrides)
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.axis_rules(config.sharding)
+  task = train.make_task(config)
+  tx, schedule = optimizer_lib.make_optimizer(config, config.total_steps, 10)
+  init_fn = train.init_state_fn(config, task, tx)
+  with sharding.activation_context(mesh, rules, False):
+    abstract, shardings = sharding.state_shardings(init_fn, mesh, rules)
+    state = sharding.init_sharded(init_fn, shardings)
+  step = train.make_train_step(config, task, tx, schedule, mesh, shardings['params'])
+  step_fn = jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                    out_shardings=(shardings, None), donate_argnums=(0,))
+  data = synthetic_input.SyntheticIterator(config, mesh, batch_size, config.seed)
+  batches = [next(data) for _ in range(min(steps, 4))]  # made once: no host work timed
+
+  start = time.perf_counter()
+  with sharding.activation_context(mesh, rules, False):
+    traced = step_fn.trace(state, batches[0])
+    compiled = traced.lower().compile()
+  compile_s = time.perf_counter() - start
+  return {'config': config, 'compiled': compiled, 'state': state, 'batches': batches,
+          'flops': train_logging.jaxpr_matmul_flops(traced.jaxpr),
+          'xla_flops': train_logging.train_step_flops(compiled), 'compile_s': compile_s,
+          'num_params': sum(x.size for x in jax.tree.leaves(abstract['params']))}
+
+
+def peak_fn(matmul_n: int = 2048, dtype: str = 'float32'):
+  """() -> the best fp32 (dtype) matmul FLOP/s of two sizes, measured now."""
+  return lambda per_cpu=False: max(
+      machine.matmul_peak_flops(n, dtype=dtype, per_cpu_second=per_cpu)
+      for n in (matmul_n // 2, matmul_n))
+
+
 def measure(size: str, form: str, batch_size: int, steps: int, modalities: str = 'itpva',
             overrides: dict | None = None, matmul_n: int = 2048,
             dtype: str = 'float32') -> dict:
@@ -72,41 +116,14 @@ def measure(size: str, form: str, batch_size: int, steps: int, modalities: str =
   the peak matmul (bfloat16 on a GPU: the H100 MFU of the issue).
   """
   overrides = dict(overrides or {}, **{'model.dtype': dtype})
-  from m5_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
-  from m5_jax import sharding  # pylint: disable=g-import-not-at-top
-  from m5_jax import synthetic_input  # pylint: disable=g-import-not-at-top
-  from m5_jax import train  # pylint: disable=g-import-not-at-top
-  from m5_jax import train_logging  # pylint: disable=g-import-not-at-top
-
-  config = make_config(size, form, batch_size, modalities, overrides)
   load_start = machine.load_average()
-  peak = lambda per_cpu=False: max(  # noqa: E731
-      machine.matmul_peak_flops(n, dtype=dtype, per_cpu_second=per_cpu)
-      for n in (matmul_n // 2, matmul_n))
+  peak = peak_fn(matmul_n, dtype)
   peak_before, cpu_peak_before = peak(), peak(per_cpu=True)
-
-  mesh = sharding.make_mesh(config.mesh)
-  rules = sharding.axis_rules(config.sharding)
-  task = train.make_task(config)
-  tx, schedule = optimizer_lib.make_optimizer(config, config.total_steps, 10)
-  init_fn = train.init_state_fn(config, task, tx)
-  with sharding.activation_context(mesh, rules, False):
-    abstract, shardings = sharding.state_shardings(init_fn, mesh, rules)
-    state = sharding.init_sharded(init_fn, shardings)
-  num_params = sum(x.size for x in jax.tree.leaves(abstract['params']))
-  step = train.make_train_step(config, task, tx, schedule, mesh, shardings['params'])
-  step_fn = jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                    out_shardings=(shardings, None), donate_argnums=(0,))
-  data = synthetic_input.SyntheticIterator(config, mesh, batch_size, config.seed)
-  batches = [next(data) for _ in range(min(steps, 4))]  # made once: no host work timed
-
-  start = time.perf_counter()
-  with sharding.activation_context(mesh, rules, False):
-    compiled = step_fn.lower(state, batches[0]).compile()
-  compile_s = time.perf_counter() - start
-  xla_flops = train_logging.train_step_flops(compiled)
-  with sharding.activation_context(mesh, rules, False):
-    flops = train_logging.matmul_flops(step, state, batches[0])
+  built = build_step(size, form, batch_size, modalities, overrides, steps)
+  config, compiled, state, batches = (built['config'], built['compiled'], built['state'],
+                                      built['batches'])
+  compile_s, xla_flops, flops = built['compile_s'], built['xla_flops'], built['flops']
+  num_params = built['num_params']
 
   state, metrics = compiled(state, batches[0])  # warm-up (first run allocates)
   jax.block_until_ready(metrics)

@@ -108,3 +108,37 @@ def test_matmul_flops_counts_dots_scans_and_convs():
   # [2, 3, 8, 8] * [5, 3, 2, 2] -> [2, 5, 7, 7]: each output sums 3 x 2 x 2 products.
   assert train_logging.matmul_flops(conv, jnp.ones((2, 3, 8, 8)),
                                     jnp.ones((5, 3, 2, 2))) == 2 * (2 * 5 * 7 * 7) * 12
+
+
+def test_op_profile_classifies_compiled_hlo_and_sums_thunk_events():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from benchmarks import op_profile  # pylint: disable=g-import-not-at-top
+
+  def layers(x, ws):  # a scanned stack (while loop) of dense + layer norm, then softmax
+    def body(h, w):
+      h = jax.nn.relu(h @ w)
+      return (h - h.mean(-1, keepdims=True)) / (h.std(-1, keepdims=True) + 1e-6), None
+    return jax.nn.logsumexp(jax.lax.scan(body, x, ws)[0])
+  compiled = jax.jit(jax.grad(layers, argnums=1)).lower(
+      jnp.ones((16, 8)), jnp.ones((3, 8, 8))).compile()
+  categories = op_profile.instruction_categories(compiled.as_text())
+  kinds = set(categories.values())
+  assert {'matmul', 'exp', 'reduce'} <= kinds <= set(op_profile.CATEGORIES)
+  instructions, _ = op_profile.parse_hlo(compiled.as_text())
+  loops = [name for name, (op, _) in instructions.items() if op == 'while']
+  assert loops and not set(loops) & set(categories)  # control flow: its bodies' thunks count
+  # Known answer for the event sums: two thunks of one matmul, one exp, unknown names ignored.
+  matmul = next(n for n, c in categories.items() if c == 'matmul')
+  exp = next(n for n, c in categories.items() if c == 'exp')
+  events = [{'ph': 'X', 'name': matmul, 'dur': 30.0}, {'ph': 'X', 'name': matmul, 'dur': 10.0},
+            {'ph': 'X', 'name': f'end: {matmul}', 'dur': 1.0},
+            {'ph': 'X', 'name': exp, 'dur': 5.0}, {'ph': 'X', 'name': 'Foo::Bar', 'dur': 99.0},
+            {'ph': 'M', 'name': exp, 'dur': 7.0}]
+  times = op_profile.thunk_times(events, categories)
+  assert times['matmul'] == {'us': 40.0, 'events': 2} and times['exp'] == {'us': 5.0, 'events': 1}
+  assert sum(t['us'] for c, t in times.items() if c in op_profile.CATEGORIES) == 45.0
+  assert op_profile.classify({'dot', 'exponential'}) == 'matmul'
+  assert op_profile.classify({'xor', 'shift-right-logical', 'add'}) == 'rng'
+  assert op_profile.classify({'transpose', 'parameter'}) == 'layout'
+  assert op_profile.classify({'add', 'multiply'}) == 'elementwise'
