@@ -52,7 +52,7 @@ def get_config(arg=None):
       enabled=True,
       # 100 steps (about 3.5 epochs of cls_train at 3000 products) left every cell at
       # the majority class; 300 steps at 1e-3 beat 1e-4, 3e-4 and 3e-3 and a 0.1x
-      # backbone lr on m5_mmt-ti (benchmarks/matrix/matrix.md, 'Fine-tuning recipe').
+      # backbone lr on m5_mmt-ti (benchmarks/results/matrix.md, 'Fine-tuning recipe').
       steps=300,
       batch_size=16,
       lr=1e-3,
