@@ -346,3 +346,15 @@ def test_cost_table_sums_stages_and_data():
                                             'eval': {'wall_s': 5.0, 'cpu_s': 4.0, 'skipped': True}}}}
   lines = tables.cost_table(results, {'make_mini': {'wall_s': 3.0, 'cpu_s': 2.0}}).splitlines()
   assert lines[2:] == ['| data: make_mini | 1 | 3 | 2 |', '| a | 2 | 15 | 12 |', '| total |  | 18 | 14 |']
+
+
+def test_verdict_sign_test_known_answers():
+  # P(>= 5 of 5 positive) = 1/32; P(>= 4 of 5) = 6/32.
+  assert tables.sign_test_p([1, 2, 3, 4, 5]) == pytest.approx(1 / 32)
+  assert tables.sign_test_p([1, 2, 3, 4, -5]) == pytest.approx(6 / 32)
+  # Five small positive margins inside a noise of 3: agree in sign beyond chance.
+  assert tables._verdict([1, 2, 0.5, 1, 2], 3.0) == (  # pylint: disable=protected-access
+      'holds in sign (5/5 positive, sign test p=0.031); some margins within noise')
+  assert tables._verdict([1, 2, -0.5, 1, 2], 3.0) == 'within noise'  # p = 6/32
+  assert tables._verdict([1, 2, -4, 1, 2], 3.0) == 'fails'  # pylint: disable=protected-access
+  assert tables._verdict([1.0], 3.0) == 'within noise'  # pylint: disable=protected-access

@@ -144,9 +144,17 @@ def sampling_error(result: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------------------- findings
 
 
+def sign_test_p(margins: Sequence[float]) -> float:
+  """One-sided sign test: P(at least this many positive margins | each sign a coin flip)."""
+  n, positive = len(margins), sum(m > 0 for m in margins)
+  return sum(math.comb(n, k) for k in range(positive, n + 1)) / 2 ** n
+
+
 def _verdict(margins: Sequence[float], noise: float | None) -> str:
   """'holds' when every margin is above the noise, 'fails' when one is below -noise
-  (noise None: unknown, judged against 0 and said so)."""
+  (noise None: unknown, judged against 0 and said so). Between the two, several
+  independent margins (separate cells) can still agree in sign beyond chance: then
+  'holds in sign' with the sign test's p (< 0.05), else 'within noise'."""
   if not margins:
     return 'n/a (cells not run)'
   band = noise or 0.0
@@ -155,6 +163,11 @@ def _verdict(margins: Sequence[float], noise: float | None) -> str:
     return 'holds' + unknown
   if any(m < -band for m in margins):
     return 'fails' + unknown
+  p = sign_test_p(margins)
+  if len(margins) > 1 and p < 0.05:
+    positive = sum(m > 0 for m in margins)
+    return (f'holds in sign ({positive}/{len(margins)} positive, sign test p={p:.2g}); '
+            'some margins within noise')
   return 'within noise'
 
 
