@@ -84,6 +84,11 @@ def test_cell_stages_share_the_data_and_chain_pretrain_finetune_export():
   big = dict(cells_lib.cell_stages(config, cells['m5_mmt-tipva'], paths, 24, 'py'))
   assert '--subsets' not in big['eval_coarse_retrieval']
   assert 'random_init' in big and 'random_eval_classification' in big
+  # Audio cells tokenise audio as config.data.audio_form says, in every run that builds
+  # the model (pretraining, random weights, fine-tuning); cells without audio do not.
+  for stage in ('train', 'random_init', 'finetune'):
+    assert '--config.modality.audio.form=raw' in big[stage], stage
+  assert '--config.modality.audio.form' not in train + finetune
   assert '--config.seed=1' in ' '.join(
       dict(cells_lib.cell_stages(config, cells['m5_mmt-ti-s1'], paths, 24, 'py'))['train'])
 

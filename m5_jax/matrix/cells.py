@@ -150,6 +150,8 @@ def _data_overrides(config, paths: Paths, cell: Cell) -> list[str]:
          f'--config.model.vocab_size={vocab}', f'--config.seed={cell.seed}']
   out += [f'--config.modality.{m}.vocab_size={vocab}' for m in cell.modalities
           if m in ('text', 'table')]
+  if 'audio' in cell.modalities and config.data.get('audio_form'):
+    out.append(f'--config.modality.audio.form={config.data.audio_form}')
   return out
 
 
