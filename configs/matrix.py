@@ -40,8 +40,8 @@ def get_config(arg=None):
       # How audio is tokenised (m5_jax/modalities/audio.py); both read the same 80 x 751
       # log-mel. 'features' (80 mel-bin rows as tokens) left the model's audio vector the
       # weakest (m5_mmt-tipva: A coarse mAP@10 26.1; cell m5_mmt-ta: T+A 24.6) although
-      # audio is mini's strongest input (no model: 82.5); 'raw' (time patches of 16
-      # frames x 80 bins) gave A 78.4, T+A 79.4 (benchmarks/results/matrix.md).
+      # audio is mini's strongest input (no model: 78.4); 'raw' (time patches of 16
+      # frames x 80 bins) gave A 79.0, T+A 79.4 (benchmarks/results/matrix.md).
       audio_form='raw',
       vocab_size=8000,
   ))
