@@ -63,31 +63,32 @@ def cpu_seconds() -> float:
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 5, dtype: str = 'float32',
-                      precision: str = 'highest', per_cpu_second: bool = False) -> float:
-  """Best FLOP/s of an n x n x n matmul under jax.jit on the default device.
+                      precision: str = 'highest') -> tuple[float, float]:
+  """(best FLOP/s per wall second, best FLOP/s per CPU-second) of an n x n x n
+  matmul under jax.jit on the default device, both from the same timed runs.
 
   The same XLA backend and thread pool as the model's step, so step FLOP/s
   divided by this is an MFU against what this machine really delivers (a
   datasheet peak would mix in clock, SIMD width and load we cannot see).
   Best of `repeats` so a burst of load from other jobs does not lower it.
 
-  per_cpu_second: FLOPs per CPU-second of this process (all its threads) instead
-  of per wall second. On a shared machine the share of the cores a process gets
-  drifts from second to second, but the work done per CPU-second does not, so
-  the step's FLOPs per CPU-second over this is an MFU that load does not move
-  (on an idle machine it equals the wall MFU when the step keeps every core busy,
-  and exceeds it by the step's serial, one-core parts).
+  Per CPU-second counts the CPU time of this process (all its threads). On a
+  shared machine the share of the cores a process gets drifts from second to
+  second, but the work done per CPU-second does not, so the step's FLOPs per
+  CPU-second over it is an MFU that load does not move (on an idle machine it
+  equals the wall MFU when the step keeps every core busy, and exceeds it by the
+  step's serial, one-core parts).
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  clock = time.process_time if per_cpu_second else time.perf_counter
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
   matmul = jax.jit(lambda x, y: jnp.dot(x, y, precision=precision))
   jax.block_until_ready(matmul(a, b))
-  best = float('inf')
+  best_wall = best_cpu = float('inf')
   for _ in range(repeats):
-    start = clock()
+    wall, cpu = time.perf_counter(), time.process_time()
     jax.block_until_ready(matmul(a, b))
-    best = min(best, clock() - start)
-  return 2 * n**3 / best
+    best_wall = min(best_wall, time.perf_counter() - wall)
+    best_cpu = min(best_cpu, time.process_time() - cpu)
+  return 2 * n**3 / best_wall, 2 * n**3 / best_cpu

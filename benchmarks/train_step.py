@@ -100,11 +100,11 @@ def build_step(size: str, form: str, batch_size: int, modalities: str = 'itpva',
           'num_params': sum(x.size for x in jax.tree.leaves(abstract['params']))}
 
 
-def peak_fn(matmul_n: int = 2048, dtype: str = 'float32'):
-  """() -> the best fp32 (dtype) matmul FLOP/s of two sizes, measured now."""
-  return lambda per_cpu=False: max(
-      machine.matmul_peak_flops(n, dtype=dtype, per_cpu_second=per_cpu)
-      for n in (matmul_n // 2, matmul_n))
+def matmul_peak(matmul_n: int = 2048, dtype: str = 'float32') -> tuple[float, float]:
+  """(per wall second, per CPU-second): the best `dtype` matmul FLOP/s of two sizes,
+  measured now (machine.matmul_peak_flops)."""
+  peaks = [machine.matmul_peak_flops(n, dtype=dtype) for n in (matmul_n // 2, matmul_n)]
+  return max(wall for wall, _ in peaks), max(cpu for _, cpu in peaks)
 
 
 def measure(size: str, form: str, batch_size: int, steps: int, modalities: str = 'itpva',
@@ -117,8 +117,7 @@ def measure(size: str, form: str, batch_size: int, steps: int, modalities: str =
   """
   overrides = dict(overrides or {}, **{'model.dtype': dtype})
   load_start = machine.load_average()
-  peak = peak_fn(matmul_n, dtype)
-  peak_before, cpu_peak_before = peak(), peak(per_cpu=True)
+  peak_before, cpu_peak_before = matmul_peak(matmul_n, dtype)
   built = build_step(size, form, batch_size, modalities, overrides, steps)
   config, compiled, state, batches = (built['config'], built['compiled'], built['state'],
                                       built['batches'])
@@ -134,7 +133,7 @@ def measure(size: str, form: str, batch_size: int, steps: int, modalities: str =
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
     cpu_times.append(time.process_time() - cpu_start)
-  peak_after, cpu_peak_after = peak(), peak(per_cpu=True)
+  peak_after, cpu_peak_after = matmul_peak(matmul_n, dtype)
   cpu_peak = max(cpu_peak_before, cpu_peak_after)
   step_cpu_s = sorted(cpu_times)[len(cpu_times) // 2]
 
@@ -152,7 +151,7 @@ def measure(size: str, form: str, batch_size: int, steps: int, modalities: str =
       'matmul_peak_gflops': peak / 1e9,
       'matmul_peak_spread': abs(peak_before - peak_after) / peak,
       'mfu': flops / step_s / peak,
-      # Load-independent version (machine.matmul_peak_flops(per_cpu_second=True)).
+      # Load-independent version (machine.matmul_peak_flops, per CPU-second).
       'step_cpu_s_median': step_cpu_s,
       'matmul_peak_gflop_per_cpu_s': cpu_peak / 1e9,
       'mfu_per_cpu_second': flops / step_cpu_s / cpu_peak,
