@@ -97,3 +97,58 @@ def test_block_candidates_hold_the_top_k():
   assert (np.diff(np.asarray(cand_i), axis=1) > 0).all()  # column order
   top = np.sort(scores, 1)[:, -10:]
   np.testing.assert_array_equal(np.sort(np.asarray(cand_s), 1)[:, -10:], top)
+
+
+@pytest.mark.parametrize('devices', [8, 1])
+@pytest.mark.parametrize('integer', [True, False])
+def test_pruned_path_keeps_exact_top_k_and_tie_order(devices, integer):
+  # 128-row blocks = 8 groups of 16; sparse_groups=2 prunes a block when no query has more
+  # than 2 groups above its current k-th best. Integer vectors make exact ties everywhere:
+  # a tie at the k-th score must go to the earlier row, as in a stable sort.
+  rng = np.random.default_rng(devices + integer)
+  num_items = 6000
+  if integer:
+    gallery = rng.integers(-2, 3, size=(num_items, 4)).astype(np.float32)
+    queries = rng.integers(-2, 3, size=(40, 4)).astype(np.float32)
+  else:
+    gallery = rng.normal(size=(num_items, 16)).astype(np.float32)
+    queries = rng.normal(size=(40, 16)).astype(np.float32)
+  valid = rng.random(num_items) > 0.1
+  exclude = rng.integers(-1, num_items, len(queries))
+  index = search.ShardedGallery(gallery, valid=valid, gallery_block=128,
+                                mesh=search.gallery_mesh(jax.devices()[:devices]))
+  scores, indices = index.search(queries, 7, exclude=exclude, query_block=16, sparse_groups=2)
+  ref_scores, ref_indices = brute_force(queries, gallery, 7, exclude, valid)
+  np.testing.assert_array_equal(indices, ref_indices)
+  np.testing.assert_array_equal(scores, ref_scores)
+  stats = index.last_search_stats
+  assert stats['gallery_blocks'] == 3 * -(-num_items // (128 * devices)) * devices
+  assert 0 < stats['pruned_blocks'] < stats['gallery_blocks'], stats  # both paths ran
+
+
+def test_pruning_off_gives_the_same_lists():
+  rng = np.random.default_rng(5)
+  gallery = rng.normal(size=(4096, 8)).astype(np.float32)
+  queries = rng.normal(size=(24, 8)).astype(np.float32)
+  index = search.ShardedGallery(gallery, gallery_block=256,
+                                mesh=search.gallery_mesh(jax.devices()[:1]))
+  pruned = index.search(queries, 9, sparse_groups=4)
+  assert index.last_search_stats['pruned_blocks'] > 0
+  dense = index.search(queries, 9, sparse_groups=0)
+  assert index.last_search_stats['pruned_blocks'] == 0
+  np.testing.assert_array_equal(pruned[1], dense[1])
+  np.testing.assert_array_equal(pruned[0], dense[0])
+
+
+def test_sparse_candidates_take_the_flagged_groups_in_column_order():
+  g = search.GROUP
+  grouped = np.arange(2 * 5 * g, dtype=np.float32).reshape(2, 5, g)
+  above = np.array([[False, True, False, True, False],   # two flagged: groups 1 and 3
+                    [False, False, False, False, True]])  # one flagged: group 4, one empty slot
+  cand_s, cand_i = map(np.asarray, search.sparse_candidates(grouped, above, 2))
+  assert cand_s.shape == cand_i.shape == (2, 2 * g)
+  np.testing.assert_array_equal(cand_i[0], np.r_[np.arange(g, 2 * g), np.arange(3 * g, 4 * g)])
+  np.testing.assert_array_equal(cand_s[0], grouped[0, [1, 3]].reshape(-1))
+  np.testing.assert_array_equal(cand_i[1, :g], np.arange(4 * g, 5 * g))
+  np.testing.assert_array_equal(cand_s[1, :g], grouped[1, 4])
+  assert np.isneginf(cand_s[1, g:]).all()

@@ -28,6 +28,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXIS = 'gallery'
 NEG_INF = -np.inf
+GROUP = 16  # rows per group in block_candidates and sparse_candidates
+SPARSE_GROUPS = 16  # groups per block the pruned path takes (ShardedGallery.search)
 
 
 def gallery_mesh(devices=None) -> Mesh:
@@ -75,10 +77,11 @@ class ShardedGallery:
     self.num_valid = int(mask.sum())
     self.embeddings = put_global(rows, NamedSharding(self.mesh, P(AXIS, None)))
     self.valid = put_global(mask, NamedSharding(self.mesh, P(AXIS)))
+    self.last_search_stats = {}  # of the latest search(): blocks scanned and pruned
 
   def search(self, queries: np.ndarray, k: int, *, exclude: np.ndarray | None = None,
              query_block: int = 1024, precision=jax.lax.Precision.HIGHEST,
-             log_every_s: float = 30.0) -> tuple[np.ndarray, np.ndarray]:
+             sparse_groups: int = SPARSE_GROUPS, log_every_s: float = 30.0) -> tuple[np.ndarray, np.ndarray]:
     """Top-k gallery rows per query: (scores f32[Q, k], indices int32[Q, k]).
 
     exclude: int[Q] gallery row to drop from each query's ranking (-1: none).
@@ -90,10 +93,10 @@ class ShardedGallery:
     exclude = (np.full((num_queries,), -1, np.int32) if exclude is None
                else np.asarray(exclude, np.int32))
     query_block = int(max(1, min(query_block, num_queries)))
-    fn = _search_fn(self.mesh, int(k), self.block, precision)
+    fn = _search_fn(self.mesh, int(k), self.block, precision, int(sparse_groups))
     replicated = NamedSharding(self.mesh, P())
 
-    results = []  # (scores, indices, rows used): dispatched async, fetched at the end
+    results = []  # (scores, indices, pruned blocks, rows used): async, fetched at the end
     start = last_log = time.time()
     for lo in range(0, num_queries, query_block):
       hi = min(lo + query_block, num_queries)
@@ -101,8 +104,9 @@ class ShardedGallery:
       q[:hi - lo] = queries[lo:hi]
       ex = np.full((query_block,), -1, np.int32)
       ex[:hi - lo] = exclude[lo:hi]
-      s, i = fn(self.embeddings, self.valid, put_global(q, replicated), put_global(ex, replicated))
-      results.append((s, i, hi - lo))
+      s, i, pruned = fn(self.embeddings, self.valid, put_global(q, replicated),
+                        put_global(ex, replicated))
+      results.append((s, i, pruned, hi - lo))
       if time.time() - last_log > log_every_s:
         jax.block_until_ready(s)
         last_log = time.time()
@@ -111,11 +115,14 @@ class ShardedGallery:
                      rate, (num_queries - hi) / rate)
     if not results:
       return np.zeros((0, k), np.float32), np.zeros((0, k), np.int32)
-    return (np.concatenate([fetch(s)[:n] for s, _, n in results]),
-            np.concatenate([fetch(i)[:n] for _, i, n in results]))
+    blocks = len(results) * self.mesh.devices.size * (self.per_shard // self.block)
+    pruned = sum(int(fetch(p)) for _, _, p, _ in results)
+    self.last_search_stats = {'gallery_blocks': blocks, 'pruned_blocks': pruned}
+    logging.info('search: %d queries, %d of %d gallery blocks took the pruned path',
+                 num_queries, pruned, blocks)
+    return (np.concatenate([fetch(s)[:n] for s, _, _, n in results]),
+            np.concatenate([fetch(i)[:n] for _, i, _, n in results]))
 
-
-GROUP = 16  # rows per group in block_candidates
 
 
 def block_candidates(scores: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
@@ -142,8 +149,29 @@ def block_candidates(scores: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
   return cand_s, cand_i
 
 
+def sparse_candidates(grouped: jax.Array, above: jax.Array, num_groups: int
+                      ) -> tuple[jax.Array, jax.Array]:
+  """The first `num_groups` groups flagged in `above` [Q, G] of `grouped` [Q, G, GROUP].
+
+  Returns (scores [Q, num_groups * GROUP], column indices), columns increasing;
+  slots beyond a row's flagged groups score -inf. Exact when no row flags more
+  than `num_groups` groups (the caller checks).
+  """
+  num_q, num_g, _ = grouped.shape
+  # Largest key = lowest flagged group, so top_k returns them in column order
+  # (a float key: XLA:CPU's TopK kernel is f32; an int key falls back to a sort).
+  key = jnp.where(above, jnp.float32(num_g) - jnp.arange(num_g, dtype=jnp.float32), 0.0)
+  _, groups = jax.lax.top_k(key, num_groups)
+  flagged = jnp.take_along_axis(above, groups, axis=1)
+  cand_s = jnp.take_along_axis(grouped, groups[:, :, None], axis=1)
+  cand_s = jnp.where(flagged[:, :, None], cand_s, NEG_INF).reshape(num_q, num_groups * GROUP)
+  cand_i = (groups[:, :, None] * GROUP + jnp.arange(GROUP, dtype=jnp.int32)).reshape(
+      num_q, num_groups * GROUP)
+  return cand_s, cand_i
+
+
 @functools.cache
-def _search_fn(mesh: Mesh, k: int, block: int, precision):
+def _search_fn(mesh: Mesh, k: int, block: int, precision, sparse_groups: int):
   """Compiled search of one replicated query block against the sharded gallery."""
 
   def local_top_k(gallery, valid, queries, exclude):
@@ -153,44 +181,67 @@ def _search_fn(mesh: Mesh, k: int, block: int, precision):
     blocks = gallery.reshape(n_local // block, block, -1)
     block_valid = valid.reshape(n_local // block, block)
     num_q = queries.shape[0]
+    # Pruning needs whole groups, and enough of them to leave most out.
+    prune = block % GROUP == 0 and block // GROUP > 2 * sparse_groups > 0
 
-    def scan_block(carry, xs):
-      best_s, best_i = carry
+    def merge(best, cand_s, cand_i):
+      """The running top-k (carry first: on equal scores the earlier, lower row wins)."""
+      cand_s = jnp.where(cand_i == exclude[:, None], NEG_INF, cand_s)
+      all_s = jnp.concatenate([best[0], cand_s], axis=1)
+      all_i = jnp.concatenate([best[1], cand_i], axis=1)
+      top_s, pos = jax.lax.top_k(all_s, k)
+      return top_s, jnp.take_along_axis(all_i, pos, axis=1)
+
+    def scan_block(best, xs):
       b, rows, ok = xs
       s = jnp.einsum('qd,nd->qn', queries, rows, precision=precision,
                      preferred_element_type=jnp.float32)
       # Invalid rows: a -inf bias per row, fused into the readers of s (no masked copy).
       s = s + jnp.where(ok, 0.0, NEG_INF)[None, :]
-      # The query's own row is dropped from the candidates, not from s: one spare
-      # candidate keeps the top k exact when it was among them.
-      cand_s, cand_i = block_candidates(s, k + 1)
-      cand_i = first_row + b * block + cand_i
-      cand_s = jnp.where(cand_i == exclude[:, None], NEG_INF, cand_s)
-      cand_s = jnp.concatenate([best_s, cand_s], axis=1)
-      cand_i = jnp.concatenate([best_i, cand_i], axis=1)
-      top_s, pos = jax.lax.top_k(cand_s, k)
-      return (top_s, jnp.take_along_axis(cand_i, pos, axis=1)), None
+      offset = first_row + b * block
+
+      def dense(best):
+        # The query's own row is dropped from the candidates, not from s: one spare
+        # candidate keeps the top k exact when it was among them.
+        cand_s, cand_i = block_candidates(s, k + 1)
+        return merge(best, cand_s, offset + cand_i)
+
+      if not prune:
+        return dense(best), False
+
+      # Only a score above a query's current k-th best can enter its list (an equal
+      # one loses the tie to the earlier row), so only groups whose maximum is above
+      # it matter. Once the lists have filled, that is a few groups per block: take
+      # those alone, unless some query of the block has more (then the dense path).
+      grouped = s.reshape(num_q, block // GROUP, GROUP)
+      above = grouped.max(axis=2) > best[0][:, -1:]
+      few = above.sum(axis=1).max() <= sparse_groups
+
+      def sparse(best):
+        cand_s, cand_i = sparse_candidates(grouped, above, sparse_groups)
+        return merge(best, cand_s, offset + cand_i)
+
+      return jax.lax.cond(few, sparse, dense, best), few
 
     init = (jnp.full((num_q, k), NEG_INF, jnp.float32), jnp.full((num_q, k), -1, jnp.int32))
     init = jax.lax.pcast(init, (AXIS,), to='varying')  # the carry differs per device
     xs = (jnp.arange(blocks.shape[0], dtype=jnp.int32), blocks, block_valid)
-    (best_s, best_i), _ = jax.lax.scan(scan_block, init, xs)
-
-    return best_s, best_i
+    (best_s, best_i), pruned = jax.lax.scan(scan_block, init, xs)
+    return best_s, best_i, pruned.sum(keepdims=True, dtype=jnp.int32)
 
   # Each device's list lands in its own column block: [Qb, devices * k].
   per_device = jax.shard_map(local_top_k, mesh=mesh,
                              in_specs=(P(AXIS, None), P(AXIS), P(), P()),
-                             out_specs=(P(None, AXIS), P(None, AXIS)))
+                             out_specs=(P(None, AXIS), P(None, AXIS), P(AXIS)))
 
   def merged(gallery, valid, queries, exclude):
-    all_s, all_i = per_device(gallery, valid, queries, exclude)
+    all_s, all_i, pruned = per_device(gallery, valid, queries, exclude)
     top_s, pos = jax.lax.top_k(all_s, k)
     top_i = jnp.take_along_axis(all_i, pos, axis=1)
-    return top_s, jnp.where(jnp.isneginf(top_s), -1, top_i)
+    return top_s, jnp.where(jnp.isneginf(top_s), -1, top_i), pruned.sum()
 
   replicated = NamedSharding(mesh, P())
-  return jax.jit(merged, out_shardings=(replicated, replicated))
+  return jax.jit(merged, out_shardings=(replicated, replicated, replicated))
 
 
 def top_k_search(queries: np.ndarray, gallery: np.ndarray, k: int, *,
