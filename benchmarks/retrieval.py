@@ -68,7 +68,8 @@ def _timed(fn):
 
 
 def measure(num_queries: int, gallery_size: int, dim: int, k: int, query_block: int = 1024,
-            gallery_block: int = 16384, with_faiss: bool = True, rounds: int = 5) -> dict:
+            gallery_block: int | None = None, with_faiss: bool = True, rounds: int = 5,
+            sparse_groups: int | None = None) -> dict:
   """Ours and faiss on the same arrays, timed in `rounds` interleaved chunks of queries.
 
   Each round times ours and faiss on the same chunk back to back (alternating who
@@ -78,11 +79,14 @@ def measure(num_queries: int, gallery_size: int, dim: int, k: int, query_block: 
   import jax  # pylint: disable=g-import-not-at-top
   from m5_jax.evaluate import search  # pylint: disable=g-import-not-at-top
 
+  gallery_block = search.GALLERY_BLOCK if gallery_block is None else gallery_block
+  sparse_groups = search.SPARSE_GROUPS if sparse_groups is None else sparse_groups
   gallery = synthetic(gallery_size, dim, seed=0)
   queries = synthetic(num_queries, dim, seed=1)
   query_block = max(1, min(query_block, num_queries))
   result = {'num_queries': num_queries, 'gallery': gallery_size, 'dim': dim, 'k': k,
             'query_block': query_block, 'gallery_block': gallery_block,
+            'sparse_groups': sparse_groups,
             'devices': f'{jax.device_count()} x {jax.devices()[0].platform}',
             'load_avg_start': machine.load_average()}
 
@@ -92,7 +96,8 @@ def measure(num_queries: int, gallery_size: int, dim: int, k: int, query_block: 
     return placed
   index, result['ours_place_s'], _ = _timed(place)
   _, result['ours_first_block_s'], _ = _timed(  # includes compilation
-      lambda: index.search(queries[:query_block], k, query_block=query_block))
+      lambda: index.search(queries[:query_block], k, query_block=query_block,
+                           sparse_groups=sparse_groups))
 
   try:
     import faiss  # pylint: disable=g-import-not-at-top
@@ -111,12 +116,14 @@ def measure(num_queries: int, gallery_size: int, dim: int, k: int, query_block: 
   per_round = -(-blocks // max(1, rounds)) * query_block
   last = num_queries - (num_queries - 1) // per_round * per_round
   if last < query_block:  # the search compiles a smaller block for it: not in the timing
-    index.search(queries[-last:], k, query_block=query_block)
+    index.search(queries[-last:], k, query_block=query_block, sparse_groups=sparse_groups)
   ours_s, ours_i, ref_s, ref_i, per_round_rows = [], [], [], [], []
   totals = dict(ours_s=0.0, ours_cpu_s=0.0, faiss_s=0.0, faiss_cpu_s=0.0)
+  blocks = dict(gallery_blocks=0, pruned_blocks=0)
   for r, lo in enumerate(range(0, num_queries, per_round)):
     chunk = queries[lo:lo + per_round]
-    sides = [('ours', lambda c=chunk: index.search(c, k, query_block=query_block))]
+    sides = [('ours', lambda c=chunk: index.search(c, k, query_block=query_block,
+                                                   sparse_groups=sparse_groups))]
     if flat is not None:
       sides.append(('faiss', lambda c=chunk: flat.search(c, k + 1)))  # + 1: see compare()
     row = {'queries': len(chunk)}
@@ -125,12 +132,16 @@ def measure(num_queries: int, gallery_size: int, dim: int, k: int, query_block: 
       (ours_s if side == 'ours' else ref_s).append(scores)
       (ours_i if side == 'ours' else ref_i).append(ids)
       row[f'{side}_s'], row[f'{side}_cpu_s'] = wall, cpu
+      if side == 'ours':
+        for key in blocks:
+          blocks[key] += index.last_search_stats[key]
       totals[f'{side}_s'] += wall
       totals[f'{side}_cpu_s'] += cpu
     row['load_avg'] = machine.load_average()
     per_round_rows.append(row)
     print(f'round {r + 1}: {row}', file=sys.stderr, flush=True)
   result['rounds'] = per_round_rows
+  result.update(blocks)
   result['ours_s'], result['ours_cpu_s'] = totals['ours_s'], totals['ours_cpu_s']
   result['ours_qps'] = num_queries / result['ours_s']
   if flat is not None:
@@ -153,20 +164,23 @@ def main(argv=None) -> int:
   parser.add_argument('--dim', type=int, default=768)
   parser.add_argument('--k', type=int, default=100)
   parser.add_argument('--query_block', type=int, default=1024)
-  parser.add_argument('--gallery_block', type=int, default=16384)
+  parser.add_argument('--gallery_block', type=int, default=None,
+                      help='rows per scan step (default: search.GALLERY_BLOCK)')
+  parser.add_argument('--sparse_groups', type=int, default=None,
+                      help='pruned-path width (default: search.SPARSE_GROUPS; 0: off)')
   parser.add_argument('--no_faiss', action='store_true')
   parser.add_argument('--rounds', type=int, default=5,
                       help='interleaved chunks: ours and faiss alternate on each')
   parser.add_argument('--json', action='store_true', help='print one JSON object')
   args = parser.parse_args(argv)
   r = measure(args.num_queries, args.gallery, args.dim, args.k, args.query_block,
-              args.gallery_block, not args.no_faiss, args.rounds)
+              args.gallery_block, not args.no_faiss, args.rounds, args.sparse_groups)
   if args.json:
     print(json.dumps(r))
     return 0
   print(f"ours: {r['ours_qps']:.1f} queries/s ({r['ours_s']:.1f} s; placing "
         f"{r['ours_place_s']:.1f} s, first block incl. compile {r['ours_first_block_s']:.1f} s) "
-        f"on {r['devices']}")
+        f"on {r['devices']}; {r['pruned_blocks']} of {r['gallery_blocks']} gallery blocks pruned")
   if 'faiss_s' in r:
     print(f"faiss {r['faiss_version']} IndexFlatIP ({r['faiss_threads']} threads): "
           f"{r['faiss_qps']:.1f} queries/s ({r['faiss_s']:.1f} s); ours/faiss time "

@@ -91,7 +91,7 @@ def evaluate_sets(query_split: features_lib.SplitFeatures,
                   pairs: Iterable[tuple[tuple[str, ...], tuple[str, ...]]], *,
                   exclude: np.ndarray | None = None,
                   ks: Sequence[int] = metrics_lib.DEFAULT_KS, normalize: str = 'center',
-                  mesh=None, gallery_block: int = 8192) -> dict[str, Any]:
+                  mesh=None, gallery_block: int = search.GALLERY_BLOCK) -> dict[str, Any]:
   """Results for every (query subset, gallery subset): {'sets', 'curves', 'missing'}."""
   if key not in ('label', 'instance'):
     raise ValueError(f"retrieval key must be 'label' or 'instance', got {key!r}")

@@ -6,6 +6,14 @@ keeping a running top-K (scores [Qb, K]), so memory is O(Qb x gallery_block) per
 device and a 1M-item gallery never needs a Q x N (let alone N x N) matrix. The
 per-device top-K lists are then all-gathered and merged into the global top-K.
 
+Selection per block costs little next to the matmul. A block is cut into groups
+of GROUP rows; only a group whose best score beats a query's current K-th best
+can change that query's list. Once the lists have filled, that is a few groups
+per block, so when no query of the block has more than `sparse_groups` of them
+the block's update reads only those (the pruned path); otherwise it keeps the
+K + 1 groups with the largest maxima (`block_candidates`). Both are exact and
+break ties as a stable sort of the whole row does: the lower row wins.
+
 Rows added to pad the gallery to a multiple of (devices x block) and rows the
 caller marks invalid score -inf; a query's own item (`exclude`, a gallery row
 index, -1 for none) scores -inf for that query only. Slots the gallery cannot
@@ -30,6 +38,10 @@ AXIS = 'gallery'
 NEG_INF = -np.inf
 GROUP = 16  # rows per group in block_candidates and sparse_candidates
 SPARSE_GROUPS = 16  # groups per block the pruned path takes (ShardedGallery.search)
+# Gallery rows per scan step. A 1024-query x 4096-row fp32 score block (16 MB) stays in
+# a CPU's last-level cache: XLA:CPU's matmul ran at 199-205 GFLOP/s at that shape on
+# the 2-core benchmark VM against 166-177 with 16384 rows (64 MB), benchmarks/RESULTS.md.
+GALLERY_BLOCK = 4096
 
 
 def gallery_mesh(devices=None) -> Mesh:
@@ -57,7 +69,7 @@ class ShardedGallery:
   """Gallery embeddings resident on the mesh, padded and masked; search it many times."""
 
   def __init__(self, embeddings: np.ndarray, *, valid: np.ndarray | None = None,
-               mesh: Mesh | None = None, gallery_block: int = 8192,
+               mesh: Mesh | None = None, gallery_block: int = GALLERY_BLOCK,
                dtype=jnp.float32):
     embeddings = np.asarray(embeddings)
     if embeddings.ndim != 2:
@@ -81,10 +93,13 @@ class ShardedGallery:
 
   def search(self, queries: np.ndarray, k: int, *, exclude: np.ndarray | None = None,
              query_block: int = 1024, precision=jax.lax.Precision.HIGHEST,
-             sparse_groups: int = SPARSE_GROUPS, log_every_s: float = 30.0) -> tuple[np.ndarray, np.ndarray]:
+             sparse_groups: int = SPARSE_GROUPS, log_every_s: float = 30.0
+             ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k gallery rows per query: (scores f32[Q, k], indices int32[Q, k]).
 
     exclude: int[Q] gallery row to drop from each query's ranking (-1: none).
+    sparse_groups: most groups of GROUP rows per query the pruned path takes from a
+      gallery block (0: never prune; same results either way, see the module doc).
     """
     queries = np.asarray(queries)
     if queries.ndim != 2 or queries.shape[1] != self.dim:
@@ -196,14 +211,14 @@ def _search_fn(mesh: Mesh, k: int, block: int, precision, sparse_groups: int):
       b, rows, ok = xs
       s = jnp.einsum('qd,nd->qn', queries, rows, precision=precision,
                      preferred_element_type=jnp.float32)
-      # Invalid rows: a -inf bias per row, fused into the readers of s (no masked copy).
-      s = s + jnp.where(ok, 0.0, NEG_INF)[None, :]
       offset = first_row + b * block
 
       def dense(best):
+        # Invalid rows: a -inf bias per row, fused into the readers of s (no masked copy).
+        masked = s + jnp.where(ok, 0.0, NEG_INF)[None, :]
         # The query's own row is dropped from the candidates, not from s: one spare
         # candidate keeps the top k exact when it was among them.
-        cand_s, cand_i = block_candidates(s, k + 1)
+        cand_s, cand_i = block_candidates(masked, k + 1)
         return merge(best, cand_s, offset + cand_i)
 
       if not prune:
@@ -213,12 +228,16 @@ def _search_fn(mesh: Mesh, k: int, block: int, precision, sparse_groups: int):
       # one loses the tie to the earlier row), so only groups whose maximum is above
       # it matter. Once the lists have filled, that is a few groups per block: take
       # those alone, unless some query of the block has more (then the dense path).
+      # The maxima are of the unmasked scores: an invalid row can only flag a group
+      # too many, and its candidate is masked below. Computing the maxima and
+      # everything else of a branch from s itself keeps s the only [Qb, block] array.
       grouped = s.reshape(num_q, block // GROUP, GROUP)
       above = grouped.max(axis=2) > best[0][:, -1:]
       few = above.sum(axis=1).max() <= sparse_groups
 
       def sparse(best):
         cand_s, cand_i = sparse_candidates(grouped, above, sparse_groups)
+        cand_s = jnp.where(ok[cand_i], cand_s, NEG_INF)
         return merge(best, cand_s, offset + cand_i)
 
       return jax.lax.cond(few, sparse, dense, best), few
@@ -247,7 +266,7 @@ def _search_fn(mesh: Mesh, k: int, block: int, precision, sparse_groups: int):
 def top_k_search(queries: np.ndarray, gallery: np.ndarray, k: int, *,
                  exclude: np.ndarray | None = None, gallery_valid: np.ndarray | None = None,
                  mesh: Mesh | None = None, query_block: int = 1024,
-                 gallery_block: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+                 gallery_block: int = GALLERY_BLOCK) -> tuple[np.ndarray, np.ndarray]:
   """One-shot `ShardedGallery(gallery).search(queries, k)`; see the module doc."""
   index = ShardedGallery(gallery, valid=gallery_valid, mesh=mesh, gallery_block=gallery_block)
   return index.search(queries, k, exclude=exclude, query_block=query_block)
