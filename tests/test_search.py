@@ -152,3 +152,23 @@ def test_sparse_candidates_take_the_flagged_groups_in_column_order():
   np.testing.assert_array_equal(cand_i[1, :g], np.arange(4 * g, 5 * g))
   np.testing.assert_array_equal(cand_s[1, :g], grouped[1, 4])
   assert np.isneginf(cand_s[1, g:]).all()
+
+
+def test_short_last_query_block_is_padded_to_tail_multiple_only(monkeypatch):
+  rng = np.random.default_rng(6)
+  gallery = rng.normal(size=(500, 8)).astype(np.float32)
+  queries = rng.normal(size=(300, 8)).astype(np.float32)
+  exclude = rng.integers(-1, 500, 300)
+  index = search.ShardedGallery(gallery, gallery_block=64)
+  uploaded = []
+  put_global = search.put_global
+  monkeypatch.setattr(search, 'put_global',
+                      lambda array, sharding: uploaded.append(array.shape) or
+                      put_global(array, sharding))
+  scores, indices = index.search(queries, 5, exclude=exclude, query_block=256)
+  ref_scores, ref_indices = brute_force(queries, gallery, 5, exclude, np.ones(500, bool))
+  np.testing.assert_array_equal(indices, ref_indices)
+  np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-5)
+  # 300 = a block of 256 + a tail of 44, padded to TAIL_QUERIES = 128 rows, not to 256.
+  assert search.TAIL_QUERIES == 128
+  assert [shape[0] for shape in uploaded if len(shape) == 2] == [256, 128]

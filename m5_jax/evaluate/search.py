@@ -42,6 +42,7 @@ SPARSE_GROUPS = 16  # groups per block the pruned path takes (ShardedGallery.sea
 # a CPU's last-level cache: XLA:CPU's matmul ran at 199-205 GFLOP/s at that shape on
 # the 2-core benchmark VM against 166-177 with 16384 rows (64 MB), benchmarks/RESULTS.md.
 GALLERY_BLOCK = 4096
+TAIL_QUERIES = 128  # a short last query block is padded to a multiple of this
 
 
 def gallery_mesh(devices=None) -> Mesh:
@@ -115,9 +116,12 @@ class ShardedGallery:
     start = last_log = time.time()
     for lo in range(0, num_queries, query_block):
       hi = min(lo + query_block, num_queries)
-      q = np.zeros((query_block, self.dim), self.embeddings.dtype)
+      # A short last block is padded to a multiple of TAIL_QUERIES, not to a whole
+      # block: that costs one more compile and saves up to a block of wasted matmul.
+      rows = min(query_block, -(-(hi - lo) // TAIL_QUERIES) * TAIL_QUERIES)
+      q = np.zeros((rows, self.dim), self.embeddings.dtype)
       q[:hi - lo] = queries[lo:hi]
-      ex = np.full((query_block,), -1, np.int32)
+      ex = np.full((rows,), -1, np.int32)
       ex[:hi - lo] = exclude[lo:hi]
       s, i, pruned = fn(self.embeddings, self.valid, put_global(q, replicated),
                         put_global(ex, replicated))
