@@ -52,7 +52,6 @@ from m5_jax import models
 from m5_jax import objectives
 from m5_jax import optimizer as optimizer_lib
 from m5_jax import sharding
-from m5_jax import train_logging
 
 TASKS = ('pretrain', 'classification_finetune')
 
@@ -363,6 +362,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     traced = step_fn.trace(sharding.abstract_with_shardings(abstract, shardings),
                            _batch_shapes(config, mesh))
     compiled = compile_cached(traced.lower())
+  # Imported here, not at the top: clu's writers import TensorFlow, whose import-time
+  # banners on stderr would otherwise come before a bad flag's one-line error.
+  from m5_jax import train_logging  # pylint: disable=g-import-not-at-top
   # Model FLOPs per device from the step's jaxpr (scan-aware; XLA's cost analysis
   # counts a model.scan_layers stack once): train_logging.matmul_flops.
   flops = train_logging.jaxpr_matmul_flops(traced.jaxpr) / jax.device_count() or None

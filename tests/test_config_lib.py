@@ -104,13 +104,28 @@ def test_command_line_parses_config_and_flags():
     config_lib.parse_command_line(['--config', 'configs/clip.py', '--workdri=x'], {'workdir': ''})
 
 
-def test_binary_bad_override_is_one_clean_line(tmp_path):
+BINARIES = ['m5_jax.train'] + [f'm5_jax.evaluate.{task}' for task in (
+    'coarse_retrieval', 'fine_retrieval', 'classification', 'clustering')]
+
+
+@pytest.mark.parametrize('binary', BINARIES)
+def test_binary_bad_override_is_one_clean_line(binary, tmp_path):
   proc = subprocess.run(
-      [sys.executable, '-m', 'm5_jax.train', '--config', 'configs/m5_mmt.py:size=tiny',
+      [sys.executable, '-m', binary, '--config', 'configs/m5_mmt.py:size=tiny',
        '--workdir', str(tmp_path), '--config.optimizer.lrr=0.1'],
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
-  assert lines == ["m5_jax.train: error: unknown config key 'optimizer.lrr'; "
+  assert lines == [f"{binary}: error: unknown config key 'optimizer.lrr'; "
                    "did you mean 'optimizer.lr'?"], proc.stderr
   assert not os.listdir(tmp_path)
+
+
+def test_binaries_do_not_import_tensorflow_before_parsing_flags():
+  # TensorFlow prints banners to stderr on import on some CPUs (oneDNN, AVX-512), and
+  # TF_CPP_MIN_LOG_LEVEL does not silence them: a flag error must come first.
+  code = ('import sys\n' + ''.join(f'import {b}\n' for b in BINARIES) +
+          'print(sorted(m for m in ("tensorflow", "clu") if m in sys.modules))')
+  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
+                        text=True, timeout=120, check=True)
+  assert proc.stdout.strip() == '[]', proc.stdout

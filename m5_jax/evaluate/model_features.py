@@ -19,7 +19,6 @@ import numpy as np
 
 from m5_jax import batch as batch_lib
 from m5_jax import checkpointing
-from m5_jax import input_pipeline
 from m5_jax import models
 from m5_jax import sharding as sharding_lib
 from m5_jax.evaluate import features as features_lib
@@ -109,6 +108,9 @@ class Embedder:
     return self.model.apply({'params': params}, batch, train=False)
 
   def iterator(self, split: str):
+    # Imported on use here and below: input_pipeline imports TensorFlow, whose import
+    # banners on stderr would otherwise come before a bad flag's one-line error.
+    from m5_jax import input_pipeline  # pylint: disable=g-import-not-at-top
     return input_pipeline.create_iterator(self.config, split, self.mesh, train=False,
                                           batch_size=self.batch_size)
 
@@ -154,6 +156,7 @@ def _read_records_field(config: ml_collections.ConfigDict, split: str, name: str
   Parses the records only (no media decoding).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from m5_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   source, _ = input_pipeline.load_data_source(config.input.dataset, split,
                                               config.input.data_dir or None)
   values = []
