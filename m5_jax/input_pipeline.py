@@ -18,7 +18,7 @@ chooses which rows of it this process loads:
     past the end of the split are padding (example_mask=False, index/label/
     instance -1, every modality absent). Each example appears exactly once.
   * Each process loads only its own rows of every global batch (by default the
-    contiguous block process_index * local_batch ...; `rows_for_mesh` gives the
+    contiguous block process_index * local_batch ...; `sharding.rows_for_mesh` gives the
     exact rows when the mesh maps processes to non-contiguous blocks). So two
     processes read disjoint shards that cover the split, and a run on 2 hosts
     sees exactly the same global batches as a run on 1 host.
@@ -62,9 +62,9 @@ from tensorflow_datasets.core import read_only_builder
 
 from m5_jax import batch as batch_lib
 from m5_jax import modalities
+from m5_jax import sharding as sharding_lib
 
 Batch = dict[str, Any]
-DEFAULT_DATA_AXES = ('data', 'fsdp')
 STATE_VERSION = 1
 # Live pipelines, closed at exit: a tf.data iterator torn down during interpreter
 # finalization with a tf.numpy_function in flight (our record fetch, the
@@ -114,29 +114,6 @@ def process_rows(global_batch_size: int, process_index: int, process_count: int)
                      f'{process_count} processes')
   local = global_batch_size // process_count
   return np.arange(process_index * local, (process_index + 1) * local)
-
-
-def data_axes_of(mesh: jax.sharding.Mesh, axes: Sequence[str] = DEFAULT_DATA_AXES) -> tuple[str, ...]:
-  """The mesh axes the batch dimension is sharded over (those of `axes` the mesh has)."""
-  present = tuple(a for a in axes if a in mesh.axis_names)
-  if not present:
-    raise ValueError(f'mesh axes {mesh.axis_names} contain none of the data axes {tuple(axes)}')
-  return present
-
-
-def batch_sharding(mesh: jax.sharding.Mesh, data_axes: Sequence[str] | None = None):
-  axes = data_axes_of(mesh) if data_axes is None else tuple(data_axes)
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axes))
-
-
-def rows_for_mesh(mesh: jax.sharding.Mesh, global_batch_size: int,
-                  data_axes: Sequence[str] | None = None) -> np.ndarray:
-  """The global-batch rows this process's devices hold, in the order that
-  `jax.make_array_from_process_local_data` expects them in the local batch."""
-  sharding = batch_sharding(mesh, data_axes)
-  slices = {(idx[0].start or 0, idx[0].stop if idx[0].stop is not None else global_batch_size)
-            for idx in sharding.addressable_devices_indices_map((global_batch_size,)).values()}
-  return np.concatenate([np.arange(a, b) for a, b in sorted(slices)])
 
 
 class InputPipeline:
@@ -327,7 +304,7 @@ def _conform(fields: Mapping[str, Any], spec: Mapping[str, Any], name: str) -> d
 def make_global_batch(host_batch: Batch, mesh: jax.sharding.Mesh,
                       data_axes: Sequence[str] | None = None) -> Batch:
   """This process's numpy rows -> global jax.Arrays sharded on the batch dim over data_axes."""
-  sharding = batch_sharding(mesh, data_axes)
+  sharding = sharding_lib.batch_sharding(mesh, data_axes)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), host_batch)
 
 
@@ -337,7 +314,7 @@ class DevicePrefetchIterator:
   def __init__(self, host: InputPipeline, mesh: jax.sharding.Mesh,
                data_axes: Sequence[str] | None = None, size: int = 2):
     self.host, self.mesh, self.size = host, mesh, size
-    self.data_axes = data_axes_of(mesh) if data_axes is None else tuple(data_axes)
+    self.data_axes = sharding_lib.data_axes_of(mesh) if data_axes is None else tuple(data_axes)
     self._queue: collections.deque[Batch] = collections.deque()
 
   def __iter__(self):
@@ -387,7 +364,7 @@ def create_iterator(config: ml_collections.ConfigDict, split: str, mesh: jax.sha
                     **kwargs) -> DevicePrefetchIterator:
   """Global batches of `split` on `mesh`, each process loading the rows its devices hold."""
   global_batch_size = batch_size or config.input.batch_size
-  rows = rows_for_mesh(mesh, global_batch_size, data_axes)
+  rows = sharding_lib.rows_for_mesh(mesh, global_batch_size, data_axes)
   host = create_host_iterator(config, split, train=train, batch_size=global_batch_size,
                               rows=rows, **kwargs)
   logging.info('input %s/%s: %d examples, %d rows/step on this process, %s steps',

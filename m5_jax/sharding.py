@@ -175,8 +175,27 @@ def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
                       tree, shardings)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(BATCH_AXES))
+def data_axes_of(mesh: Mesh, axes: Sequence[str] = BATCH_AXES) -> tuple[str, ...]:
+  """The mesh axes the batch dimension is sharded over (those of `axes` the mesh has)."""
+  present = tuple(a for a in axes if a in mesh.axis_names)
+  if not present:
+    raise ValueError(f'mesh axes {mesh.axis_names} contain none of the data axes {tuple(axes)}')
+  return present
+
+
+def batch_sharding(mesh: Mesh, data_axes: Sequence[str] | None = None) -> NamedSharding:
+  axes = data_axes_of(mesh) if data_axes is None else tuple(data_axes)
+  return NamedSharding(mesh, P(axes))
+
+
+def rows_for_mesh(mesh: Mesh, global_batch_size: int,
+                  data_axes: Sequence[str] | None = None) -> np.ndarray:
+  """The global-batch rows this process's devices hold, in the order that
+  `jax.make_array_from_process_local_data` expects them in the local batch."""
+  sharding = batch_sharding(mesh, data_axes)
+  slices = {(idx[0].start or 0, idx[0].stop if idx[0].stop is not None else global_batch_size)
+            for idx in sharding.addressable_devices_indices_map((global_batch_size,)).values()}
+  return np.concatenate([np.arange(a, b) for a, b in sorted(slices)])
 
 
 def batch_shards(mesh: Mesh) -> int:

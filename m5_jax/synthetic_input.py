@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from m5_jax import batch as batch_lib
+from m5_jax import sharding as sharding_lib
 
 _VOCAB_USED = 200   # token ids drawn from [5, 5 + _VOCAB_USED)
 _PRESENT_PROB = 0.85
@@ -107,11 +108,10 @@ class SyntheticIterator:
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                batch_size: int, seed: int, num_classes: int = 16):
-    from m5_jax import input_pipeline  # pylint: disable=g-import-not-at-top
     self._config, self._mesh = config, mesh
     self.batch_size, self.seed, self.num_classes = batch_size, seed, num_classes
-    self.rows = input_pipeline.rows_for_mesh(mesh, batch_size)
-    self._sharding = input_pipeline.batch_sharding(mesh)
+    self.rows = sharding_lib.rows_for_mesh(mesh, batch_size)
+    self._sharding = sharding_lib.batch_sharding(mesh)
     self.step = 0
     self.num_examples = None  # unbounded: give durations in steps or examples
 

@@ -48,6 +48,7 @@ from m5_jax import batch as batch_lib
 from m5_jax import checkpointing
 from m5_jax import config_lib
 from m5_jax import finetune
+from m5_jax import flops as flops_lib
 from m5_jax import models
 from m5_jax import objectives
 from m5_jax import optimizer as optimizer_lib
@@ -366,8 +367,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # banners on stderr would otherwise come before a bad flag's one-line error.
   from m5_jax import train_logging  # pylint: disable=g-import-not-at-top
   # Model FLOPs per device from the step's jaxpr (scan-aware; XLA's cost analysis
-  # counts a model.scan_layers stack once): train_logging.matmul_flops.
-  flops = train_logging.jaxpr_matmul_flops(traced.jaxpr) / jax.device_count() or None
+  # counts a model.scan_layers stack once): m5_jax/flops.py.
+  flops = flops_lib.jaxpr_matmul_flops(traced.jaxpr) / jax.device_count() or None
   logger = train_logging.MetricLogger(
       workdir, total_steps=total_steps, batch_size=batch_size, flops_per_step=flops,
       peak_flops_per_device=config.log.peak_flops_per_device)

@@ -7,7 +7,7 @@ param norms, learning rate) every logged step gets:
 
   perf/steps_per_sec, perf/examples_per_sec   measured between two log points
   perf/mfu     model FLOPs utilisation = the train step's matmul FLOPs per device
-               (`matmul_flops`, counted on its jaxpr, scan bodies x their length)
+               (`flops.matmul_flops`, counted on its jaxpr, scan bodies x their length)
                x steps/s divided by `config.log.peak_flops_per_device` (omitted
                when that is 0)
   perf/eta_hours
@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from typing import Any, Mapping
 
 import jax
 from clu import metric_writers
-from jax.extend import core as jax_core
 
 METRICS_FILE = 'metrics.jsonl'
 
@@ -73,59 +71,6 @@ def read_metrics(workdir: str) -> list[dict[str, float]]:
     return []
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
-
-
-def train_step_flops(compiled) -> float | None:
-  """Per-device FLOPs of one compiled step from XLA's cost analysis (None if unknown)."""
-  try:
-    analysis = compiled.cost_analysis()
-  except Exception:  # pylint: disable=broad-except  # not every backend implements it
-    return None
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0] if analysis else None
-  flops = (analysis or {}).get('flops')
-  return float(flops) if flops and flops > 0 else None
-
-
-def matmul_flops(fn, *args) -> float:
-  """FLOPs of the matrix multiplications (dot_general, conv) in `fn(*args)`'s jaxpr.
-
-  The model-FLOPs numerator of MFU, independent of the compiler: XLA's cost
-  analysis counts a scanned layer stack (model.scan_layers) once, not once per
-  layer, so it cannot be compared across scan and unrolled steps. Scan bodies
-  count `length` times; every other sub-jaxpr (jit, remat, custom_vjp, ...)
-  once; a cond its most expensive branch. Elementwise work is not counted.
-  """
-  return jaxpr_matmul_flops(jax.make_jaxpr(fn)(*args))
-
-
-def jaxpr_matmul_flops(closed_jaxpr) -> float:
-  """matmul_flops of an already traced function (e.g. `jax.jit(f).trace(...).jaxpr`)."""
-  return _jaxpr_flops(closed_jaxpr.jaxpr)
-
-
-def _jaxpr_flops(jaxpr) -> float:
-  total = 0.0
-  for eqn in jaxpr.eqns:
-    name = eqn.primitive.name
-    if name == 'dot_general':
-      (lhs_contract, _), (lhs_batch, _) = eqn.params['dimension_numbers']
-      lhs, out = eqn.invars[0].aval.shape, eqn.outvars[0].aval.shape
-      contracted = math.prod(lhs[d] for d in lhs_contract)
-      total += 2.0 * math.prod(out) * contracted
-    elif name == 'conv_general_dilated':
-      rhs, out = eqn.invars[1].aval.shape, eqn.outvars[0].aval.shape
-      spec = eqn.params['dimension_numbers'].rhs_spec  # (out feature, in feature, spatial...)
-      per_output = math.prod(rhs) // rhs[spec[0]]  # in-features x window
-      total += 2.0 * math.prod(out) * per_output / eqn.params['feature_group_count']
-    elif name == 'scan':
-      total += eqn.params['length'] * _jaxpr_flops(eqn.params['jaxpr'].jaxpr)
-    elif name == 'cond':
-      total += max(_jaxpr_flops(b.jaxpr) for b in eqn.params['branches'])
-    else:
-      for sub in jax_core.jaxprs_in_params(eqn.params):
-        total += _jaxpr_flops(sub)
-  return total
 
 
 class MetricLogger:

@@ -94,20 +94,26 @@ def test_suite_smoke_train_step(tmp_path):
 def test_matmul_flops_counts_dots_scans_and_convs():
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from m5_jax import train_logging  # pylint: disable=g-import-not-at-top
+  from m5_jax import flops  # pylint: disable=g-import-not-at-top
   a, b = jnp.ones((4, 8)), jnp.ones((8, 16))
-  assert train_logging.matmul_flops(lambda x, y: jnp.tanh(x @ y), a, b) == 2 * 4 * 8 * 16
+  assert flops.matmul_flops(lambda x, y: jnp.tanh(x @ y), a, b) == 2 * 4 * 8 * 16
 
   def stack(x, w):  # the same layer 3 times through lax.scan (what scan_layers does)
     return jax.lax.scan(lambda c, _: (c @ w, None), x, None, length=3)[0]
-  assert train_logging.matmul_flops(stack, a, jnp.ones((8, 8))) == 3 * 2 * 4 * 8 * 8
+  assert flops.matmul_flops(stack, a, jnp.ones((8, 8))) == 3 * 2 * 4 * 8 * 8
   # Forward + backward of a dense layer: the forward matmul and two gradient matmuls.
   loss = lambda x, y: jnp.sum(jax.jit(lambda p, q: p @ q)(x, y))  # noqa: E731
-  assert train_logging.matmul_flops(jax.grad(loss, argnums=(0, 1)), a, b) == 3 * 2 * 4 * 8 * 16
+  assert flops.matmul_flops(jax.grad(loss, argnums=(0, 1)), a, b) == 3 * 2 * 4 * 8 * 16
   conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), 'VALID')  # noqa: E731
   # [2, 3, 8, 8] * [5, 3, 2, 2] -> [2, 5, 7, 7]: each output sums 3 x 2 x 2 products.
-  assert train_logging.matmul_flops(conv, jnp.ones((2, 3, 8, 8)),
+  assert flops.matmul_flops(conv, jnp.ones((2, 3, 8, 8)),
                                     jnp.ones((5, 3, 2, 2))) == 2 * (2 * 5 * 7 * 7) * 12
+  # By shape: a dense product and an attention-like one (batch 2 x 3 heads).
+  attention = lambda x, q, k: (x @ jnp.ones((8, 16)),  # noqa: E731
+                               jnp.einsum('bhld,bhmd->bhlm', q, k))
+  shapes = flops.matmul_shapes(jax.make_jaxpr(attention)(
+      a, jnp.ones((2, 3, 4, 5)), jnp.ones((2, 3, 6, 5))))
+  assert shapes == {('dot', 1, 4, 16, 8): 2 * 4 * 16 * 8, ('dot', 6, 4, 6, 5): 2 * 6 * 4 * 6 * 5}
 
 
 def test_op_profile_classifies_compiled_hlo_and_sums_thunk_events():
