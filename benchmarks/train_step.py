@@ -7,7 +7,7 @@ its jitted train step with AdamW, on synthetic batches of the configured schema
 (m5_jax/synthetic_input.py), so the input pipeline is not in the measurement.
 
   model FLOPs   the matmul FLOPs of one step (forward + backward) counted on its
-                jaxpr (train_logging.matmul_flops; scanned layers count once per
+                jaxpr (m5_jax/flops.py; scanned layers count once per
                 layer). XLA's cost analysis of the compiled step (what the train
                 binary logs) is reported beside it as xla_gflop: it also counts
                 elementwise work, and counts a scanned layer stack only once
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 
@@ -72,7 +73,7 @@ def build_step(size: str, form: str, batch_size: int, modalities: str = 'itpva',
   from m5_jax import sharding  # pylint: disable=g-import-not-at-top
   from m5_jax import synthetic_input  # pylint: disable=g-import-not-at-top
   from m5_jax import train  # pylint: disable=g-import-not-at-top
-  from m5_jax import train_logging  # pylint: disable=g-import-not-at-top
+  from m5_jax import flops as flops_lib  # pylint: disable=g-import-not-at-top
 
   config = make_config(size, form, batch_size, modalities, overrides)
   mesh = sharding.make_mesh(config.mesh)
@@ -95,8 +96,8 @@ def build_step(size: str, form: str, batch_size: int, modalities: str = 'itpva',
     compiled = traced.lower().compile()
   compile_s = time.perf_counter() - start
   return {'config': config, 'compiled': compiled, 'state': state, 'batches': batches,
-          'flops': train_logging.jaxpr_matmul_flops(traced.jaxpr),
-          'xla_flops': train_logging.train_step_flops(compiled), 'compile_s': compile_s,
+          'flops': flops_lib.jaxpr_matmul_flops(traced.jaxpr),
+          'xla_flops': flops_lib.train_step_flops(compiled), 'compile_s': compile_s,
           'num_params': sum(x.size for x in jax.tree.leaves(abstract['params']))}
 
 
@@ -105,6 +106,20 @@ def matmul_peak(matmul_n: int = 2048, dtype: str = 'float32') -> tuple[float, fl
   measured now (machine.matmul_peak_flops)."""
   peaks = [machine.matmul_peak_flops(n, dtype=dtype) for n in (matmul_n // 2, matmul_n)]
   return max(wall for wall, _ in peaks), max(cpu for _, cpu in peaks)
+
+
+# Dense bf16 tensor-core peaks from the vendor's datasheets (TFLOP/s, SXM parts): the
+# denominator MFU is usually quoted against, reported beside our measured-matmul MFU.
+DATASHEET_BF16_TFLOPS = {'H100': 989.4, 'H200': 989.4, 'A100': 312.0}
+
+
+def datasheet_peak_flops(device_kind: str, dtype: str) -> float | None:
+  if dtype != 'bfloat16':
+    return None
+  for name, tflops in DATASHEET_BF16_TFLOPS.items():
+    if name in device_kind:
+      return tflops * 1e12
+  return None
 
 
 def measure(size: str, form: str, batch_size: int, steps: int, modalities: str = 'itpva',
@@ -138,6 +153,7 @@ def measure(size: str, form: str, batch_size: int, steps: int, modalities: str =
   step_cpu_s = sorted(cpu_times)[len(cpu_times) // 2]
 
   step_s = sorted(times)[len(times) // 2]  # median: robust to a burst of load
+  datasheet = datasheet_peak_flops(jax.devices()[0].device_kind, dtype)
   peak = max(peak_before, peak_after)
   result = {
       'size': size, 'form': form, 'modalities': modalities, 'batch_size': batch_size,
@@ -158,6 +174,8 @@ def measure(size: str, form: str, batch_size: int, steps: int, modalities: str =
       'loss': float(metrics['loss']),
       'load_avg_start': load_start, 'load_avg_end': machine.load_average(),
       'devices': f'{jax.device_count()} x {jax.devices()[0].platform}',
+      'device_kind': jax.devices()[0].device_kind,
+      'mfu_datasheet': (flops / step_s / datasheet) if datasheet else None,
       'peak_rss_mib': machine.peak_rss_mib(),
   }
   return result
@@ -216,6 +234,55 @@ def layer_matmul_efficiency(size: str, form: str, batch_size: int, modalities: s
   return out
 
 
+def step_anatomy(size: str, form: str, batch_size: int, modalities: str = 'itpva',
+                 overrides: dict | None = None, top: int = 12) -> dict:
+  """What the train step's jaxpr holds, without compiling or running it: its matmul
+  FLOPs by product shape (flops.matmul_shapes; `top` largest), the share of plain
+  (unbatched) products with M, N and K all >= 512 (GEMMs that can run near a GPU's
+  peak), and the random 32-bit values drawn per step (dropout masks)."""
+  from jax.extend import core as jax_core  # pylint: disable=g-import-not-at-top
+  from m5_jax import batch as batch_lib  # pylint: disable=g-import-not-at-top
+  from m5_jax import flops as flops_lib  # pylint: disable=g-import-not-at-top
+  from m5_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
+  from m5_jax import sharding  # pylint: disable=g-import-not-at-top
+  from m5_jax import train  # pylint: disable=g-import-not-at-top
+
+  config = make_config(size, form, batch_size, modalities, overrides)
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.axis_rules(config.sharding)
+  task = train.make_task(config)
+  tx, schedule = optimizer_lib.make_optimizer(config, config.total_steps, 10)
+  with sharding.activation_context(mesh, rules, False):
+    abstract, shardings = sharding.state_shardings(train.init_state_fn(config, task, tx),
+                                                   mesh, rules)
+    step = train.make_train_step(config, task, tx, schedule, mesh, shardings['params'])
+    batch = jax.eval_shape(lambda: batch_lib.zeros_batch(config, batch_size))
+    jaxpr = jax.make_jaxpr(step)(abstract, batch)
+
+  shapes = flops_lib.matmul_shapes(jaxpr)
+  total = sum(shapes.values())
+  gemm = sum(f for (kind, b, m, n, k), f in shapes.items()
+             if kind == 'dot' and b == 1 and min(m, n, k) >= 512)
+
+  def random_values(j, times):
+    count = 0
+    for eqn in j.eqns:
+      if eqn.primitive.name == 'random_bits':
+        count += times * sum(math.prod(v.aval.shape) for v in eqn.outvars)
+      inner = times * eqn.params['length'] if eqn.primitive.name == 'scan' else times
+      for sub in jax_core.jaxprs_in_params(eqn.params):
+        count += random_values(sub, inner)
+    return count
+
+  return {'size': size, 'form': form, 'batch_size': batch_size,
+          'overrides': overrides or {}, 'step_gflop': total / 1e9,
+          'gemm_share': gemm / total,
+          'random_values_per_step': random_values(jaxpr.jaxpr, 1),
+          'top_shapes': [{'kind': kind, 'batch': b, 'm': m, 'n': n, 'k': k,
+                          'share': f / total} for (kind, b, m, n, k), f in
+                         sorted(shapes.items(), key=lambda kv: -kv[1])[:top]]}
+
+
 def parse_overrides(items) -> dict:
   out = {}
   for item in items or ():
@@ -236,9 +303,17 @@ def main(argv=None) -> int:
   parser.add_argument('--set', action='append', metavar='KEY=VALUE',
                       help='config override, e.g. --set model.scan_layers=true')
   parser.add_argument('--json', action='store_true', help='print one JSON object')
+  parser.add_argument('--anatomy', action='store_true',
+                      help='only trace the step: matmul FLOPs by shape, GEMM share, '
+                      'random values per step (no compile, no timing)')
   parser.add_argument('--layer_matmuls', action='store_true',
                       help='only time one layer\'s matmuls at the model\'s shapes vs the peak')
   args = parser.parse_args(argv)
+  if args.anatomy:
+    overrides = dict(parse_overrides(args.set), **{'model.dtype': args.dtype})
+    print(json.dumps(step_anatomy(args.size, args.form, args.batch_size, args.modalities,
+                                  overrides), indent=None if args.json else 1))
+    return 0
   if args.layer_matmuls:
     print(json.dumps(layer_matmul_efficiency(args.size, args.form, args.batch_size,
                                              args.modalities, args.matmul_n)))
