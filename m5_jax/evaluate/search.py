@@ -143,6 +143,14 @@ class ShardedGallery:
             np.concatenate([fetch(i)[:n] for _, i, _, n in results]))
 
 
+def _take_groups(grouped: jax.Array, groups: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The rows of `grouped` [Q, G, GROUP] at group indices `groups` [Q, C], flattened:
+  (scores [Q, C * GROUP], their column indices in the ungrouped row)."""
+  num_q, num_groups = groups.shape
+  cand_s = jnp.take_along_axis(grouped, groups[:, :, None], axis=1)
+  cand_i = groups[:, :, None] * GROUP + jnp.arange(GROUP, dtype=jnp.int32)
+  return cand_s.reshape(num_q, num_groups * GROUP), cand_i.reshape(num_q, num_groups * GROUP)
+
 
 def block_candidates(scores: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
   """A [Q, C] subset of each row of `scores` [Q, n] that holds its exact top k.
@@ -162,10 +170,7 @@ def block_candidates(scores: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
   grouped = scores.reshape(num_q, n // GROUP, GROUP)
   _, groups = jax.lax.top_k(grouped.max(axis=2), k)
   groups = jnp.sort(groups, axis=1)  # column order for the tie rule above
-  cand_s = jnp.take_along_axis(grouped, groups[:, :, None], axis=1).reshape(num_q, k * GROUP)
-  cand_i = (groups[:, :, None] * GROUP + jnp.arange(GROUP, dtype=jnp.int32)).reshape(
-      num_q, k * GROUP)
-  return cand_s, cand_i
+  return _take_groups(grouped, groups)
 
 
 def sparse_candidates(grouped: jax.Array, above: jax.Array, num_groups: int
@@ -176,17 +181,14 @@ def sparse_candidates(grouped: jax.Array, above: jax.Array, num_groups: int
   slots beyond a row's flagged groups score -inf. Exact when no row flags more
   than `num_groups` groups (the caller checks).
   """
-  num_q, num_g, _ = grouped.shape
+  num_g = grouped.shape[1]
   # Largest key = lowest flagged group, so top_k returns them in column order
   # (a float key: XLA:CPU's TopK kernel is f32; an int key falls back to a sort).
   key = jnp.where(above, jnp.float32(num_g) - jnp.arange(num_g, dtype=jnp.float32), 0.0)
   _, groups = jax.lax.top_k(key, num_groups)
-  flagged = jnp.take_along_axis(above, groups, axis=1)
-  cand_s = jnp.take_along_axis(grouped, groups[:, :, None], axis=1)
-  cand_s = jnp.where(flagged[:, :, None], cand_s, NEG_INF).reshape(num_q, num_groups * GROUP)
-  cand_i = (groups[:, :, None] * GROUP + jnp.arange(GROUP, dtype=jnp.int32)).reshape(
-      num_q, num_groups * GROUP)
-  return cand_s, cand_i
+  flagged = jnp.repeat(jnp.take_along_axis(above, groups, axis=1), GROUP, axis=1)
+  cand_s, cand_i = _take_groups(grouped, groups)
+  return jnp.where(flagged, cand_s, NEG_INF), cand_i
 
 
 @functools.cache
