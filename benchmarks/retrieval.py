@@ -120,7 +120,7 @@ def measure(num_queries: int, gallery_size: int, dim: int, k: int, query_block: 
     index.search(queries[-tail:], k, query_block=query_block, sparse_groups=sparse_groups)
   ours_s, ours_i, ref_s, ref_i, per_round_rows = [], [], [], [], []
   totals = dict(ours_s=0.0, ours_cpu_s=0.0, faiss_s=0.0, faiss_cpu_s=0.0)
-  blocks = dict(gallery_blocks=0, pruned_blocks=0)
+  block_counts = dict(gallery_blocks=0, pruned_blocks=0)
   for r, lo in enumerate(range(0, num_queries, per_round)):
     chunk = queries[lo:lo + per_round]
     sides = [('ours', lambda c=chunk: index.search(c, k, query_block=query_block,
@@ -134,15 +134,15 @@ def measure(num_queries: int, gallery_size: int, dim: int, k: int, query_block: 
       (ours_i if side == 'ours' else ref_i).append(ids)
       row[f'{side}_s'], row[f'{side}_cpu_s'] = wall, cpu
       if side == 'ours':
-        for key in blocks:
-          blocks[key] += index.last_search_stats[key]
+        for key in block_counts:
+          block_counts[key] += index.last_search_stats[key]
       totals[f'{side}_s'] += wall
       totals[f'{side}_cpu_s'] += cpu
     row['load_avg'] = machine.load_average()
     per_round_rows.append(row)
     print(f'round {r + 1}: {row}', file=sys.stderr, flush=True)
   result['rounds'] = per_round_rows
-  result.update(blocks)
+  result.update(block_counts)
   result['ours_s'], result['ours_cpu_s'] = totals['ours_s'], totals['ours_cpu_s']
   result['ours_qps'] = num_queries / result['ours_s']
   if flat is not None:

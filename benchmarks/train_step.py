@@ -64,18 +64,13 @@ def sequence_lengths(config) -> dict[str, int]:
   return {m: int(np.prod(x.shape[1:])) for m, x in out['token_mask'].items()}
 
 
-def build_step(size: str, form: str, batch_size: int, modalities: str = 'itpva',
-               overrides: dict | None = None, steps: int = 4) -> dict:
-  """The compiled real train step, its initial state, synthetic batches and its
-  matmul FLOPs: {'config', 'compiled', 'state', 'batches', 'flops', 'xla_flops',
-  'compile_s', 'num_params'} (shared with benchmarks/op_profile.py)."""
+def _train_step(config):
+  """m5_jax.train's step function for `config` and what it runs on: (mesh, axis rules,
+  state init function, abstract state, state shardings, step)."""
   from m5_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
   from m5_jax import sharding  # pylint: disable=g-import-not-at-top
-  from m5_jax import synthetic_input  # pylint: disable=g-import-not-at-top
   from m5_jax import train  # pylint: disable=g-import-not-at-top
-  from m5_jax import flops as flops_lib  # pylint: disable=g-import-not-at-top
 
-  config = make_config(size, form, batch_size, modalities, overrides)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.axis_rules(config.sharding)
   task = train.make_task(config)
@@ -83,8 +78,23 @@ def build_step(size: str, form: str, batch_size: int, modalities: str = 'itpva',
   init_fn = train.init_state_fn(config, task, tx)
   with sharding.activation_context(mesh, rules, False):
     abstract, shardings = sharding.state_shardings(init_fn, mesh, rules)
-    state = sharding.init_sharded(init_fn, shardings)
   step = train.make_train_step(config, task, tx, schedule, mesh, shardings['params'])
+  return mesh, rules, init_fn, abstract, shardings, step
+
+
+def build_step(size: str, form: str, batch_size: int, modalities: str = 'itpva',
+               overrides: dict | None = None, steps: int = 4) -> dict:
+  """The compiled real train step, its initial state, synthetic batches and its
+  matmul FLOPs: {'config', 'compiled', 'state', 'batches', 'flops', 'xla_flops',
+  'compile_s', 'num_params'} (shared with benchmarks/op_profile.py)."""
+  from m5_jax import flops as flops_lib  # pylint: disable=g-import-not-at-top
+  from m5_jax import sharding  # pylint: disable=g-import-not-at-top
+  from m5_jax import synthetic_input  # pylint: disable=g-import-not-at-top
+
+  config = make_config(size, form, batch_size, modalities, overrides)
+  mesh, rules, init_fn, abstract, shardings, step = _train_step(config)
+  with sharding.activation_context(mesh, rules, False):
+    state = sharding.init_sharded(init_fn, shardings)
   step_fn = jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(mesh)),
                     out_shardings=(shardings, None), donate_argnums=(0,))
   data = synthetic_input.SyntheticIterator(config, mesh, batch_size, config.seed)
@@ -243,19 +253,11 @@ def step_anatomy(size: str, form: str, batch_size: int, modalities: str = 'itpva
   from jax.extend import core as jax_core  # pylint: disable=g-import-not-at-top
   from m5_jax import batch as batch_lib  # pylint: disable=g-import-not-at-top
   from m5_jax import flops as flops_lib  # pylint: disable=g-import-not-at-top
-  from m5_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
   from m5_jax import sharding  # pylint: disable=g-import-not-at-top
-  from m5_jax import train  # pylint: disable=g-import-not-at-top
 
   config = make_config(size, form, batch_size, modalities, overrides)
-  mesh = sharding.make_mesh(config.mesh)
-  rules = sharding.axis_rules(config.sharding)
-  task = train.make_task(config)
-  tx, schedule = optimizer_lib.make_optimizer(config, config.total_steps, 10)
+  mesh, rules, _, abstract, _, step = _train_step(config)
   with sharding.activation_context(mesh, rules, False):
-    abstract, shardings = sharding.state_shardings(train.init_state_fn(config, task, tx),
-                                                   mesh, rules)
-    step = train.make_train_step(config, task, tx, schedule, mesh, shardings['params'])
     batch = jax.eval_shape(lambda: batch_lib.zeros_batch(config, batch_size))
     jaxpr = jax.make_jaxpr(step)(abstract, batch)
 
