@@ -127,3 +127,124 @@ def test_accuracy():
   assert metrics.per_class_accuracy(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2])) == {
       0: 100.0, 1: 100.0, 2: 50.0}
   assert out['mean_class_accuracy'] == pytest.approx(250.0 / 3)
+
+
+# ----------------------------------------------------------------------------- bootstrap
+
+
+def test_per_query_values_average_to_the_metrics():
+  rng = np.random.default_rng(3)
+  hits = rng.random((50, 100)) < 0.2
+  positives = rng.integers(0, 30, 50)
+  scored, values = metrics.per_query_retrieval(hits, positives, 200)
+  out = metrics.retrieval_metrics(hits, positives, 200)
+  assert scored.sum() == out['num_queries'] and len(values) == 5 * len(metrics.DEFAULT_KS)
+  for name, per_query in values.items():
+    assert per_query.shape == (scored.sum(),)
+    assert out[name] == pytest.approx(100.0 * per_query.mean())
+
+
+def test_equal_values_give_a_zero_width_interval():
+  ci = metrics.bootstrap_means({'ap': np.full(500, 0.37), 'correct': np.ones(500)})
+  assert ci['ap'] == pytest.approx([37.0, 37.0], abs=1e-4)
+  assert ci['correct'] == pytest.approx([100.0, 100.0], abs=1e-4)
+
+
+def test_binomial_interval_matches_the_normal_approximation():
+  # 600 correct of 2000: p = 0.3, 95% half-width 1.96 sqrt(p(1-p)/n) = 2.01 points.
+  correct = np.zeros(2000)
+  correct[:600] = 1.0
+  low, high = metrics.bootstrap_means({'accuracy': correct})['accuracy']
+  half_width = 100 * 1.96 * np.sqrt(0.3 * 0.7 / 2000)
+  assert low == pytest.approx(30.0 - half_width, abs=0.25)
+  assert high == pytest.approx(30.0 + half_width, abs=0.25)
+  assert metrics.too_small({'accuracy': [low, high]}) == []
+  # 30 items: the interval is ~33 points wide, far too wide to separate 5 points.
+  small = metrics.bootstrap_means({'accuracy': correct[::67][:30]})
+  assert small['accuracy'][1] - small['accuracy'][0] > 20
+  assert metrics.too_small(small) == ['accuracy']
+
+
+def test_bootstrap_is_deterministic_under_the_seed():
+  values = {'x': np.random.default_rng(0).random(300)}
+  assert metrics.bootstrap_means(values) == metrics.bootstrap_means(values)
+  assert metrics.bootstrap_means(values, seed=1) != metrics.bootstrap_means(values)
+  labels = np.repeat(np.arange(5), 20)
+  clusters = np.where(np.arange(100) % 3 == 0, 0, labels)
+  assert (metrics.bootstrap_clustering(labels, clusters)
+          == metrics.bootstrap_clustering(labels, clusters))
+
+
+def test_bootstrap_with_many_units_is_cheap():
+  import time  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(4)
+  _, values = metrics.per_query_retrieval(rng.random((10_000, 100)) < 0.1,
+                                          rng.integers(1, 40, 10_000), 5000)
+  start = time.perf_counter()
+  metrics.bootstrap_means(values)  # 25 metrics, 1000 resamples of 10k queries
+  assert time.perf_counter() - start < 2.0  # ~0.2 s alone; slack for a busy machine
+
+
+def test_clustering_scores_on_weights_match_the_repeated_items():
+  rng = np.random.default_rng(5)
+  labels = rng.integers(0, 6, 300)
+  clusters = np.where(rng.random(300) < 0.5, labels, rng.integers(0, 4, 300))
+  weights = rng.integers(0, 3, 300)
+  nmi, purity = metrics._Partition(labels, clusters).scores(weights[None].astype(np.float32))  # pylint: disable=protected-access
+  repeated = np.repeat(np.arange(300), weights)
+  reference = metrics.clustering_metrics(labels[repeated], clusters[repeated])
+  assert 100 * nmi[0] == pytest.approx(reference['nmi'])
+  assert 100 * purity[0] == pytest.approx(reference['purity'])
+
+
+def test_clustering_interval_holds_the_estimate_and_perfect_is_exact():
+  rng = np.random.default_rng(6)
+  labels = rng.integers(0, 20, 2000)
+  clusters = rng.integers(0, 20, 2000)  # chance: resampling alone would inflate NMI
+  estimate = metrics.clustering_metrics(labels, clusters)
+  ci = metrics.bootstrap_clustering(labels, clusters)
+  for name in ('nmi', 'purity'):
+    assert ci[name][0] < estimate[name] < ci[name][1]
+  perfect = metrics.bootstrap_clustering(labels, labels + 100)
+  assert perfect['nmi'] == pytest.approx([100.0, 100.0]) and perfect['purity'] == pytest.approx(
+      [100.0, 100.0])
+
+
+def test_paired_comparison_win_tie_loss():
+  rng = np.random.default_rng(7)
+  base = (rng.random(400) < 0.5).astype(float)
+  better = base.copy()
+  better[np.flatnonzero(base == 0)[:24]] = 1.0  # +6 points, on the same units
+  win = metrics.paired_comparison(better, base)
+  assert win['difference'] == pytest.approx(6.0) and win['verdict'] == 'win'
+  assert win['difference_ci95'][0] > 0 and win['units'] == 400 and win['seeds'] == 1
+  # Pairing: the unpaired intervals (+-5 points each) overlap, the paired one is narrow.
+  assert win['a_ci95'][0] < win['b_ci95'][1]
+  assert metrics.paired_comparison(base, better)['verdict'] == 'loss'
+  assert metrics.paired_comparison(base, base) == {**metrics.paired_comparison(base, base),
+                                                   'difference': 0.0, 'verdict': 'tie'}
+  one_better = base[:30].copy()
+  one_better[np.argmin(one_better)] = 1.0  # one unit of 30: +3.3 points, but a fluke
+  tie = metrics.paired_comparison(one_better, base[:30])
+  assert tie['verdict'] == 'tie' and tie['difference_ci95'][0] <= 0 <= tie['difference_ci95'][1]
+  # Two seeds pooled: each unit's values averaged over the seeds.
+  pooled = metrics.paired_comparison(np.stack([better, base]), np.stack([base, base]))
+  assert pooled['difference'] == pytest.approx(3.0) and pooled['seeds'] == 2
+  with pytest.raises(ValueError, match='same units'):
+    metrics.paired_comparison(base, base[:-1])
+
+
+def test_paired_clustering_resamples_the_same_items():
+  rng = np.random.default_rng(8)
+  labels = rng.integers(0, 8, 1000)
+  good = np.where(rng.random(1000) < 0.8, labels, rng.integers(0, 8, 1000))
+  chance = rng.integers(0, 8, 1000)
+  result = metrics.paired_clustering_comparison(labels, good, chance)
+  expected = (metrics.clustering_metrics(labels, good)['nmi']
+              - metrics.clustering_metrics(labels, chance)['nmi'])
+  assert result['difference'] == pytest.approx(expected) and result['verdict'] == 'win'
+  assert result['a_ci95'] == pytest.approx(metrics.bootstrap_clustering(labels, good)['nmi'])
+  same = metrics.paired_clustering_comparison(labels, good, good, metric='purity')
+  assert same['difference_ci95'] == pytest.approx([0.0, 0.0]) and same['verdict'] == 'tie'
+  pooled = metrics.paired_clustering_comparison(labels, [good, chance], [chance, chance])
+  assert pooled['difference'] == pytest.approx(expected / 2) and pooled['seeds'] == 2
