@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 
 import numpy as np
 
@@ -93,9 +94,16 @@ def item_id(index: int) -> str:
   return release.check_id(str(ID_BASE + index))
 
 
-def _products_and_sizes(world, rng, num_items, instance_rate):
-  """Listing counts per product (1, or 2-4 for instance groups) summing to num_items."""
-  sizes = np.where(rng.random(num_items) < instance_rate, rng.integers(2, 5, num_items), 1)
+def _products_and_sizes(world, rng, num_items, instance_rate, group_size_probs=None):
+  """Listing counts per product (1, or 2-4 for instance groups) summing to num_items.
+
+  Group sizes 2, 3, 4 are equally likely unless `group_size_probs` weighs them."""
+  grouped = rng.random(num_items) < instance_rate
+  if group_size_probs is None:
+    group_sizes = rng.integers(2, 5, num_items)
+  else:
+    group_sizes = rng.choice(np.arange(2, 5), num_items, p=np.asarray(group_size_probs, np.float64))
+  sizes = np.where(grouped, group_sizes, 1)
   cut = int(np.searchsorted(np.cumsum(sizes), num_items))
   sizes = sizes[:cut + 1].copy()
   sizes[-1] -= sizes.sum() - num_items          # the last product may be cut short
@@ -124,12 +132,19 @@ def _count(rate, num, at_least_one):
 
 
 def make_plan(world: world_lib.World, num_items: int, seed: int,
-              rates: DefectRates = DefectRates(), instance_rate: float = 0.25) -> Plan:
+              rates: DefectRates = DefectRates(), instance_rate: float = 0.25,
+              singleton_splits=SINGLETON_SPLITS, fine_share: float = 0.5,
+              group_size_probs=None) -> Plan:
+  """The plan of a release. `world` is any object with `num_categories` and
+  `sample_products(rng, num)` -> products with `index` and `category` (mini's
+  World, or data_prep/realistic's). `fine_share` of the instance groups go to
+  the fine-grained splits, the rest to pretraining; singleton products spread
+  over `singleton_splits` ((split, weight), pretrain first)."""
   rates.validate()
   if num_items < 1:
     raise ValueError(f'--num_products must be >= 1, got {num_items}')
   rng = np.random.default_rng([seed, 0x9A1])
-  products, sizes = _products_and_sizes(world, rng, num_items, instance_rate)
+  products, sizes = _products_and_sizes(world, rng, num_items, instance_rate, group_size_probs)
 
   # Products -> splits. Item indices are a random permutation, so the listings of
   # one product are not neighbours in the annotations.
@@ -139,12 +154,14 @@ def make_plan(world: world_lib.World, num_items: int, seed: int,
   grouped = [p for p in rng.permutation(len(products)) if sizes[p] >= 2]
   singles = np.array([p for p in rng.permutation(len(products)) if sizes[p] == 1], np.int64)
   for k, p in enumerate(grouped):
-    if k % 2 == 0:   # fine-grained: one query listing, the others in the gallery
+    # fine-grained: one query listing, the others in the gallery (every other
+    # group when fine_share is 0.5)
+    if math.ceil((k + 1) * fine_share) > math.ceil(k * fine_share):
       split_of[members[p][0]] = 'fine_query'
       split_of.update((i, 'fine_gallery') for i in members[p][1:])
     else:
       split_of.update((i, 'pretrain') for i in members[p])
-  for name, chunk in _split_by_weights(singles, SINGLETON_SPLITS).items():
+  for name, chunk in _split_by_weights(singles, singleton_splits).items():
     split_of.update((members[p][0], name) for p in chunk)
   product_of = {i: p for p, ms in enumerate(members) for i in ms}
 
@@ -209,8 +226,12 @@ def absences(item: ItemPlan, config: str) -> list[tuple[str, str]]:
   return sorted(out, key=lambda mr: order(mr[0]))
 
 
-def build_manifest(plan: Plan, world: world_lib.World, args: dict, with_features: bool) -> dict:
-  """The defect manifest (format documented in data_prep/make_mini.py)."""
+def build_manifest(plan: Plan, world: world_lib.World, args: dict, with_features: bool,
+                   label_names=None, manifest_format: str = 'm5product-mini-manifest/1') -> dict:
+  """The defect manifest (format documented in data_prep/make_mini.py); label
+  names default to mini's categories."""
+  if label_names is None:
+    label_names = world_lib.CATEGORIES[:world.num_categories]
   def section(config):
     absent = [[it.item_id, m, r] for it in plan.items for m, r in absences(it, config)]
     counts = collections.defaultdict(lambda: collections.Counter())
@@ -229,11 +250,11 @@ def build_manifest(plan: Plan, world: world_lib.World, args: dict, with_features
   absent_raw, counts_raw = section('raw')
   absent_feat, counts_feat = section('features') if with_features else (None, None)
   return {
-      'format': 'm5product-mini-manifest/1',
+      'format': manifest_format,
       'args': args,
       'num_items': len(plan.items),
       'split_sizes': {s: len(ids) for s, ids in plan.splits.items()},
-      'label_names': list(world_lib.CATEGORIES[:world.num_categories]),
+      'label_names': list(label_names),
       'absent_raw': absent_raw,
       'absent_features': absent_feat,
       'noisy_title': [[it.item_id, plan.items[it.noisy_source].item_id]
