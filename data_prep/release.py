@@ -45,6 +45,7 @@ ABSENT_REASONS = (
     'corrupt_file',     # truncated / undecodable / not what its extension says
     'too_large',        # over the decode bounds (pixels, frames, seconds)
     'bad_features',     # NaN/inf or wrong shape in a feature .npy
+    'unsafe_path',      # the media/feature file is a link resolving outside its folder
 )
 # Why a whole item is rejected (not written), also counted.
 REJECT_REASONS = (
@@ -113,6 +114,11 @@ class UnsafeIdError(ValueError):
   """An item id that could reach outside the release folder."""
 
 
+class UnsafePathError(UnsafeIdError):
+  """A safe id whose file is a link resolving outside its folder (absolute, '../',
+  dangling): the builder marks that modality absent ('unsafe_path'), not the item."""
+
+
 def check_id(item_id: str) -> str:
   """Returns item_id, or raises UnsafeIdError (path separators, '..', odd chars)."""
   if not isinstance(item_id, str) or not _SAFE_ID.match(item_id) or '..' in item_id:
@@ -126,7 +132,7 @@ def safe_path(root: str, subdir: str, item_id: str, ext: str) -> str:
   base = os.path.realpath(os.path.join(root, subdir))
   path = os.path.realpath(os.path.join(base, item_id + ext))
   if os.path.dirname(path) != base:
-    raise UnsafeIdError(f'item id {item_id!r} resolves outside {base}')
+    raise UnsafePathError(f'item id {item_id!r} resolves outside {base}')
   return path
 
 
@@ -176,7 +182,7 @@ def iter_annotations(path: str, chunk_chars: int = 1 << 20,
   again (the caller counts and rejects them). Raises AnnotationsError with the
   character offset when the JSON itself is broken.
   """
-  decoder = json.JSONDecoder()
+  decoder = json.JSONDecoder(parse_int=_json_int)
   with open(path, 'r', encoding='utf-8', errors='surrogateescape') as f:
     buf = ''
     pos = 0
@@ -239,22 +245,33 @@ def iter_annotations(path: str, chunk_chars: int = 1 << 20,
       pos += 1
 
 
+def _json_int(text: str):
+  """A JSON integer; one too long for Python's int parser (4300 digits) stays its
+  digit string (the builder hashes an over-long label like a string id)."""
+  return int(text) if len(text) <= 4000 else text
+
+
+def _lines(path: str) -> Iterator[str]:
+  """Stripped lines; a UTF-8 byte-order mark (Windows editors write one, also in
+  the middle of concatenated lists) is not part of an id."""
+  with open(path, encoding='utf-8-sig', errors='surrogateescape') as f:
+    for line in f:
+      yield line.replace('\ufeff', '').strip()
+
+
 def read_id_list(path: str) -> list[str]:
   """One id per line; blank lines and '#' comments skipped; order kept."""
-  with open(path, encoding='utf-8', errors='surrogateescape') as f:
-    return [s for s in (line.strip() for line in f) if s and not s.startswith('#')]
+  return [s for s in _lines(path) if s and not s.startswith('#')]
 
 
 def read_instances(path: str) -> dict[str, str]:
   """item_id -> instance_id from a two-column TSV."""
   out = {}
-  with open(path, encoding='utf-8', errors='surrogateescape') as f:
-    for n, line in enumerate(f, 1):
-      line = line.strip()
-      if not line:
-        continue
-      parts = line.split('\t')
-      if len(parts) != 2:
-        raise ValueError(f'{path}:{n}: expected "item_id<TAB>instance_id", got {line[:60]!r}')
-      out[parts[0]] = parts[1]
+  for n, line in enumerate(_lines(path), 1):
+    if not line:
+      continue
+    parts = line.split('\t')
+    if len(parts) != 2:
+      raise ValueError(f'{path}:{n}: expected "item_id<TAB>instance_id", got {line[:60]!r}')
+    out[parts[0]] = parts[1]
   return out

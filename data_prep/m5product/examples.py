@@ -89,24 +89,55 @@ def format_report(report: dict) -> str:
   for m, reasons in t['absent'].items():
     if reasons:
       lines.append(f'  absent {m}: ' + ', '.join(f'{r}={n}' for r, n in sorted(reasons.items())))
+  skipped = report.get('skipped_splits', {})
   for s, e in report['splits'].items():
     lines.append(f"  split {s}: in {e['items_in']}, written {e['items_written']}, "
-                 f"rejected {sum(e['rejected'].values())}")
+                 f"rejected {sum(e['rejected'].values())}"
+                 + (f' (SKIPPED: {skipped[s]})' if s in skipped else ''))
+  if report.get('unlisted_records'):
+    lines.append(f"  annotation records in no split list: {report['unlisted_records']}")
   return '\n'.join(lines)
 
 
 # ---------------------------------------------------------------- labels and ids
 
+INT64_MAX = (1 << 63) - 1
+
+
+def hash_id(text: str) -> int:
+  """A stable, non-negative 62-bit id for a text id (SHA-256, first 8 bytes >> 2)."""
+  return int.from_bytes(hashlib.sha256(text.encode('utf-8', 'surrogateescape')).digest()[:8],
+                        'big') >> 2
+
+
+def _digits_to_id(text: str) -> int:
+  """A non-negative ASCII digit string -> its value if it fits int64, else its hash.
+
+  Release ids are 12-digit numbers today; one past int64 must not stop a 6M-item
+  build (TFDS's int64 encoder raises OverflowError), so it is keyed like a text id.
+  """
+  if len(text.lstrip('0')) <= 19 and int(text) <= INT64_MAX:
+    return int(text)
+  return hash_id(text)
+
+
 def label_of(value, vocabulary: Mapping[str, int]) -> tuple[int, str]:
-  """The release's label -> (int label, label_name). -1 when unknown."""
+  """The release's label -> (int64 label, label_name). -1 when unknown.
+
+  Ints and digit strings keep their value (hashed when outside int64); other
+  strings index the vocabulary of non-numeric labels.
+  """
   if isinstance(value, bool) or value is None:
     return -1, ''
   if isinstance(value, int):
-    return value, str(value)
+    if -INT64_MAX - 1 <= value <= INT64_MAX:
+      return value, str(value)
+    text = str(value)
+    return hash_id(text), text
   if isinstance(value, str):
     text = value.strip()
     if text.isascii() and text.isdigit():
-      return int(text), text
+      return _digits_to_id(text), text
     return vocabulary.get(text, -1), text
   return -1, ''
 
@@ -121,14 +152,17 @@ def string_label(value) -> str | None:
 
 
 def instance_of(instance_id: str | None) -> int:
-  """Instance id -> int: itself if numeric, else a stable 62-bit hash; -1 unknown."""
-  if not instance_id:
+  """Instance id -> int64 >= 0: itself if a number that fits int64, else a stable
+  62-bit hash (text ids, '-5', over-long numbers); -1 unknown.
+
+  Never negative when known: evaluation treats a negative key as unknown.
+  """
+  if not instance_id or not instance_id.strip():
     return -1
   text = instance_id.strip()
-  if text.isascii() and text.lstrip('-').isdigit():
-    return int(text)
-  return int.from_bytes(hashlib.sha256(text.encode('utf-8', 'surrogateescape')).digest()[:8],
-                        'big') >> 2
+  if text.isascii() and text.isdigit():
+    return _digits_to_id(text)
+  return hash_id(text)
 
 
 # ---------------------------------------------------------------- fields
@@ -234,9 +268,10 @@ def convert(split: str, item_id: str, record: Mapping, label_vocab: Mapping[str,
       values = fn()
       example['present'][modality] = True
       return values
-    except decode.Absent as e:
+    except (decode.Absent, release.UnsafePathError) as e:
+      reason = getattr(e, 'reason', 'unsafe_path')  # a link out of its folder: this file only
       example['present'][modality] = False
-      tally.inc(f'{split}/absent/{modality}/{e.reason}')
+      tally.inc(f'{split}/absent/{modality}/{reason}')
       return None
 
   title = attempt('text', lambda: title_of(record))

@@ -26,6 +26,7 @@ beside this file.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -166,21 +167,25 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   # return a PTransform or a generator, so remember it here.
   def _generate_splits(self, dl_manager, download_config):
     self._use_beam = bool(download_config.beam_runner or download_config.beam_options)
-    self._tally = ex.Tally()
-    self._report = None
+    self._tally = ex.Tally()  # the plain path's counts, and on both paths skipped splits'
+    self._beam_counts = {}
+    self._skipped: dict[str, str] = {}
+    self._unlisted = 0
     return super()._generate_splits(dl_manager, download_config)
 
   def _download_and_prepare(self, dl_manager, download_config):
     start = time.time()
     super()._download_and_prepare(dl_manager, download_config)
-    if self._report is None:  # plain path: counts were kept in-process
-      self._report = ex.summarize(self._tally.counts, self._split_names())
-    self._report.update(config=self.builder_config.name, beam=self._use_beam,
-                        seconds=round(time.time() - start, 2))
+    counts = collections.Counter(self._tally.counts)
+    counts.update(self._beam_counts)
+    report = ex.summarize(counts, self._split_names())
+    report.update(config=self.builder_config.name, beam=self._use_beam,
+                  skipped_splits=dict(self._skipped), unlisted_records=self._unlisted,
+                  seconds=round(time.time() - start, 2))
     path = os.path.join(self.data_dir, REPORT_NAME)
     with open(path, 'w', encoding='utf-8') as f:
-      json.dump(self._report, f, indent=1, sort_keys=True)
-    message = ex.format_report(self._report)
+      json.dump(report, f, indent=1, sort_keys=True)
+    message = ex.format_report(report)
     final_dir = os.path.join(os.fspath(self.data_dir_root), self.info.full_name)
     print(f'{message}\n  report: {os.path.join(final_dir, REPORT_NAME)}', flush=True)
 
@@ -191,10 +196,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     import apache_beam as beam  # pylint: disable=g-import-not-at-top
     query = pipeline_result.metrics().query(
         beam.metrics.MetricsFilter().with_namespace(ex.BeamTally.NAMESPACE))
-    counts = {}
+    counts = collections.Counter()
     for counter in query['counters']:
-      counts[counter.key.metric.name] = counts.get(counter.key.metric.name, 0) + counter.committed
-    self._report = ex.summarize(counts, self._split_names())
+      counts[counter.key.metric.name] += counter.committed
+    self._beam_counts = counts
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     root = os.fspath(dl_manager.manual_dir)
@@ -207,34 +212,79 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     options = ex.ConvertOptions(root=root, form=config.form, layout=layout,
                                 image_size=config.image_size, video_size=config.video_size,
                                 max_video_frames=config.max_video_frames, bounds=config.bounds())
-    label_vocab = self._label_vocabulary(annotations)
+    plans = self._split_plans(root, layout)
+    label_vocab, writable, self._unlisted = _scan_annotations(annotations, plans)
+    if self._unlisted:
+      logging.warning('m5product: %d annotation records are in no split list built',
+                      self._unlisted)
     instances_path = os.path.join(root, layout.instances)
     instances = release.read_instances(instances_path) if os.path.isfile(instances_path) else {}
     generators = {}
-    for split in config.splits or release.SPLIT_FILES:
-      path = layout.split_path(root, split)
-      if not os.path.isfile(path):
-        logging.warning('m5product: no id list %s; split %s skipped', path, split)
+    for split, plan in plans.items():
+      if not plan.ids and not (plan.listed_unsafe or plan.listed_duplicates):
+        self._skip(split, 'empty_list', f'{layout.split_path(root, split)} lists no id')
         continue
-      plan = _split_plan(split, release.read_id_list(path))
+      if split not in writable:
+        # TFDS refuses a split with no example and would then fail every split; this
+        # one is skipped, its listings still counted (unsafe, unknown, malformed).
+        for _ in ex.iter_split_records(annotations, plan, self._tally):
+          pass
+        self._skip(split, 'nothing_to_write', 'no listed id is an annotated item')
+        continue
       split_instances = {i: instances[i] for i in plan.ids if i in instances}
       args = (annotations, plan, label_vocab, split_instances, options)
       generators[split] = _beam_split(*args) if self._use_beam else self._generate_examples(*args)
+    if not generators:
+      raise ValueError(f'm5product: nothing to build from {root}: every split list is empty or '
+                       f'lists no annotated item ({self._skipped})')
     return generators
 
-  def _label_vocabulary(self, annotations: str) -> dict[str, int]:
-    """Non-numeric string labels -> index in their sorted set (one streaming pass)."""
-    names = set()
-    for _, record in release.iter_annotations(annotations):
-      if isinstance(record, dict) and (name := ex.string_label(record.get('label'))):
-        names.add(name)
-    return {name: i for i, name in enumerate(sorted(names))}
+  def _split_plans(self, root: str, layout: release.ReleaseLayout) -> dict[str, ex.SplitPlan]:
+    """The id list of each split to build; a one-line error when none (or a named one) exists."""
+    paths = {split: layout.split_path(root, split) for split in self._split_names()}
+    missing = [split for split, path in paths.items() if not os.path.isfile(path)]
+    if missing and (self.builder_config.splits or len(missing) == len(paths)):
+      names = ', '.join(os.path.relpath(paths[s], root) for s in missing)
+      raise FileNotFoundError(f'm5product: missing split id lists in {root}: {names} '
+                              '(config fields split_dir / splits)')
+    plans = {}
+    for split, path in paths.items():
+      if split in missing:
+        self._skip(split, 'missing_list', f'no id list {path}')
+      else:
+        plans[split] = _split_plan(split, release.read_id_list(path))
+    return plans
+
+  def _skip(self, split: str, reason: str, detail: str) -> None:
+    logging.warning('m5product: split %s skipped (%s): %s', split, reason, detail)
+    self._skipped[split] = reason
 
   def _generate_examples(self, annotations, plan, label_vocab, instances, options):
     """The plain path: stream, decode and yield in this process."""
     tally = self._tally
     for item_id, record in ex.iter_split_records(annotations, plan, tally):
       yield ex.convert(plan.name, item_id, record, label_vocab, instances.get(item_id), options, tally)
+
+
+def _scan_annotations(annotations: str, plans: dict[str, ex.SplitPlan]
+                      ) -> tuple[dict[str, int], set[str], int]:
+  """One streaming pass: (label vocabulary, splits that will write an example,
+  records listed in no split).
+
+  The vocabulary maps non-numeric string labels to their index in the sorted set.
+  """
+  names, writable, unlisted = set(), set(), 0
+  for item_id, record in release.iter_annotations(annotations):
+    listed = False
+    for split, plan in plans.items():
+      if item_id in plan.ids:
+        listed = True
+        if isinstance(record, dict):
+          writable.add(split)
+    unlisted += not listed
+    if isinstance(record, dict) and (name := ex.string_label(record.get('label'))):
+      names.add(name)
+  return {name: i for i, name in enumerate(sorted(names))}, writable, unlisted
 
 
 def _split_plan(split: str, listed: list[str]) -> ex.SplitPlan:
