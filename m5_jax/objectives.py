@@ -14,6 +14,14 @@ arrays every reduction, including the [B, B] contrastive logits, is global):
                          (SigLIP: sum over each row, mean over rows). An item
                          missing a or b is removed from rows AND columns.
                          Denominator = number of valid rows.
+  instance_<m>           in-modality instance discrimination: InfoNCE between the
+                         masked view's and the clean view's encoder vectors of
+                         modality m (rows = items with m present). Cross-modal
+                         pairs can only align what modalities share (the
+                         category); this term keeps what tells one product from
+                         another inside a modality (brand, colour, material),
+                         which fine-grained retrieval needs. Needs the model's
+                         `clean_encoder_pooled` (train step passes clean_batch).
   itm                    image-text matching (binary cross-entropy) for single
                          and dual stream models.
 
@@ -48,6 +56,7 @@ def pairs(config) -> list[tuple[str, str]]:
 def term_names(config) -> list[str]:
   names = [f'masked_{m}' for m in config.modalities]
   names += [f'contrastive_{a}_{b}' for a, b in pairs(config)]
+  names += [f'instance_{m}' for m in config.modalities]
   return names + ['itm']
 
 
@@ -64,9 +73,16 @@ def term_weight(config, name: str) -> float:
     return float(config.loss.masked_weight)
   if name.startswith('contrastive_'):
     return float(config.loss.contrastive_weight)
+  if name.startswith('instance_'):
+    return float(config.loss.get('instance_weight', 0.0))
   if name == 'itm':
     return float(config.loss.itm_weight)
   raise ValueError(f'unknown loss term {name!r}')
+
+
+def uses_clean_view(config) -> bool:
+  """Whether the loss needs the unmasked view's encoder vectors (instance terms)."""
+  return any(term_weight(config, f'instance_{m}') > 0 for m in config.modalities)
 
 
 # ------------------------------------------------------------------- masking
@@ -200,6 +216,16 @@ def losses(outputs, targets, batch, config):
       terms[name] = sigmoid_contrastive(logits, outputs['contrastive']['bias'], valid, scale_ab)
     else:
       raise ValueError(f"loss.contrastive must be 'softmax' or 'sigmoid', got {lcfg.contrastive!r}")
+
+  for m in names:
+    name = f'instance_{m}'
+    if term_weight(config, name) == 0:
+      continue
+    if 'clean_encoder_pooled' not in outputs:
+      raise ValueError(f'{name} needs the clean view: call the model with clean_batch=')
+    logits = pair_logits(contrastive_vectors[m], outputs['clean_encoder_pooled'][m],
+                         outputs['contrastive']['log_scale'], lcfg.max_log_scale)
+    terms[name] = softmax_contrastive(logits, present[m])
 
   if term_weight(config, 'itm') > 0 and 'itm' in outputs:
     itm = outputs['itm']

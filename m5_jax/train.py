@@ -80,8 +80,9 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
       return {'masked': masked, 'targets': targets, 'batch': batch}
 
     def terms(params, inputs, rng):
+      clean = inputs['batch'] if objectives.uses_clean_view(config) else None
       outputs = model.apply({'params': params}, inputs['masked'], train=True,
-                            rngs={'dropout': rng})
+                            clean_batch=clean, rngs={'dropout': rng})
       return objectives.losses(outputs, inputs['targets'], inputs['batch'], config)
 
     return Task(model, prepare, terms, lambda t: objectives.total_loss(t, config))

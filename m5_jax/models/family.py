@@ -104,7 +104,10 @@ class M5Model(nn.Module):
   def itm_enabled(self) -> bool:
     return self.config.loss.itm_weight > 0
 
-  def __call__(self, batch, train: bool = False, heads: bool = True):
+  def __call__(self, batch, train: bool = False, heads: bool = True, clean_batch=None):
+    """`clean_batch` (training only): the same items unmasked. Its modality encoders'
+    pooled vectors come back as `clean_encoder_pooled` (the second view of the
+    instance term, objectives.py); the fusion never sees it."""
     mcfg = self.config.model
     deterministic = not train
     example_mask = batch['example_mask'].astype(jnp.bool_)
@@ -112,13 +115,8 @@ class M5Model(nn.Module):
     if train and mcfg.modality_dropout > 0:
       present = drop_modalities(self.make_rng('dropout'), present, mcfg.modality_dropout)
 
-    streams, num_prefix = {}, {}
-    for m in self.names:
-      tokens, token_mask = self.embedders[m](batch[m], deterministic=deterministic)
-      x, mask = self.encoders[m](tokens, token_mask.astype(jnp.bool_), present[m],
-                                 deterministic=deterministic)
-      streams[m] = (x, mask)
-      num_prefix[m] = self.encoders[m].num_prefix
+    streams = {m: self._encode(m, batch[m], present[m], deterministic) for m in self.names}
+    num_prefix = {m: self.encoders[m].num_prefix for m in self.names}
     fused = self.fusion(streams, deterministic=deterministic)
 
     out = {'pooled': {}, 'encoder_pooled': {}, 'tokens': {}, 'token_mask': {}, 'present': present,
@@ -137,9 +135,21 @@ class M5Model(nn.Module):
       if heads:
         out['predictions'][m] = self.heads[m](out['tokens'][m])
     out['contrastive'] = {'log_scale': self.log_scale, 'bias': self.bias}
+    if clean_batch is not None:
+      out['clean_encoder_pooled'] = {}
+      for m in self.names:
+        x, mask = self._encode(m, clean_batch[m], present[m], deterministic)
+        out['clean_encoder_pooled'][m] = jnp.where(
+            present[m][:, None], pool(x, mask, mcfg.get('pool', 'token')), 0.0).astype(jnp.float32)
     if self.itm_enabled and (train or self.is_initializing()):
       out['itm'] = self._image_text_matching(streams, fused, present, deterministic)
     return out
+
+  def _encode(self, m: str, inputs, present, deterministic: bool):
+    """Modality m's embedder and encoder -> (tokens [B, L, D], token mask [B, L])."""
+    tokens, token_mask = self.embedders[m](inputs, deterministic=deterministic)
+    return self.encoders[m](tokens, token_mask.astype(jnp.bool_), present,
+                            deterministic=deterministic)
 
   def _image_text_matching(self, streams, fused, present, deterministic):
     """Matched vs mismatched pairs: the first configured modality (the anchor) with
