@@ -149,8 +149,12 @@ def test_linear_probe_and_clustering_on_known_features(toy):
                                      num_classes, seed=0)
   assert (classification.predict(rand, query.combine(('table',)).features)
           == query.label).mean() < 0.4
-  result = clustering.cluster(gallery.combine(('text',)), gallery.label, seed=0)
+  result, units = clustering.cluster(gallery.combine(('text',)), gallery.label, seed=0)
   assert result['nmi'] > 99.0 and result['purity'] > 99.0 and result['k'] == num_classes
+  assert result['ci95']['nmi'][1] == pytest.approx(100.0) and result['ci95']['nmi'][0] > 98.0
+  np.testing.assert_array_equal(units['unit'], np.arange(len(gallery.label)))
+  np.testing.assert_array_equal(units['label'], gallery.label)
+  assert units['cluster'].shape == gallery.label.shape
 
 
 def test_restarted_evaluator_resumes_from_done_list(tmp_path):
@@ -221,8 +225,9 @@ def test_reports_write_json_tables_tensorboard_and_plots(tmp_path, toy):
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(out_dir))
   cls = {'sets': {'T': {'accuracy': 91.5}, 'T+I': {'accuracy': 95.0}}}
   table = report.paper_table(cls, report.load_step(workdir, 'coarse_retrieval'))
-  assert table.splitlines()[0] == '| Modalities | Acc | mAP@1 | mAP@5 | mAP@10 | P@1 | P@5 | P@10 |'
-  assert '| T | 91.50 | 100.00 |' in table
+  assert table.splitlines()[0] == ('| Modalities | Acc | mAP@1 | mAP@5 | mAP@10 | P@1 | P@5 | P@10 '
+                                   '| eval set |')
+  assert '| T | 91.50 | 100.0 [100.0, 100.0] |' in table
   png = report.plot_precision_curves(results['curves'], str(tmp_path / 'p.png'))
   proj = report.plot_projection(gallery.pooled['image'], gallery.label, str(tmp_path / 'x.png'))
   tail = report.plot_long_tail({0: 90.0, 1: 50.0}, {0: 100, 1: 3}, str(tmp_path / 't.png'))
@@ -267,3 +272,59 @@ def test_method_table_never_guesses_the_row(tmp_path):
   assert '| b | 61.00 |' in report.method_table(runs, 'all')  # the row with most modalities
   with pytest.raises(ValueError, match='--modality_set'):
     report.method_table(runs)
+
+
+def test_intervals_units_and_small_set_flag(tmp_path, toy):
+  query, gallery, _ = toy
+  results = retrieval.evaluate_sets(query, gallery, 'label',
+                                    retrieval.parse_pairs('T,P', MODALITIES))
+  perfect, rand = results['sets']['T'], results['sets']['P']
+  assert perfect['ci95']['m5_map@10'] == pytest.approx([100.0, 100.0])
+  assert perfect['too_small_to_separate_5_points'] == []
+  # Random features on 120 queries: mAP@10 ~ 26 +- 5, too wide to separate 5 points.
+  low, high = rand['ci95']['m5_map@10']
+  assert low < rand['m5_map@10'] < high and high - low > 5.0
+  assert rand['too_small_to_separate_5_points'] == ['m5_map@10']  # Recall@10 ~ 2.6 +- 0.4
+  units = results['units']['P']
+  assert set(units) == {'unit', *(f'{m}@{k}' for m in ('m5_map', 'm5_prec', 'std_map', 'recall',
+                                                      'hit_rate') for k in (1, 5, 10, 50, 100))}
+  assert 100 * units['m5_map@10'].mean() == pytest.approx(rand['m5_map@10'], abs=1e-4)
+  np.testing.assert_array_equal(units['unit'], np.arange(120))
+  # Saved beside the JSON, not in it; other subsets of the same step merge in.
+  workdir = str(tmp_path)
+  path = report.write_step(workdir, 'coarse_retrieval', 5, results, report.retrieval_tables(results))
+  with open(path) as f:
+    saved = json.load(f)
+  assert 'units' not in saved and saved['units_file'] == 'step_00000005.npz'
+  assert saved['sets']['P']['ci95']['m5_map@10'] == pytest.approx([low, high])
+  more = retrieval.evaluate_sets(query, gallery, 'label', retrieval.parse_pairs('I', MODALITIES))
+  report.write_step(workdir, 'coarse_retrieval', 5,
+                    report.with_saved_rows(workdir, 'coarse_retrieval', 5, more))
+  loaded = report.load_units(path)
+  assert set(loaded) == {'T', 'P', 'I'}
+  np.testing.assert_array_equal(loaded['P']['recall@10'], units['recall@10'])
+  # The tables: value [interval], and a visible flag on the small set.
+  tables = report.retrieval_tables(results)
+  assert f"| P | {rand['m5_map@1']:.1f} [" in tables
+  assert '| T | 100.0 [100.0, 100.0] |' in tables
+  flagged = [line for line in tables.splitlines() if line.startswith('| P |')][0]
+  assert flagged.endswith('| TOO SMALL (mAP@10) |')
+  assert [line for line in tables.splitlines() if line.startswith('| T |')][0].endswith('| ok |')
+  with open(os.path.join(runner.output_dir(workdir, 'coarse_retrieval'), 'results.md')) as f:
+    assert 'percentile-bootstrap interval' in f.read()
+  summary = report.summary(workdir, 'coarse_retrieval', [5])
+  assert path in summary and report.units_path(path) in summary and 'eval set' in summary
+  assert 'nothing new' in report.summary(workdir, 'coarse_retrieval', [])
+
+
+def test_probe_accuracy_carries_its_interval_and_items(toy):
+  query, gallery, num_classes = toy
+  metrics, _, units = classification.probe_set(gallery, query, ('table',), num_classes,
+                                               normalize='center', seed=0)
+  low, high = metrics['ci95']['accuracy']
+  assert low < metrics['accuracy'] < high
+  assert metrics['too_small_to_separate_5_points'] == ['accuracy']  # 120 test items
+  assert 100 * units['correct'].mean() == pytest.approx(metrics['accuracy'])
+  np.testing.assert_array_equal(units['unit'], np.arange(120))
+  table = report.method_table({'a': '/nonexistent'}, 'all')
+  assert table.splitlines()[0] == '| Method | Acc | mAP@1 | NMI | Purity | eval set |'

@@ -19,9 +19,11 @@ Fine-tuned: the workdir of the training binary's classification fine-tuning mode
 (head: concat of modality vectors -> 1024 -> dropout -> classes); its logits on
 cls_test are scored directly.
 
-Outputs in <workdir>/eval/classification/: step_<N>.json (accuracy, mean class
-accuracy, per-class accuracy), results.md, TensorBoard scalars and
-long_tail.png (per-class accuracy, classes sorted by training frequency).
+Outputs in <workdir>/eval/classification/: step_<N>.json (accuracy with its 95%
+bootstrap interval over the test items, mean class accuracy, per-class accuracy),
+step_<N>.npz (per test item: 'unit', its cls_test row, and 'correct'),
+results.md, TensorBoard scalars and long_tail.png (per-class accuracy, classes
+sorted by training frequency).
 """
 from __future__ import annotations
 
@@ -105,28 +107,43 @@ def predict(probe: Probe, x: np.ndarray, block: int = 65536) -> np.ndarray:
   return np.concatenate(out) if out else np.zeros((0,), np.int64)
 
 
+def scored_accuracy(predictions: np.ndarray, labels: np.ndarray, rows: np.ndarray
+                    ) -> tuple[dict, dict[str, np.ndarray]]:
+  """(accuracy metrics with the 95% interval, per-item units) of the known-label items.
+
+  rows: each prediction's row in the test split (the unit a paired comparison
+  matches on).
+  """
+  known = np.asarray(labels) >= 0
+  correct = np.asarray(predictions)[known] == np.asarray(labels)[known]
+  metrics = metrics_lib.with_intervals(metrics_lib.accuracy(predictions, labels),
+                                       metrics_lib.bootstrap_means({'accuracy': correct}))
+  return metrics, {'unit': np.asarray(rows, np.int64)[known], 'correct': correct}
+
+
 def probe_set(train: features_lib.SplitFeatures, test: features_lib.SplitFeatures,
-              subset, num_classes: int, *, normalize: str, seed: int) -> tuple[dict, dict]:
-  """(metrics, per-class accuracy) of a linear probe on one modality set."""
+              subset, num_classes: int, *, normalize: str, seed: int
+              ) -> tuple[dict, dict, dict[str, np.ndarray]]:
+  """(metrics, per-class accuracy, per-item units) of a linear probe on one modality set."""
   means = train.modality_means()  # 'center': both splits centred on the training split
   tr, te = train.combine(subset, normalize, means), test.combine(subset, normalize, means)
   rows = tr.has_any & (train.label >= 0)
   probe = linear_probe(tr.features[rows], train.label[rows], num_classes, seed=seed)
   scored = te.has_any & (test.label >= 0)
   predictions = predict(probe, te.features[scored])
-  metrics = metrics_lib.accuracy(predictions, test.label[scored])
+  metrics, units = scored_accuracy(predictions, test.label[scored], np.flatnonzero(scored))
   metrics['train_examples'] = int(rows.sum())
   metrics['test_without_features'] = int((~te.has_any & (test.label >= 0)).sum())
-  return metrics, metrics_lib.per_class_accuracy(predictions, test.label[scored])
+  return metrics, metrics_lib.per_class_accuracy(predictions, test.label[scored]), units
 
 
 def _write(options, step, results, per_class, train_labels, title):
   results = report.with_saved_rows(options.workdir, TASK, step, results, options.variant)
   report.write_step(options.workdir, TASK, step, results, report.markdown_table(
-      ['Modalities', 'Acc', 'mean class Acc', 'test items', 'without features'],
-      [[label, m['accuracy'], m['mean_class_accuracy'], m['num_examples'],
-        m.get('test_without_features', 0)] for label, m in results['sets'].items()]),
-                    options.variant)
+      ['Modalities', 'Acc', 'mean class Acc', 'test items', 'without features', 'eval set'],
+      [[label, report.metric_ci(m, 'accuracy'), m['mean_class_accuracy'], m['num_examples'],
+        m.get('test_without_features', 0), report.eval_set_flag(m)]
+       for label, m in results['sets'].items()]), options.variant)
   counts = np.bincount(train_labels[train_labels >= 0])
   report.plot_long_tail(per_class, {c: int(n) for c, n in enumerate(counts)},
                         os.path.join(runner.output_dir(options.workdir, TASK, options.variant),
@@ -146,13 +163,16 @@ def run(options: runner.Options, config, extra) -> list[int]:
     store = embedder.store()
     train, test = store.get('cls_train'), store.get('cls_test')
     num_classes = int(max(train.label.max(), test.label.max())) + 1
-    results = {'sets': {}, 'num_classes': num_classes, 'per_class': {}, 'mode': 'linear_probe'}
+    results = {'sets': {}, 'num_classes': num_classes, 'per_class': {}, 'mode': 'linear_probe',
+               'units': {}, 'bootstrap': metrics_lib.bootstrap_settings('cls_test item')}
     for subset in subsets:
       label = features_lib.subset_label(subset)
-      metrics, per_class = probe_set(train, test, subset, num_classes,
-                                     normalize=options.normalize, seed=options.seed)
+      metrics, per_class, units = probe_set(train, test, subset, num_classes,
+                                            normalize=options.normalize, seed=options.seed)
       results['sets'][label], results['per_class'][label] = metrics, per_class
-      logging.info('%s linear probe: accuracy %.2f', label, metrics['accuracy'])
+      results['units'][label] = units
+      logging.info('%s linear probe: accuracy %.2f %s', label, metrics['accuracy'],
+                   metrics['ci95']['accuracy'])
     _write(options, step, results, per_class, train.label, f'linear probe {label}')
 
   @functools.cache
@@ -171,8 +191,10 @@ def run(options: runner.Options, config, extra) -> list[int]:
       labels.append(search.fetch(batch['label'])[mask])
     predictions, labels = np.concatenate(predictions), np.concatenate(labels)
     label = 'finetuned ' + features_lib.subset_label(available)
-    results = {'sets': {label: metrics_lib.accuracy(predictions, labels)}, 'mode': 'finetuned',
-               'per_class': {label: metrics_lib.per_class_accuracy(predictions, labels)}}
+    metrics, units = scored_accuracy(predictions, labels, np.arange(len(labels)))
+    results = {'sets': {label: metrics}, 'mode': 'finetuned', 'units': {label: units},
+               'per_class': {label: metrics_lib.per_class_accuracy(predictions, labels)},
+               'bootstrap': metrics_lib.bootstrap_settings('cls_test item')}
     _write(options, step, results, results['per_class'][label], train_labels(), label)
 
   finetuned = extra['finetuned'] or model_features.is_finetuned(config)

@@ -63,12 +63,15 @@ def count_positives(query_keys: np.ndarray, gallery_keys: np.ndarray,
   query_in_gallery: bool[Q], True when the query's own item is in the gallery
   (it then has the query's key but is excluded from the ranking).
   """
+  # Keys are int64 ids (12-digit product ids, 62-bit hashes): counted by sorted
+  # lookup, not bincount (whose table would have one slot per possible id).
   query_keys = np.asarray(query_keys, np.int64)
   gallery_keys = np.asarray(gallery_keys, np.int64)
-  known = gallery_keys[gallery_keys >= 0]
-  size = int(max(known.max(initial=-1), query_keys.max(initial=-1))) + 1
-  per_key = np.bincount(known, minlength=size)
-  out = np.where(query_keys >= 0, per_key[np.maximum(query_keys, 0)], 0)
+  keys, per_key = np.unique(gallery_keys[gallery_keys >= 0], return_counts=True)
+  out = np.zeros(query_keys.shape, np.int64)
+  if len(keys):
+    slot = np.minimum(np.searchsorted(keys, query_keys), len(keys) - 1)
+    out = np.where((query_keys >= 0) & (keys[slot] == query_keys), per_key[slot], 0)
   if query_in_gallery is not None:
     out = out - (np.asarray(query_in_gallery) & (query_keys >= 0))
   return out.astype(np.int64)
@@ -251,9 +254,9 @@ CI_LEVEL = 95.0
 # metric's 95% interval is wider than this (high - low, in points).
 SEPARATION_POINTS = 5.0
 FLAG_METRICS = ('m5_map@10', 'recall@10', 'accuracy', 'nmi')
-SMALL_SET_RULE = (f'too small: the {CI_LEVEL:.0f}% bootstrap interval of mAP@10, Recall@10, '
-                  f'accuracy or NMI is wider than {SEPARATION_POINTS:.0f} points, so the eval '
-                  f'set cannot separate a {SEPARATION_POINTS:.0f}-point difference')
+SMALL_SET_RULE = (f'the {CI_LEVEL:.0f}% bootstrap interval of mAP@10, Recall@10, accuracy or '
+                  f'NMI is wider than {SEPARATION_POINTS:.0f} points: the eval set cannot '
+                  f'separate a {SEPARATION_POINTS:.0f}-point difference')
 _CHUNK_ELEMENTS = 1 << 22  # resample counts are built this many at a time (16 MB)
 
 

@@ -1,7 +1,15 @@
 """Evaluation outputs: JSON, TensorBoard, Markdown tables in the paper's layout, PNG plots.
 
 Per task and step (written by process 0 only):
-  <workdir>/eval/<task>/step_<N>.json      all numbers of that evaluation
+  <workdir>/eval/<task>/step_<N>.json      all numbers of that evaluation; each
+                                           modality set's 'ci95' ({metric: [low,
+                                           high]}, 95% bootstrap over the units)
+                                           and 'too_small_to_separate_5_points'
+  <workdir>/eval/<task>/step_<N>.npz       the per-unit values the intervals and
+                                           paired comparisons resample, keyed
+                                           '<set>/<name>': 'unit' (row of the eval
+                                           split) and per-query 'm5_map@K', ...,
+                                           per-item 'correct', or 'label'+'cluster'
   <workdir>/eval/<task>/results.md         its table(s) for the latest step evaluated
   <workdir>/eval/<task>/events.*           TensorBoard scalars '<set>/<metric>' (clu writer)
   <workdir>/eval/<task>/*.png              plots
@@ -10,6 +18,11 @@ Summaries (`python -m m5_jax.evaluate.report`):
   --workdir DIR [--step N]    the paper's modality-set table: rows = modality sets,
                               columns Acc, mAP@1/5/10, P@1/5/10 (M5Product metric);
   --compare name=DIR,...      the method comparison: Acc, mAP@1, NMI, Purity.
+
+Tables give each number with its 95% interval, `61.7 [55.2, 68.0]`, and an
+'eval set' column that says 'too small' where an interval of mAP@10, Recall@10,
+accuracy or NMI is wider than 5 points (metrics.SEPARATION_POINTS): such a set
+cannot separate a 5-point difference.
 """
 from __future__ import annotations
 
@@ -24,6 +37,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
+from m5_jax.evaluate import metrics as metrics_lib
 from m5_jax.evaluate import runner
 
 PAPER_KS = (1, 5, 10)
@@ -74,6 +88,38 @@ def step_path(workdir: str, task: str, step: int, variant: str = '') -> str:
   return os.path.join(runner.output_dir(workdir, task, variant), f'step_{step:08d}.json')
 
 
+def units_path(json_path: str) -> str:
+  """The per-unit values beside a step's JSON: step_<N>.npz."""
+  return json_path[:-len('.json')] + '.npz'
+
+
+def _write_units(path: str, units: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+  """Saves {set: {name: array}} as '<set>/<name>', keeping the file's other sets."""
+  arrays = {}
+  if os.path.isfile(path):
+    with np.load(path) as old:
+      arrays = {key: old[key] for key in old.files if key.rpartition('/')[0] not in units}
+  for label, values in units.items():
+    arrays.update({f'{label}/{name}': np.asarray(v) for name, v in values.items()})
+  tmp = path + '.tmp'
+  with open(tmp, 'wb') as f:
+    np.savez_compressed(f, **arrays)
+  os.replace(tmp, path)
+
+
+def load_units(json_path: str) -> dict[str, dict[str, np.ndarray]]:
+  """{set: {name: array}} saved beside a step's JSON ({} when there is none)."""
+  path = units_path(json_path)
+  if not os.path.isfile(path):
+    return {}
+  out: dict[str, dict[str, np.ndarray]] = {}
+  with np.load(path) as saved:
+    for key in saved.files:
+      label, _, name = key.rpartition('/')
+      out.setdefault(label, {})[name] = saved[key]
+  return out
+
+
 def with_saved_rows(workdir: str, task: str, step: int, results: Mapping[str, Any],
                     variant: str = '') -> dict[str, Any]:
   """`results` merged with the step's saved results of the same variant, if any.
@@ -89,11 +135,20 @@ def with_saved_rows(workdir: str, task: str, step: int, results: Mapping[str, An
 
 def write_step(workdir: str, task: str, step: int, results: Mapping[str, Any],
                markdown: str = '', variant: str = '') -> str:
-  """Writes step_<N>.json, results.md and TensorBoard scalars; returns the JSON path."""
+  """Writes step_<N>.json, step_<N>.npz, results.md and TensorBoard scalars.
+
+  results['units'] ({set: {name: per-unit array}}), when present, goes to the
+  .npz (merged with its other sets), not into the JSON. Returns the JSON path.
+  """
   path = step_path(workdir, task, step, variant)
+  results = dict(results)
+  units = results.pop('units', None)
   if jax.process_index() != 0:
     return path
   os.makedirs(os.path.dirname(path), exist_ok=True)
+  if units:
+    _write_units(units_path(path), units)
+    results['units_file'] = os.path.basename(units_path(path))
   payload = _jsonable({'task': task, 'step': step, 'variant': variant, **results})
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
@@ -102,7 +157,7 @@ def write_step(workdir: str, task: str, step: int, results: Mapping[str, Any],
   directory = os.path.dirname(path)
   if markdown:
     with open(os.path.join(directory, 'results.md'), 'w') as f:
-      f.write(f'# {task}, step {step}\n\n{markdown}\n')
+      f.write(f'# {task}, step {step}\n\n{markdown}\n\n{INTERVAL_NOTE}\n')
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   writer = metric_writers.create_default_writer(directory, asynchronous=False)
   writer.write_scalars(step, scalars(results))
@@ -111,17 +166,47 @@ def write_step(workdir: str, task: str, step: int, results: Mapping[str, Any],
   return path
 
 
-def load_step(workdir: str, task: str, step: int | None = None,
-              variant: str = '') -> dict[str, Any] | None:
-  """A task's results at `step` (default: the latest evaluated), or None."""
+def find_step(workdir: str, task: str, step: int | None = None,
+              variant: str = '') -> str | None:
+  """The JSON path of a task's results at `step` (default: the latest evaluated), or None."""
   directory = runner.output_dir(workdir, task, variant)
   paths = sorted(glob.glob(os.path.join(directory, 'step_*.json')))
   if step is not None:
     paths = [p for p in paths if p.endswith(f'step_{step:08d}.json')]
-  if not paths:
+  return paths[-1] if paths else None
+
+
+def load_step(workdir: str, task: str, step: int | None = None,
+              variant: str = '') -> dict[str, Any] | None:
+  """A task's results at `step` (default: the latest evaluated), or None."""
+  path = find_step(workdir, task, step, variant)
+  if path is None:
     return None
-  with open(paths[-1]) as f:
+  with open(path) as f:
     return json.load(f)
+
+
+def summary(workdir: str, task: str, steps: Sequence[int], variant: str = '') -> str:
+  """What an eval binary prints at the end: the results table and the paths written."""
+  directory = runner.output_dir(workdir, task, variant)
+  results_md = os.path.join(directory, 'results.md')
+  if not steps:
+    return (f'{task}: nothing new to evaluate (done-list {os.path.join(directory, "done.json")}'
+            f'; --force evaluates again); latest results: {results_md}')
+  lines = []
+  if os.path.isfile(results_md):
+    with open(results_md) as f:
+      lines.append(f.read().rstrip())
+  written = []
+  for step in steps:
+    path = step_path(workdir, task, step, variant)
+    written += [p for p in (path, units_path(path)) if os.path.isfile(p)]
+  written.append(results_md)
+  written += sorted(glob.glob(os.path.join(directory, '*.png')))
+  lines.append(f'{task}: evaluated step{"s" * (len(steps) > 1)} '
+               f'{", ".join(map(str, steps))}; wrote (and TensorBoard events in {directory}):')
+  lines += [f'  {p}' for p in written]
+  return '\n'.join(lines)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -138,18 +223,60 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   return '\n'.join(lines)
 
 
+# ----------------------------------------------------------------------------- intervals
+
+INTERVAL_NOTE = (f'[low, high]: {metrics_lib.CI_LEVEL:.0f}% percentile-bootstrap interval over '
+                 f'the evaluation units ({metrics_lib.BOOTSTRAP_RESAMPLES} resamples of the '
+                 'queries, test items or clustered items). Eval set "TOO SMALL": '
+                 f'{metrics_lib.SMALL_SET_RULE}.')
+PRETTY = {'m5_map@10': 'mAP@10', 'recall@10': 'Recall@10', 'accuracy': 'Acc', 'nmi': 'NMI'}
+
+
+def with_ci(value: Any, interval: Sequence[Any] | None = None) -> str:
+  """'61.7 [55.2, 68.0]'; the plain number where there is no interval."""
+  if (value is None or interval is None or any(v is None for v in interval)
+      or any(math.isnan(float(v)) for v in (value, *interval))):
+    return _fmt(value)
+  return f'{value:.1f} [{interval[0]:.1f}, {interval[1]:.1f}]'
+
+
+def metric_ci(metrics: Mapping[str, Any] | None, name: str) -> str:
+  """One metric of a modality set's results, with its interval when saved."""
+  metrics = metrics or {}
+  return with_ci(metrics.get(name), metrics.get('ci95', {}).get(name))
+
+
+def eval_set_flag(*sets: Mapping[str, Any] | None, prefixes: Sequence[str] = ()) -> str:
+  """'TOO SMALL (mAP@10, ...)' when a flagged interval is wider than 5 points, 'ok'
+  when the intervals are narrower, '-' without intervals (an older results file)."""
+  flagged, measured = [], False
+  for i, metrics in enumerate(sets):
+    if not metrics or 'too_small_to_separate_5_points' not in metrics:
+      continue
+    measured = True
+    prefix = prefixes[i] + ' ' if i < len(prefixes) and prefixes[i] else ''
+    flagged += [prefix + PRETTY.get(name, name)
+                for name in metrics['too_small_to_separate_5_points']]
+  if flagged:
+    return f'TOO SMALL ({", ".join(flagged)})'
+  return 'ok' if measured else '-'
+
+
 def retrieval_tables(results: Mapping[str, Any], ks: Sequence[int] = PAPER_KS) -> str:
   """M5Product mAP@K/P@K per modality set, then the standard metrics beside them."""
   sets = results['sets']
   m5 = markdown_table(
-      ['Modalities'] + [f'mAP@{k}' for k in ks] + [f'P@{k}' for k in ks] + ['queries'],
-      [[label] + [m.get(f'm5_map@{k}') for k in ks] + [m.get(f'm5_prec@{k}') for k in ks]
-       + [m.get('num_queries')] for label, m in sets.items()])
+      ['Modalities'] + [f'mAP@{k}' for k in ks] + [f'P@{k}' for k in ks]
+      + ['queries', 'eval set'],
+      [[label] + [metric_ci(m, f'm5_map@{k}') for k in ks]
+       + [metric_ci(m, f'm5_prec@{k}') for k in ks]
+       + [m.get('num_queries'), eval_set_flag(m)] for label, m in sets.items()])
   standard = markdown_table(
       ['Modalities'] + [f'std mAP@{k}' for k in ks] + [f'Recall@{k}' for k in ks]
       + [f'HitRate@{k}' for k in ks],
-      [[label] + [m.get(f'std_map@{k}') for k in ks] + [m.get(f'recall@{k}') for k in ks]
-       + [m.get(f'hit_rate@{k}') for k in ks] for label, m in sets.items()])
+      [[label] + [metric_ci(m, f'std_map@{k}') for k in ks]
+       + [metric_ci(m, f'recall@{k}') for k in ks]
+       + [metric_ci(m, f'hit_rate@{k}') for k in ks] for label, m in sets.items()])
   return (f'M5Product metric (k = min(K, #positives, #ranked)):\n\n{m5}\n\n'
           f'Standard metrics:\n\n{standard}\n')
 
@@ -162,11 +289,12 @@ def paper_table(classification: Mapping[str, Any] | None, retrieval: Mapping[str
   labels = list(dict.fromkeys([*cls_sets, *ret_sets]))
   rows = []
   for label in labels:
-    c, r = cls_sets.get(label, {}), ret_sets.get(label, {})
-    rows.append([label, c.get('accuracy')] + [r.get(f'm5_map@{k}') for k in ks]
-                + [r.get(f'm5_prec@{k}') for k in ks])
+    c, r = cls_sets.get(label), ret_sets.get(label)
+    rows.append([label, metric_ci(c, 'accuracy')] + [metric_ci(r, f'm5_map@{k}') for k in ks]
+                + [metric_ci(r, f'm5_prec@{k}') for k in ks]
+                + [eval_set_flag(c, r, prefixes=('cls', 'retrieval'))])
   return markdown_table(['Modalities', 'Acc'] + [f'mAP@{k}' for k in ks]
-                        + [f'P@{k}' for k in ks], rows)
+                        + [f'P@{k}' for k in ks] + ['eval set'], rows)
 
 
 def resolve_set(sets: Sequence[str], modality_set: str) -> str | None:
@@ -190,17 +318,19 @@ def method_table(runs: Mapping[str, str], modality_set: str | None = None,
     found = {t: load_step(workdir, t, variant=variant)
              for t in ('classification', 'coarse_retrieval', 'clustering')}
 
-    def pick(task, metric):
+    def pick(task):
       sets = (found[task] or {}).get('sets', {})  # pylint: disable=cell-var-from-loop
       if modality_set is None and len(sets) > 1:
         raise ValueError(f'{name}: {task} has rows {sorted(sets)}; choose one with '  # pylint: disable=cell-var-from-loop
                          f'--modality_set')
       key = resolve_set(list(sets), modality_set) if modality_set else next(iter(sets), None)
-      return sets[key].get(metric) if key in sets else None
+      return sets.get(key)
 
-    rows.append([name, pick('classification', 'accuracy'), pick('coarse_retrieval', 'm5_map@1'),
-                 pick('clustering', 'nmi'), pick('clustering', 'purity')])
-  return markdown_table(['Method', 'Acc', 'mAP@1', 'NMI', 'Purity'], rows)
+    cls, ret, clu = pick('classification'), pick('coarse_retrieval'), pick('clustering')
+    rows.append([name, metric_ci(cls, 'accuracy'), metric_ci(ret, 'm5_map@1'),
+                 metric_ci(clu, 'nmi'), metric_ci(clu, 'purity'),
+                 eval_set_flag(cls, ret, clu, prefixes=('cls', 'coarse', 'clustering'))])
+  return markdown_table(['Method', 'Acc', 'mAP@1', 'NMI', 'Purity', 'eval set'], rows)
 
 
 # ----------------------------------------------------------------------------- plots
@@ -322,7 +452,7 @@ def main(argv: Sequence[str]) -> None:
       parser.error(str(e))
   if not parts:
     parser.error('give --workdir and/or --compare')
-  text = '\n\n'.join(parts) + '\n'
+  text = '\n\n'.join([*parts, INTERVAL_NOTE]) + '\n'
   if args.out:
     with open(args.out, 'w') as f:
       f.write(text)

@@ -63,8 +63,14 @@ def exclusions(query_ids: Sequence[Any], gallery_ids: Sequence[Any]) -> np.ndarr
 
 def evaluate_pair(query: features_lib.Combined, gallery_index: search.ShardedGallery,
                   gallery_valid: np.ndarray, query_keys: np.ndarray, gallery_keys: np.ndarray,
-                  exclude: np.ndarray, ks: Sequence[int]) -> tuple[dict[str, Any], dict]:
-  """(metrics, P@K curve) for one query set against one (already placed) gallery."""
+                  exclude: np.ndarray, ks: Sequence[int]
+                  ) -> tuple[dict[str, Any], dict, dict[str, np.ndarray]]:
+  """(metrics with 95% intervals, P@K curve, per-query values) for one query set
+  against one (already placed) gallery.
+
+  The per-query values are those of the scored queries (with a positive):
+  'unit' (the query's row in its split) and 'm5_map@K', ... (fractions, float32).
+  """
   scored = query.has_any & (query_keys >= 0)
   rows = np.flatnonzero(scored)
   exclude = exclude[rows]
@@ -76,14 +82,18 @@ def evaluate_pair(query: features_lib.Combined, gallery_index: search.ShardedGal
   hits = metrics_lib.ranked_hits(top, query_keys[rows], known_gallery_keys)
   positives = metrics_lib.count_positives(query_keys[rows], known_gallery_keys, own_ranked)
   num_ranked = int(gallery_valid.sum()) - own_ranked.astype(np.int64)
-  out = metrics_lib.retrieval_metrics(hits, positives, num_ranked, ks)
+  scored, per_query = metrics_lib.per_query_retrieval(hits, positives, num_ranked, ks)
+  out = metrics_lib.with_intervals(metrics_lib.summarize_retrieval(scored, per_query),
+                                   metrics_lib.bootstrap_means(per_query))
+  units = {'unit': rows[scored].astype(np.int64),
+           **{name: values.astype(np.float32) for name, values in per_query.items()}}
   curve_metrics = metrics_lib.retrieval_metrics(hits, positives, num_ranked, CURVE_KS)
   curve = {'k': list(CURVE_KS), 'm5_prec': [curve_metrics[f'm5_prec@{c}'] for c in CURVE_KS],
            'm5_map': [curve_metrics[f'm5_map@{c}'] for c in CURVE_KS]}
   out['queries_without_features'] = int((~query.has_any).sum())
   out['queries_without_label'] = int((query.has_any & (query_keys < 0)).sum())
   out['num_query_items'] = len(query_keys)  # = the four counts above, every query once
-  return out, curve
+  return out, curve, units
 
 
 def evaluate_sets(query_split: features_lib.SplitFeatures,
@@ -92,7 +102,8 @@ def evaluate_sets(query_split: features_lib.SplitFeatures,
                   exclude: np.ndarray | None = None,
                   ks: Sequence[int] = metrics_lib.DEFAULT_KS, normalize: str = 'center',
                   mesh=None, gallery_block: int = search.GALLERY_BLOCK) -> dict[str, Any]:
-  """Results for every (query subset, gallery subset): {'sets', 'curves', 'missing'}."""
+  """Results for every (query subset, gallery subset): {'sets', 'curves', 'missing',
+  'units' (per-query values, see `evaluate_pair`), 'bootstrap'}."""
   if key not in ('label', 'instance'):
     raise ValueError(f"retrieval key must be 'label' or 'instance', got {key!r}")
   query_keys, gallery_keys = getattr(query_split, key), getattr(gallery_split, key)
@@ -100,7 +111,8 @@ def evaluate_sets(query_split: features_lib.SplitFeatures,
     exclude = np.full((query_split.num_items,), -1, np.int32)
   galleries: dict[tuple[str, ...], Any] = {}  # a gallery subset is placed on devices once
   means = gallery_split.modality_means()  # 'center': queries are centred like the gallery
-  results: dict[str, Any] = {'sets': {}, 'curves': {}, 'missing': {}}
+  results: dict[str, Any] = {'sets': {}, 'curves': {}, 'missing': {}, 'units': {},
+                             'bootstrap': metrics_lib.bootstrap_settings('query')}
   for query_subset, gallery_subset in pairs:
     label = pair_label(query_subset, gallery_subset)
     if gallery_subset not in galleries:
@@ -109,13 +121,15 @@ def evaluate_sets(query_split: features_lib.SplitFeatures,
           combined.features, valid=combined.has_any, mesh=mesh, gallery_block=gallery_block))
     gallery, index = galleries[gallery_subset]
     query = query_split.combine(query_subset, normalize, means)
-    metrics, curve = evaluate_pair(query, index, gallery.has_any, query_keys, gallery_keys,
-                                   exclude, ks)
+    metrics, curve, units = evaluate_pair(query, index, gallery.has_any, query_keys,
+                                          gallery_keys, exclude, ks)
     metrics['gallery_without_features'] = int((~gallery.has_any).sum())
     results['sets'][label] = metrics
     results['curves'][label] = curve
+    results['units'][label] = units
     results['missing'][label] = {'query': query.missing, 'gallery': gallery.missing}
-    logging.info('%s: %d queries, mAP@1 %.2f, mAP@10 %.2f, P@10 %.2f (M5Product metric)',
+    logging.info('%s: %d queries, mAP@1 %.2f, mAP@10 %.2f %s, P@10 %.2f (M5Product metric)',
                  label, metrics['num_queries'], metrics.get('m5_map@1', float('nan')),
-                 metrics.get('m5_map@10', float('nan')), metrics.get('m5_prec@10', float('nan')))
+                 metrics.get('m5_map@10', float('nan')),
+                 metrics['ci95'].get('m5_map@10', '-'), metrics.get('m5_prec@10', float('nan')))
   return results

@@ -18,7 +18,9 @@ reading is skipped with a warning.
 
 Outputs go to `<workdir>/eval/<task>/`, or to `<workdir>/eval/<task>/<variant>/`
 when a choice that changes the numbers is not the default (e.g.
-`feature=encoder_pooled`; see `variant_of`).
+`feature=encoder_pooled`; see `variant_of`). At the end a binary prints its
+results table (numbers with 95% intervals, the small-eval-set flag) and the
+paths it wrote.
 
 Done-list: `<output dir>/done.json` records each finished step with the
 signature of what was evaluated (subsets, feature, normalisation), written
@@ -241,9 +243,10 @@ def load_config(options: Options, overrides: Sequence[tuple[str, str]]
   return config_lib.apply_overrides(config, overrides)
 
 
-def main(task: str, argv: Sequence[str], body: Callable[..., None],
+def main(task: str, argv: Sequence[str], body: Callable[..., Sequence[int]],
          extra_flags: dict[str, Any] | None = None) -> None:
-  """Parses flags (clean one-line errors) and calls body(options, config, extra)."""
+  """Parses flags (clean one-line errors), calls body(options, config, extra) -> the
+  steps evaluated, then prints the results table and the paths written."""
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
   try:
     options, extra, overrides = parse_flags(argv, extra_flags)
@@ -253,7 +256,10 @@ def main(task: str, argv: Sequence[str], body: Callable[..., None],
     config_lib.exit_with(e, f'm5_jax.evaluate.{task}')
     return
   try:
-    body(options, config, extra)
+    steps = body(options, config, extra)
   except (FileNotFoundError, config_lib.ConfigError) as e:
     print(f'm5_jax.evaluate.{task}: error: {e}', file=sys.stderr)
     sys.exit(1)
+  if jax.process_index() == 0:
+    from m5_jax.evaluate import report  # pylint: disable=g-import-not-at-top  (imports runner)
+    print(report.summary(options.workdir, task, steps or [], options.variant), flush=True)
