@@ -10,17 +10,23 @@ those commands work:
                                             paper's input form; array_record: the
                                             input pipeline reads by index)
   3. python -m data_prep.tokenizer          train the sentencepiece model
+  per seed S of --seeds (config.seed = S, stage names end in _seed<S>):
   4. python -m m5_jax.train                 pretrain a tiny M5-MMT (five modalities)
   5. python -m m5_jax.train ... total_steps=0   the same model and seed, untrained:
                                             a step-0 checkpoint of random weights
   6. python -m m5_jax.evaluate.<task>       the four tasks, for both checkpoints
   7. python -m m5_jax.evaluate.report       the paper's tables
 
-Everything lands under WORKDIR; WORKDIR/results.json and WORKDIR/results.md put
-pretrained and random weights side by side, with each stage's wall and CPU
-seconds. A finished stage is skipped when the demo is re-run (delete WORKDIR to
-start over). The subprocesses share a JAX compilation cache (WORKDIR/jax_cache),
-so the eval binaries compile the forward pass once, not eight times.
+Everything lands under WORKDIR (seed S's runs in WORKDIR/seed<S>/m5_mmt and
+WORKDIR/seed<S>/random_init); WORKDIR/results.json and WORKDIR/results.md put
+pretrained and random weights side by side: each number with its 95% bootstrap
+interval over the eval items, the paired difference (the same items resampled
+for both runs) and its verdict, win / tie / loss, per seed and pooled over the
+seeds. "Pretraining beats random weights" is claimed for a task only when every
+seed wins. Each stage's wall and CPU seconds are there too. A finished stage is
+skipped when the demo is re-run (delete WORKDIR to start over). The subprocesses
+share a JAX compilation cache (WORKDIR/jax_cache), so the eval binaries compile
+the forward pass once, not eight times.
 """
 from __future__ import annotations
 
@@ -33,6 +39,8 @@ import shlex
 import subprocess
 import sys
 import time
+
+import numpy as np
 
 TASKS = ('coarse_retrieval', 'fine_retrieval', 'classification', 'clustering')
 # (label, task, metric) rows of the side-by-side comparison; COUNTS names the
@@ -47,6 +55,9 @@ HEADLINE = (
 )
 COUNTS = {'coarse_retrieval': 'num_queries', 'fine_retrieval': 'num_queries',
           'classification': 'num_examples', 'clustering': 'num_examples'}
+# The per-unit values (step_<N>.npz) a headline metric is the mean of; clustering
+# metrics are recomputed from 'label' and 'cluster' instead.
+UNIT_VALUES = {'accuracy': 'correct'}
 DEMO_CONFIG = 'configs/m5_mmt.py:size=tiny,modalities=itpva,runlocal'
 
 
@@ -94,11 +105,10 @@ def builder_dir() -> str:
 
 
 def stages(args, py: str = sys.executable) -> list[tuple[str, list[str]]]:
-  """(name, command) of every stage, in order."""
+  """(name, command) of every stage, in order: the data, then each seed's runs."""
   work = os.path.abspath(args.workdir)
   release, tfds_dir = os.path.join(work, 'release'), os.path.join(work, 'tfds')
   tokenizer = os.path.join(work, 'spm.model')
-  pretrained, random_init = run_dirs(work)
   tfds_cli = os.path.join(os.path.dirname(py), 'tfds')
   config = f'{args.config},form={args.form},vocab_size={args.vocab_size}'
   data = ['--config', config, f'--config.input.data_dir={tfds_dir}',
@@ -112,43 +122,56 @@ def stages(args, py: str = sys.executable) -> list[tuple[str, list[str]]]:
                       '--file_format', 'array_record', '--overwrite']),
       ('tokenizer', [py, '-m', 'data_prep.tokenizer', '--manual_dir', release,
                      '--out', tokenizer, '--vocab_size', str(args.vocab_size)]),
-      ('train', [py, '-m', 'm5_jax.train', '--workdir', pretrained, *data,
-                 f'--config.total_steps={args.steps}', f'--config.optimizer.lr={args.lr}',
-                 f'--config.schedule.warmup_steps={max(1, args.steps // 10)}',
-                 f'--config.checkpoint.every_steps={args.steps}',
-                 f'--config.log.every_steps={max(1, args.steps // 50)}']),
-      # Same config and seed, nothing to train: a step-0 checkpoint of the
-      # initial parameters the pretrained run started from.
-      ('random_init', [py, '-m', 'm5_jax.train', '--workdir', random_init, *data,
-                       '--config.total_steps=0']),
   ]
-  for run_name, workdir in (('pretrained', pretrained), ('random_init', random_init)):
-    for task in TASKS:
-      plan.append((f'eval_{task}_{run_name}',
-                   [py, '-m', f'm5_jax.evaluate.{task}', '--workdir', workdir,
-                    '--feature', args.feature]))
-  plan.append(('report', [py, '-m', 'm5_jax.evaluate.report', '--workdir', pretrained,
-                          '--compare', f'pretrained={pretrained},random_weights={random_init}',
-                          '--modality_set', args.modality_set, '--feature', args.feature,
-                          '--out', os.path.join(work, 'report.md')]))
+  compare = []
+  for seed in range(args.seeds):
+    pretrained, random_init = run_dirs(work, seed)
+    seeded = [*data, f'--config.seed={seed}']
+    plan += [
+        (f'train_seed{seed}', [py, '-m', 'm5_jax.train', '--workdir', pretrained, *seeded,
+                               f'--config.total_steps={args.steps}',
+                               f'--config.optimizer.lr={args.lr}',
+                               f'--config.schedule.warmup_steps={max(1, args.steps // 10)}',
+                               f'--config.checkpoint.every_steps={args.steps}',
+                               f'--config.log.every_steps={max(1, args.steps // 50)}']),
+        # Same config and seed, nothing to train: a step-0 checkpoint of the
+        # initial parameters this seed's pretrained run started from.
+        (f'random_init_seed{seed}', [py, '-m', 'm5_jax.train', '--workdir', random_init,
+                                     *seeded, '--config.total_steps=0']),
+    ]
+    for run_name, workdir in (('pretrained', pretrained), ('random_init', random_init)):
+      for task in TASKS:
+        plan.append((f'eval_{task}_{run_name}_seed{seed}',
+                     [py, '-m', f'm5_jax.evaluate.{task}', '--workdir', workdir,
+                      '--feature', args.feature]))
+    compare += [f'pretrained_seed{seed}={pretrained}', f'random_weights_seed{seed}={random_init}']
+  # One report over all seeds (its name says how many: another --seeds runs it again).
+  plan.append((f'report_seeds{args.seeds}', [
+      py, '-m', 'm5_jax.evaluate.report', '--workdir', run_dirs(work, 0)[0],
+      '--compare', ','.join(compare), '--modality_set', args.modality_set,
+      '--feature', args.feature, '--out', os.path.join(work, 'report.md')]))
   return plan
 
 
-def run_dirs(work: str) -> tuple[str, str]:
-  return os.path.join(work, 'm5_mmt'), os.path.join(work, 'random_init')
+def run_dirs(work: str, seed: int) -> tuple[str, str]:
+  """(pretrained, random-weights) workdirs of one seed."""
+  return (os.path.join(work, f'seed{seed}', 'm5_mmt'),
+          os.path.join(work, f'seed{seed}', 'random_init'))
 
 
 # ----------------------------------------------------------------------------- results
 
 
 def latest_results(workdir: str, task: str, feature: str) -> dict:
-  """The task's results of the latest step evaluated with `feature`."""
+  """The task's results of the latest step evaluated with `feature`, with 'units': the
+  per-unit values saved beside them ({set: {name: array}}; {} for an older results file)."""
   from m5_jax.evaluate import report, runner  # pylint: disable=g-import-not-at-top
   variant = runner.variant_of(runner.Options(feature=feature))
-  results = report.load_step(workdir, task, variant=variant)
-  if results is None:
+  path = report.find_step(workdir, task, variant=variant)
+  if path is None:
     sys.exit(f'[demo] no results in {runner.output_dir(workdir, task, variant)}')
-  return results
+  with open(path) as f:
+    return {**json.load(f), 'units': report.load_units(path)}
 
 
 def training_losses(workdir: str) -> dict:
@@ -177,24 +200,123 @@ def resolve_set(results: dict, modality_set: str) -> str:
   return label
 
 
-def comparison_rows(results: dict, modality_set: str) -> list[tuple]:
-  """(label, pretrained, random, items averaged over) per HEADLINE metric, one modality set."""
+def _paired(task: str, metric: str, pretrained: list[dict], random_weights: list[dict]
+            ) -> dict:
+  """metrics.paired_comparison (or its clustering form) of pretrained vs random weights:
+  one units dict per seed for each ({name: per-unit array} of one modality set), seeds
+  pooled. Raises ValueError when the runs did not score the same units."""
+  from m5_jax.evaluate import metrics  # pylint: disable=g-import-not-at-top
+  everything = pretrained + random_weights
+  for units in everything[1:]:
+    if not np.array_equal(units['unit'], everything[0]['unit']):
+      raise ValueError(f'{task}: the runs were not scored on the same items')
+  if task == 'clustering':
+    return metrics.paired_clustering_comparison(
+        everything[0]['label'], [u['cluster'] for u in pretrained],
+        [u['cluster'] for u in random_weights], metric=metric)
+  name = UNIT_VALUES.get(metric, metric)
+  return metrics.paired_comparison(np.stack([u[name] for u in pretrained]),
+                                   np.stack([u[name] for u in random_weights]))
+
+
+def comparison_rows(runs: dict, modality_set: str) -> list[dict]:
+  """Pretrained vs random weights per HEADLINE metric: each seed's paired comparison,
+  then the seeds pooled (each unit's values averaged over the seeds).
+
+  runs: {seed: {'pretrained' | 'random_weights': {task: results with 'units'}}}.
+  Returns one dict per (metric, seed | 'pooled'): label, seed, pretrained / random
+  weights / difference with their 95% intervals, verdict, items; the pooled row also
+  'every_seed_wins', the condition for claiming pretraining beats random weights.
+  A metric whose per-unit values are missing gets None numbers and verdict 'n/a'.
+  """
+  from m5_jax.evaluate import metrics  # pylint: disable=g-import-not-at-top
   rows = []
   for label, task, metric in HEADLINE:
-    values = []
-    for run_name in ('pretrained', 'random_weights'):
-      task_results = results[run_name][task]
-      values.append(task_results['sets'][resolve_set(task_results, modality_set)])
-    rows.append((label, values[0].get(metric), values[1].get(metric),
-                 values[0].get(COUNTS[task])))
+    units = {}
+    for by_run in runs.values():
+      for run_name in ('pretrained', 'random_weights'):
+        results = by_run[run_name][task]
+        units.setdefault(run_name, []).append(
+            results.get('units', {}).get(resolve_set(results, modality_set)))
+    per_seed = list(runs)
+    if any(u is None for us in units.values() for u in us):
+      rows += [{'label': label, 'seed': seed, 'pretrained': None, 'verdict': 'n/a'}
+               for seed in [*per_seed, 'pooled']]
+      continue
+    verdicts = []
+    for i, seed in enumerate([*per_seed, 'pooled']):
+      chosen = slice(i, i + 1) if seed != 'pooled' else slice(None)
+      result = _paired(task, metric, units['pretrained'][chosen], units['random_weights'][chosen])
+      too_small = bool(metrics.too_small({'a': result['a_ci95'], 'b': result['b_ci95']},
+                                         ('a', 'b')))
+      row = {'label': label, 'seed': seed, 'pretrained': result['a'],
+             'pretrained_ci95': result['a_ci95'], 'random_weights': result['b'],
+             'random_weights_ci95': result['b_ci95'], 'difference': result['difference'],
+             'difference_ci95': result['difference_ci95'], 'verdict': result['verdict'],
+             'items': result['units'], 'too_small_to_separate_5_points': too_small}
+      if seed == 'pooled':
+        row['seed_verdicts'] = verdicts
+        row['every_seed_wins'] = all(v == 'win' for v in verdicts)
+      else:
+        verdicts.append(result['verdict'])
+      rows.append(row)
   return rows
 
 
-def comparison_markdown(rows, modality_set: str) -> str:
-  fmt = lambda v: f'{v:.3g}' if isinstance(v, (int, float)) else 'n/a'  # noqa: E731
-  lines = [f'| {modality_set} | pretrained | random weights | items |', '|---|---:|---:|---:|']
-  lines += [f'| {label} | {fmt(a)} | {fmt(b)} | {fmt(n)} |' for label, a, b, n in rows]
+def _ci(value, interval, signed: bool = False) -> str:
+  if value is None:
+    return 'n/a'
+  number = f'{value:+.1f}' if signed else f'{value:.1f}'
+  return f'{number} [{interval[0]:.1f}, {interval[1]:.1f}]'
+
+
+def comparison_markdown(rows: list[dict], modality_set: str) -> str:
+  """The side-by-side table: per metric, each seed and the seeds pooled."""
+  lines = [f'| {modality_set} | seed | pretrained [95% CI] | random weights [95% CI] | '
+           'difference [paired 95% CI] | verdict | items |', '|---|---|---:|---:|---:|---|---:|']
+  previous = None
+  for row in rows:
+    verdict = row['verdict']
+    if row['seed'] == 'pooled' and row.get('seed_verdicts'):
+      verdict += (' (every seed wins)' if row['every_seed_wins']
+                  else f' (seeds: {", ".join(row["seed_verdicts"])})')
+    items = '' if row['pretrained'] is None else str(row['items'])
+    if row.get('too_small_to_separate_5_points'):
+      items += ' TOO SMALL'
+    lines.append(f'| {row["label"] if row["label"] != previous else ""} | {row["seed"]} | '
+                 f'{_ci(row["pretrained"], row.get("pretrained_ci95"))} | '
+                 f'{_ci(row.get("random_weights"), row.get("random_weights_ci95"))} | '
+                 f'{_ci(row.get("difference"), row.get("difference_ci95"), signed=True)} | '
+                 f'{verdict} | {items} |')
+    previous = row['label']
   return '\n'.join(lines)
+
+
+def headline(rows: list[dict]) -> str:
+  """The plain-words claim: where pretraining beat random weights on every seed, by how
+  much (pooled), and where it did not."""
+  pooled = [r for r in rows if r['seed'] == 'pooled' and r['pretrained'] is not None]
+
+  def gain(r):
+    low, high = r['difference_ci95']
+    return f'{r["label"]} {r["difference"]:+.1f} points [{low:+.1f}, {high:+.1f}]'
+  wins = [r for r in pooled if r['every_seed_wins']]
+  others = [r for r in pooled if not r['every_seed_wins']]
+  seeds = len(pooled[0]['seed_verdicts']) if pooled else 0
+  parts = []
+  if wins:
+    parts.append(f'Pretraining beat random weights on every one of the {seeds} seed(s) for: '
+                 + '; '.join(gain(r) for r in wins) + ' (pooled difference, paired 95% CI).')
+  if others:
+    parts.append('Not shown (some seed tied or lost): ' + '; '.join(
+        f'{gain(r)}, seeds {"/".join(r["seed_verdicts"])}' for r in others) + '.')
+  if not parts:
+    return 'No comparison: the per-item values are missing.'
+  small = sorted({r['label'] for r in rows if r.get('too_small_to_separate_5_points')})
+  if small:
+    parts.append('TOO SMALL to separate 5 points (an interval wider than 5): '
+                 + ', '.join(small) + '.')
+  return ' '.join(parts)
 
 
 def timings_markdown(timings: dict) -> str:
@@ -230,16 +352,21 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help='model output the eval binaries use (see docs/models.md)')
   parser.add_argument('--modality_set', default='all',
                       help="row of the side-by-side table, e.g. I+T ('all': every modality)")
+  parser.add_argument('--seeds', type=int, default=2,
+                      help='pretraining seeds (config.seed 0..N-1): each trains its own model '
+                           'and random-weights checkpoint; the claim needs every seed to win')
   parser.add_argument('--rerun', action='store_true', help='run finished stages again')
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  if args.seeds < 1:
+    parser.error(f'--seeds must be at least 1, got {args.seeds}')
+  return args
 
 
 def main(argv=None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else list(argv))
   work = os.path.abspath(args.workdir)
   os.makedirs(work, exist_ok=True)
-  pretrained, random_init = run_dirs(work)
-  # One compilation cache for every stage: the eval binaries of both runs compile
+  # One compilation cache for every stage: the eval binaries of all runs compile
   # the same forward pass.
   env = {'JAX_COMPILATION_CACHE_DIR': os.path.join(work, 'jax_cache'),
          'TF_CPP_MIN_LOG_LEVEL': os.environ.get('TF_CPP_MIN_LOG_LEVEL', '2')}
@@ -248,40 +375,55 @@ def main(argv=None) -> int:
   for name, cmd in stages(args):
     run_stage(name, cmd, work, timings, env=env, rerun=args.rerun)
 
+  runs = {seed: {run_name: {t: latest_results(workdir, t, args.feature) for t in TASKS}
+                 for run_name, workdir in zip(('pretrained', 'random_weights'),
+                                              run_dirs(work, seed))}
+          for seed in range(args.seeds)}
+  rows = comparison_rows(runs, args.modality_set)
+  claim = headline(rows)
+  label = resolve_set(runs[0]['pretrained']['coarse_retrieval'], args.modality_set)
+  losses_by_seed = {seed: training_losses(run_dirs(work, seed)[0]) for seed in runs}
+  without_units = {f'seed{seed}': {run_name: {t: {k: v for k, v in r.items() if k != 'units'}
+                                              for t, r in by_task.items()}
+                                   for run_name, by_task in by_run.items()}
+                   for seed, by_run in runs.items()}
   results = {'workdir': work, 'config': args.config, 'steps': args.steps,
              'batch_size': args.batch_size, 'num_products': args.num_products,
-             'feature': args.feature, 'modality_set': args.modality_set,
-             'pretrained': {t: latest_results(pretrained, t, args.feature) for t in TASKS},
-             'random_weights': {t: latest_results(random_init, t, args.feature) for t in TASKS},
-             'timings': timings}
-  rows = comparison_rows(results, args.modality_set)
-  label = resolve_set(results['pretrained']['coarse_retrieval'], args.modality_set)
-  results['training_loss'] = training_losses(pretrained)
-  results['comparison'] = {name: {'pretrained': a, 'random_weights': b, 'items': n}
-                           for name, a, b, n in rows}
+             'feature': args.feature, 'modality_set': label, 'seeds': args.seeds,
+             'claim': claim, 'comparison': rows,
+             'training_loss': {f'seed{seed}': v for seed, v in losses_by_seed.items()},
+             'runs': without_units, 'timings': timings}
   with open(os.path.join(work, 'results.json'), 'w') as f:
     json.dump(results, f, indent=1, ensure_ascii=False)
 
+  from m5_jax.evaluate import report as report_lib  # pylint: disable=g-import-not-at-top
   comparison = comparison_markdown(rows, label)
-  losses = '\n'.join(['| pretraining loss | first step | last step |', '|---|---:|---:|'] + [
-      f'| {k} | {a:.3g} | {b:.3g} |' for k, (a, b) in results['training_loss'].items()])
+  losses = '\n'.join(['| pretraining loss | seed | first step | last step |',
+                      '|---|---|---:|---:|'] + [
+      f'| {k} | {seed} | {a:.3g} | {b:.3g} |'
+      for seed, terms in losses_by_seed.items() for k, (a, b) in terms.items()])
   with open(os.path.join(work, 'report.md')) as f:
     report = f.read()
   with open(os.path.join(work, 'results.md'), 'w') as f:
     f.write(f'# M5Product-mini demo: pretrained vs random weights\n\n'
             f'{args.num_products} products; `{args.config}`, {args.steps} steps of batch '
-            f'{args.batch_size}; features: `{args.feature}`.\n\n{comparison}\n\n{losses}\n\n'
-            f'## Paper tables (`m5_jax.evaluate.report`; pretrained run, then both)\n\n'
+            f'{args.batch_size}; features: `{args.feature}`; {args.seeds} seed(s), each its '
+            f'own pretrained model and random-weights checkpoint.\n\n**{claim}**\n\n'
+            f'{comparison}\n\nVerdict: win = the paired 95% interval of the difference is '
+            f'above 0, loss = below 0, tie = it contains 0; pooled = each item\'s values averaged '
+            f'over the seeds (its interval covers the eval items\' sampling; the seeds\' spread '
+            f'shows in their own verdicts). {report_lib.INTERVAL_NOTE}\n\n{losses}\n\n'
+            f'## Paper tables (`m5_jax.evaluate.report`; seed 0 pretrained, then all runs)\n\n'
             f'{report}\n## Stages\n\n{timings_markdown(timings)}\n')
 
-  print(f'\n{comparison}\n\n{losses}\n\n{timings_markdown(timings)}\n')
+  print(f'\n{claim}\n\n{comparison}\n\n{losses}\n\n{timings_markdown(timings)}\n')
   print(f'Demo finished in {time.perf_counter() - start:.0f} s. Under {work}:')
   print('  results.json, results.md            numbers, paper-layout tables, stage timings')
   from m5_jax.evaluate import runner  # pylint: disable=g-import-not-at-top
   variant = runner.variant_of(runner.Options(feature=args.feature))
-  plots = runner.output_dir('m5_mmt', '<task>', variant)
+  plots = runner.output_dir(os.path.join('seed<S>', 'm5_mmt'), '<task>', variant)
   print(f'  {plots}/*.png   plots (P@K curves, PCA projection, long tail);'
-        ' random_init/eval/ the same')
+        ' seed<S>/random_init/eval/ the same')
   print(f'  tensorboard --logdir {work}   training curves and eval scalars')
   return 0
 

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
 from m5_jax import config_lib
@@ -23,9 +24,12 @@ def _args(tmp_path, *extra):
 
 def test_stage_commands_parse_strictly(tmp_path):
   plan = dict(demo.stages(_args(tmp_path)))
-  assert list(plan)[:5] == ['make_mini', 'tfds_build', 'tokenizer', 'train', 'random_init']
-  assert len(plan) == 5 + 2 * len(demo.TASKS) + 1
-  train_cmd, init_cmd = plan['train'], plan['random_init']
+  per_seed = ['train', 'random_init'] + [f'eval_{t}_{r}' for r in ('pretrained', 'random_init')
+                                         for t in demo.TASKS]
+  assert list(plan) == (['make_mini', 'tfds_build', 'tokenizer']
+                        + [f'{name}_seed{s}' for s in (0, 1) for name in per_seed]
+                        + ['report_seeds2'])
+  train_cmd, init_cmd = plan['train_seed0'], plan['random_init_seed0']
   config, flags = config_lib.parse_command_line(train_cmd[3:], {'workdir': ''})
   assert config.total_steps == 40 and config.input.batch_size == 16
   assert config.checkpoint.every_steps == 40 and config.schedule.warmup_steps == 4
@@ -41,12 +45,29 @@ def test_stage_commands_parse_strictly(tmp_path):
   init_config, init_flags = config_lib.parse_command_line(init_cmd[3:], {'workdir': ''})
   assert init_config.total_steps == 0
   assert init_config.model.to_dict() == config.model.to_dict()
-  assert init_config.seed == config.seed and init_config.input.to_dict() == config.input.to_dict()
+  assert init_config.seed == config.seed == 0
+  assert init_config.input.to_dict() == config.input.to_dict()
   assert flags['workdir'] != init_flags['workdir']
+  # Seed 1: its own seed and workdirs, everything else the same.
+  seed1, seed1_flags = config_lib.parse_command_line(plan['train_seed1'][3:], {'workdir': ''})
+  init1, init1_flags = config_lib.parse_command_line(plan['random_init_seed1'][3:],
+                                                     {'workdir': ''})
+  assert seed1.seed == init1.seed == 1 and seed1.model.to_dict() == config.model.to_dict()
+  assert len({flags['workdir'], init_flags['workdir'], seed1_flags['workdir'],
+              init1_flags['workdir']}) == 4
   for name, cmd in plan.items():
     if name.startswith('eval_'):
       options, _, _ = runner.parse_flags(cmd[3:], {'finetuned': False, 'split': 'cls_test'})
       assert options.feature == 'encoder_pooled'
+      run_name = 'pretrained' if '_pretrained_' in name else 'random_init'
+      assert options.workdir == demo.run_dirs(str(tmp_path / 'w'), int(name[-1]))[
+          run_name == 'random_init']
+  compare = plan['report_seeds2'][plan['report_seeds2'].index('--compare') + 1]
+  assert [item.split('=')[0] for item in compare.split(',')] == [
+      'pretrained_seed0', 'random_weights_seed0', 'pretrained_seed1', 'random_weights_seed1']
+  assert len(demo.stages(_args(tmp_path, '--seeds', '1'))) == 3 + len(per_seed) + 1
+  with pytest.raises(SystemExit):
+    _args(tmp_path, '--seeds', '0')
   assert os.path.isfile(os.path.join(plan['tfds_build'][2], 'm5product_dataset_builder.py'))
 
 
@@ -64,27 +85,92 @@ def test_run_stage_times_skips_and_fails_clearly(tmp_path, monkeypatch):
   assert not os.path.exists(tmp_path / '.done' / 'boom')
 
 
-def _fake(value):
-  """Results of the four tasks: every HEADLINE metric = value on 'I+T+P', value/2 on 'I'."""
+ITEMS = 400
+
+
+def _fake(shift, seed=0):
+  """Results of the four tasks with per-unit values, on sets 'I' and 'I+T+P'.
+
+  On 'I+T+P' each per-unit value is 1 on a share 0.3 + shift of the ITEMS units (the
+  same ones for every seed: pairing keeps them aligned), so pretrained (shift 0.2) is
+  20 points above random (shift 0); clustering puts that share of the items in their
+  label's cluster. On 'I' every value is missing (an older results file).
+  """
+  rng = np.random.default_rng(seed)
+  good = np.arange(ITEMS) < int((0.3 + shift) * ITEMS)
+  labels = np.arange(ITEMS) % 4
+  clusters = np.where(good, labels, rng.integers(0, 4, ITEMS))
   out = {}
   for _, task, metric in demo.HEADLINE:
-    sets = out.setdefault(task, {'sets': {'I': {}, 'I+T+P': {}}})['sets']
-    sets['I'][metric], sets['I+T+P'][metric] = value / 2, value
-    sets['I+T+P'][demo.COUNTS[task]] = 25
+    results = out.setdefault(task, {'sets': {'I': {}, 'I+T+P': {}}, 'units': {}})
+    results['sets']['I+T+P'][metric] = 100.0 * good.mean()
+    units = results['units'].setdefault('I+T+P', {'unit': np.arange(ITEMS) * 2})
+    if task == 'clustering':
+      units.update(label=labels, cluster=clusters)
+    else:
+      units[demo.UNIT_VALUES.get(metric, metric)] = good.astype(np.float32)
   return out
 
 
-def test_comparison_rows_pick_the_full_set_and_both_runs():
-  pretrained, random_weights = _fake(60.0), _fake(20.0)
-  results = {'pretrained': pretrained, 'random_weights': random_weights}
-  rows = demo.comparison_rows(results, 'all')
-  assert [r[0] for r in rows] == [label for label, _, _ in demo.HEADLINE]
-  assert all(a == 60.0 and b == 20.0 and n == 25 for _, a, b, n in rows)
-  assert all(b == 10.0 and n is None for _, _, b, n in demo.comparison_rows(results, 'I'))
+def test_comparison_rows_pair_each_seed_and_pool_them():
+  runs = {seed: {'pretrained': _fake(0.2, seed), 'random_weights': _fake(0.0, seed)}
+          for seed in (0, 1)}
+  rows = demo.comparison_rows(runs, 'all')
+  assert [(r['label'], r['seed']) for r in rows] == [
+      (label, seed) for label, _, _ in demo.HEADLINE for seed in (0, 1, 'pooled')]
+  for row in rows:
+    if row['label'] == 'clustering NMI':
+      assert row['difference'] > 10 and row['verdict'] == 'win'
+      continue
+    assert row['pretrained'] == pytest.approx(50.0) and row['random_weights'] == pytest.approx(30.0)
+    assert row['difference'] == pytest.approx(20.0) and row['items'] == ITEMS
+    low, high = row['difference_ci95']
+    assert 15.0 < low < 20.0 < high < 25.0 and row['verdict'] == 'win'
+    # 400 items: a 50% metric's interval is ~10 points wide, too wide for 5 points.
+    assert row['too_small_to_separate_5_points']
+  pooled = [r for r in rows if r['seed'] == 'pooled']
+  assert all(r['every_seed_wins'] and r['seed_verdicts'] == ['win', 'win'] for r in pooled)
   table = demo.comparison_markdown(rows, 'I+T+P')
-  assert '| linear-probe accuracy % | 60 | 20 | 25 |' in table
+  assert table.splitlines()[0] == ('| I+T+P | seed | pretrained [95% CI] | random weights '
+                                   '[95% CI] | difference [paired 95% CI] | verdict | items |')
+  accuracy = [line for line in table.splitlines() if line.startswith('| linear-probe')][0]
+  assert accuracy.startswith('| linear-probe accuracy % | 0 | 50.0 [') and '| +20.0 [' in accuracy
+  assert accuracy.endswith(f'| win | {ITEMS} TOO SMALL |')
+  assert '| pooled |' in table and 'win (every seed wins)' in table
+  claim = demo.headline(rows)
+  assert claim.startswith('Pretraining beat random weights on every one of the 2 seed(s) for: '
+                          'coarse retrieval mAP@10 +20.0 points [')
+  assert 'Not shown' not in claim and 'TOO SMALL' in claim
+
+
+def test_a_seed_that_ties_withholds_the_claim():
+  runs = {0: {'pretrained': _fake(0.2), 'random_weights': _fake(0.0)},
+          1: {'pretrained': _fake(0.0), 'random_weights': _fake(0.0)}}  # no gain in seed 1
+  rows = demo.comparison_rows(runs, 'I+T+P')
+  accuracy = {r['seed']: r for r in rows if r['label'] == 'linear-probe accuracy %'}
+  assert accuracy[0]['verdict'] == 'win' and accuracy[1]['verdict'] == 'tie'
+  assert accuracy[1]['difference_ci95'] == pytest.approx([0.0, 0.0])
+  assert accuracy['pooled']['difference'] == pytest.approx(10.0)
+  assert accuracy['pooled']['verdict'] == 'win' and not accuracy['pooled']['every_seed_wins']
+  assert 'win (seeds: win, tie)' in demo.comparison_markdown(rows, 'I+T+P')
+  claim = demo.headline(rows)
+  assert 'Pretraining beat random weights' not in claim
+  assert 'Not shown (some seed tied or lost): coarse retrieval mAP@10 +10.0 points' in claim
+  assert 'seeds win/tie' in claim
+  # Other items in one run: no pairing, a clear error.
+  runs[1]['pretrained']['classification']['units']['I+T+P']['unit'] = np.arange(ITEMS)
+  with pytest.raises(ValueError, match='same items'):
+    demo.comparison_rows(runs, 'I+T+P')
+
+
+def test_missing_per_unit_values_and_rows():
+  runs = {0: {'pretrained': _fake(0.2), 'random_weights': _fake(0.0)}}
+  rows = demo.comparison_rows(runs, 'I')  # the set without per-unit values
+  assert all(r['verdict'] == 'n/a' and r['pretrained'] is None for r in rows)
+  assert '| coarse retrieval mAP@10 | 0 | n/a | n/a | n/a | n/a |  |' in (
+      demo.comparison_markdown(rows, 'I'))
   with pytest.raises(KeyError, match='I\\+T'):
-    demo.resolve_set(pretrained['clustering'], 'I+T')
+    demo.resolve_set(runs[0]['pretrained']['clustering'], 'I+T')
   timing = demo.timings_markdown({'a': {'wall_s': 1.0, 'cpu_s': 2.0},
                                   'b': {'wall_s': 3.0, 'cpu_s': 4.0, 'skipped': True}})
   assert '| b (earlier run) | 3 | 4 |' in timing and '| total | 4 | 6 |' in timing
@@ -99,3 +185,41 @@ def test_training_losses_first_and_last_with_pair_mean(tmp_path):
     f.write('\n'.join(json.dumps(r) for r in rows) + '\n')
   assert demo.training_losses(str(tmp_path)) == {
       'total': (50.0, 40.0), 'masked_text': (9.0, 5.0), 'contrastive (pair mean)': (2.5, 1.5)}
+
+
+def test_main_writes_the_comparison_and_the_claim(tmp_path, monkeypatch, capsys):
+  """demo.main with every stage mocked: the eval results, the report and the training
+  logs are written as the stages would, for two seeds."""
+  from m5_jax.evaluate import report  # pylint: disable=g-import-not-at-top
+  work = tmp_path / 'w'
+  variant = runner.variant_of(runner.Options(feature='encoder_pooled'))
+  for seed in (0, 1):
+    for run_name, workdir in zip(('pretrained', 'random_weights'),
+                                 demo.run_dirs(str(work), seed)):
+      for task, results in _fake(0.2 if run_name == 'pretrained' else 0.0, seed).items():
+        path = report.step_path(workdir, task, 300 * (run_name == 'pretrained'), variant)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        units = results.pop('units')
+        np.savez(report.units_path(path), **{f'{label}/{name}': v for label, values
+                                             in units.items() for name, v in values.items()})
+        with open(path, 'w') as f:
+          json.dump(results, f)
+    with open(os.path.join(demo.run_dirs(str(work), seed)[0], 'metrics.jsonl'), 'w') as f:
+      f.write(json.dumps({'step': 1, 'loss': 9.0}) + '\n' + json.dumps({'step': 2, 'loss': 4.0}))
+  with open(work / 'report.md', 'w') as f:
+    f.write('(paper tables)\n')
+  ran = []
+  monkeypatch.setattr(demo, 'run_stage', lambda name, *a, **k: ran.append(name))
+  assert demo.main(['--workdir', str(work), '--steps', '300']) == 0
+  assert ran == [name for name, _ in demo.stages(demo.parse_args(['--workdir', str(work)]))]
+  with open(work / 'results.md') as f:
+    text = f.read()
+  assert '**Pretraining beat random weights on every one of the 2 seed(s) for: ' in text
+  assert '| I+T+P | seed | pretrained [95% CI] |' in text and '(paper tables)' in text
+  assert '| total | 1 | 9 | 4 |' in text and 'percentile-bootstrap interval' in text
+  with open(work / 'results.json') as f:
+    saved = json.load(f)
+  assert saved['seeds'] == 2 and set(saved['runs']) == {'seed0', 'seed1'}
+  assert len(saved['comparison']) == 3 * len(demo.HEADLINE)
+  assert saved['training_loss']['seed1'] == {'total': [9.0, 4.0]}
+  assert 'Pretraining beat random weights' in capsys.readouterr().out

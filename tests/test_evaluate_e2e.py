@@ -30,17 +30,24 @@ def load(workdir, task, step, variant=''):
     return json.load(f)
 
 
-def test_binaries_write_results_for_every_step_and_resume(workdir):
+def test_binaries_write_results_for_every_step_and_resume(workdir, capsys):
   assert checkpointing.list_steps(workdir) == [12, 24]
   assert coarse_retrieval.main(['--workdir', workdir, '--all', '--subsets', 'T,IT,T:I']) is None
+  # The binary ends by printing its table (intervals, the small-set flag) and its files.
+  printed = capsys.readouterr().out
+  assert '| Modalities | mAP@1 |' in printed and '| eval set |' in printed
+  assert 'evaluated steps 12, 24' in printed
+  assert report.units_path(report.step_path(workdir, 'coarse_retrieval', 24)) in printed
   for step in (12, 24):
     results = load(workdir, 'coarse_retrieval', step)
     assert set(results['sets']) == {'T', 'T+I', 'T->I'}
     for metrics in results['sets'].values():
       if metrics['num_queries']:  # else the metrics are undefined: null, not a number
         assert 0.0 <= metrics['m5_map@1'] <= 100.0 and 0.0 <= metrics['recall@10'] <= 100.0
+        low, high = metrics['ci95']['m5_map@10']
+        assert low <= metrics['m5_map@10'] <= high
       else:
-        assert metrics['m5_map@1'] is None
+        assert metrics['m5_map@1'] is None and metrics['ci95']['m5_map@10'] == [None, None]
       # Every query is ranked, or counted as without positives / features / label.
       assert (metrics['num_queries'] + metrics['queries_without_positives']
               + metrics['queries_without_features'] + metrics['queries_without_label']
@@ -55,12 +62,18 @@ def test_binaries_write_results_for_every_step_and_resume(workdir):
   assert runner.run('coarse_retrieval', options, lambda: checkpointing.list_steps(workdir),
                     lambda step: pytest.fail(f'step {step} evaluated twice')) == []
 
+  units = report.load_units(report.step_path(workdir, 'coarse_retrieval', 24))
+  assert set(units) == {'T', 'T+I', 'T->I'}
+  for label, values in units.items():
+    assert len(values['unit']) == results['sets'][label]['num_queries']
   fine_retrieval.main(['--workdir', workdir, '--subsets', 'I'])
   assert load(workdir, 'fine_retrieval', 24)['sets']['I']['num_queries'] >= 1
   classification.main(['--workdir', workdir, '--subsets', 'T,all'])
   cls = load(workdir, 'classification', 24)
   assert set(cls['sets']) == {'T', 'T+I'} and cls['mode'] == 'linear_probe'
   assert 0.0 <= cls['sets']['T+I']['accuracy'] <= 100.0
+  cls_units = report.load_units(report.step_path(workdir, 'classification', 24))['T+I']
+  assert 100 * cls_units['correct'].mean() == pytest.approx(cls['sets']['T+I']['accuracy'])
   # Another feature kind goes to its own folder; the default results stay. (Mini's
   # cls_test is a single item at this size: cluster the pretraining split.)
   clustering.main(['--workdir', workdir, '--subsets', 'all', '--split', 'pretrain'])
@@ -70,6 +83,10 @@ def test_binaries_write_results_for_every_step_and_resume(workdir):
                     load(workdir, 'clustering', 24, 'feature=encoder_pooled,split=pretrain'))
   assert 0.0 <= default['sets']['T+I']['nmi'] <= 100.0
   assert 0.0 <= other['sets']['T+I']['nmi'] <= 100.0
+  low, high = default['sets']['T+I']['ci95']['nmi']
+  assert low <= default['sets']['T+I']['nmi'] <= high
+  clu_units = report.load_units(report.step_path(workdir, 'clustering', 24, 'split=pretrain'))
+  assert len(clu_units['T+I']['cluster']) == default['sets']['T+I']['num_examples']
   assert (default['variant'], other['variant']) == ('split=pretrain',
                                                     'feature=encoder_pooled,split=pretrain')
   for kind in ('pooled', 'encoder_pooled'):  # each feature kind embedded and cached
