@@ -40,8 +40,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
 TASKS = ('coarse_retrieval', 'fine_retrieval', 'classification', 'clustering')
 # (label, task, metric) rows of the side-by-side comparison; COUNTS names the
 # metric that says how many items a task's number averages over (mini is small).
@@ -55,9 +53,6 @@ HEADLINE = (
 )
 COUNTS = {'coarse_retrieval': 'num_queries', 'fine_retrieval': 'num_queries',
           'classification': 'num_examples', 'clustering': 'num_examples'}
-# The per-unit values (step_<N>.npz) a headline metric is the mean of; clustering
-# metrics are recomputed from 'label' and 'cluster' instead.
-UNIT_VALUES = {'accuracy': 'correct'}
 DEMO_CONFIG = 'configs/m5_mmt.py:size=tiny,modalities=itpva,runlocal'
 
 
@@ -200,25 +195,6 @@ def resolve_set(results: dict, modality_set: str) -> str:
   return label
 
 
-def _paired(task: str, metric: str, pretrained: list[dict], random_weights: list[dict]
-            ) -> dict:
-  """metrics.paired_comparison (or its clustering form) of pretrained vs random weights:
-  one units dict per seed for each ({name: per-unit array} of one modality set), seeds
-  pooled. Raises ValueError when the runs did not score the same units."""
-  from m5_jax.evaluate import metrics  # pylint: disable=g-import-not-at-top
-  everything = pretrained + random_weights
-  for units in everything[1:]:
-    if not np.array_equal(units['unit'], everything[0]['unit']):
-      raise ValueError(f'{task}: the runs were not scored on the same items')
-  if task == 'clustering':
-    return metrics.paired_clustering_comparison(
-        everything[0]['label'], [u['cluster'] for u in pretrained],
-        [u['cluster'] for u in random_weights], metric=metric)
-  name = UNIT_VALUES.get(metric, metric)
-  return metrics.paired_comparison(np.stack([u[name] for u in pretrained]),
-                                   np.stack([u[name] for u in random_weights]))
-
-
 def comparison_rows(runs: dict, modality_set: str) -> list[dict]:
   """Pretrained vs random weights per HEADLINE metric: each seed's paired comparison,
   then the seeds pooled (each unit's values averaged over the seeds).
@@ -229,7 +205,7 @@ def comparison_rows(runs: dict, modality_set: str) -> list[dict]:
   'every_seed_wins', the condition for claiming pretraining beats random weights.
   A metric whose per-unit values are missing gets None numbers and verdict 'n/a'.
   """
-  from m5_jax.evaluate import metrics  # pylint: disable=g-import-not-at-top
+  from m5_jax.evaluate import metrics, report  # pylint: disable=g-import-not-at-top
   rows = []
   for label, task, metric in HEADLINE:
     units = {}
@@ -246,7 +222,8 @@ def comparison_rows(runs: dict, modality_set: str) -> list[dict]:
     verdicts = []
     for i, seed in enumerate([*per_seed, 'pooled']):
       chosen = slice(i, i + 1) if seed != 'pooled' else slice(None)
-      result = _paired(task, metric, units['pretrained'][chosen], units['random_weights'][chosen])
+      result = report.compare_units(task, metric, units['pretrained'][chosen],
+                                    units['random_weights'][chosen])
       too_small = bool(metrics.too_small({'a': result['a_ci95'], 'b': result['b_ci95']},
                                          ('a', 'b')))
       row = {'label': label, 'seed': seed, 'pretrained': result['a'],

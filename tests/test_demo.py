@@ -14,7 +14,7 @@ import pytest
 
 from m5_jax import config_lib
 from m5_jax import demo
-from m5_jax.evaluate import runner
+from m5_jax.evaluate import report, runner
 
 
 def _args(tmp_path, *extra):
@@ -108,7 +108,7 @@ def _fake(shift, seed=0):
     if task == 'clustering':
       units.update(label=labels, cluster=clusters)
     else:
-      units[demo.UNIT_VALUES.get(metric, metric)] = good.astype(np.float32)
+      units[report.UNIT_VALUES.get(metric, metric)] = good.astype(np.float32)
   return out
 
 
@@ -190,7 +190,6 @@ def test_training_losses_first_and_last_with_pair_mean(tmp_path):
 def test_main_writes_the_comparison_and_the_claim(tmp_path, monkeypatch, capsys):
   """demo.main with every stage mocked: the eval results, the report and the training
   logs are written as the stages would, for two seeds."""
-  from m5_jax.evaluate import report  # pylint: disable=g-import-not-at-top
   work = tmp_path / 'w'
   variant = runner.variant_of(runner.Options(feature='encoder_pooled'))
   for seed in (0, 1):

@@ -292,7 +292,8 @@ def test_intervals_units_and_small_set_flag(tmp_path, toy):
   np.testing.assert_array_equal(units['unit'], np.arange(120))
   # Saved beside the JSON, not in it; other subsets of the same step merge in.
   workdir = str(tmp_path)
-  path = report.write_step(workdir, 'coarse_retrieval', 5, results, report.retrieval_tables(results))
+  path = report.write_step(workdir, 'coarse_retrieval', 5, results,
+                           report.retrieval_tables(results))
   with open(path) as f:
     saved = json.load(f)
   assert 'units' not in saved and saved['units_file'] == 'step_00000005.npz'
@@ -328,3 +329,31 @@ def test_probe_accuracy_carries_its_interval_and_items(toy):
   np.testing.assert_array_equal(units['unit'], np.arange(120))
   table = report.method_table({'a': '/nonexistent'}, 'all')
   assert table.splitlines()[0] == '| Method | Acc | mAP@1 | NMI | Purity | eval set |'
+
+
+def test_compare_pairs_each_run_with_the_first(tmp_path, toy):
+  query, gallery, num_classes = toy
+  runs = {}
+  for name, modality in (('random', 'table'), ('good', 'image')):
+    workdir = str(tmp_path / name)
+    runs[name] = workdir
+    # The same eval items, scored with a good (image) or a random (table) feature, saved
+    # under one row label so the two runs line up as a method comparison does.
+    ret = retrieval.evaluate_sets(query, gallery, 'label', [((modality,), (modality,))])
+    label = next(iter(ret['sets']))
+    ret = {k: {'X': v[label]} if k in ('sets', 'units', 'curves', 'missing') else v
+           for k, v in ret.items()}
+    report.write_step(workdir, 'coarse_retrieval', 1, ret)
+    metrics, _, units = classification.probe_set(gallery, query, (modality,), num_classes,
+                                                 normalize='center', seed=0)
+    report.write_step(workdir, 'classification', 1, {'sets': {'X': metrics},
+                                                     'units': {'X': units}})
+  table = report.paired_table(runs)
+  row = [line for line in table.splitlines() if line.startswith('| good - random |')][0]
+  cells = [c.strip() for c in row.strip('|').split('|')]
+  assert cells[1].startswith('+') and cells[1].endswith(' win')  # Acc
+  assert cells[3].startswith('+') and cells[3].endswith(' win')  # mAP@10
+  assert cells[4] == '-'  # no clustering results
+  with pytest.raises(ValueError, match='same items'):
+    report.compare_units('classification', 'accuracy', [units],
+                         [{**units, 'unit': units['unit'][::-1]}])

@@ -190,7 +190,8 @@ def test_clustering_scores_on_weights_match_the_repeated_items():
   labels = rng.integers(0, 6, 300)
   clusters = np.where(rng.random(300) < 0.5, labels, rng.integers(0, 4, 300))
   weights = rng.integers(0, 3, 300)
-  nmi, purity = metrics._Partition(labels, clusters).scores(weights[None].astype(np.float32))  # pylint: disable=protected-access
+  partition = metrics._Partition(labels, clusters)  # pylint: disable=protected-access
+  nmi, purity = partition.scores(weights[None].astype(np.float32))
   repeated = np.repeat(np.arange(300), weights)
   reference = metrics.clustering_metrics(labels[repeated], clusters[repeated])
   assert 100 * nmi[0] == pytest.approx(reference['nmi'])

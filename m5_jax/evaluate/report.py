@@ -17,7 +17,9 @@ Per task and step (written by process 0 only):
 Summaries (`python -m m5_jax.evaluate.report`):
   --workdir DIR [--step N]    the paper's modality-set table: rows = modality sets,
                               columns Acc, mAP@1/5/10, P@1/5/10 (M5Product metric);
-  --compare name=DIR,...      the method comparison: Acc, mAP@1, NMI, Purity.
+  --compare name=DIR,...      the method comparison: Acc, mAP@1, NMI, Purity, then
+                              each run against the first, paired on the same eval
+                              items: difference [95% interval] win / tie / loss.
 
 Tables give each number with its 95% interval, `61.7 [55.2, 68.0]`, and an
 'eval set' column that says 'too small' where an interval of mAP@10, Recall@10,
@@ -306,6 +308,19 @@ def resolve_set(sets: Sequence[str], modality_set: str) -> str | None:
   return None
 
 
+def _pick_set(name: str, task: str, results: Mapping[str, Any] | None,
+              modality_set: str | None) -> str | None:
+  """The row label of a run's task results that method tables use (see method_table)."""
+  sets = (results or {}).get('sets', {})
+  if modality_set is None and len(sets) > 1:
+    raise ValueError(f'{name}: {task} has rows {sorted(sets)}; choose one with --modality_set')
+  label = resolve_set(list(sets), modality_set) if modality_set else next(iter(sets), None)
+  return label if label in sets else None
+
+
+METHOD_TASKS = ('classification', 'coarse_retrieval', 'clustering')
+
+
 def method_table(runs: Mapping[str, str], modality_set: str | None = None,
                  variant: str = '') -> str:
   """Method comparison: Acc, mAP@1, NMI, Purity; one row per (name -> workdir).
@@ -315,22 +330,73 @@ def method_table(runs: Mapping[str, str], modality_set: str | None = None,
   """
   rows = []
   for name, workdir in runs.items():
-    found = {t: load_step(workdir, t, variant=variant)
-             for t in ('classification', 'coarse_retrieval', 'clustering')}
-
-    def pick(task):
-      sets = (found[task] or {}).get('sets', {})  # pylint: disable=cell-var-from-loop
-      if modality_set is None and len(sets) > 1:
-        raise ValueError(f'{name}: {task} has rows {sorted(sets)}; choose one with '  # pylint: disable=cell-var-from-loop
-                         f'--modality_set')
-      key = resolve_set(list(sets), modality_set) if modality_set else next(iter(sets), None)
-      return sets.get(key)
-
-    cls, ret, clu = pick('classification'), pick('coarse_retrieval'), pick('clustering')
+    picked = []
+    for task in METHOD_TASKS:
+      results = load_step(workdir, task, variant=variant)
+      label = _pick_set(name, task, results, modality_set)
+      picked.append(results['sets'][label] if label else None)
+    cls, ret, clu = picked
     rows.append([name, metric_ci(cls, 'accuracy'), metric_ci(ret, 'm5_map@1'),
                  metric_ci(clu, 'nmi'), metric_ci(clu, 'purity'),
                  eval_set_flag(cls, ret, clu, prefixes=('cls', 'coarse', 'clustering'))])
   return markdown_table(['Method', 'Acc', 'mAP@1', 'NMI', 'Purity', 'eval set'], rows)
+
+
+# The per-unit values (step_<N>.npz) a metric is the mean of; clustering metrics
+# are recomputed from 'label' and 'cluster' instead.
+UNIT_VALUES = {'accuracy': 'correct'}
+PAIRED_COLUMNS = (('Acc', 'classification', 'accuracy'), ('mAP@1', 'coarse_retrieval', 'm5_map@1'),
+                  ('mAP@10', 'coarse_retrieval', 'm5_map@10'), ('NMI', 'clustering', 'nmi'),
+                  ('Purity', 'clustering', 'purity'))
+
+
+def compare_units(task: str, metric: str, a: Sequence[Mapping[str, np.ndarray]],
+                  b: Sequence[Mapping[str, np.ndarray]]) -> dict[str, Any]:
+  """Run a minus run b on one metric, paired (metrics.paired_comparison or its
+  clustering form): one units dict ({name: per-unit array} of a modality set) per
+  seed for each, seeds pooled. Raises ValueError when they scored other units."""
+  everything = [*a, *b]
+  for units in everything[1:]:
+    if not np.array_equal(units['unit'], everything[0]['unit']):
+      raise ValueError(f'{task}: the runs were not scored on the same items')
+  if task == 'clustering':
+    return metrics_lib.paired_clustering_comparison(
+        everything[0]['label'], [u['cluster'] for u in a], [u['cluster'] for u in b],
+        metric=metric)
+  name = UNIT_VALUES.get(metric, metric)
+  return metrics_lib.paired_comparison(np.stack([u[name] for u in a]),
+                                       np.stack([u[name] for u in b]))
+
+
+def paired_table(runs: Mapping[str, str], modality_set: str | None = None,
+                 variant: str = '') -> str:
+  """Every run after the first against the first, on the same eval units: the
+  difference [paired 95% interval] and win / tie / loss per metric ('-' where a
+  run has no per-unit values, e.g. results written before they were saved)."""
+  names = list(runs)
+  units = {}
+  for name in names:
+    for task in METHOD_TASKS:
+      path = find_step(runs[name], task, variant=variant)
+      results = None
+      if path:
+        with open(path) as f:
+          results = json.load(f)
+      label = _pick_set(name, task, results, modality_set)
+      units[name, task] = load_units(path).get(label) if label else None
+  rows = []
+  for name in names[1:]:
+    row = [f'{name} - {names[0]}']
+    for _, task, metric in PAIRED_COLUMNS:
+      a, b = units[name, task], units[names[0], task]
+      if a is None or b is None:
+        row.append('-')
+        continue
+      result = compare_units(task, metric, [a], [b])
+      low, high = result['difference_ci95']
+      row.append(f'{result["difference"]:+.1f} [{low:+.1f}, {high:+.1f}] {result["verdict"]}')
+    rows.append(row)
+  return markdown_table(['Paired difference'] + [c for c, _, _ in PAIRED_COLUMNS], rows)
 
 
 # ----------------------------------------------------------------------------- plots
@@ -448,6 +514,10 @@ def main(argv: Sequence[str]) -> None:
     runs = dict(item.split('=', 1) for item in args.compare.split(','))
     try:
       parts.append(method_table(runs, args.modality_set, variant))
+      if len(runs) > 1:
+        parts.append(f'Paired against {next(iter(runs))} (the same eval items resampled for '
+                     'both; win / loss: the interval is above / below 0, else tie):\n\n'
+                     + paired_table(runs, args.modality_set, variant))
     except ValueError as e:
       parser.error(str(e))
   if not parts:
