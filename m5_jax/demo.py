@@ -139,8 +139,9 @@ def stages(args, py: str = sys.executable) -> list[tuple[str, list[str]]]:
         plan.append((f'eval_{task}_{run_name}_seed{seed}',
                      [py, '-m', f'm5_jax.evaluate.{task}', '--workdir', workdir,
                       '--feature', args.feature]))
-    compare += [f'pretrained_seed{seed}={pretrained}', f'random_weights_seed{seed}={random_init}']
-  # One report over all seeds (its name says how many: another --seeds runs it again).
+    compare += [f'random_weights_seed{seed}={random_init}', f'pretrained_seed{seed}={pretrained}']
+  # One report over all seeds (its name says how many: another --seeds runs it again);
+  # its paired table compares every run with the first, seed 0's random weights.
   plan.append((f'report_seeds{args.seeds}', [
       py, '-m', 'm5_jax.evaluate.report', '--workdir', run_dirs(work, 0)[0],
       '--compare', ','.join(compare), '--modality_set', args.modality_set,

@@ -64,7 +64,7 @@ def test_stage_commands_parse_strictly(tmp_path):
           run_name == 'random_init']
   compare = plan['report_seeds2'][plan['report_seeds2'].index('--compare') + 1]
   assert [item.split('=')[0] for item in compare.split(',')] == [
-      'pretrained_seed0', 'random_weights_seed0', 'pretrained_seed1', 'random_weights_seed1']
+      'random_weights_seed0', 'pretrained_seed0', 'random_weights_seed1', 'pretrained_seed1']
   assert len(demo.stages(_args(tmp_path, '--seeds', '1'))) == 3 + len(per_seed) + 1
   with pytest.raises(SystemExit):
     _args(tmp_path, '--seeds', '0')
