@@ -7,7 +7,8 @@ m5_jax.benchmark_matrix.collect_cell) is
    'pretrained' | 'finetuned' | 'random_init': {task: {set label: metrics}}, ...}
 
 with the eval binaries' metrics (in %): classification 'accuracy', coarse_retrieval
-'m5_map@K' / 'm5_prec@K' (the M5Product metric), clustering 'nmi' / 'purity'.
+'m5_map@K' / 'm5_prec@K' (the M5Product metric), clustering 'nmi' / 'purity', and
+their 95% intervals ('ci95'), which the tables print beside the numbers.
 """
 from __future__ import annotations
 
@@ -48,13 +49,22 @@ def metric(result: Mapping[str, Any] | None, weights: str, task: str, name: str,
   return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
+def metric_text(result: Mapping[str, Any] | None, weights: str, task: str, name: str,
+                set_label: str | None = None) -> str:
+  """One number of a cell as a table shows it: with its 95% interval when the eval
+  binary saved one ('61.7 [55.2, 68.0]'), '-' when it does not exist."""
+  values = ((result or {}).get(weights, {}).get(task, {})
+            .get(set_label or (result or {}).get('label')))
+  return report.metric_ci(values, name) if values else '-'
+
+
 def _cells_in(results: Mapping[str, Mapping], table: str) -> list[Mapping]:
   return [r for r in results.values() if table in r.get('tables', ()) and not r.get('seed')]
 
 
 def _per_weights_table(first_header: str, cells, first_cell, columns) -> str:
   """One row per cell: `first_cell(cell)`, then `columns` for each of WEIGHTS."""
-  rows = [[first_cell(r)] + [metric(r, weights, task, name)
+  rows = [[first_cell(r)] + [metric_text(r, weights, task, name)
                              for weights in WEIGHTS for _, task, name in columns]
           for r in cells]
   header = [first_header] + [f'{c} ({"FT" if w == "finetuned" else "PT"})'
@@ -78,14 +88,15 @@ def method_table(results: Mapping[str, Mapping]) -> str:
 def per_modality_table(result: Mapping[str, Any]) -> str:
   """One model's features scored per modality subset (pretrained weights)."""
   labels = list(result.get('pretrained', {}).get('coarse_retrieval', {}))
-  rows = [[label] + [metric(result, 'pretrained', task, name, label)
+  rows = [[label] + [metric_text(result, 'pretrained', task, name, label)
                      for _, task, name in SET_COLUMNS] for label in labels]
   return report.markdown_table(['Subset'] + [c for c, _, _ in SET_COLUMNS], rows)
 
 
 def weights_table(result: Mapping[str, Any]) -> str:
   """Random weights vs pretrained vs fine-tuned for one cell."""
-  rows = [[WEIGHT_NAMES[w]] + [metric(result, w, task, name) for _, task, name in METHOD_COLUMNS]
+  rows = [[WEIGHT_NAMES[w]] + [metric_text(result, w, task, name)
+                               for _, task, name in METHOD_COLUMNS]
           for w in ('random_init', 'pretrained', 'finetuned') if result.get(w)]
   return report.markdown_table(['Weights'] + [c for c, _, _ in METHOD_COLUMNS], rows)
 
@@ -259,7 +270,8 @@ def render(results: Mapping[str, Mapping], header: str = '',
   parts += ['## Table 1: modalities added in sequence (M5-MMT)\n\n'
             'PT = pretrain features (linear probe / frozen features), FT = fine-tuned '
             '(classification fine-tuning; its backbone gives the retrieval numbers). '
-            'Coarse-grained retrieval, M5Product metric, %.\n\n' + set_table(results, 'sequence'),
+            'Coarse-grained retrieval, M5Product metric, %. ' + report.INTERVAL_NOTE + '\n\n'
+            + set_table(results, 'sequence'),
             '## Table 2: modality combinations (M5-MMT)\n\n' + set_table(results, 'combinations'),
             '## Table 3: methods on image+text\n\n' + method_table(results)]
   for r in results.values():
