@@ -12,6 +12,10 @@ Items with none of a subset's modalities present have no feature: such queries
 are not scored and such gallery items are not ranked; both are counted
 (`queries_without_features`, `gallery_without_features`), as are the missing
 modalities per set.
+
+Every metric carries its 95% bootstrap interval over the scored queries
+('ci95'; metrics.bootstrap_means), and the per-query values are returned
+('units') for the step's .npz, so that two runs can be compared query by query.
 """
 from __future__ import annotations
 
@@ -71,6 +75,9 @@ def evaluate_pair(query: features_lib.Combined, gallery_index: search.ShardedGal
   The per-query values are those of the scored queries (with a positive):
   'unit' (the query's row in its split) and 'm5_map@K', ... (fractions, float32).
   """
+  # Positives by key alone (features aside): a query that has one but gets no score
+  # is counted and logged (evaluate_sets), never dropped silently.
+  has_positive = metrics_lib.count_positives(query_keys, gallery_keys, exclude >= 0) > 0
   scored = query.has_any & (query_keys >= 0)
   rows = np.flatnonzero(scored)
   exclude = exclude[rows]
@@ -93,6 +100,11 @@ def evaluate_pair(query: features_lib.Combined, gallery_index: search.ShardedGal
   out['queries_without_features'] = int((~query.has_any).sum())
   out['queries_without_label'] = int((query.has_any & (query_keys < 0)).sum())
   out['num_query_items'] = len(query_keys)  # = the four counts above, every query once
+  unscored = has_positive.copy()
+  unscored[rows[scored]] = False
+  out['queries_with_positives'] = int(has_positive.sum())
+  out['queries_with_positives_unscored'] = int(unscored.sum())
+  out['queries_with_positives_without_features'] = int((unscored & ~query.has_any).sum())
   return out, curve, units
 
 
@@ -124,6 +136,13 @@ def evaluate_sets(query_split: features_lib.SplitFeatures,
     metrics, curve, units = evaluate_pair(query, index, gallery.has_any, query_keys,
                                           gallery_keys, exclude, ks)
     metrics['gallery_without_features'] = int((~gallery.has_any).sum())
+    if metrics['queries_with_positives_unscored']:
+      logging.warning(
+          'WARNING %s: %d of %d queries with a positive (same %s) in the gallery are NOT '
+          'scored: %d have no %s feature, the others no positive with a %s feature',
+          label, metrics['queries_with_positives_unscored'], metrics['queries_with_positives'],
+          key, metrics['queries_with_positives_without_features'],
+          features_lib.subset_label(query_subset), features_lib.subset_label(gallery_subset))
     results['sets'][label] = metrics
     results['curves'][label] = curve
     results['units'][label] = units
