@@ -17,6 +17,8 @@ chooses which rows of it this process loads:
   * Eval: row r of step s is example s * global_batch + r, in split order; rows
     past the end of the split are padding (example_mask=False, index/label/
     instance -1, every modality absent). Each example appears exactly once.
+  * label and instance stay exact int64 in host batches; devices get int32 views
+    (`make_global_batch`, see m5_jax/batch.py).
   * Each process loads only its own rows of every global batch (by default the
     contiguous block process_index * local_batch ...; `sharding.rows_for_mesh` gives the
     exact rows when the mesh maps processes to non-contiguous blocks). So two
@@ -119,8 +121,8 @@ def process_rows(global_batch_size: int, process_index: int, process_count: int)
 class InputPipeline:
   """Host-side iterator over this process's rows of the global batches of one split.
 
-  `next(it)` returns a numpy batch with the fields of `m5_jax.batch.batch_spec`
-  and leading dimension len(rows). Training iterates forever (epochs reshuffled);
+  `next(it)` returns a numpy batch with the fields of `m5_jax.batch.host_batch_spec`
+  (ids int64) and leading dimension len(rows). Training iterates forever (epochs reshuffled);
   eval stops after `num_steps` (the last batch padded).
   """
 
@@ -253,8 +255,10 @@ class InputPipeline:
     out = {
         'example_mask': valid,
         'index': tf.where(valid, tf.cast(index, tf.int32), -1),
-        'label': tf.where(valid, tf.cast(example['label'], tf.int32), -1),
-        'instance': tf.where(valid, tf.cast(example['instance'], tf.int32), -1),
+        # Exact int64 ids on the host; `make_global_batch` sends int32 views (batch.py).
+        'label': tf.where(valid, tf.cast(example['label'], tf.int64), tf.constant(-1, tf.int64)),
+        'instance': tf.where(valid, tf.cast(example['instance'], tf.int64),
+                             tf.constant(-1, tf.int64)),
     }
     for name in self._config.modalities:
       fields = modalities.get(name).preprocess(example, self._config.modality[name],
@@ -302,18 +306,23 @@ def _conform(fields: Mapping[str, Any], spec: Mapping[str, Any], name: str) -> d
 
 # --- devices --------------------------------------------------------------------
 def make_global_batch(host_batch: Batch, mesh: jax.sharding.Mesh,
-                      data_axes: Sequence[str] | None = None) -> Batch:
-  """This process's numpy rows -> global jax.Arrays sharded on the batch dim over data_axes."""
+                      data_axes: Sequence[str] | None = None, exact_ids: bool = False) -> Batch:
+  """This process's numpy rows -> global jax.Arrays sharded on the batch dim over data_axes.
+
+  The int64 ids become int32 views first (`batch.device_view`): JAX would wrap
+  them. exact_ids (evaluation) adds them as int32 halves (`batch['exact_ids']`).
+  """
   sharding = sharding_lib.batch_sharding(mesh, data_axes)
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), host_batch)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x),
+                      batch_lib.device_view(host_batch, exact_ids))
 
 
 class DevicePrefetchIterator:
   """Global batches on devices, `size` steps ahead; state/restore account for the queue."""
 
   def __init__(self, host: InputPipeline, mesh: jax.sharding.Mesh,
-               data_axes: Sequence[str] | None = None, size: int = 2):
-    self.host, self.mesh, self.size = host, mesh, size
+               data_axes: Sequence[str] | None = None, size: int = 2, exact_ids: bool = False):
+    self.host, self.mesh, self.size, self.exact_ids = host, mesh, size, exact_ids
     self.data_axes = sharding_lib.data_axes_of(mesh) if data_axes is None else tuple(data_axes)
     self._queue: collections.deque[Batch] = collections.deque()
 
@@ -323,7 +332,8 @@ class DevicePrefetchIterator:
   def _fill(self):
     while len(self._queue) < self.size:
       try:
-        self._queue.append(make_global_batch(next(self.host), self.mesh, self.data_axes))
+        self._queue.append(make_global_batch(next(self.host), self.mesh, self.data_axes,
+                                             self.exact_ids))
       except StopIteration:
         return
 
@@ -361,8 +371,11 @@ def create_host_iterator(config: ml_collections.ConfigDict, split: str, *, train
 def create_iterator(config: ml_collections.ConfigDict, split: str, mesh: jax.sharding.Mesh, *,
                     train: bool, batch_size: int | None = None,
                     data_axes: Sequence[str] | None = None, device_prefetch: int = 2,
-                    **kwargs) -> DevicePrefetchIterator:
-  """Global batches of `split` on `mesh`, each process loading the rows its devices hold."""
+                    exact_ids: bool = False, **kwargs) -> DevicePrefetchIterator:
+  """Global batches of `split` on `mesh`, each process loading the rows its devices hold.
+
+  exact_ids: add the int64 label and instance as int32 halves (evaluation; batch.py).
+  """
   global_batch_size = batch_size or config.input.batch_size
   rows = sharding_lib.rows_for_mesh(mesh, global_batch_size, data_axes)
   host = create_host_iterator(config, split, train=train, batch_size=global_batch_size,
@@ -370,4 +383,5 @@ def create_iterator(config: ml_collections.ConfigDict, split: str, mesh: jax.sha
   logging.info('input %s/%s: %d examples, %d rows/step on this process, %s steps',
                config.input.dataset, split, host.num_examples, len(rows),
                host.num_steps or 'unbounded')
-  return DevicePrefetchIterator(host, mesh, data_axes, size=device_prefetch)
+  return DevicePrefetchIterator(host, mesh, data_axes, size=device_prefetch,
+                                exact_ids=exact_ids)

@@ -45,7 +45,9 @@ class _Fixture(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       present = {m: (i + k) % 4 != 0 for k, m in enumerate(MODALITY_NAMES)}
       yield f'id{i}', {
           'item_id': f'id{i}', 'label': i % 5, 'label_name': f'类{i % 5}',
-          'instance': i // 3 if i % 2 else -1, 'present': present,
+          # 12-digit ids as in the release (> 2^31), and a 62-bit one.
+          'instance': (617074902229 + i // 3 if i % 4 != 3 else 2**62 + i) if i % 2 else -1,
+          'present': present,
           'title': f'红色 连衣裙 dress {i}' if present['text'] else '',
           'pv_keys': ['颜色', 'size'], 'pv_values': ['红', str(i)],
           'image': np.full((4, 4, 3), i, np.uint8)}
@@ -174,7 +176,7 @@ def test_fields_follow_the_example(config, data):
   for row, index in enumerate(batch['index']):
     example = source[int(index)]
     assert batch['label'][row] == example['label']
-    assert batch['instance'][row] == example['instance']
+    assert batch['instance'][row] == example['instance']  # exact int64
     np.testing.assert_array_equal(batch['toy_image']['pixels'][row], example['image'])
     assert batch['toy_text']['present'][row] == example['present']['text']
     assert batch['toy_text']['ids'][row, 0] == (2 if example['present']['text'] else 0)
@@ -217,7 +219,8 @@ def test_eval_last_batch_is_padded_and_masked(config):
 
 def test_shapes_and_dtypes_equal_batch_spec(config):
   batch = next(_pipeline(config))
-  spec = batch_lib.batch_spec(config)
+  assert batch['instance'].dtype == np.int64 and batch['instance'].max() > 2**31
+  spec = batch_lib.host_batch_spec(config)
   got = jax.tree.map(lambda x: (x.shape, x.dtype.name), batch)
   want = jax.tree.map(lambda s: ((8, *s[0]), s[1]), spec, is_leaf=lambda s: isinstance(s, tuple))
   assert got == want
@@ -236,11 +239,34 @@ def test_global_batch_on_8_devices_has_the_data_sharding(config):
     assert ids.sharding.spec == jax.sharding.PartitionSpec(('data', 'fsdp'))
     assert len({s.device for s in ids.addressable_shards}) == 8
     assert all(s.data.shape == (1, 8) for s in ids.addressable_shards)
-    _assert_batches_equal(jax.device_get(batch), host[step])
+    # Devices get int32 ids (-1 where they do not fit); nothing wraps.
+    device = batch_lib.device_view(host[step])
+    assert (device['instance'] == np.where(host[step]['instance'] < 2**31,
+                                           host[step]['instance'], -1)).all()
+    assert batch['instance'].dtype == np.int32
+    _assert_batches_equal(jax.device_get(batch), device)
   # Batches wait on the devices ahead of use, but the state is the consumer's step.
   assert it.host.step == 3 + it.size - 1 and it.get_state()['step'] == 3
   it.restore(it.get_state())
-  _assert_batches_equal(jax.device_get(next(it)), _take(_pipeline(config, start_step=3), 1)[0])
+  _assert_batches_equal(jax.device_get(next(it)),
+                        batch_lib.device_view(_take(_pipeline(config, start_step=3), 1)[0]))
+
+
+def test_exact_ids_reach_the_host_through_int32_halves(config):
+  """Eval batches carry the int64 ids as int32 words; joined, they equal the host's."""
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(8, 1, 1),
+                           ('data', 'fsdp', 'tensor'))
+  it = input_pipeline.create_iterator(config, 'pretrain', mesh, train=False, exact_ids=True,
+                                      num_parallel_calls=2)
+  host = next(_pipeline(config, train=False))
+  batch = next(it)
+  for key in ('label', 'instance'):
+    words = batch['exact_ids'][key]
+    assert words.dtype == np.int32 and words.shape == (8, 2)
+    np.testing.assert_array_equal(batch_lib.join_int64(jax.device_get(words)), host[key])
+  assert host['instance'].max() > 2**31 and (host['instance'] == -1).any()
+  words = batch_lib.split_int64(np.array([-1, 2**63 - 1, -2**63, 617074902229]))
+  np.testing.assert_array_equal(batch_lib.join_int64(words), [-1, 2**63 - 1, -2**63, 617074902229])
 
 
 def test_state_round_trips_through_orbax(config, tmp_path):
@@ -299,7 +325,7 @@ def test_mini_end_to_end_with_the_real_plugins(mini):
   batches = _take(it, 3)
   # Schema: exactly batch_spec.
   got = jax.tree.map(lambda x: (x.shape, x.dtype.name), batches[0])
-  want = jax.tree.map(lambda s: ((4, *s[0]), s[1]), batch_lib.batch_spec(cfg),
+  want = jax.tree.map(lambda s: ((4, *s[0]), s[1]), batch_lib.host_batch_spec(cfg),
                       is_leaf=lambda s: isinstance(s, tuple))
   assert got == want
   # Presence and content come from the example at `index`.

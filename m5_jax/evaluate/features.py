@@ -8,8 +8,10 @@ modality vectors; items with none of them present are flagged, and missing
 modalities are counted.
 
 `FeatureStore` embeds splits from one checkpoint step and caches them under
-`<workdir>/eval_cache/step_<N>/<kind>/<split>/` (kind: pooled or
-encoder_pooled) (npy per modality + meta.json, written
+`<workdir>/eval_cache/step_<N>/<kind>/<split>/<dataset>/` (kind: pooled or
+encoder_pooled; dataset: `dataset_key` of the build's identity - data_dir, name,
+config, version and a fingerprint of its files - so a rebuilt or another dataset
+is never scored from a stale cache) (npy per modality + meta.json, written
 atomically), so the gallery is embedded once for every query set and every
 evaluator. Embedding runs sharded over every device (and host): each process
 loads its rows of each global eval batch, the model runs under jit on the mesh,
@@ -29,6 +31,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import jax
 import numpy as np
 
+from m5_jax import batch as batch_lib
 from m5_jax.evaluate import search
 
 CACHE_DIR = 'eval_cache'
@@ -88,8 +91,8 @@ class SplitFeatures:
   """Per-modality pooled vectors of every item of one split, row = item index."""
   pooled: dict[str, np.ndarray]    # modality -> f32[N, D]
   present: dict[str, np.ndarray]   # modality -> bool[N]
-  label: np.ndarray                # int[N], -1 unknown
-  instance: np.ndarray             # int[N], -1 unknown
+  label: np.ndarray                # int64[N], -1 unknown
+  instance: np.ndarray             # int64[N], -1 unknown (12-digit ids, 62-bit hashes)
 
   @property
   def num_items(self) -> int:
@@ -142,18 +145,20 @@ class SplitFeatures:
     return Combined(total, has_any, missing)
 
   # --- cache files ---------------------------------------------------------
-  def save(self, directory: str) -> None:
-    """Writes npy files + meta.json atomically (a temp dir renamed into place)."""
+  def save(self, directory: str, dataset: Mapping[str, str] | None = None) -> None:
+    """Writes npy files + meta.json (with the dataset identity) atomically (a temp
+    dir renamed into place)."""
     tmp = directory.rstrip('/') + f'.tmp{os.getpid()}'
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     for m in self.modalities:
       np.save(os.path.join(tmp, f'pooled_{m}.npy'), self.pooled[m])
       np.save(os.path.join(tmp, f'present_{m}.npy'), self.present[m])
-    np.save(os.path.join(tmp, 'label.npy'), self.label)
-    np.save(os.path.join(tmp, 'instance.npy'), self.instance)
+    np.save(os.path.join(tmp, 'label.npy'), np.asarray(self.label, np.int64))
+    np.save(os.path.join(tmp, 'instance.npy'), np.asarray(self.instance, np.int64))
     with open(os.path.join(tmp, 'meta.json'), 'w') as f:
-      json.dump({'modalities': list(self.modalities), 'num_items': self.num_items}, f)
+      json.dump({'modalities': list(self.modalities), 'num_items': self.num_items,
+                 'dataset': dict(dataset or {})}, f)
     shutil.rmtree(directory, ignore_errors=True)
     os.makedirs(os.path.dirname(directory), exist_ok=True)
     os.replace(tmp, directory)
@@ -180,6 +185,10 @@ def embed_batches(apply_fn: ApplyFn, params: Any, batches: Iterable[Mapping[str,
                   split: str = '') -> SplitFeatures:
   """Runs `apply_fn` over global eval batches and places each row at its `index`.
 
+  The batches carry the exact int64 label and instance as int32 halves
+  (`batch['exact_ids']`, from `create_iterator(..., exact_ids=True)`): their int32
+  `label`/`instance` would lose 12-digit product ids and 62-bit hashed ids, and the
+  halves are gathered across processes like every other field (m5_jax/batch.py).
   Padding rows are dropped; an index seen twice or never is an error (the eval
   iterator must cover the split exactly once).
   """
@@ -198,8 +207,9 @@ def embed_batches(apply_fn: ApplyFn, params: Any, batches: Iterable[Mapping[str,
     if seen[index].any():
       raise ValueError(f'{split}: items {index[seen[index]][:5].tolist()} seen twice')
     seen[index] = True
-    label[index] = search.fetch(batch['label'])[mask]
-    instance[index] = search.fetch(batch['instance'])[mask]
+    exact = batch[batch_lib.EXACT_IDS]
+    label[index] = batch_lib.join_int64(search.fetch(exact['label']))[mask]
+    instance[index] = batch_lib.join_int64(search.fetch(exact['instance']))[mask]
     for m in modalities:
       vectors = search.fetch(out['pooled'][m])[mask]
       if m not in pooled:
@@ -220,32 +230,60 @@ def embed_batches(apply_fn: ApplyFn, params: Any, batches: Iterable[Mapping[str,
   return SplitFeatures(pooled=pooled, present=present, label=label, instance=instance)
 
 
-def cache_dir(workdir: str, step: int, split: str, kind: str = 'pooled') -> str:
-  return os.path.join(workdir, CACHE_DIR, f'step_{step:08d}', kind, split)
+def dataset_key(identity: Mapping[str, str]) -> str:
+  """Cache folder of a dataset build: 'm5product_raw_1.0.0-<16 hex of its fingerprint>'.
+
+  identity: {'dataset': name/config/version, 'data_dir', 'fingerprint'} (see
+  `model_features.dataset_identity`); the fingerprint covers all three.
+  """
+  return f"{identity['dataset'].replace('/', '_')}-{identity['fingerprint'][:16]}"
+
+
+def cache_dir(workdir: str, step: int, split: str, kind: str = 'pooled',
+              dataset: Mapping[str, str] | None = None) -> str:
+  """The split's cache folder; with `dataset`, the folder of that build's features."""
+  split_dir = os.path.join(workdir, CACHE_DIR, f'step_{step:08d}', kind, split)
+  return split_dir if dataset is None else os.path.join(split_dir, dataset_key(dataset))
 
 
 class FeatureStore:
-  """Features of splits at one checkpoint step, cached on disk per (step, split).
+  """Features of splits at one checkpoint step of one dataset build, cached on disk
+  per (step, kind, dataset, split).
 
   `embed(split) -> SplitFeatures` is called only on a cache miss (see
-  `m5_jax.evaluate.model_features.Embedder` for the model-backed one).
+  `m5_jax.evaluate.model_features.Embedder` for the model-backed one). A cache
+  written for another build of the dataset (rebuilt in place, another data_dir or
+  config) has another folder, and meta.json's identity is checked as well.
   """
 
   def __init__(self, workdir: str, step: int, embed: Callable[[str], SplitFeatures],
-               kind: str = 'pooled'):
+               dataset: Mapping[str, str], kind: str = 'pooled'):
     self.workdir, self.step, self._embed, self.kind = workdir, step, embed, kind
+    self.dataset = dict(dataset)
     self._memory: dict[str, SplitFeatures] = {}
 
   def get(self, split: str) -> SplitFeatures:
     if split in self._memory:
       return self._memory[split]
-    directory = cache_dir(self.workdir, self.step, split, self.kind)
-    if os.path.isfile(os.path.join(directory, 'meta.json')):
+    directory = cache_dir(self.workdir, self.step, split, self.kind, self.dataset)
+    if self._cached(directory):
       logging.info('features %s at step %d: cached in %s', split, self.step, directory)
       features = SplitFeatures.load(directory)
     else:
       features = self._embed(split)
       if jax.process_index() == 0:
-        features.save(directory)
+        features.save(directory, self.dataset)
     self._memory[split] = features
     return features
+
+  def _cached(self, directory: str) -> bool:
+    try:
+      with open(os.path.join(directory, 'meta.json')) as f:
+        meta = json.load(f)
+    except (OSError, ValueError):
+      return False
+    if meta.get('dataset') != self.dataset:
+      logging.warning('features in %s were made from another dataset build (%s, not %s): '
+                      'embedding again', directory, meta.get('dataset'), self.dataset)
+      return False
+    return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -107,12 +108,13 @@ class Embedder:
     params = sharding_lib.gather_for_compute(params, self.param_shardings)
     return self.model.apply({'params': params}, batch, train=False)
 
-  def iterator(self, split: str):
+  def iterator(self, split: str, exact_ids: bool = False):
+    """Global eval batches of `split`; exact_ids adds the int64 ids as int32 halves."""
     # Imported on use here and below: input_pipeline imports TensorFlow, whose import
     # banners on stderr would otherwise come before a bad flag's one-line error.
     from m5_jax import input_pipeline  # pylint: disable=g-import-not-at-top
     return input_pipeline.create_iterator(self.config, split, self.mesh, train=False,
-                                          batch_size=self.batch_size)
+                                          batch_size=self.batch_size, exact_ids=exact_ids)
 
   def embed(self, split: str) -> features_lib.SplitFeatures:
     if is_finetuned(self.config):
@@ -121,14 +123,16 @@ class Embedder:
                        'take a pretraining workdir')
     if self.params is None:
       raise RuntimeError('Embedder.embed before restore()')
-    batches = self.iterator(split)
+    batches = self.iterator(split, exact_ids=True)
     return features_lib.embed_batches(self._forward, self.params, batches,
                                       batches.host.num_examples, tuple(self.config.modalities),
                                       split=split)
 
   def store(self) -> features_lib.FeatureStore:
-    """A FeatureStore for the restored step (cache per step, feature kind and split)."""
-    return features_lib.FeatureStore(self.workdir, self.step, self.embed, kind=self.feature)
+    """A FeatureStore for the restored step (cache per step, feature kind, dataset
+    build and split)."""
+    return features_lib.FeatureStore(self.workdir, self.step, self.embed,
+                                     dataset_identity(self.config), kind=self.feature)
 
 
 @functools.cache
@@ -142,6 +146,7 @@ def _forward_fn(model: nn.Module, feature: str, mesh, rules, constraints: bool,
   param_shardings = jax.tree.unflatten(shardings_treedef, shardings_leaves)
 
   def forward(params, batch):
+    batch = {k: v for k, v in batch.items() if k != batch_lib.EXACT_IDS}  # ids: not model input
     params = sharding_lib.gather_for_compute(params, param_shardings)
     with sharding_lib.activation_context(mesh, rules, constraints):
       out = model.apply({'params': params}, batch, train=False, heads=False)
@@ -180,3 +185,30 @@ def read_item_ids(config: ml_collections.ConfigDict, split: str) -> np.ndarray:
 def read_labels(config: ml_collections.ConfigDict, split: str) -> np.ndarray:
   """label (category, -1 unknown) of every example of `split`, in split order."""
   return np.array(_read_records_field(config, split, 'label'), np.int64)
+
+
+def dataset_identity(config: ml_collections.ConfigDict) -> dict[str, str]:
+  """{'dataset', 'data_dir', 'fingerprint'} of the built dataset that config.input names.
+
+  The fingerprint hashes the data_dir, the name/config/version, the version
+  folder's dataset_info.json and every file's name, size and mtime: a rebuild
+  (even with the same record counts) changes it. A few stat calls, no data read.
+  """
+  import hashlib  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.core import read_only_builder  # pylint: disable=g-import-not-at-top
+  data_dir = os.path.expanduser(config.input.data_dir) if config.input.data_dir else None
+  builder = read_only_builder.builder_from_files(config.input.dataset, data_dir=data_dir)
+  folder = os.fspath(builder.data_dir)
+  if '://' not in folder:
+    folder = os.path.realpath(folder)
+  files = []
+  for name in sorted(tf.io.gfile.listdir(folder)):
+    stat = tf.io.gfile.stat(os.path.join(folder, name))
+    files.append([name, stat.length, stat.mtime_nsec])
+  with tf.io.gfile.GFile(os.path.join(folder, 'dataset_info.json'), 'rb') as f:
+    info = f.read()
+  identity = {'dataset': builder.info.full_name, 'data_dir': folder}
+  digest = hashlib.sha256(json.dumps([identity, files]).encode() + info).hexdigest()
+  return {**identity, 'fingerprint': digest}
