@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import shutil
+import time
 from typing import Callable
 
 import numpy as np
@@ -220,23 +221,27 @@ class Case:
   what: str
   inject: Callable[[str], None]
   check: Callable[[dict | None, object, str | None], list[str]]  # (report, builder, error)
+  faults: int = 1      # defects the case injects (a case survives them all or none)
   fails: bool = False  # the correct outcome is a one-line error
 
 
 CASES = (
     Case('symlink_outside', 'media links out of their folder (absolute, dangling, ../store)',
-         _outside_links, _check_outside_links),
-    Case('over_int64_ids', 'label and instance ids past int64', _over_int64, _check_over_int64),
+         _outside_links, _check_outside_links, faults=4),
+    Case('over_int64_ids', 'label and instance ids past int64', _over_int64, _check_over_int64,
+         faults=3),
     Case('empty_split_list', 'one empty split list (cls_test.txt)', _empty_list,
          _check_empty_list),
     Case('no_splits_folder', 'splits/ missing', _no_splits_folder, _check_no_splits_folder,
          fails=True),
-    Case('bom_in_list', 'UTF-8 BOM at the start of split lists', _bom, _check_bom),
+    Case('bom_in_list', 'UTF-8 BOM at the start of split lists', _bom, _check_bom, faults=2),
 )
 
 
 def run_case(case: Case, work: str) -> dict:
-  """Builds the case's release; {'survived', 'items_lost', 'problems', 'error'}."""
+  """Builds the case's release; {'survived', 'items_lost', 'problems', 'error', 'report',
+  'seconds'}."""
+  start = time.time()
   root, data_dir = os.path.join(work, case.name), os.path.join(work, case.name + '_tfds')
   shutil.rmtree(root, ignore_errors=True)
   shutil.rmtree(data_dir, ignore_errors=True)
@@ -255,4 +260,4 @@ def run_case(case: Case, work: str) -> dict:
   if lost:
     problems.append(f'{lost} listings neither written nor counted')
   return {'survived': not problems, 'items_lost': lost, 'problems': problems, 'error': error,
-          'report': report}
+          'report': report, 'seconds': round(time.time() - start, 1)}

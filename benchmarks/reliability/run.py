@@ -9,7 +9,10 @@ r"""The reliability suite at full size, with its figures recorded.
    features) are built, and the builds are reconciled with the fault manifest:
    faults injected, faults seen by each config, faults survived (accounted for
    exactly as expected), items lost (must be 0), report mismatches (must be 0).
-2. The fault tests (preemption at random steps and during an async save, kill -9
+2. Release-build defects (benchmarks/reliability/build_faults.py, issue 16): links
+   out of a media folder, ids past int64, an empty split list, no splits/ folder,
+   a BOM in a list; each on a 6-item release: tried, survived, items lost.
+3. The fault tests (preemption at random steps and during an async save, kill -9
    mid-save with a watching evaluator, non-finite loss stop/skip, bad configs,
    unwritable workdir, disk full) run through pytest; their outcome and time are
    recorded. They are the tests CI runs, plus the slow ones (the fuzzed release
@@ -34,9 +37,10 @@ sys.path.insert(0, REPO)
 from benchmarks import machine  # noqa: E402  pylint: disable=g-import-not-at-top
 from data_prep import fuzz_reconcile  # noqa: E402  pylint: disable=g-import-not-at-top
 from data_prep import fuzz_release  # noqa: E402  pylint: disable=g-import-not-at-top
+from benchmarks.reliability import build_faults  # noqa: E402  pylint: disable=g-import-not-at-top
 
-FAULT_TESTS = ('tests/test_reliability_train.py', 'tests/test_reliability_checkpoint.py',
-               'tests/test_reliability_config.py', 'tests/test_reliability_fuzz.py',
+FAULT_TESTS = ('tests/test_build_faults.py', 'tests/test_reliability_train.py',
+               'tests/test_reliability_checkpoint.py', 'tests/test_reliability_config.py', 'tests/test_reliability_fuzz.py',
                'tests/test_train.py::test_sigterm_then_restart_is_bitwise_equal_to_uninterrupted',
                'tests/test_checkpointing.py::test_a_checkpoint_killed_mid_save_is_never_chosen')
 
@@ -100,6 +104,20 @@ def fuzz_at_scale(work: str, num_products: int, num_faults: int, seeds) -> list[
   return rows
 
 
+def build_defects(work: str) -> list[dict]:
+  """Each release-build defect case, built once: {'case', 'what', 'tried', 'survived', ...}."""
+  rows = []
+  for case in build_faults.CASES:
+    result = build_faults.run_case(case, os.path.join(work, 'build_faults'))
+    rows.append({'case': case.name, 'what': case.what, 'tried': case.faults,
+                 'survived': case.faults if result['survived'] else 0,
+                 'items_lost': result['items_lost'], 'problems': result['problems'],
+                 'outcome': (result['error'] or 'built')[:120], 'seconds': result['seconds']})
+    _log(f'build defect {case.name}: survived {rows[-1]["survived"]}/{case.faults}, items lost '
+         f'{result["items_lost"]}{"; " + "; ".join(result["problems"]) if result["problems"] else ""}')
+  return rows
+
+
 def run_fault_tests() -> dict:
   _log('pytest: ' + ' '.join(FAULT_TESTS))
   start = time.time()
@@ -116,7 +134,8 @@ def run_fault_tests() -> dict:
           'tail': '\n'.join(lines[-30:]) if proc.returncode else ''}
 
 
-def write_results(path: str, command: str, info: dict, rows: list[dict], tests: dict | None):
+def write_results(path: str, command: str, info: dict, rows: list[dict], tests: dict | None,
+                  defects: list[dict] = ()):
   lines = [
       '# Reliability: faults injected, survived, items lost',
       '',
@@ -153,6 +172,20 @@ def write_results(path: str, command: str, info: dict, rows: list[dict], tests: 
       for config in fuzz_release.CONFIGS:
         for m in r[config]['first_mismatches']:
           lines.append(f'- seed {r["seed"]} {config}: {m}')
+  if defects:
+    lines += ['', '## Release-build defects (benchmarks/reliability/build_faults.py)', '',
+              'One 6-item release per defect, built with the `raw` config (plain path). '
+              '*Survived*: the build did what the dataset card says (modality absent and '
+              'counted, id hashed, split skipped and reported, or a one-line error naming the '
+              'missing lists); a case survives all its defects or none. *Items lost*: '
+              'listings neither written nor counted as rejected.', '',
+              '| defect | what | tried | survived | items lost | outcome | s |',
+              '|---|---|---:|---:|---:|---|---:|']
+    for d in defects:
+      outcome = d['outcome'].replace('|', '/')
+      lines.append(f"| {d['case']} | {d['what']} | {d['tried']} | {d['survived']} | "
+                   f"{d['items_lost']} | {outcome} | {d['seconds']} |")
+    lines += [f"- {d['case']}: {p}" for d in defects for p in d['problems']]
   if tests is not None:
     lines += ['', '## Fault tests (pytest)', '', *NOTES, '',
               f'`pytest -m "slow or not slow" {" ".join(FAULT_TESTS)}`', '',
@@ -181,10 +214,12 @@ def main() -> int:
   with tempfile.TemporaryDirectory(prefix='m5_reliability_') as work:
     rows = fuzz_at_scale(work, args.num_products, args.faults,
                          [int(s) for s in args.seeds.split(',') if s])
+    defects = build_defects(work)
   tests = None if args.skip_tests else run_fault_tests()
-  write_results(args.results, command.strip(), info, rows, tests)
-  failed = any(r['items_lost'] or r['survived'] != r['faults'] for r in rows) or (
-      tests is not None and tests['returncode'] != 0)
+  write_results(args.results, command.strip(), info, rows, tests, defects)
+  failed = (any(r['items_lost'] or r['survived'] != r['faults'] for r in rows)
+            or any(d['items_lost'] or d['survived'] != d['tried'] for d in defects)
+            or (tests is not None and tests['returncode'] != 0))
   return 1 if failed else 0
 
 
