@@ -73,3 +73,28 @@ def test_bom_and_huge_json_numbers_are_read(tmp_path):
   annotations.write_text('{"p0": {"label": ' + '9' * 5000 + '}}')
   [(item_id, record)] = release.iter_annotations(str(annotations))
   assert item_id == 'p0' and record['label'] == '9' * 5000  # kept as digits, not an error
+
+
+def test_annotated_items_in_no_list_are_counted(tmp_path):
+  """An annotated item that no split list names is neither written nor silently lost."""
+  root = str(tmp_path / 'release')
+  build_faults.write_base(root)
+  records = build_faults.read_records(root)
+  records['p9'] = dict(records['p0'])
+  build_faults.write_annotations(root, records)
+  _, report = build_faults.build(root, str(tmp_path / 'tfds'))
+  assert report['unlisted_records'] == 1 and report['skipped_splits'] == {}
+
+
+def test_a_missing_list_is_skipped_unless_named(tmp_path):
+  from data_prep.m5product import M5ProductConfig  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path / 'release')
+  build_faults.write_base(root)
+  os.remove(os.path.join(root, 'splits', 'cls_test.txt'))
+  builder, report = build_faults.build(root, str(tmp_path / 'tfds'))
+  assert report['skipped_splits'] == {'cls_test': 'missing_list'}
+  assert 'cls_test' not in builder.info.splits and 'cls_train' in builder.info.splits
+  named = M5ProductConfig(name='raw_cls', form='raw', splits=('cls_train', 'cls_test'))
+  with pytest.raises(FileNotFoundError, match=r'splits/cls_test\.txt \(') as e:
+    build_faults.build(root, str(tmp_path / 'tfds_named'), named)
+  assert 'cls_train' not in str(e.value) and '\n' not in str(e.value)
