@@ -139,3 +139,27 @@ def test_unscored_queries_with_positives_are_counted_and_logged(caplog):
   assert metrics['queries_with_positives_unscored'] == 2
   assert metrics['queries_with_positives_without_features'] == 1
   assert any('2 of 4 queries with a positive' in r.getMessage() for r in caplog.records)
+
+
+def test_feature_store_never_serves_another_builds_cache(tmp_path):
+  calls = []
+
+  def embed(split):
+    calls.append(split)
+    n = len(calls)
+    return features.SplitFeatures(pooled={'text': np.full((3, 2), n, np.float32)},
+                                  present={'text': np.ones(3, bool)},
+                                  label=np.full(3, 2**40 + n), instance=np.full(3, 2**62 + n))
+
+  build = {'dataset': 'm5product/raw/1.0.0', 'data_dir': '/d', 'fingerprint': 'a' * 64}
+  rebuilt = dict(build, fingerprint='b' * 64)
+  clash = dict(build, fingerprint='a' * 16 + 'c' * 48)  # same folder name, other build
+  first = features.FeatureStore(str(tmp_path), 5, embed, build).get('fine_query')
+  again = features.FeatureStore(str(tmp_path), 5, embed, build).get('fine_query')
+  assert calls == ['fine_query'] and again.instance.dtype == np.int64
+  np.testing.assert_array_equal(again.instance, first.instance)  # 2^62 + 1, exact
+  assert features.FeatureStore(str(tmp_path), 5, embed, rebuilt).get('fine_query').label[0] \
+      == 2**40 + 2
+  assert features.FeatureStore(str(tmp_path), 5, embed, clash).get('fine_query').label[0] \
+      == 2**40 + 3
+  assert len(calls) == 3
