@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES ?=
+# Debian packages: the real media of the realistic release (data_prep/make_realistic.py)
+APT_PACKAGES ?= fonts-noto-color-emoji unicode-data espeak-ng
 PYTEST_ARGS ?=
 WORKDIR ?= demo
 
