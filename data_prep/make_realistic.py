@@ -65,6 +65,10 @@ truncated_jpeg, not_a_video, empty_mp3, malformed_pv, bad_encoding; the
 manifest's absent_raw lists every absence with its reason; absent_features is
 null. No item is rejected: items in = items written.
 
+Tokenizer: the pretraining text has ~1100 distinct characters, so a 1000-piece
+model needs `python -m data_prep.tokenizer --manual_dir DIR --vocab_size 1000
+--character_coverage 0.995` (the default coverage asks for every character).
+
 Determinism: same seed and N give the same bytes for any --workers on one
 machine and package set (the plan from one RNG; each modality of item i from its
 own RNG; single-threaded codecs, bit-exact muxing; espeak-ng is deterministic).
