@@ -281,15 +281,15 @@ def headline(rows: list[dict]) -> str:
   wins = [r for r in pooled if r['every_seed_wins']]
   others = [r for r in pooled if not r['every_seed_wins']]
   seeds = len(pooled[0]['seed_verdicts']) if pooled else 0
-  parts = []
-  if wins:
-    parts.append(f'Pretraining beat random weights on every one of the {seeds} seed(s) for: '
-                 + '; '.join(gain(r) for r in wins) + ' (pooled difference, paired 95% CI).')
+  if not pooled:
+    return 'No comparison: the per-item values are missing.'
+  parts = [f'Pretraining beat random weights on every one of the {seeds} seed(s) for: '
+           + '; '.join(gain(r) for r in wins) + ' (pooled difference, paired 95% CI).'
+           if wins else f'Pretraining beat random weights on no task in every one of the '
+           f'{seeds} seed(s).']
   if others:
     parts.append('Not shown (some seed tied or lost): ' + '; '.join(
         f'{gain(r)}, seeds {"/".join(r["seed_verdicts"])}' for r in others) + '.')
-  if not parts:
-    return 'No comparison: the per-item values are missing.'
   small = sorted({r['label'] for r in rows if r.get('too_small_to_separate_5_points')})
   if small:
     parts.append('TOO SMALL to separate 5 points (an interval wider than 5): '

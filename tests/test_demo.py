@@ -154,7 +154,7 @@ def test_a_seed_that_ties_withholds_the_claim():
   assert accuracy['pooled']['verdict'] == 'win' and not accuracy['pooled']['every_seed_wins']
   assert 'win (seeds: win, tie)' in demo.comparison_markdown(rows, 'I+T+P')
   claim = demo.headline(rows)
-  assert 'Pretraining beat random weights' not in claim
+  assert claim.startswith('Pretraining beat random weights on no task in every one of the 2 ')
   assert 'Not shown (some seed tied or lost): coarse retrieval mAP@10 +10.0 points' in claim
   assert 'seeds win/tie' in claim
   # Other items in one run: no pairing, a clear error.
@@ -167,6 +167,7 @@ def test_missing_per_unit_values_and_rows():
   runs = {0: {'pretrained': _fake(0.2), 'random_weights': _fake(0.0)}}
   rows = demo.comparison_rows(runs, 'I')  # the set without per-unit values
   assert all(r['verdict'] == 'n/a' and r['pretrained'] is None for r in rows)
+  assert demo.headline(rows) == 'No comparison: the per-item values are missing.'
   assert '| coarse retrieval mAP@10 | 0 | n/a | n/a | n/a | n/a |  |' in (
       demo.comparison_markdown(rows, 'I'))
   with pytest.raises(KeyError, match='I\\+T'):
