@@ -283,10 +283,10 @@ def headline(rows: list[dict]) -> str:
   seeds = len(pooled[0]['seed_verdicts']) if pooled else 0
   if not pooled:
     return 'No comparison: the per-item values are missing.'
-  parts = [f'Pretraining beat random weights on every one of the {seeds} seed(s) for: '
+  in_seeds = 'in the one seed' if seeds == 1 else f'in every one of the {seeds} seeds'
+  parts = [f'Pretraining beat random weights {in_seeds} on: '
            + '; '.join(gain(r) for r in wins) + ' (pooled difference, paired 95% CI).'
-           if wins else f'Pretraining beat random weights on no task in every one of the '
-           f'{seeds} seed(s).']
+           if wins else f'Pretraining beat random weights on no task {in_seeds}.']
   if others:
     parts.append('Not shown (some seed tied or lost): ' + '; '.join(
         f'{gain(r)}, seeds {"/".join(r["seed_verdicts"])}' for r in others) + '.')

@@ -138,7 +138,7 @@ def test_comparison_rows_pair_each_seed_and_pool_them():
   assert accuracy.endswith(f'| win | {ITEMS} TOO SMALL |')
   assert '| pooled |' in table and 'win (every seed wins)' in table
   claim = demo.headline(rows)
-  assert claim.startswith('Pretraining beat random weights on every one of the 2 seed(s) for: '
+  assert claim.startswith('Pretraining beat random weights in every one of the 2 seeds on: '
                           'coarse retrieval mAP@10 +20.0 points [')
   assert 'Not shown' not in claim and 'TOO SMALL' in claim
 
@@ -154,7 +154,8 @@ def test_a_seed_that_ties_withholds_the_claim():
   assert accuracy['pooled']['verdict'] == 'win' and not accuracy['pooled']['every_seed_wins']
   assert 'win (seeds: win, tie)' in demo.comparison_markdown(rows, 'I+T+P')
   claim = demo.headline(rows)
-  assert claim.startswith('Pretraining beat random weights on no task in every one of the 2 ')
+  assert claim.startswith('Pretraining beat random weights on no task in every one of the 2 '
+                          'seeds. Not shown')
   assert 'Not shown (some seed tied or lost): coarse retrieval mAP@10 +10.0 points' in claim
   assert 'seeds win/tie' in claim
   # Other items in one run: no pairing, a clear error.
@@ -214,7 +215,7 @@ def test_main_writes_the_comparison_and_the_claim(tmp_path, monkeypatch, capsys)
   assert ran == [name for name, _ in demo.stages(demo.parse_args(['--workdir', str(work)]))]
   with open(work / 'results.md') as f:
     text = f.read()
-  assert '**Pretraining beat random weights on every one of the 2 seed(s) for: ' in text
+  assert '**Pretraining beat random weights in every one of the 2 seeds on: ' in text
   assert '| I+T+P | seed | pretrained [95% CI] |' in text and '(paper tables)' in text
   assert '| total | 1 | 9 | 4 |' in text and 'percentile-bootstrap interval' in text
   with open(work / 'results.json') as f:
