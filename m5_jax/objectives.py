@@ -223,7 +223,9 @@ def losses(outputs, targets, batch, config):
       continue
     if 'clean_encoder_pooled' not in outputs:
       raise ValueError(f'{name} needs the clean view: call the model with clean_batch=')
-    logits = pair_logits(contrastive_vectors[m], outputs['clean_encoder_pooled'][m],
+    # Both views from the modality encoder (the feature the evaluators use by default),
+    # whatever loss.contrastive_on says for the cross-modal pairs.
+    logits = pair_logits(outputs['encoder_pooled'][m], outputs['clean_encoder_pooled'][m],
                          outputs['contrastive']['log_scale'], lcfg.max_log_scale)
     terms[name] = softmax_contrastive(logits, present[m])
 

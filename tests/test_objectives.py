@@ -246,3 +246,31 @@ def test_losses_pairs_and_scale_weighting_match_numpy(kind):
   np.testing.assert_allclose(num, ref, rtol=1e-5)
   assert den == valid.sum() > 1
   assert terms['contrastive_text_table'] == (0, 0)
+
+
+def test_instance_terms_match_numpy_and_need_the_clean_view():
+  """instance_<m> is InfoNCE between the masked and the clean view of modality m, over
+  the items that have m; the cross-modal pairs are untouched by it."""
+  config = model_testlib.tiny_config('m5_mmt', 'it')
+  config.loss.masked_weight = 0.0
+  config.loss.contrastive_weight = 0.0
+  config.loss.instance_weight = 1.0
+  assert objectives.uses_clean_view(config)
+  rng = np.random.default_rng(5)
+  b = 7
+  present = {m: rng.random(b) < 0.7 for m in config.modalities}
+  masked = {m: rng.normal(size=(b, 8)).astype(np.float32) for m in config.modalities}
+  clean = {m: rng.normal(size=(b, 8)).astype(np.float32) for m in config.modalities}
+  outputs = {'present': present, 'encoder_pooled': masked, 'clean_encoder_pooled': clean,
+             'pooled': masked,
+             'contrastive': {'log_scale': jnp.float32(1.5), 'bias': jnp.float32(0.0)}}
+  terms = objectives.losses(outputs, {}, None, config)
+  assert set(terms) == {'instance_image', 'instance_text'}
+  for m in config.modalities:
+    num, den = terms[f'instance_{m}']
+    ref_num, ref_den = np_infonce(masked[m], clean[m], present[m], 1.5)
+    np.testing.assert_allclose(num, ref_num, rtol=1e-5)
+    assert den == ref_den
+  del outputs['clean_encoder_pooled']
+  with pytest.raises(ValueError, match='clean view'):
+    objectives.losses(outputs, {}, None, config)
