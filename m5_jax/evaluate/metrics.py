@@ -245,7 +245,9 @@ def clustering_metrics(labels: np.ndarray, clusters: np.ndarray) -> dict[str, fl
 # with replacement; the 95% interval is the 2.5th and 97.5th percentile of the
 # metric over the resamples. The draws depend only on (number of units,
 # resamples, seed), so two runs scored on the same units are resampled alike:
-# that is the paired comparison (`paired_comparison`).
+# that is the paired comparison (`paired_comparison`). NMI and purity are
+# biased upward by resampling (repeated items), so their resampled values are
+# re-centred on the estimate first (`_clustering_resamples`).
 
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
