@@ -107,12 +107,14 @@ def fuzz_at_scale(work: str, num_products: int, num_faults: int, seeds) -> list[
 def build_defects(work: str) -> list[dict]:
   """Each release-build defect case, built once: {'case', 'what', 'tried', 'survived', ...}."""
   rows = []
+  cases_dir = os.path.join(work, 'build_faults')
   for case in build_faults.CASES:
-    result = build_faults.run_case(case, os.path.join(work, 'build_faults'))
+    result = build_faults.run_case(case, cases_dir)
+    outcome = (result['error'] or 'built').replace(os.path.join(cases_dir, case.name), 'R')
     rows.append({'case': case.name, 'what': case.what, 'tried': case.faults,
                  'survived': case.faults if result['survived'] else 0,
                  'items_lost': result['items_lost'], 'problems': result['problems'],
-                 'outcome': (result['error'] or 'built')[:120], 'seconds': result['seconds']})
+                 'outcome': outcome, 'seconds': result['seconds']})
     _log(f'build defect {case.name}: survived {rows[-1]["survived"]}/{case.faults}, items lost '
          f'{result["items_lost"]}{"; " + "; ".join(result["problems"]) if result["problems"] else ""}')
   return rows
