@@ -78,7 +78,8 @@ def compose(world: W.World, product: W.Product, rng, size: int = IMAGE_SIZE,
   picture = picture.resize((max(1, round(picture.width * factor)), max(1, round(picture.height * factor))),
                            Image.BICUBIC)
   picture = picture.rotate(float(rng.uniform(-10.0, 10.0)), Image.BICUBIC, expand=True)
-  # centre anywhere that keeps >= ~80% of the picture inside the frame
+  # off-centre by up to 60% of the slack that would keep 80% of the picture in the
+  # frame: large pictures are cropped a little at an edge, small ones move freely
   slack_x = max(0.0, (size - 0.8 * picture.width) / 2)
   slack_y = max(0.0, (size - 0.8 * picture.height) / 2)
   cx = size / 2 + float(rng.uniform(-slack_x, slack_x)) * 0.6
