@@ -5,7 +5,9 @@ user would type it (printed before it runs), so the demo doubles as a check that
 those commands work:
 
   1. python -m data_prep.make_mini          generate the synthetic release (2000
-                                            items, with pre-extracted features)
+                                            items, with pre-extracted features), or
+                                            data_prep.make_realistic with --release
+                                            realistic (real public media, raw form)
   2. tfds build data_prep/m5product         convert it (config `features`, the
                                             paper's input form; array_record: the
                                             input pipeline reads by index)
@@ -108,15 +110,26 @@ def stages(args, py: str = sys.executable) -> list[tuple[str, list[str]]]:
   config = f'{args.config},form={args.form},vocab_size={args.vocab_size}'
   data = ['--config', config, f'--config.input.data_dir={tfds_dir}',
           f'--config.input.tokenizer={tokenizer}', f'--config.input.batch_size={args.batch_size}']
+  if args.release == 'realistic':
+    # Real public media (data_prep/realistic): raw form only, and ~1100 distinct
+    # characters, which a 1000-piece vocabulary covers only at 0.995.
+    make_release = ('make_realistic', [py, '-m', 'data_prep.make_realistic', '--out', release,
+                                       '--num_products', str(args.num_products), '--seed', '0',
+                                       '--overwrite'])
+    coverage = ['--character_coverage', '0.995']
+  else:
+    make_release = ('make_mini', [py, '-m', 'data_prep.make_mini', '--out', release,
+                                  '--num_products', str(args.num_products), '--seed', '0',
+                                  '--overwrite',
+                                  *(['--features'] if args.form == 'features' else [])])
+    coverage = []
   plan = [
-      ('make_mini', [py, '-m', 'data_prep.make_mini', '--out', release,
-                     '--num_products', str(args.num_products), '--seed', '0', '--overwrite',
-                     *(['--features'] if args.form == 'features' else [])]),
+      make_release,
       ('tfds_build', [tfds_cli, 'build', builder_dir(), '--manual_dir', release,
                       '--data_dir', tfds_dir, '--config', args.form,
                       '--file_format', 'array_record', '--overwrite']),
       ('tokenizer', [py, '-m', 'data_prep.tokenizer', '--manual_dir', release,
-                     '--out', tokenizer, '--vocab_size', str(args.vocab_size)]),
+                     '--out', tokenizer, '--vocab_size', str(args.vocab_size), *coverage]),
   ]
   compare = []
   for seed in range(args.seeds):
@@ -321,7 +334,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--lr', type=float, default=3e-3)
   parser.add_argument('--config', default=DEMO_CONFIG,
                       help='config file and args (form= and vocab_size= are appended)')
-  parser.add_argument('--form', default='features', choices=('features', 'raw'),
+  parser.add_argument('--release', default='mini', choices=('mini', 'realistic'),
+                      help='mini: synthetic (data_prep/make_mini); realistic: real public media '
+                           '(data_prep/make_realistic, raw form only)')
+  parser.add_argument('--form', default=None, choices=('features', 'raw'),
                       help="media input: the paper's pre-extracted features, or raw pixels/"
                            'frames/audio (slower)')
   parser.add_argument('--vocab_size', type=int, default=1000,
@@ -337,6 +353,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   args = parser.parse_args(argv)
   if args.seeds < 1:
     parser.error(f'--seeds must be at least 1, got {args.seeds}')
+  if args.form is None:  # mini's default: the paper's pre-extracted features
+    args.form = 'raw' if args.release == 'realistic' else 'features'
+  if args.release == 'realistic' and args.form != 'raw':
+    parser.error('--release realistic has raw media only: use --form raw (the default for it)')
   return args
 
 
@@ -383,7 +403,7 @@ def main(argv=None) -> int:
   with open(os.path.join(work, 'report.md')) as f:
     report = f.read()
   with open(os.path.join(work, 'results.md'), 'w') as f:
-    f.write(f'# M5Product-mini demo: pretrained vs random weights\n\n'
+    f.write(f'# M5Product-{args.release} demo: pretrained vs random weights\n\n'
             f'{args.num_products} products; `{args.config}`, {args.steps} steps of batch '
             f'{args.batch_size}; features: `{args.feature}`; {args.seeds} seed(s), each its '
             f'own pretrained model and random-weights checkpoint.\n\n**{claim}**\n\n'

@@ -224,3 +224,16 @@ def test_main_writes_the_comparison_and_the_claim(tmp_path, monkeypatch, capsys)
   assert len(saved['comparison']) == 3 * len(demo.HEADLINE)
   assert saved['training_loss']['seed1'] == {'total': [9.0, 4.0]}
   assert 'Pretraining beat random weights' in capsys.readouterr().out
+
+
+def test_realistic_release_stages(tmp_path):
+  """--release realistic: the real-media generator, raw form, a tokenizer that covers
+  its characters; features form is refused (the release has no pre-extracted features)."""
+  plan = dict(demo.stages(_args(tmp_path, '--release', 'realistic')))
+  assert list(plan)[:3] == ['make_realistic', 'tfds_build', 'tokenizer']
+  assert plan['make_realistic'][1:3] == ['-m', 'data_prep.make_realistic']
+  assert 'raw' in plan['tfds_build'] and plan['tokenizer'][-2:] == ['--character_coverage', '0.995']
+  config, _ = config_lib.parse_command_line(plan['train_seed0'][3:], {'workdir': ''})
+  assert config.input.dataset == 'm5product/raw'
+  with pytest.raises(SystemExit):
+    _args(tmp_path, '--release', 'realistic', '--form', 'features')
