@@ -44,12 +44,11 @@ def get_config(method_name: str | None, arg: str | None, **extra_args) -> ml_col
   """
   args = config_lib.parse_arg(arg, size='base', modalities='', form='raw', batch_size=256,
                               vocab_size=8000, runlocal=False, **extra_args)
+  config_lib.validate_args(args)  # size, form, modalities, batch_size: m5_jax/config_lib.SCHEMA
   method = method_name or args.method
   if args.runlocal:
     args.size = 'tiny' if 'size=' not in (arg or '') else args.size
     args.batch_size = 8 if 'batch_size=' not in (arg or '') else args.batch_size
-  if args.form not in ('raw', 'features'):
-    raise config_lib.ConfigError(f"config argument form must be raw or features, got {args.form!r}")
 
   config = presets.full_config(method, args.size, args.modalities or None)
   config.args = args

@@ -13,19 +13,24 @@ Conventions (big_vision style, but strict where big_vision is lenient):
   * Durations can be given in steps, epochs or examples: a node holds
     `<name>_steps`, `<name>_epochs` and `<name>_examples`, at most one of them set;
     overriding one clears the other two; `to_steps` turns it into steps.
+  * Enum-like fields and ranges are checked in one place, the declarative `SCHEMA`
+    table, once the overrides are applied (`validate`; config args: `validate_args`):
+    a bad choice is one line naming the key and its valid choices or range, before
+    any data is read or anything compiled.
   * The resolved config is written to `<workdir>/config.json`
     (`save_workdir_config`) and read back by eval binaries (`load_workdir_config`).
 """
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import importlib.util
 import json
 import math
 import os
 import sys
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import ml_collections
 
@@ -189,6 +194,150 @@ def apply_overrides(config: ml_collections.ConfigDict,
   return config
 
 
+# ----------------------------------------------------------------------------- schema
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """What one field may hold: one of `choices` (`aliases` map old names to them),
+  each character one of `letters`, or a number in [minimum, maximum]."""
+  choices: tuple[str, ...] = ()
+  aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  letters: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  minimum: float | None = None
+  maximum: float | None = None
+  nonempty: bool = False
+
+  def problem(self, value: Any) -> str | None:
+    """None when `value` is valid, else what is expected (one phrase)."""
+    if self.choices:
+      if value not in self.choices and value not in self.aliases:
+        return f'expected one of {", ".join(self.choices)}'
+    if self.letters:
+      unknown = [c for c in str(value) if c not in self.letters]
+      if unknown or not value:
+        return (f'{"".join(unknown)!r} unknown; ' if unknown else '') + 'expected letters from ' + ', '.join(f'{k} ({v})' for k, v in self.letters.items())
+    if self.nonempty and not value:
+      return 'expected a non-empty value'
+    if self.minimum is not None and (value is None or value < self.minimum):
+      return f'must be >= {self.minimum:g}' + (f' and <= {self.maximum:g}'
+                                                if self.maximum is not None else '')
+    if self.maximum is not None and (value is None or value > self.maximum):
+      return f'must be <= {self.maximum:g}'
+    return None
+
+  def canonical(self, value: Any) -> Any:
+    return self.aliases.get(value, value)
+
+
+MODALITY_LETTERS = {'t': 'text', 'p': 'table', 'i': 'image', 'v': 'video', 'a': 'audio'}
+MODEL_SIZES = ('tiny', 'small', 'base', 'large')   # m5_jax/models/sizes.py (a test checks)
+# Logical-axis rule presets (m5_jax/sharding.py); the long names are older aliases.
+SHARDING_PRESETS = ('dp', 'fsdp', 'fsdp_tp')
+SHARDING_ALIASES = {'data_parallel': 'dp', 'fsdp_tensor': 'fsdp_tp'}
+DATASETS = ('synthetic', 'm5product/raw', 'm5product/features')
+EVAL_FEATURES = ('pooled', 'encoder_pooled')        # m5_jax/evaluate/model_features.py
+EVAL_NORMALIZE = ('center', 'modality', 'none')      # m5_jax/evaluate/features.py
+
+# The validated fields, in one place: `validate` checks every key present in a
+# config after its overrides (config args: `validate_args`, before the config is built).
+SCHEMA: dict[str, Rule] = {
+    'args.size': Rule(choices=MODEL_SIZES),
+    'args.form': Rule(choices=('raw', 'features')),
+    'args.modalities': Rule(letters=MODALITY_LETTERS),
+    'args.batch_size': Rule(minimum=1),
+    'args.vocab_size': Rule(minimum=6),
+    'task': Rule(choices=('pretrain', 'classification_finetune')),
+    'model.size': Rule(choices=MODEL_SIZES),
+    'model.fusion': Rule(choices=('joint', 'single_stream', 'co_attention', 'none')),
+    'model.vocab_size': Rule(minimum=6),   # 5 special ids (m5_jax/modalities/text.py) + 1
+    'model.dropout': Rule(minimum=0, maximum=1),
+    'model.attention_dropout': Rule(minimum=0, maximum=1),
+    'model.modality_dropout': Rule(minimum=0, maximum=1),
+    'loss.masked_weight': Rule(minimum=0),
+    'loss.contrastive_weight': Rule(minimum=0),
+    'loss.itm_weight': Rule(minimum=0),
+    'loss.instance_weight': Rule(minimum=0),
+    'loss.contrastive': Rule(choices=('softmax', 'sigmoid')),
+    'loss.contrastive_on': Rule(choices=('encoder', 'fusion')),
+    'input.dataset': Rule(choices=DATASETS),
+    'input.batch_size': Rule(minimum=1),
+    'input.train_split': Rule(nonempty=True),
+    'num_microbatches': Rule(minimum=1),
+    'nonfinite': Rule(choices=('stop', 'skip')),
+    'optimizer.name': Rule(choices=('adamw',)),
+    'optimizer.lr': Rule(minimum=0),
+    'optimizer.weight_decay': Rule(minimum=0),
+    'optimizer.grad_clip_norm': Rule(minimum=0),
+    'schedule.name': Rule(choices=('cosine', 'linear', 'constant')),
+    'schedule.end_lr_factor': Rule(minimum=0, maximum=1),
+    'sharding.rules': Rule(choices=SHARDING_PRESETS, aliases=SHARDING_ALIASES),
+    'checkpoint.keep': Rule(minimum=0),
+    'checkpoint.keep_every': Rule(minimum=0),
+}
+FLAG_SCHEMA: dict[str, Rule] = {   # the eval binaries' flags (m5_jax/evaluate/runner.py)
+    'feature': Rule(choices=EVAL_FEATURES),
+    'normalize': Rule(choices=EVAL_NORMALIZE),
+    'batch_size': Rule(minimum=0),
+}
+
+
+def _lookup(config: ml_collections.ConfigDict, key: str) -> tuple[bool, Any]:
+  node: Any = config
+  for part in key.split('.'):
+    if not isinstance(node, (ml_collections.ConfigDict, dict)) or part not in node:
+      return False, None
+    node = node[part]
+  return True, node
+
+
+def _check(rule: Rule, value: Any, what: str) -> None:
+  problem = rule.problem(value)
+  if problem:
+    raise ConfigError(f'bad value {_as_text(value)!r} for {what}: {problem}')
+
+
+def validate_args(args: ml_collections.ConfigDict) -> None:
+  """Checks config args (`configs/x.py:size=...,modalities=...`) against SCHEMA['args.*']."""
+  for key, rule in SCHEMA.items():
+    name = key[len('args.'):]
+    if key.startswith('args.') and name in args:
+      if name == 'modalities' and not args[name]:
+        continue  # '' = the method's own set
+      _check(rule, args[name], f"config argument '{name}'")
+
+
+def validate_flags(values: Mapping[str, Any]) -> None:
+  """Checks the eval binaries' enum-like flags against FLAG_SCHEMA."""
+  for name, rule in FLAG_SCHEMA.items():
+    if name in values:
+      _check(rule, values[name], f'--{name}')
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks every SCHEMA field present in `config` (and the fields that depend on
+  each other); aliases are replaced by their documented names. Raises ConfigError
+  (one line naming the key and what it may be). Returns `config`."""
+  for key, rule in SCHEMA.items():
+    if key.startswith('args.'):
+      continue
+    present, value = _lookup(config, key)
+    if not present:
+      continue
+    _check(rule, value, f"config key '{key}'")
+    if rule.canonical(value) != value:
+      node_key, _, leaf = key.rpartition('.')
+      node = _lookup(config, node_key)[1] if node_key else config
+      with node.unlocked():
+        node[leaf] = rule.canonical(value)
+  present, micro = _lookup(config, 'num_microbatches')
+  batch = config.get('input', {}).get('batch_size') if present else None
+  if present and batch and batch % micro:
+    raise ConfigError(f"config key 'num_microbatches' ({micro}) must divide input.batch_size "
+                      f'({batch}); give a divisor, e.g. --config.num_microbatches=1')
+  return config
+
+
 # ----------------------------------------------------------------------------- files
 
 
@@ -347,6 +496,7 @@ def parse_command_line(argv: Sequence[str], flags: dict[str, Any] | None = None
     raise ConfigError('--config configs/<method>.py[:args] is required')
   config = load_config(config_spec)
   apply_overrides(config, overrides)
+  validate(config)
   return config, values
 
 

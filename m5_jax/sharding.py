@@ -5,7 +5,8 @@ Config (see configs/common.py):
   config.mesh.data = -1      # mesh axis sizes; -1 = all devices not used by the others
   config.mesh.fsdp = 1
   config.mesh.tensor = 1
-  config.sharding.rules = 'fsdp'   # 'data_parallel' | 'fsdp' | 'fsdp_tensor'
+  config.sharding.rules = 'fsdp'   # 'dp' | 'fsdp' | 'fsdp_tp' (older names data_parallel,
+                                   # fsdp_tensor still work; config_lib.SCHEMA checks them)
   config.sharding.activation_constraints = False
 
 The model annotates parameters and activations with logical axes (batch, length,
@@ -51,14 +52,15 @@ BATCH_AXES = ('data', 'fsdp')
 
 _COMMON = (('batch', BATCH_AXES), ('length', None), ('kv', None))
 RULE_PRESETS: dict[str, tuple[tuple[str, Any], ...]] = {
-    # Parameters replicated; only the batch is split.
-    'data_parallel': _COMMON + (('embed', None), ('mlp', None), ('heads', None), ('vocab', None)),
+    # Data parallel: parameters replicated; only the batch is split.
+    'dp': _COMMON + (('embed', None), ('mlp', None), ('heads', None), ('vocab', None)),
     # ZeRO-3 style: every parameter split over 'fsdp' along its embed dimension.
     'fsdp': _COMMON + (('embed', 'fsdp'), ('mlp', None), ('heads', None), ('vocab', None)),
     # FSDP plus Megatron-style tensor parallelism over 'tensor'.
-    'fsdp_tensor': _COMMON + (('embed', 'fsdp'), ('mlp', 'tensor'), ('heads', 'tensor'),
-                              ('vocab', 'tensor')),
+    'fsdp_tp': _COMMON + (('embed', 'fsdp'), ('mlp', 'tensor'), ('heads', 'tensor'),
+                          ('vocab', 'tensor')),
 }
+RULE_PRESETS.update({old: RULE_PRESETS[new] for old, new in config_lib.SHARDING_ALIASES.items()})
 
 
 def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
@@ -98,7 +100,8 @@ def make_mesh(mesh_config: ml_collections.ConfigDict,
 def axis_rules(sharding_config: ml_collections.ConfigDict) -> tuple[tuple[str, Any], ...]:
   name = sharding_config.rules
   if name not in RULE_PRESETS:
-    raise ValueError(f'unknown sharding.rules {name!r}; presets: {", ".join(RULE_PRESETS)}')
+    raise config_lib.ConfigError(f"bad value {name!r} for config key 'sharding.rules': "
+                                 f'expected one of {", ".join(config_lib.SHARDING_PRESETS)}')
   return RULE_PRESETS[name]
 
 
