@@ -1,8 +1,10 @@
 """python -m m5_jax.train --config configs/classification.py:method=m5_mmt,size=base,num_classes=6000 --workdir /tmp/m5_cls --config.init_from.path=/tmp/m5_m5_mmt
 
-Full fine-tuning for category classification (DESIGN.md section 3): the pretrained
-model, then concat of its per-modality vectors -> 1024 -> GELU -> dropout ->
+Full fine-tuning for category classification (the M5Product paper's head): the
+pretrained model, then concat of its per-modality vectors -> 1024 -> GELU -> dropout ->
 classes (m5_jax/finetune.py), trained with cross-entropy on the cls_train split.
+The labels are the class indices, so they must lie in [0, num_classes) (M5Product-mini's
+do); others are not trained on (finetune.py says why and what 12-digit labels need).
 The backbone is initialised from the pretraining run in `init_from.path` (its
 parameters go under 'backbone'; the head starts fresh). Score with
 `python -m m5_jax.evaluate.classification --workdir /tmp/m5_cls`.

@@ -1,13 +1,21 @@
-"""Classification fine-tuning: the pretrained model plus DESIGN.md section 3's head.
+"""Classification fine-tuning: the pretrained model plus the M5Product paper's head.
 
   logits = Dense(classes)(Dropout(GELU(Dense(1024)(concat_m pooled[m]))))
 
+(The design notes' section 3, ../shared/DESIGN.md beside the repository, not in it.)
 `pooled[m]` is the model's per-modality vector (zeros for an absent modality, so
 the concatenation has a fixed width). The backbone's parameters live under
 'backbone' (the pretraining params tree, unchanged), the head's under 'head', so
 `train.py` initialises the backbone from a pretraining checkpoint with
-`config.init_from.into = 'backbone'`. The eval binaries score a fine-tuned
-checkpoint with `build(config)` + `predict`.
+`config.init_from.into = 'backbone'`. `m5_jax.evaluate.classification` scores a
+fine-tuned checkpoint with `build(config)`'s logits.
+
+The head's class index is the label value itself: the device batch's int32 label
+(m5_jax/batch.py), -1 where the int64 label does not fit in int32. Labels must
+therefore be class indices in [0, num_classes); a label outside that range is not
+trained on (`terms`), and the eval binary counts such test labels
+(`test_labels_outside_head`). 12-digit or hashed labels (data_prep/m5product/
+README.md) need a dense remap in the input pipeline first, which does not exist yet.
 
 Config: config.task = 'classification_finetune'; config.finetune.num_classes,
 .hidden (1024), .dropout (0.1).
@@ -52,16 +60,11 @@ def build(config: ml_collections.ConfigDict) -> Classifier:
 
 
 def terms(logits: jax.Array, batch) -> dict[str, tuple[jax.Array, jax.Array]]:
-  """{'classification': (sum of cross-entropy, count)} over labelled, real examples."""
+  """{'classification': (sum of cross-entropy, count)} over real examples whose label
+  is a class of the head (0 <= label < num_classes)."""
   labels = batch['label']
-  valid = batch['example_mask'].astype(bool) & (labels >= 0)
-  ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.maximum(labels, 0)[:, None], -1)[:, 0]
+  valid = batch['example_mask'].astype(bool) & (labels >= 0) & (labels < logits.shape[-1])
+  classes = jnp.clip(labels, 0, logits.shape[-1] - 1)[:, None]
+  ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), classes, -1)[:, 0]
   return {TERM: (jnp.sum(jnp.where(valid, ce, 0.0)), jnp.sum(valid).astype(jnp.float32))}
 
-
-def accuracy(logits: jax.Array, batch) -> tuple[jax.Array, jax.Array]:
-  """(number correct, number counted) over labelled, real examples."""
-  labels = batch['label']
-  valid = batch['example_mask'].astype(bool) & (labels >= 0)
-  correct = (jnp.argmax(logits, -1) == labels) & valid
-  return jnp.sum(correct).astype(jnp.float32), jnp.sum(valid).astype(jnp.float32)

@@ -8,7 +8,9 @@
 
 Linear probe: multinomial logistic regression on cls_train features of each
 modality set (sum of the present modality vectors, standardised with the train
-statistics), scored top-1 on cls_test. It is trained in JAX with optax (AdamW,
+statistics), scored top-1 on cls_test. Its classes are the distinct known labels
+of cls_train and cls_test (`ClassIndex`): labels are int64 ids, 12-digit or 62-bit
+hashes, never sized as max(label) + 1. It is trained in JAX with optax (AdamW,
 cosine decay, weight decay as the L2 penalty, mini-batches sampled on device)
 rather than scikit-learn: with ~6k classes and ~1M items, sklearn's multinomial
 L-BFGS runs for hours on CPU, while this is a few thousand small matmuls on an
@@ -38,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from m5_jax import batch as batch_lib
 from m5_jax import checkpointing
 from m5_jax import config_lib
 from m5_jax.evaluate import features as features_lib
@@ -49,6 +52,39 @@ from m5_jax.evaluate import runner
 from m5_jax.evaluate import search
 
 TASK = 'classification'
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassIndex:
+  """Dense class indices 0..C-1 for the category labels of a probe.
+
+  Labels are int64 ids, not class indices: 12-digit release ids or 62-bit hashes
+  of text labels (data_prep/m5product/README.md), so `max(label) + 1` classes
+  could be billions. Class i is the i-th smallest distinct known label.
+  """
+  labels: np.ndarray  # int64[C], sorted distinct known labels
+
+  @classmethod
+  def of(cls, *label_arrays: np.ndarray) -> 'ClassIndex':
+    """The distinct known labels (>= 0; -1 is unknown) of all the arrays."""
+    every = np.concatenate([np.asarray(a, np.int64).ravel() for a in label_arrays])
+    return cls(np.unique(every[every >= 0]))
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.labels)
+
+  def encode(self, labels: np.ndarray) -> np.ndarray:
+    """label -> class index (int64); unknown (-1) or not one of `labels` -> -1."""
+    labels = np.asarray(labels, np.int64)
+    if not self.num_classes:
+      return np.full(labels.shape, -1, np.int64)
+    position = np.minimum(np.searchsorted(self.labels, labels), self.num_classes - 1)
+    return np.where((labels >= 0) & (self.labels[position] == labels), position, -1)
+
+  def decode(self, classes: np.ndarray) -> np.ndarray:
+    """class index -> label."""
+    return self.labels[np.asarray(classes, np.int64)]
 
 
 @dataclasses.dataclass
@@ -122,15 +158,20 @@ def scored_accuracy(predictions: np.ndarray, labels: np.ndarray, rows: np.ndarra
 
 
 def probe_set(train: features_lib.SplitFeatures, test: features_lib.SplitFeatures,
-              subset, num_classes: int, *, normalize: str, seed: int
+              subset, classes: ClassIndex, *, normalize: str, seed: int
               ) -> tuple[dict, dict, dict[str, np.ndarray]]:
-  """(metrics, per-class accuracy, per-item units) of a linear probe on one modality set."""
+  """(metrics, per-class accuracy, per-item units) of a linear probe on one modality set.
+
+  The probe has one output per class of `classes`; predictions and per-class
+  accuracy are in the original labels.
+  """
   means = train.modality_means()  # 'center': both splits centred on the training split
   tr, te = train.combine(subset, normalize, means), test.combine(subset, normalize, means)
   rows = tr.has_any & (train.label >= 0)
-  probe = linear_probe(tr.features[rows], train.label[rows], num_classes, seed=seed)
+  probe = linear_probe(tr.features[rows], classes.encode(train.label[rows]),
+                       classes.num_classes, seed=seed)
   scored = te.has_any & (test.label >= 0)
-  predictions = predict(probe, te.features[scored])
+  predictions = classes.decode(predict(probe, te.features[scored]))
   metrics, units = scored_accuracy(predictions, test.label[scored], np.flatnonzero(scored))
   metrics['train_examples'] = int(rows.sum())
   metrics['test_without_features'] = int((~te.has_any & (test.label >= 0)).sum())
@@ -144,8 +185,8 @@ def _write(options, step, results, per_class, train_labels, title):
       [[label, report.metric_ci(m, 'accuracy'), m['mean_class_accuracy'], m['num_examples'],
         m.get('test_without_features', 0), report.eval_set_flag(m)]
        for label, m in results['sets'].items()]), options.variant)
-  counts = np.bincount(train_labels[train_labels >= 0])
-  report.plot_long_tail(per_class, {c: int(n) for c, n in enumerate(counts)},
+  labels, counts = np.unique(train_labels[train_labels >= 0], return_counts=True)
+  report.plot_long_tail(per_class, {int(c): int(n) for c, n in zip(labels, counts)},
                         os.path.join(runner.output_dir(options.workdir, TASK, options.variant),
                                      'long_tail.png'),
                         title=f'{title}, step {step}')
@@ -162,12 +203,13 @@ def run(options: runner.Options, config, extra) -> list[int]:
     embedder.restore(step)
     store = embedder.store()
     train, test = store.get('cls_train'), store.get('cls_test')
-    num_classes = int(max(train.label.max(), test.label.max())) + 1
-    results = {'sets': {}, 'num_classes': num_classes, 'per_class': {}, 'mode': 'linear_probe',
-               'units': {}, 'bootstrap': metrics_lib.bootstrap_settings('cls_test item')}
+    classes = ClassIndex.of(train.label, test.label)
+    results = {'sets': {}, 'num_classes': classes.num_classes, 'per_class': {},
+               'mode': 'linear_probe', 'units': {},
+               'bootstrap': metrics_lib.bootstrap_settings('cls_test item')}
     for subset in subsets:
       label = features_lib.subset_label(subset)
-      metrics, per_class, units = probe_set(train, test, subset, num_classes,
+      metrics, per_class, units = probe_set(train, test, subset, classes,
                                             normalize=options.normalize, seed=options.seed)
       results['sets'][label], results['per_class'][label] = metrics, per_class
       results['units'][label] = units
@@ -184,14 +226,23 @@ def run(options: runner.Options, config, extra) -> list[int]:
   def evaluate_finetuned(step: int) -> None:
     embedder.restore(step)
     predictions, labels = [], []
-    for batch in embedder.iterator('cls_test'):
+    for batch in embedder.iterator('cls_test', exact_ids=True):
       logits = forward(embedder.params, batch)
       mask = search.fetch(batch['example_mask']).astype(bool)
       predictions.append(np.argmax(search.fetch(logits), -1)[mask])
-      labels.append(search.fetch(batch['label'])[mask])
+      labels.append(batch_lib.join_int64(search.fetch(batch[batch_lib.EXACT_IDS]['label']))[mask])
     predictions, labels = np.concatenate(predictions), np.concatenate(labels)
     label = 'finetuned ' + features_lib.subset_label(available)
     metrics, units = scored_accuracy(predictions, labels, np.arange(len(labels)))
+    # The head's classes are the label values themselves (finetune.py): a label
+    # outside [0, num_classes) was never trained on and is always scored wrong.
+    outside = int(((labels >= 0) & (labels >= config.finetune.num_classes)).sum())
+    metrics['test_labels_outside_head'] = outside
+    if outside:
+      logging.warning('%d of %d cls_test labels are not class indices of the %d-class head '
+                      '(configs/classification.py: labels must lie in [0, num_classes)); '
+                      'they count as wrong', outside, int((labels >= 0).sum()),
+                      config.finetune.num_classes)
     results = {'sets': {label: metrics}, 'mode': 'finetuned', 'units': {label: units},
                'per_class': {label: metrics_lib.per_class_accuracy(predictions, labels)},
                'bootstrap': metrics_lib.bootstrap_settings('cls_test item')}
