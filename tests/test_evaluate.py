@@ -357,3 +357,66 @@ def test_compare_pairs_each_run_with_the_first(tmp_path, toy):
   with pytest.raises(ValueError, match='same items'):
     report.compare_units('classification', 'accuracy', [units],
                          [{**units, 'unit': units['unit'][::-1]}])
+
+
+# Category labels are ids, not class indices: 12-digit release ids and 62-bit
+# hashes of text labels (data_prep/m5product/README.md).
+BIG_LABELS = np.array([617074902229, 617074902230, (1 << 61) + 12345, 7], np.int64)
+
+
+def test_class_index_maps_12_digit_and_hashed_labels_densely():
+  classes = classification.ClassIndex.of(BIG_LABELS[[0, 2, 2, 3]], np.array([-1, 617074902230]))
+  assert classes.num_classes == 4
+  np.testing.assert_array_equal(classes.labels, np.sort(BIG_LABELS))
+  encoded = classes.encode(np.array([617074902230, (1 << 61) + 12345, 7, -1, 617074902231]))
+  np.testing.assert_array_equal(encoded, [2, 3, 0, -1, -1])  # unknown and unseen: -1
+  np.testing.assert_array_equal(classes.decode(encoded[:3]), [617074902230, (1 << 61) + 12345, 7])
+  assert classification.ClassIndex.of(np.array([-1])).encode(np.array([5])).tolist() == [-1]
+
+
+def test_probe_and_clustering_on_12_digit_and_hashed_labels(tmp_path, toy):
+  query, gallery, num_classes = toy
+  # The toy's class c becomes label BIG_LABELS[c % 4] (4 classes from 8 directions).
+  big = lambda split: fake_split(BIG_LABELS[split.label % 4],  # noqa: E731
+                                 {'text': perfect_vectors(split.label % 4, num_classes)})
+  train, test = big(gallery), big(query)
+  classes = classification.ClassIndex.of(train.label, test.label)
+  assert classes.num_classes == 4  # not max(label) + 1 ~ 2^61
+  metrics, per_class, units = classification.probe_set(train, test, ('text',), classes,
+                                                       normalize='center', seed=0)
+  assert metrics['accuracy'] == pytest.approx(100.0) and units['correct'].all()
+  assert set(per_class) == set(BIG_LABELS.tolist())  # keyed by the labels themselves
+  result, units = clustering.cluster(train.combine(('text',)), train.label, seed=0)
+  assert result['k'] == 4 and result['nmi'] > 99.0
+  np.testing.assert_array_equal(units['label'], train.label)
+  for png in (report.plot_long_tail(per_class, {int(c): 10 for c in BIG_LABELS},
+                                    str(tmp_path / 'tail.png')),
+              report.plot_projection(train.pooled['text'], train.label, str(tmp_path / 'x.png'))):
+    with open(png, 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_report_shows_the_variant_it_finds(tmp_path, capsys):
+  workdir = str(tmp_path / 'run')
+  cls = {'sets': {'T': {'accuracy': 42.0}}}
+  report.write_step(workdir, 'classification', 3, cls, variant='feature=encoder_pooled')
+  report.write_step(workdir, 'coarse_retrieval', 3, {'sets': {'T': {'m5_map@1': 9.0}}},
+                    variant='feature=encoder_pooled')
+  report.write_step(workdir, 'classification', 3, {'sets': {'T': {'accuracy': 11.0}}})
+  assert report.find_variants(workdir, ('classification', 'coarse_retrieval')) == {
+      '': ['classification'], 'feature=encoder_pooled': ['classification', 'coarse_retrieval']}
+  # The variant with results for the most tasks, named in the first line.
+  report.main(['--workdir', workdir])
+  printed = capsys.readouterr().out.splitlines()
+  assert printed[0].startswith('Variant shown: feature=encoder_pooled') and 'default' in printed[0]
+  assert '| T | 42.00 | 9.00 |' in '\n'.join(printed)
+  # Asked for by flag: that variant, no note.
+  report.main(['--workdir', workdir, '--feature', 'pooled'])
+  printed = capsys.readouterr().out
+  assert '| T | 11.00 | - |' in printed and 'Variant shown' not in printed
+  with pytest.raises(SystemExit):
+    report.main(['--workdir', workdir, '--normalize', 'none'])
+  assert 'variants found: default, feature=encoder_pooled' in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    report.main(['--workdir', str(tmp_path / 'empty')])
+  assert 'run the eval binaries first' in capsys.readouterr().err

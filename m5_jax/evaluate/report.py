@@ -20,6 +20,9 @@ Summaries (`python -m m5_jax.evaluate.report`):
   --compare name=DIR,...      the method comparison: Acc, mAP@1, NMI, Purity, then
                               each run against the first, paired on the same eval
                               items: difference [95% interval] win / tie / loss.
+  --feature F --normalize N   the variant the eval binaries wrote with those flags;
+                              without them, the variant found in the workdir(s) (the
+                              demo's: feature=encoder_pooled), named in the first line.
 
 Tables give each number with its 95% interval, `61.7 [55.2, 68.0]`, and an
 'eval set' column that says 'too small' where an interval of mAP@10, Recall@10,
@@ -186,6 +189,46 @@ def load_step(workdir: str, task: str, step: int | None = None,
     return None
   with open(path) as f:
     return json.load(f)
+
+
+def find_variants(workdir: str, tasks: Sequence[str]) -> dict[str, list[str]]:
+  """{variant: [tasks with results of it]} in a workdir ('' = the default variant,
+  in eval/<task>/ itself; others in eval/<task>/<variant>/, see runner.variant_of)."""
+  found: dict[str, list[str]] = {}
+  for task in tasks:
+    directory = runner.output_dir(workdir, task)
+    if glob.glob(os.path.join(directory, 'step_*.json')):
+      found.setdefault('', []).append(task)
+    for path in sorted(glob.glob(os.path.join(directory, '*', 'step_*.json'))):
+      variant = os.path.basename(os.path.dirname(path))
+      if task not in found.setdefault(variant, []):
+        found[variant].append(task)
+  return found
+
+
+def choose_variant(workdirs: Sequence[str], tasks: Sequence[str]) -> tuple[str, list[str]]:
+  """(the variant a report shows, every variant all `workdirs` have results of).
+
+  The one with results for the most of `tasks` (summed over the workdirs); on a tie
+  the default, then the first by name. Raises ValueError when there is none.
+  """
+  found = [find_variants(w, tasks) for w in workdirs]
+  common = set(found[0]).intersection(*found[1:]) if found else set()
+  if not common:
+    where = ', '.join(f'{w}: {sorted(f) or "none"}' for w, f in zip(workdirs, found))
+    raise ValueError(f'no variant with {" or ".join(tasks)} results in every workdir '
+                     f'(variants found: {where}); run the eval binaries first')
+  ranked = sorted(common, key=lambda v: (-sum(len(f[v]) for f in found), v != '', v))
+  return ranked[0], sorted(common)
+
+
+def variant_note(variant: str, available: Sequence[str]) -> str:
+  """The line a report starts with when it chose the variant itself."""
+  others = [v or 'default' for v in available if v != variant]
+  return (f'Variant shown: {variant or "default"} (results in '
+          f'eval/<task>/{variant + "/" if variant else ""})'
+          + (f'; also found: {", ".join(others)} (choose with --feature / --normalize)'
+             if others else '') + '.')
 
 
 def summary(workdir: str, task: str, steps: Sequence[int], variant: str = '') -> str:
@@ -411,27 +454,37 @@ def _pyplot():
 
 def plot_precision_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str,
                           title: str = '') -> str:
-  """P@K (M5Product) against K, one line per modality set."""
+  """P@K (M5Product) against K, one line per modality set; the legend beside the
+  axes, where it cannot cover a curve."""
   plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, ax = plt.subplots(figsize=(7.5, 4))
   for label, curve in curves.items():
     ax.plot(curve['k'], curve['m5_prec'], label=label)
   ax.set_xscale('log')
-  ax.set_xlabel('K')
+  ax.set_xlabel('K (ranked items, log scale)')
   ax.set_ylabel('P@K (%)')
   ax.set_title(title or 'precision at K')
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  ax.legend(title='modalities', fontsize=8, loc='upper left', bbox_to_anchor=(1.02, 1.0),
+            borderaxespad=0.0)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=120, bbox_inches='tight')
   plt.close(fig)
   return path
+
+
+# Categories the projection plot colours one by one (tab20 has 20 colours; the
+# rest, the least frequent, share one grey).
+PROJECTION_COLOURED = 19
 
 
 def plot_projection(features: np.ndarray, labels: np.ndarray, path: str, *, method: str = 'pca',
                     max_points: int = 5000, seed: int = 0, title: str = '') -> str | None:
   """A 2-D projection (PCA or t-SNE) of `features`, coloured by category.
 
+  Labels are ids (12-digit or hashed, not small indices): the most frequent
+  PROJECTION_COLOURED categories get a colour and a legend entry each, the rest one
+  grey 'other' entry. PCA axes say how much variance each component explains.
   Returns None (and draws nothing) with fewer than 3 labelled points.
   """
   from sklearn import decomposition, manifold  # pylint: disable=g-import-not-at-top
@@ -442,20 +495,42 @@ def plot_projection(features: np.ndarray, labels: np.ndarray, path: str, *, meth
     return None
   if len(keep) > max_points:
     keep = np.sort(rng.choice(keep, max_points, replace=False))
-  x, y = np.asarray(features[keep], np.float32), labels[keep]
+  x, y = np.asarray(features[keep], np.float32), np.asarray(labels[keep], np.int64)
   if method == 'tsne':
     xy = manifold.TSNE(2, random_state=seed, init='pca',
                        perplexity=min(30.0, max(2.0, len(x) / 4))).fit_transform(x)
+    axis_names = ('t-SNE 1', 't-SNE 2')
   else:
-    xy = decomposition.PCA(2, random_state=seed).fit_transform(x)
+    pca = decomposition.PCA(2, random_state=seed).fit(x)
+    xy = pca.transform(x)
+    axis_names = tuple(f'PC {i + 1} ({100 * r:.0f}% of variance)'
+                       for i, r in enumerate(pca.explained_variance_ratio_))
+  categories, counts = np.unique(y, return_counts=True)
+  by_frequency = categories[np.lexsort((categories, -counts))]
+  coloured = by_frequency[:PROJECTION_COLOURED]
+  others = by_frequency[PROJECTION_COLOURED:]
   plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(6, 5))
-  ax.scatter(xy[:, 0], xy[:, 1], c=y, cmap='tab20', s=6, alpha=0.8)
+  fig, ax = plt.subplots(figsize=(8, 5))
+  if len(others):
+    rows = np.isin(y, others)
+    ax.scatter(xy[rows, 0], xy[rows, 1], s=5, alpha=0.5, color='lightgray',
+               label=f'{len(others)} other categories ({int(rows.sum())})')
+  palette = plt.get_cmap('tab20')
+  for i, category in enumerate(coloured):
+    rows = y == category
+    ax.scatter(xy[rows, 0], xy[rows, 1], s=6, alpha=0.8, color=palette(i % 20),
+               label=f'{category} ({int(rows.sum())})')
+  ax.set_xlabel(axis_names[0])
+  ax.set_ylabel(axis_names[1])
   ax.set_title(title or f'{method.upper()} of the embeddings, coloured by category')
-  ax.set_xticks([])
-  ax.set_yticks([])
+  ax.grid(alpha=0.3)
+  handles, names = ax.get_legend_handles_labels()
+  if len(others):  # drawn first (underneath), listed last
+    handles, names = handles[1:] + handles[:1], names[1:] + names[:1]
+  ax.legend(handles, names, title='category (items)', fontsize=7, title_fontsize=8,
+            markerscale=2, loc='upper left', bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=120, bbox_inches='tight')
   plt.close(fig)
   return path
 
@@ -497,21 +572,41 @@ def main(argv: Sequence[str]) -> None:
   parser.add_argument('--compare', help='name=WORKDIR,name=WORKDIR,...: the method table')
   parser.add_argument('--modality_set', default=None,
                       help="row used by --compare, e.g. I+T ('all': the most modalities)")
-  parser.add_argument('--feature', default='pooled', help='the eval binaries\' --feature')
-  parser.add_argument('--normalize', default='center', help='the eval binaries\' --normalize')
+  parser.add_argument('--feature', default=None,
+                      help="the eval binaries' --feature (default: the variant found, see below)")
+  parser.add_argument('--normalize', default=None,
+                      help="the eval binaries' --normalize (default: the variant found)")
   parser.add_argument('--out', default=None, help='Markdown file to write (default: print)')
   args = parser.parse_args(argv)
-  variant = runner.variant_of(runner.Options(feature=args.feature, normalize=args.normalize))
+  runs = dict(item.split('=', 1) for item in args.compare.split(',')) if args.compare else {}
   parts = []
+  if args.feature is None and args.normalize is None:
+    # No variant asked for: the one the eval binaries wrote (the demo's is
+    # feature=encoder_pooled), said in the output's first line.
+    workdirs = ([args.workdir] if args.workdir else []) + list(runs.values())
+    tasks = METHOD_TASKS if runs else ('classification', 'coarse_retrieval')
+    if not workdirs:
+      parser.error('give --workdir and/or --compare')
+    try:
+      variant, available = choose_variant(workdirs, tasks)
+    except ValueError as e:
+      parser.error(str(e))
+    parts.append(variant_note(variant, available))
+  else:
+    defaults = runner.Options()
+    variant = runner.variant_of(runner.Options(feature=args.feature or defaults.feature,
+                                               normalize=args.normalize or defaults.normalize))
   if args.workdir:
     cls = load_step(args.workdir, 'classification', args.step, variant)
     ret = load_step(args.workdir, 'coarse_retrieval', args.step, variant)
     if cls is None and ret is None:
+      found = sorted(find_variants(args.workdir, ('classification', 'coarse_retrieval')))
       parser.error('no classification or coarse_retrieval results in '
-                   f'{runner.output_dir(args.workdir, "<task>", variant)}')
+                   f'{runner.output_dir(args.workdir, "<task>", variant)}'
+                   + (f' at step {args.step}' if args.step is not None else '')
+                   + f'; variants found: {", ".join(v or "default" for v in found) or "none"}')
     parts.append(paper_table(cls, ret))
-  if args.compare:
-    runs = dict(item.split('=', 1) for item in args.compare.split(','))
+  if runs:
     try:
       parts.append(method_table(runs, args.modality_set, variant))
       if len(runs) > 1:
