@@ -319,8 +319,9 @@ def test_intervals_units_and_small_set_flag(tmp_path, toy):
 
 
 def test_probe_accuracy_carries_its_interval_and_items(toy):
-  query, gallery, num_classes = toy
-  metrics, _, units = classification.probe_set(gallery, query, ('table',), num_classes,
+  query, gallery, _ = toy
+  classes = classification.ClassIndex.of(gallery.label, query.label)
+  metrics, _, units = classification.probe_set(gallery, query, ('table',), classes,
                                                normalize='center', seed=0)
   low, high = metrics['ci95']['accuracy']
   assert low < metrics['accuracy'] < high
@@ -332,7 +333,7 @@ def test_probe_accuracy_carries_its_interval_and_items(toy):
 
 
 def test_compare_pairs_each_run_with_the_first(tmp_path, toy):
-  query, gallery, num_classes = toy
+  query, gallery, _ = toy
   runs = {}
   for name, modality in (('random', 'table'), ('good', 'image')):
     workdir = str(tmp_path / name)
@@ -344,8 +345,9 @@ def test_compare_pairs_each_run_with_the_first(tmp_path, toy):
     ret = {k: {'X': v[label]} if k in ('sets', 'units', 'curves', 'missing') else v
            for k, v in ret.items()}
     report.write_step(workdir, 'coarse_retrieval', 1, ret)
-    metrics, _, units = classification.probe_set(gallery, query, (modality,), num_classes,
-                                                 normalize='center', seed=0)
+    metrics, _, units = classification.probe_set(
+        gallery, query, (modality,), classification.ClassIndex.of(gallery.label, query.label),
+        normalize='center', seed=0)
     report.write_step(workdir, 'classification', 1, {'sets': {'X': metrics},
                                                      'units': {'X': units}})
   table = report.paired_table(runs)
