@@ -9,7 +9,12 @@
 #
 # Environment: TPU_NAME, ZONE (required), PROJECT (optional), REMOTE_DIR (code dir
 # on the workers, default ~/m5_jax), EVAL=1 to run the eval binaries after
-# training (on worker 0 is not enough: every host must join), DRY_RUN=1 to print.
+# training (on worker 0 is not enough: every host must join), DRY_RUN=1 to print,
+# ALLOW_DIRTY=1 to ship HEAD although the checkout has uncommitted changes.
+#
+# It ships the last commit (`git archive HEAD`), not the working tree: with
+# uncommitted or untracked files it lists them and refuses, since the pod would
+# run code without them.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$(dirname "$0")/.."
@@ -22,7 +27,21 @@ gcloud_args=(--zone "$ZONE" --worker=all)
 parse_train_args "launch/tpu_pod.sh --config FILE.py[:ARGS] --workdir gs://... [--config.x=y ...]" "$@"
 [[ "$workdir" == gs://* ]] || echo "warning: workdir $workdir is not on GCS; each worker would write its own copy" >&2
 
-# 1. Ship the code: a tarball of the tracked files, copied to every worker.
+# 1. Ship the code: a tarball of HEAD's files, copied to every worker.
+changed=$(git status --porcelain --untracked-files=normal)
+if [[ -n "$changed" ]]; then
+  count=$(wc -l <<<"$changed")
+  {
+    echo "$(if [[ "${ALLOW_DIRTY:-0}" == "1" ]]; then echo WARNING; else echo error; fi):" \
+      "$count uncommitted change(s) will NOT reach the pod; it ships HEAD" \
+      "($(git rev-parse --short HEAD)) via git archive:"
+    sed 's/^/    /' <<<"$changed"
+  } >&2
+  if [[ "${ALLOW_DIRTY:-0}" != "1" ]]; then
+    echo "Commit them, or set ALLOW_DIRTY=1 to ship HEAD without them." >&2
+    exit 1
+  fi
+fi
 tarball=$(mktemp -u /tmp/m5_jax_code.XXXXXX).tar.gz
 run git archive --format=tar.gz -o "$tarball" HEAD
 run gcloud compute tpus tpu-vm scp "$tarball" "$TPU_NAME:/tmp/m5_jax_code.tar.gz" "${gcloud_args[@]}"

@@ -27,7 +27,8 @@ def test_local_dry_run_trains_then_evaluates_all_tasks():
 
 def test_tpu_pod_dry_run_ships_installs_and_trains_on_all_workers():
   cmds = dry_run('tpu_pod.sh', '--config', 'configs/m5_mmt.py:size=base', '--workdir', 'gs://b/run',
-                 '--config.input.batch_size=4096', TPU_NAME='pod', ZONE='us-central2-b', EVAL='1')
+                 '--config.input.batch_size=4096', TPU_NAME='pod', ZONE='us-central2-b', EVAL='1',
+                 ALLOW_DIRTY='1')  # the checkout under test may have uncommitted changes
   gcloud = [c for c in cmds if c[0] == 'gcloud']
   assert all('--worker=all' in c for c in gcloud)
   assert gcloud[0][:4] == ['gcloud', 'compute', 'tpus', 'tpu-vm'] and gcloud[0][4] == 'scp'
@@ -38,6 +39,34 @@ def test_tpu_pod_dry_run_ships_installs_and_trains_on_all_workers():
   assert train[-5:] == ['--config', 'configs/m5_mmt.py:size=base', '--workdir', 'gs://b/run',
                         '--config.input.batch_size=4096']
   assert sum('m5_jax.evaluate.' in r for r in remote) == 4
+
+
+def test_tpu_pod_refuses_uncommitted_changes_unless_allowed(tmp_path):
+  """It ships `git archive HEAD`: what is not committed would silently not reach the pod."""
+  repo = tmp_path / 'repo'
+  (repo / 'launch').mkdir(parents=True)
+  for name in ('tpu_pod.sh', 'common.sh'):
+    (repo / 'launch' / name).write_text(open(os.path.join(ROOT, 'launch', name)).read())
+  git = lambda *a: subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', *a],  # noqa: E731
+                                  cwd=repo, check=True, capture_output=True)
+  git('init', '-q')
+  git('add', '.')
+  git('commit', '-q', '-m', 'init')
+  args = ['bash', 'launch/tpu_pod.sh', '--config', 'c.py', '--workdir', 'gs://b/w']
+  env = {**os.environ, 'DRY_RUN': '1', 'TPU_NAME': 'pod', 'ZONE': 'z'}
+  env.pop('ALLOW_DIRTY', None)
+  clean = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
+  assert clean.returncode == 0 and 'git archive' in clean.stdout and clean.stderr == ''
+  (repo / 'launch' / 'common.sh').write_text('# edited\n' + (repo / 'launch' / 'common.sh').read_text())
+  (repo / 'new_module.py').write_text('')
+  dirty = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
+  assert dirty.returncode == 1 and dirty.stdout == ''  # nothing shipped, not even in a dry run
+  assert 'launch/common.sh' in dirty.stderr and 'new_module.py' in dirty.stderr
+  assert 'ALLOW_DIRTY=1' in dirty.stderr
+  allowed = subprocess.run(args, cwd=repo, env={**env, 'ALLOW_DIRTY': '1'}, capture_output=True,
+                           text=True)
+  assert allowed.returncode == 0 and 'git archive' in allowed.stdout
+  assert 'WARNING: 2 uncommitted change(s) will NOT reach the pod' in allowed.stderr
 
 
 def test_tpu_pod_requires_its_environment():
