@@ -47,17 +47,16 @@ def test_tpu_pod_refuses_uncommitted_changes_unless_allowed(tmp_path):
   (repo / 'launch').mkdir(parents=True)
   for name in ('tpu_pod.sh', 'common.sh'):
     (repo / 'launch' / name).write_text(open(os.path.join(ROOT, 'launch', name)).read())
-  git = lambda *a: subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', *a],  # noqa: E731
-                                  cwd=repo, check=True, capture_output=True)
-  git('init', '-q')
-  git('add', '.')
-  git('commit', '-q', '-m', 'init')
+  for command in (['init', '-q'], ['add', '.'], ['commit', '-q', '-m', 'init']):
+    subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', *command], cwd=repo,
+                   check=True, capture_output=True)
   args = ['bash', 'launch/tpu_pod.sh', '--config', 'c.py', '--workdir', 'gs://b/w']
   env = {**os.environ, 'DRY_RUN': '1', 'TPU_NAME': 'pod', 'ZONE': 'z'}
   env.pop('ALLOW_DIRTY', None)
   clean = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
   assert clean.returncode == 0 and 'git archive' in clean.stdout and clean.stderr == ''
-  (repo / 'launch' / 'common.sh').write_text('# edited\n' + (repo / 'launch' / 'common.sh').read_text())
+  with open(repo / 'launch' / 'common.sh', 'a') as f:
+    f.write('# edited\n')
   (repo / 'new_module.py').write_text('')
   dirty = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
   assert dirty.returncode == 1 and dirty.stdout == ''  # nothing shipped, not even in a dry run
