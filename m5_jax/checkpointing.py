@@ -21,10 +21,13 @@ state dict, so a resumed run reads exactly the batches it would have read.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
+import socket
 import tempfile
+import time
 from typing import Any, Mapping
 
 import jax
@@ -32,6 +35,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from m5_jax import config_lib
 from m5_jax import optimizer as optimizer_lib
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -131,6 +135,40 @@ class Checkpointer:
     restored = self.manager.restore(step, args=args)
     return restored['state'], dict(restored['data'] or {})
 
+  def restore_latest(self, abstract_state: Any, workdir: str
+                     ) -> tuple[int | None, Any, dict[str, Any]]:
+    """(step, state, iterator state) of the newest readable checkpoint; (None, None, {})
+    when there is none. A step whose files are damaged is moved aside loudly
+    (`quarantine`) and the step before it restored; a checkpoint of another model is a
+    ConfigError (`check_compatible`); when every step is unreadable, an
+    UnreadableCheckpointError (they are all aside then: a rerun starts at step 0)."""
+    moved = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        check_compatible(self.manager, step, abstract_state, workdir)
+        state, data_state = self.restore(step, abstract_state)
+      except config_lib.ConfigError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  (tensorstore raises Exception)
+        if not is_unreadable(e):
+          raise
+        target = quarantine(self.directory, step)
+        moved.append(target or str(step))
+        logging.error('CHECKPOINT STEP %d IN %s IS UNREADABLE (%s); moved it to %s, trying the '
+                      'step before it', step, self.directory, _one_line(e), target)
+        self.manager.reload()
+        continue
+      if moved:
+        logging.error('resumed from step %d; unreadable newer steps were moved aside: %s', step,
+                      ', '.join(moved))
+      return step, state, data_state
+    if moved:
+      raise UnreadableCheckpointError(
+          f'no readable checkpoint in {self.directory}: moved {len(moved)} unreadable step(s) '
+          f'aside ({", ".join(os.path.basename(m) for m in moved)}); run again to start at '
+          'step 0, or give another --workdir')
+    return None, None, {}
+
   def reached_preemption(self, step: int) -> bool:
     """True when the cluster scheduler announced a preemption (multi-host runtimes)."""
     return self.manager.reached_preemption(step)
@@ -144,6 +182,187 @@ class Checkpointer:
       self.wait()
     finally:
       self.manager.close()
+
+
+# ---------------------------------------------------------------------------- unreadable steps
+
+# Errors that mean a step's files are damaged or partly gone (kill -9 during the keep
+# policy's delete, a truncated copy, a bad disk), not that the config asks for another
+# tree: tensorstore's codes and messages, JSON and file errors.
+_UNREADABLE_MARKERS = ('NOT_FOUND', 'OUT_OF_RANGE', 'DATA_LOSS', 'byte range', 'Truncated',
+                       'Zstd', 'zstd', 'corrupt', 'checksum', 'Encountered error while reading',
+                       'does not exist', 'Expecting value', 'Unterminated string')
+
+
+class UnreadableCheckpointError(RuntimeError):
+  """A listed checkpoint step whose files cannot be read (one-line message)."""
+
+
+def is_unreadable(error: BaseException) -> bool:
+  """True when `error` (from reading a step) says its files are damaged or missing."""
+  if isinstance(error, (OSError, json.JSONDecodeError, UnreadableCheckpointError)):
+    return True
+  text = str(error)
+  return any(marker in text for marker in _UNREADABLE_MARKERS)
+
+
+def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {optimizer_lib.path_str(p): tuple(getattr(x, 'shape', ()) or ()) for p, x in leaves}
+
+
+def _state_metadata(manager: ocp.CheckpointManager, step: int) -> Any:
+  metadata = manager.item_metadata(step)['state']
+  return metadata.tree if hasattr(metadata, 'tree') else metadata
+
+
+def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
+                     workdir: str) -> None:
+  """Raises ConfigError (one line: which parameters differ, how many, what to do) when
+  the checkpoint at `step` holds another tree than `abstract_state` (a changed config)."""
+  saved, wanted = _shapes_by_path(_state_metadata(manager, step)), _shapes_by_path(abstract_state)
+  differ = sorted(p for p in set(saved) | set(wanted) if saved.get(p) != wanted.get(p))
+  if not differ:
+    return
+  params = [p for p in differ if p.startswith('params/')] or differ
+
+  def describe(path: str) -> str:
+    name = path[len('params/'):] if path.startswith('params/') else path
+    have, want = saved.get(path), wanted.get(path)
+    if have is None:
+      return f'{name} (not in the checkpoint)'
+    if want is None:
+      return f'{name} (only in the checkpoint)'
+    return f'{name} {have} in the checkpoint, {want} in the config'
+
+  shown = '; '.join(describe(p) for p in params[:3])
+  more = f'; and {len(params) - 3} more' if len(params) > 3 else ''
+  raise config_lib.ConfigError(
+      f'workdir {workdir} holds a checkpoint (step {step}) of another model: {len(params)} '
+      f'{"parameters differ" if params[0].startswith("params/") else "state entries differ"}: '
+      f'{shown}{more}. Start fresh with a new --workdir, or start a new workdir from its '
+      f'weights with --config.init_from.path={workdir}')
+
+
+def quarantine(directory: str, step: int) -> str | None:
+  """Moves the unreadable step aside as `<step>.corrupt-<unix time>` (never listed
+  again, kept for inspection); process 0 only. Returns the new path."""
+  if jax.process_index() != 0:
+    return None
+  source = os.path.join(directory, str(step))
+  target = f'{source}.corrupt-{int(time.time())}'
+  try:
+    os.rename(source, target)
+  except OSError as e:
+    logging.error('could not move the unreadable checkpoint %s aside: %s', source, e)
+    return None
+  return target
+
+
+# ---------------------------------------------------------------------------- workdir lock
+
+LOCK_FILENAME = 'trainer.lock'
+
+
+class WorkdirLockedError(RuntimeError):
+  """Another live trainer holds the workdir (one-line message)."""
+
+
+def _process_start(pid: int) -> str | None:
+  """The kernel's start time of `pid` (clock ticks since boot), to tell a reused pid."""
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().rsplit(')', 1)[1].split()[19]
+  except (OSError, IndexError):
+    return None
+
+
+def _alive(pid: int, start: str | None) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  now = _process_start(pid)
+  return start is None or now is None or now == start
+
+
+class WorkdirLock:
+  """`<workdir>/trainer.lock` (pid, host, start time) held by process 0 of a trainer, so
+  that a second trainer on the same workdir stops with one line instead of deleting
+  the first one's checkpoints. A lock left by a dead process of this host is stale and
+  taken over (with a warning); one from another host is refused (its liveness cannot
+  be checked from here): delete the file once that trainer is gone."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, LOCK_FILENAME)
+    self.held = False
+
+  def acquire(self) -> 'WorkdirLock':
+    if jax.process_index() != 0:
+      return self
+    me = {'pid': os.getpid(), 'host': socket.gethostname(), 'started': time.time(),
+          'proc_start': _process_start(os.getpid())}
+    for _ in range(3):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        holder = self._read()
+        if holder is None:
+          time.sleep(0.5)
+          continue  # vanished, or being written: try again
+        if not self._stale(holder, me):
+          since = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.get('started', 0)))
+          raise WorkdirLockedError(
+              f"workdir {os.path.dirname(self.path)} is in use by another trainer (pid "
+              f"{holder.get('pid')} on {holder.get('host')} since {since}); wait for it to end, "
+              f'give another --workdir, or delete {self.path} if that trainer is gone') from None
+        logging.warning('taking over the stale lock %s of pid %s on %s (not running)', self.path,
+                        holder.get('pid'), holder.get('host'))
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(self.path)
+        continue
+      with os.fdopen(fd, 'w') as f:
+        json.dump(me, f)
+      self.held = True
+      return self
+    raise WorkdirLockedError(f'could not take the lock {self.path} (it keeps changing); is '
+                             'another trainer starting on this workdir?')
+
+  def _read(self) -> dict | None:
+    try:
+      with open(self.path) as f:
+        return json.load(f)
+    except FileNotFoundError:
+      return None
+    except (OSError, ValueError):
+      # Half-written by a trainer killed while taking it (or garbage): stale once old.
+      age = time.time() - os.path.getmtime(self.path) if os.path.exists(self.path) else 0
+      return {'pid': None, 'host': None, 'started': 0} if age > 10 else None
+
+  @staticmethod
+  def _stale(holder: dict, me: dict) -> bool:
+    pid = holder.get('pid')
+    if pid is None:
+      return True
+    if holder.get('host') != me['host']:
+      return False
+    if pid == me['pid']:
+      return True  # this process's own lock, left by an earlier run in it
+    return not _alive(int(pid), holder.get('proc_start'))
+
+  def release(self) -> None:
+    if self.held:
+      self.held = False
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(self.path)
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()
 
 
 # ---------------------------------------------------------------------------- readers
@@ -202,13 +421,20 @@ def restore_params(workdir: str, step: int | None = None, shardings: Any = None
     if step not in steps:
       raise FileNotFoundError(f'no checkpoint at step {step} in {manager.directory} '
                               f'(have {steps})')
-    metadata = _params_metadata(manager, step)
-    if shardings is None:
-      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-      shardings = jax.tree.map(lambda _: device, metadata)
-    abstract = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
-                            metadata, shardings)
-    return step, _restore_subtree(manager, step, abstract)
+    try:
+      metadata = _params_metadata(manager, step)
+      if shardings is None:
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        shardings = jax.tree.map(lambda _: device, metadata)
+      abstract = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
+                              metadata, shardings)
+      return step, _restore_subtree(manager, step, abstract)
+    except Exception as e:  # pylint: disable=broad-except  (tensorstore raises Exception)
+      if not is_unreadable(e) or isinstance(e, FileNotFoundError) and not os.path.isdir(
+          os.path.join(manager.directory, str(step))):
+        raise  # not damage; or the step was deleted (keep policy) since it was listed
+      raise UnreadableCheckpointError(f'checkpoint step {step} in {manager.directory} is '
+                                      f'unreadable: {_one_line(e)}') from e
   finally:
     manager.close()
 

@@ -51,7 +51,6 @@ import atexit
 import collections
 import logging
 import os
-import time
 import weakref
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -97,6 +96,9 @@ def load_data_source(dataset: str, split: str, data_dir: str | None):
   # Features come from the build's own features.json, not from the builder code
   # (which may have moved on since the files were written).
   builder = read_only_builder.builder_from_files(dataset, data_dir=data_dir)
+  if split.partition('[')[0] not in builder.info.splits:  # not the file format's fault
+    raise ValueError(f'split {split!r} is not in {dataset} ({builder.data_dir}); its splits are '
+                     f'{", ".join(builder.info.splits)}')
   try:
     source = builder.as_data_source(
         split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
@@ -186,9 +188,6 @@ class InputPipeline:
     self.step = self.start_step = step
     self.close()
     self._iterator = iter(tfds.as_numpy(self._build(step)))
-    self._examples = self._batches = 0
-    self._wait_s = 0.0
-    self._t0 = time.perf_counter()
 
   def close(self) -> None:
     """Stops the tf.data workers (also done at exit); `restore` starts them again."""
@@ -213,21 +212,9 @@ class InputPipeline:
   def __next__(self) -> Batch:
     if self._iterator is None:
       raise StopIteration  # closed
-    t = time.perf_counter()
     batch = next(self._iterator)  # StopIteration ends an eval pass
-    self._wait_s += time.perf_counter() - t
     self.step += 1
-    self._batches += 1
-    self._examples += int(batch['example_mask'].sum())
     return batch
-
-  def stats(self) -> dict[str, float]:
-    """Progress and throughput since the last (re)start, for logging."""
-    elapsed = max(time.perf_counter() - self._t0, 1e-9)
-    return {'input/step': self.step, 'input/epoch': self.epoch,
-            'input/examples': self._examples,
-            'input/examples_per_sec': self._examples / elapsed,
-            'input/wait_fraction': self._wait_s / elapsed}
 
   # --- the tf.data graph ------------------------------------------------------
   def _example_indices(self, step):
@@ -352,9 +339,6 @@ class DevicePrefetchIterator:
   def restore(self, state: Mapping[str, Any]) -> None:
     self._queue.clear()
     self.host.restore(state)
-
-  def stats(self) -> dict[str, float]:
-    return self.host.stats()
 
 
 # --- from a config ----------------------------------------------------------------

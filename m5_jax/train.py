@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import math
 import os
@@ -192,6 +193,111 @@ def init_state_fn(config, task: Task, tx) -> Callable[[], dict]:
   return init
 
 
+# ------------------------------------------------------------------------ start-up checks
+
+
+class _Files:
+  """isdir / exists / listdir / open for local paths (no TensorFlow import: start-up
+  checks stay fast) and, through tf.io.gfile, for remote ones (gs://...)."""
+
+  def __init__(self, path: str):
+    if '://' in path:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      gfile = tf.io.gfile
+      self.isdir, self.exists, self.listdir, self.open = (gfile.isdir, gfile.exists,
+                                                          gfile.listdir, gfile.GFile)
+    else:
+      self.isdir, self.exists, self.listdir, self.open = (os.path.isdir, os.path.exists,
+                                                          os.listdir, open)
+
+
+def _dataset_info(config) -> tuple[str, dict]:
+  """(build directory, its dataset_info.json) of config.input.dataset in data_dir: the
+  latest version built there. Raises ConfigError (one line) when there is none."""
+  dataset, data_dir = config.input.dataset, (config.input.data_dir or '').strip()
+  build_hint = (f'build it with `tfds build data_prep/m5product --config '
+                f'{dataset.partition("/")[2]} --file_format array_record --data_dir DIR`')
+  if not data_dir:
+    raise config_lib.ConfigError(f"config key 'input.data_dir' is empty; give the --data_dir "
+                                 f'that holds {dataset} ({build_hint})')
+  data_dir = os.path.expanduser(data_dir)
+  files = _Files(data_dir)
+  if not files.isdir(data_dir):
+    raise config_lib.ConfigError(f"config key 'input.data_dir': {data_dir} does not exist; "
+                                 f'give the directory that holds {dataset} ({build_hint})')
+  name_dir = os.path.join(data_dir, *dataset.split('/'))
+  versions = []
+  if files.isdir(name_dir):
+    for version in files.listdir(name_dir):
+      version = version.rstrip('/')
+      parts = version.split('.')
+      if (len(parts) == 3 and all(p.isdigit() for p in parts)
+          and files.exists(os.path.join(name_dir, version, 'dataset_info.json'))):
+        versions.append(tuple(int(p) for p in parts))
+  if not versions:
+    raise config_lib.ConfigError(f'no complete build of {dataset} in {data_dir} '
+                                 f"(config.input.data_dir); {build_hint}")
+  build_dir = os.path.join(name_dir, '.'.join(map(str, max(versions))))
+  with files.open(os.path.join(build_dir, 'dataset_info.json')) as f:
+    return build_dir, json.load(f)
+
+
+def _check_tokenizer(config) -> None:
+  """The tokenizer exists, is a sentencepiece model with the project's special ids, and
+  every vocabulary of the config holds all of its pieces."""
+  text_like = [m for m in config.modalities if 'vocab_size' in config.modality.get(m, {})]
+  if not text_like:
+    return
+  path = (config.input.tokenizer or '').strip()
+  hint = 'train one with `python -m data_prep.tokenizer --manual_dir RELEASE --out FILE`'
+  if not path:
+    raise config_lib.ConfigError(f"config key 'input.tokenizer' is empty, but {', '.join(text_like)} "
+                                 f'need a sentencepiece model; {hint}')
+  path = os.path.expanduser(path)
+  files = _Files(path)
+  if not files.exists(path) or files.isdir(path):
+    raise config_lib.ConfigError(f"config key 'input.tokenizer': {path} not found; {hint}")
+  from m5_jax.modalities import text  # pylint: disable=g-import-not-at-top
+  with files.open(path, 'rb') as f:
+    proto = f.read()
+  try:
+    pieces = text.SentencePieceTokenizer(proto).vocab_size
+  except Exception as e:  # pylint: disable=broad-except  (sentencepiece raises RuntimeError)
+    reason = ' '.join(str(e).split())[:200]
+    raise config_lib.ConfigError(f"config key 'input.tokenizer': {path} is not a sentencepiece "
+                                 f'model of this project ({reason}); {hint}') from None
+  sizes = {'model.vocab_size': config.model.vocab_size}
+  sizes.update({f'modality.{m}.vocab_size': config.modality[m].vocab_size for m in text_like})
+  small = {k: v for k, v in sizes.items() if v < pieces}
+  if small:
+    raise config_lib.ConfigError(
+        f'{", ".join(f"{k}={v}" for k, v in small.items())} is smaller than the tokenizer\'s '
+        f'vocabulary ({pieces} pieces in {path}): its ids past the table would have no '
+        f'embedding (non-finite loss); set the config argument vocab_size={pieces} '
+        f'(--config configs/<method>.py:...,vocab_size={pieces})')
+
+
+def check_input(config) -> None:
+  """What the input needs, checked from metadata before any data is read or anything
+  compiled (each a one-line ConfigError): data_dir holds a build of config.input.dataset
+  in ArrayRecord with the train split, and the tokenizer fits the model."""
+  if config.input.dataset == 'synthetic':
+    return
+  build_dir, info = _dataset_info(config)
+  splits = [s.get('name') for s in info.get('splits', [])]
+  split = config.input.train_split
+  if split.partition('[')[0] not in splits:
+    raise config_lib.ConfigError(f"config key 'input.train_split': {split!r} is not a split of "
+                                 f'{config.input.dataset} in {build_dir}; its splits are '
+                                 f'{", ".join(splits)}')
+  if info.get('fileFormat', 'array_record') != 'array_record':
+    raise config_lib.ConfigError(
+        f'{build_dir} is in {info["fileFormat"]}, but training reads examples by index: build '
+        'with --file_format array_record, or run `tfds convert_format --out_file_format '
+        f'array_record` on it')
+  _check_tokenizer(config)
+
+
 # ------------------------------------------------------------------------ the loop
 
 
@@ -217,9 +323,13 @@ def initialize_distributed() -> None:
 
 
 class PreemptionWatcher:
-  """SIGTERM sets a flag; all processes agree on it (any process signalled => stop)."""
+  """SIGTERM sets a flag; all processes agree on it (any process signalled => stop).
 
-  def __init__(self, checkpointer: checkpointing.Checkpointer):
+  Installed first thing, so that a SIGTERM during start-up (restore, compile) is also
+  a preemption: the run saves its start step and exits 0 instead of dying with -15.
+  `checkpointer` (set once it exists) adds the scheduler's preemption notices."""
+
+  def __init__(self, checkpointer: checkpointing.Checkpointer | None = None):
     self.signalled, self.checkpointer = False, checkpointer
     self._previous = signal.signal(signal.SIGTERM, self._handle)
 
@@ -229,7 +339,7 @@ class PreemptionWatcher:
     self.signalled = True
 
   def should_stop(self, step: int) -> bool:
-    stop = self.signalled or self.checkpointer.reached_preemption(step)
+    stop = self.signalled or bool(self.checkpointer and self.checkpointer.reached_preemption(step))
     if jax.process_count() > 1:
       stop = bool(np.max(multihost_utils.process_allgather(np.int32(stop))))
     return stop
@@ -312,14 +422,37 @@ def _save_without_training(checkpointer, step: int, state, data) -> dict:
   return state
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains until config's total duration (resuming from `workdir`); returns the state."""
-  checkpointing.check_writable(workdir)  # fail before compiling, not at the first save
+def train(config: ml_collections.ConfigDict, workdir: str,
+          watcher: PreemptionWatcher | None = None) -> dict:
+  """Trains until config's total duration (resuming from `workdir`); returns the state.
+
+  Holds the workdir's lock (checkpointing.WorkdirLock) throughout; `watcher` (default:
+  one installed here) turns SIGTERM into a save and a clean return.
+  """
+  own_watcher = watcher is None
+  watcher = watcher or PreemptionWatcher()
+  try:
+    check_input(config)  # data_dir, split, tokenizer: one line, before any data read
+    checkpointing.check_writable(workdir)  # fail before compiling, not at the first save
+    with checkpointing.WorkdirLock(workdir):
+      return _train(config, workdir, watcher)
+  finally:
+    if own_watcher:
+      watcher.close()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, watcher: PreemptionWatcher) -> dict:
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.axis_rules(config.sharding)
   sharding.log_mesh(mesh)
   batch_size = config.input.batch_size
   sharding.process_batch_size(batch_size, mesh)  # validates divisibility (one-line error)
+  micro_rows = batch_size // config.num_microbatches
+  if micro_rows % sharding.batch_shards(mesh):
+    raise config_lib.ConfigError(
+        f'a microbatch of {micro_rows} rows (input.batch_size {batch_size} / num_microbatches '
+        f'{config.num_microbatches}) does not split over the {sharding.batch_shards(mesh)} batch '
+        'shards of the mesh; use fewer microbatches or a larger batch')
   data = create_input(config, mesh)
   durations = dict(batch_size=batch_size, examples_per_epoch=getattr(
       getattr(data, 'host', data), 'num_examples', None) or config.input.get('num_train_examples'))
@@ -340,11 +473,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info('state sharding: %s', sharding.describe(shardings))
 
   checkpointer = checkpointing.Checkpointer(workdir, config.checkpoint)
-  start_step = checkpointer.latest_step()
+  watcher.checkpointer = checkpointer
+  try:
+    start_step, state, data_state = checkpointer.restore_latest(
+        sharding.abstract_with_shardings(abstract, shardings), workdir)
+  except BaseException:
+    checkpointer.close()
+    raise
   if start_step is not None:
-    logging.info('resuming from %s step %d', checkpointer.directory, start_step)
-    state, data_state = checkpointer.restore(
-        start_step, sharding.abstract_with_shardings(abstract, shardings))
+    logging.info('resumed from %s step %d', checkpointer.directory, start_step)
     data.restore(data_state)
   else:
     start_step = 0
@@ -355,6 +492,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() == 0:
     config_lib.save_workdir_config(config, workdir)
   if start_step >= total_steps:
+    return _save_without_training(checkpointer, start_step, state, data)
+  if watcher.should_stop(start_step):  # SIGTERM during start-up: no compile, exit 0
+    logging.warning('preempted during start-up: making sure step %d is saved; exiting',
+                    start_step)
     return _save_without_training(checkpointer, start_step, state, data)
 
   step_fn = jax.jit(make_train_step(config, task, tx, schedule, mesh, shardings['params']),
@@ -374,7 +515,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       workdir, total_steps=total_steps, batch_size=batch_size, flops_per_step=flops,
       peak_flops_per_device=config.log.peak_flops_per_device)
   profiler = train_logging.Profiler(workdir, *config.log.profile_steps)
-  watcher = PreemptionWatcher(checkpointer)
   logging.info('training steps %d..%d (%d warmup), %s FLOPs/step/device', start_step,
                total_steps, warmup_steps, f'{flops:.3g}' if flops else 'unknown')
 
@@ -416,7 +556,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       check_and_log(*pending)
   finally:
     profiler.close()
-    watcher.close()
     checkpointer.close()
     logger.close()
   return state
@@ -427,22 +566,42 @@ def main(argv) -> int:
   # which would silently drop the progress lines below.
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s',
                       force=True)
+  watcher = PreemptionWatcher()  # first: a SIGTERM from here on is a clean preemption
   try:
-    config, flags = config_lib.parse_command_line(argv, {'workdir': ''})
-    if not flags['workdir']:
-      raise config_lib.ConfigError('--workdir DIR is required')
-    if config.task not in TASKS:
-      raise config_lib.ConfigError(f'unknown config.task {config.task!r}; expected one of {TASKS}')
-  except config_lib.ConfigError as e:
-    config_lib.exit_with(e, 'm5_jax.train')
-  initialize_distributed()
-  try:
-    train(config, flags['workdir'])
-  except (FloatingPointError, config_lib.ConfigError, checkpointing.CheckpointWriteError) as e:
-    print(f'm5_jax.train: error: {e}', file=sys.stderr)
-    return 1
+    try:
+      config, flags = config_lib.parse_command_line(argv, {'workdir': ''})
+      if not flags['workdir']:
+        raise config_lib.ConfigError('--workdir DIR is required')
+    except config_lib.ConfigError as e:
+      config_lib.exit_with(e, 'm5_jax.train')
+    initialize_distributed()
+    try:
+      train(config, flags['workdir'], watcher)
+    except (FloatingPointError, config_lib.ConfigError, checkpointing.CheckpointWriteError,
+            checkpointing.UnreadableCheckpointError, checkpointing.WorkdirLockedError) as e:
+      print(f'm5_jax.train: error: {e}', file=sys.stderr)
+      return 1
+  finally:
+    watcher.close()
   return 0
 
 
+def exit_promptly(code: int) -> int:
+  """`code`; after an error (code != 0), when threads that would block the interpreter's exit are still alive
+  (Orbax's async-save threads after a failed write wait minutes in threading._shutdown),
+  flush the logs and end the process now with `code`."""
+  import threading  # pylint: disable=g-import-not-at-top
+  blocking = [t for t in threading.enumerate()
+              if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+  if not code or not blocking:
+    return code
+  logging.warning('exiting now; not waiting for %d background thread(s): %s', len(blocking),
+                  ', '.join(t.name for t in blocking[:5]))
+  logging.shutdown()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)  # pylint: disable=protected-access
+
+
 if __name__ == '__main__':
-  sys.exit(main(sys.argv[1:]))
+  sys.exit(exit_promptly(main(sys.argv[1:]) or 0) or 0)

@@ -3,6 +3,7 @@ import glob
 import os
 import subprocess
 import sys
+import time
 
 import ml_collections
 import pytest
@@ -108,17 +109,80 @@ BINARIES = ['m5_jax.train'] + [f'm5_jax.evaluate.{task}' for task in (
     'coarse_retrieval', 'fine_retrieval', 'classification', 'clustering')]
 
 
+def run_binary(binary: str, args, timeout: float = 120) -> tuple[int, list[str], float]:
+  """(exit code, non-empty stderr lines, seconds) of `python -m BINARY ARGS`."""
+  start = time.time()
+  proc = subprocess.run([sys.executable, '-m', binary, *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=timeout)
+  return proc.returncode, [l for l in proc.stderr.splitlines() if l.strip()], time.time() - start
+
+
 @pytest.mark.parametrize('binary', BINARIES)
 def test_binary_bad_override_is_one_clean_line(binary, tmp_path):
-  proc = subprocess.run(
-      [sys.executable, '-m', binary, '--config', 'configs/m5_mmt.py:size=tiny',
-       '--workdir', str(tmp_path), '--config.optimizer.lrr=0.1'],
-      cwd=REPO, capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 2
-  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  code, lines, _ = run_binary(binary, ['--config', 'configs/m5_mmt.py:size=tiny', '--workdir',
+                                       str(tmp_path), '--config.optimizer.lrr=0.1'])
+  assert code == 2
   assert lines == [f"{binary}: error: unknown config key 'optimizer.lrr'; "
-                   "did you mean 'optimizer.lr'?"], proc.stderr
+                   "did you mean 'optimizer.lr'?"], lines
   assert not os.listdir(tmp_path)
+
+
+# Issue 16 cases as real processes: one stderr line, within seconds (before any data read or
+# compile; this machine imports jax in ~2 s). Every case is in tests/test_reliability_config.py.
+FAST_CASES = {
+    'm5_jax.train': [
+        (['--config.input.batch_size=-8'], "bad value '-8' for config key 'input.batch_size'"),
+        (['--config', 'configs/m5_mmt.py:runlocal,modalities=tpx'],
+         "bad value 'tpx' for config argument 'modalities'"),
+        (['--config.sharding.rules=foo'], "bad value 'foo' for config key 'sharding.rules'"),
+        (['--config.nonfinite=bogus'], "bad value 'bogus' for config key 'nonfinite'"),
+        (['--config.input.train_split=bogus', '--config.input.data_dir={data}',
+          '--config.input.tokenizer={spm}'],
+         "config key 'input.train_split': 'bogus' is not a split of m5product/raw"),
+        (['--config.input.data_dir={data}', '--config', 'configs/m5_mmt.py:runlocal,vocab_size=100',
+          '--config.input.tokenizer={spm}'], 'model.vocab_size=100, '),
+    ],
+    'm5_jax.evaluate.coarse_retrieval': [
+        (['--feature', 'bogus'], "bad value 'bogus' for --feature: expected one of pooled, "
+                                 'encoder_pooled'),
+    ],
+}
+
+
+@pytest.mark.parametrize('binary,index', [(b, i) for b, cases in FAST_CASES.items()
+                                          for i in range(len(cases))])
+def test_binary_bad_choice_is_one_line_within_seconds(binary, index, tmp_path):
+  from test_reliability_config import write_fake_build  # pylint: disable=g-import-not-at-top
+  args, want = FAST_CASES[binary][index]
+  paths = {'data': str(tmp_path / 'data'), 'spm': str(tmp_path / 'spm.model')}
+  if any('{data}' in a for a in args):
+    write_fake_build(paths['data'], paths['spm'])
+  args = [a.format(**paths) for a in args]
+  code, lines, seconds = run_binary(binary, ['--config', 'configs/m5_mmt.py:runlocal',
+                                             '--workdir', str(tmp_path / 'run'), *args])
+  assert code in (1, 2) and len(lines) == 1, lines
+  assert lines[0].startswith(f'{binary}: error: {want}'), lines
+  assert seconds < 30, f'{seconds:.0f} s: the check must come before data reads and compiles'
+  assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
+
+
+def test_schema_choices_agree_with_the_code():
+  from m5_jax import sharding  # pylint: disable=g-import-not-at-top
+  from m5_jax.evaluate import model_features  # pylint: disable=g-import-not-at-top
+  from m5_jax.models import sizes  # pylint: disable=g-import-not-at-top
+  assert config_lib.MODEL_SIZES == tuple(sizes.SIZES)
+  assert set(config_lib.SHARDING_PRESETS) | set(config_lib.SHARDING_ALIASES) == set(
+      sharding.RULE_PRESETS)
+  assert sharding.RULE_PRESETS['data_parallel'] is sharding.RULE_PRESETS['dp']
+  assert tuple(model_features.FEATURE_CHOICES) == config_lib.EVAL_FEATURES
+
+
+def test_validate_replaces_aliases_and_checks_only_present_keys():
+  config = ml_collections.ConfigDict({'sharding': {'rules': 'fsdp_tensor'}, 'seed': 0})
+  assert config_lib.validate(config).sharding.rules == 'fsdp_tp'
+  config.sharding.rules = 'tp'
+  with pytest.raises(config_lib.ConfigError, match="'sharding.rules': expected one of dp, fsdp"):
+    config_lib.validate(config)
 
 
 def test_binaries_do_not_import_tensorflow_before_parsing_flags():

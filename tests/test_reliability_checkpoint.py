@@ -162,3 +162,128 @@ def test_read_only_workdir_is_one_line(tmp_path):
       checkpointing.check_writable(str(workdir))
   finally:
     workdir.chmod(0o755)
+
+
+# ----------------------------------------------------------------------------- unreadable steps
+
+
+def _save_steps(workdir, steps, keep=0):
+  """Steps whose single parameter is filled with the step number (random noise added so
+  that the data files are large enough to damage); -> the abstract state to restore."""
+  ckpt = checkpointing.Checkpointer(workdir, _ckpt_config(keep=keep, async_save=False))
+  rng = np.random.default_rng(0)
+  for step in steps:
+    w = (step + rng.random((256, 256)) * 1e-3).astype(np.float32)
+    ckpt.save(step, {'params': {'w': w}}, {'step': step})
+  ckpt.close()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return {'params': {'w': jax.ShapeDtypeStruct((256, 256), np.float32, sharding=device)}}
+
+
+def _data_files(step_dir):
+  return [os.path.join(root, f) for root, _, files in os.walk(step_dir) for f in files
+          if f'{os.sep}d{os.sep}' in os.path.join(root, f)]
+
+
+def truncate_largest_data_file(step_dir):
+  """A damaged step: its largest array file cut in half (a bad copy, a disk error)."""
+  largest = max(_data_files(step_dir), key=os.path.getsize)
+  with open(largest, 'r+b') as f:
+    f.truncate(os.path.getsize(largest) // 2)
+
+
+def half_delete(step_dir):
+  """What kill -9 leaves while the keep policy deletes a step: its array files gone, the
+  directory and its metadata still there (so the step is still listed)."""
+  for path in _data_files(step_dir):
+    os.remove(path)
+
+
+def test_a_corrupt_latest_step_is_moved_aside_and_the_one_before_restored(tmp_path, caplog):
+  workdir = str(tmp_path)
+  abstract = _save_steps(workdir, [1, 2, 3])
+  directory = checkpointing.checkpoint_dir(workdir)
+  truncate_largest_data_file(os.path.join(directory, '3'))
+  ckpt = checkpointing.Checkpointer(workdir, _ckpt_config())
+  try:
+    step, state, data_state = ckpt.restore_latest(abstract, workdir)
+  finally:
+    ckpt.close()
+  assert step == 2 and data_state == {'step': 2}
+  assert float(np.asarray(state['params']['w']).min()) >= 2.0
+  aside = [n for n in os.listdir(directory) if n.startswith('3.corrupt-')]
+  assert len(aside) == 1 and checkpointing.list_steps(workdir) == [1, 2]
+  assert any('IS UNREADABLE' in r.message and 'moved it to' in r.message for r in caplog.records)
+
+
+def test_every_step_unreadable_is_one_line_and_all_are_moved_aside(tmp_path):
+  workdir = str(tmp_path)
+  abstract = _save_steps(workdir, [1, 2])
+  for step in (1, 2):
+    half_delete(os.path.join(checkpointing.checkpoint_dir(workdir), str(step)))
+  ckpt = checkpointing.Checkpointer(workdir, _ckpt_config())
+  try:
+    with pytest.raises(checkpointing.UnreadableCheckpointError,
+                       match=r'moved 2 unreadable step\(s\) aside .* run again to start at step 0'):
+      ckpt.restore_latest(abstract, workdir)
+  finally:
+    ckpt.close()
+  assert checkpointing.list_steps(workdir) == []
+
+
+def test_an_evaluator_skips_a_half_deleted_step_with_a_warning(tmp_path, caplog):
+  """--all over steps 1..3 with step 2 half deleted (kill -9 during the keep policy's
+  delete): 1 and 3 are evaluated, 2 is skipped and reported; the default mode (latest)
+  falls back to the newest readable step."""
+  workdir = str(tmp_path)
+  _save_steps(workdir, [1, 2, 3])
+  half_delete(os.path.join(checkpointing.checkpoint_dir(workdir), '2'))
+  assert checkpointing.list_steps(workdir) == [1, 2, 3]   # still listed: it must be skipped
+
+  def evaluate_step(step):
+    got, params = checkpointing.restore_params(workdir, step)
+    assert got == step and int(np.asarray(params['w']).min()) == step
+
+  list_steps = lambda: checkpointing.list_steps(workdir)  # noqa: E731
+  options = runner.Options(workdir=workdir, all=True)
+  assert runner.run('skip_test', options, list_steps, evaluate_step) == [1, 3]
+  assert any('skipped 1 unreadable checkpoint step(s): 2' in r.message for r in caplog.records)
+
+  half_delete(os.path.join(checkpointing.checkpoint_dir(workdir), '3'))
+  latest = runner.Options(workdir=workdir, force=True)
+  assert runner.run('skip_test', latest, list_steps, evaluate_step) == [1]
+  with pytest.raises(FileNotFoundError, match='step 3 .* is unreadable'):
+    runner.run('skip_test', runner.Options(workdir=workdir, step=3, force=True), list_steps,
+               evaluate_step)
+  assert sorted(os.listdir(checkpointing.checkpoint_dir(workdir))) == ['1', '2', '3']  # read-only
+
+
+def test_resuming_with_another_model_is_one_line_naming_the_parameters(tmp_path, capsys,
+                                                                       monkeypatch):
+  """A workdir trained with vocabulary 256, restarted with 512: one line naming the
+  parameters that differ (not Orbax's tree diff), and what to do instead."""
+  from m5_jax import train  # pylint: disable=g-import-not-at-top
+  tiny = ['--config', 'configs/m5_mmt.py:runlocal,modalities=t', '--config.input.dataset=synthetic',
+          '--config.modality.text.max_len=8', '--config.model.encoder_layers=0',
+          '--config.total_steps=0', '--workdir', str(tmp_path)]
+  vocab = lambda n: [f'--config.model.vocab_size={n}', f'--config.modality.text.vocab_size={n}']  # noqa: E731
+  monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  monkeypatch.setattr(train, 'compile_cached', lambda *a: pytest.fail('compiled'))
+  assert train.main(tiny + vocab(256)) == 0
+  capsys.readouterr()
+  assert train.main(tiny + vocab(512)) == 1
+  err = [l for l in capsys.readouterr().err.splitlines() if 'error' in l]
+  assert len(err) == 1 and len(err[0]) < 800, err
+  assert err[0] == (
+      f'm5_jax.train: error: workdir {tmp_path} holds a checkpoint (step 0) of another model: 2 '
+      'parameters differ: heads_text/bias (256,) in the checkpoint, (512,) in the config; '
+      'word_embed/embedding (256, 64) in the checkpoint, (512, 64) in the config. Start fresh '
+      'with a new --workdir, or start a new workdir from its weights with '
+      f'--config.init_from.path={tmp_path}')
+  assert checkpointing.list_steps(str(tmp_path)) == [0]   # nothing moved aside or deleted
+  assert config_lib_vocab(tmp_path) == 256                  # config.json not overwritten
+
+
+def config_lib_vocab(workdir) -> int:
+  from m5_jax import config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.load_workdir_config(str(workdir)).model.vocab_size

@@ -14,7 +14,9 @@ Modes (the t5x eval convention):
             without a new one.
 Only complete checkpoints are ever read (`checkpointing.list_steps` lists
 finalized steps only); a step deleted by the keep policy between listing and
-reading is skipped with a warning.
+reading, or one whose files are damaged (a kill -9 during the keep policy's
+delete), is skipped with a warning and counted (the default mode then takes the
+newest readable step; an explicit --step is an error).
 
 Outputs go to `<workdir>/eval/<task>/`, or to `<workdir>/eval/<task>/<variant>/`
 when a choice that changes the numbers is not the default (e.g.
@@ -40,6 +42,7 @@ from typing import Any, Callable, Sequence
 import jax
 import ml_collections
 
+from m5_jax import checkpointing
 from m5_jax import config_lib
 
 EVAL_DIR = 'eval'
@@ -136,21 +139,28 @@ def run(task: str, options: Options, list_steps: Callable[[], list[int]],
   done = DoneList(output_dir(options.workdir, task, options.variant))
   signature = options.signature(task)
   evaluated: list[int] = []
+  unreadable: list[int] = []
 
-  def process(step: int) -> None:
+  def process(step: int) -> bool:
     if done.contains(step, signature) and not options.force:
       logging.info('%s: step %d already evaluated (done-list); skipping', task, step)
-      return
+      return True
     logging.info('%s: evaluating step %d', task, step)
     start = time.time()
     try:
       evaluate_step(step)
     except FileNotFoundError as e:
       logging.warning('%s: step %d is gone (%s); skipping', task, step, e)
-      return
+      return False
+    except checkpointing.UnreadableCheckpointError as e:
+      # Damaged or half-deleted (kill -9 during the keep policy's delete): skipped, counted.
+      logging.warning('%s: %s; skipping step %d', task, e, step)
+      unreadable.append(step)
+      return False
     done.add(step, signature)
     evaluated.append(step)
     logging.info('%s: step %d done in %.1f s', task, step, time.time() - start)
+    return True
 
   steps = list_steps()
   if options.step >= 0:
@@ -161,7 +171,9 @@ def run(task: str, options: Options, list_steps: Callable[[], list[int]],
   elif not (options.all or options.watch):
     if not steps:
       raise FileNotFoundError(f'no complete checkpoint in {options.workdir}')
-    process(steps[-1])
+    for step in reversed(steps):  # the latest readable one
+      if process(step):
+        break
   else:
     seen: set[int] = set()
     last_new = time.time()
@@ -182,6 +194,11 @@ def run(task: str, options: Options, list_steps: Callable[[], list[int]],
         break
       sleep(options.poll_s)
       steps = list_steps()
+  if unreadable:
+    logging.warning('%s: skipped %d unreadable checkpoint step(s): %s', task, len(unreadable),
+                    ', '.join(map(str, unreadable)))
+  if options.step >= 0 and unreadable:
+    raise FileNotFoundError(f'checkpoint step {options.step} in {options.workdir} is unreadable')
   return evaluated
 
 
@@ -226,6 +243,7 @@ def parse_flags(argv: Sequence[str], extra: dict[str, Any] | None = None
     else:
       raise config_lib._unknown('flag', '--' + name, [f'--{f}' for f in known])  # pylint: disable=protected-access
   options = Options(**{k: v for k, v in values.items() if k in defaults})
+  config_lib.validate_flags(dataclasses.asdict(options))  # --feature, --normalize, ...
   if not options.workdir:
     raise config_lib.ConfigError('--workdir DIR is required')
   if sum([options.step >= 0, options.all, options.watch]) > 1:
@@ -240,7 +258,7 @@ def load_config(options: Options, overrides: Sequence[tuple[str, str]]
     config = config_lib.load_config(options.config)
   else:
     config = config_lib.load_workdir_config(options.workdir)
-  return config_lib.apply_overrides(config, overrides)
+  return config_lib.validate(config_lib.apply_overrides(config, overrides))
 
 
 def main(task: str, argv: Sequence[str], body: Callable[..., Sequence[int]],
