@@ -96,6 +96,9 @@ def load_data_source(dataset: str, split: str, data_dir: str | None):
   # Features come from the build's own features.json, not from the builder code
   # (which may have moved on since the files were written).
   builder = read_only_builder.builder_from_files(dataset, data_dir=data_dir)
+  if split.partition('[')[0] not in builder.info.splits:  # not the file format's fault
+    raise ValueError(f'split {split!r} is not in {dataset} ({builder.data_dir}); its splits are '
+                     f'{", ".join(builder.info.splits)}')
   try:
     source = builder.as_data_source(
         split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
