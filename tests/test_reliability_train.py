@@ -219,3 +219,146 @@ def test_disk_full_during_a_train_checkpoint_is_one_line_and_keeps_the_last_one(
   assert 'No space left on device' in last and 'the last complete checkpoint is step 4' in last
   assert checkpointing.list_steps(str(tmp_path)) == [4]
   _assert_checkpoint_equals_reference(str(tmp_path), reference_run, 4)
+
+
+# ----------------------------------------------------------------------------- processes
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NO_STEPS = TINY + ['--config.total_steps=0']   # init + a step-0 checkpoint, no compile
+
+
+def _main(args, monkeypatch, capsys):
+  """train.main in this process (no train-step compile allowed) -> (code, stderr errors)."""
+  monkeypatch.chdir(REPO)
+  monkeypatch.setattr(train, 'compile_cached', lambda *a: pytest.fail('compiled'))
+  capsys.readouterr()
+  code = train.main(args)
+  return code, [l for l in capsys.readouterr().err.splitlines()
+                if 'm5_jax.train: error' in l or 'Traceback' in l]
+
+
+def _write_lock(workdir, pid, host=None):
+  import json  # pylint: disable=g-import-not-at-top
+  import socket  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, checkpointing.LOCK_FILENAME), 'w') as f:
+    json.dump({'pid': pid, 'host': host or socket.gethostname(), 'started': time.time(),
+               'proc_start': checkpointing._process_start(pid)}, f)  # pylint: disable=protected-access
+
+
+def test_a_second_trainer_on_a_workdir_is_refused_in_one_line_and_a_dead_ones_lock_is_stale(
+    tmp_path, monkeypatch, capsys):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'run')
+  holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])
+  try:
+    _write_lock(workdir, holder.pid)
+    code, errors = _main(NO_STEPS + ['--workdir', workdir], monkeypatch, capsys)
+    assert code == 1 and len(errors) == 1, errors
+    assert errors[0].startswith(f'm5_jax.train: error: workdir {workdir} is in use by another '
+                                f'trainer (pid {holder.pid} on ')
+    assert errors[0].endswith(f'delete {workdir}/{checkpointing.LOCK_FILENAME} if that trainer '
+                              'is gone')
+    assert not os.path.exists(os.path.join(workdir, 'checkpoints'))
+  finally:
+    holder.kill()
+    holder.wait()
+  # The holder is dead: its lock is stale and taken over; released at the end.
+  code, errors = _main(NO_STEPS + ['--workdir', workdir], monkeypatch, capsys)
+  assert code == 0 and not errors
+  assert checkpointing.list_steps(workdir) == [0]
+  assert not os.path.exists(os.path.join(workdir, checkpointing.LOCK_FILENAME))
+
+
+def test_the_workdir_lock_of_another_host_is_refused_and_only_process_0_takes_it(tmp_path,
+                                                                                 monkeypatch):
+  _write_lock(str(tmp_path), 4242, host='another-host')
+  with pytest.raises(checkpointing.WorkdirLockedError, match='pid 4242 on another-host'):
+    checkpointing.WorkdirLock(str(tmp_path)).acquire()
+  os.remove(tmp_path / checkpointing.LOCK_FILENAME)
+  monkeypatch.setattr(jax, 'process_index', lambda: 1)
+  with checkpointing.WorkdirLock(str(tmp_path)):
+    assert not os.listdir(tmp_path)   # process 1 leaves the lock to process 0
+  monkeypatch.setattr(jax, 'process_index', lambda: 0)
+  with checkpointing.WorkdirLock(str(tmp_path)) as lock:
+    assert os.path.isfile(lock.path)
+    with pytest.raises(checkpointing.WorkdirLockedError):  # held by this very trainer
+      other = checkpointing.WorkdirLock(str(tmp_path))
+      monkeypatch.setattr(os, 'getpid', lambda: 1)     # as seen from another process
+      other.acquire()
+  assert not os.path.exists(lock.path)
+
+
+def test_sigterm_during_start_up_saves_and_returns_0(tmp_path, monkeypatch, capsys):
+  """SIGTERM while the run restores (before any compile): the start step is saved and
+  main returns 0, the documented preemption exit, not death by signal (-15)."""
+  restore_latest = checkpointing.Checkpointer.restore_latest
+
+  def sigterm_then_restore(self, *args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return restore_latest(self, *args, **kwargs)
+  monkeypatch.setattr(checkpointing.Checkpointer, 'restore_latest', sigterm_then_restore)
+  previous = signal.getsignal(signal.SIGTERM)
+  workdir = str(tmp_path)
+  code, errors = _main(TINY + ['--config.total_steps=5', '--workdir', workdir], monkeypatch,
+                       capsys)
+  assert code == 0 and not errors
+  assert checkpointing.list_steps(workdir) == [0]
+  assert signal.getsignal(signal.SIGTERM) == previous   # the handler is put back
+
+
+def test_sigterm_to_a_starting_trainer_process_exits_0(tmp_path):
+  """The real binary, signalled as soon as it holds the workdir lock (start-up)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path)
+  proc = subprocess.Popen([sys.executable, '-m', 'm5_jax.train', *TINY,
+                           '--config.total_steps=50', '--workdir', workdir], cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  lock = os.path.join(workdir, checkpointing.LOCK_FILENAME)
+  deadline = time.time() + 120
+  while not os.path.exists(lock) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=180)
+  assert proc.returncode == 0, err[-2000:]
+  assert 'preempted' in err
+  assert checkpointing.list_steps(workdir) == [0]
+
+
+_FAILED_SAVE = '''
+import os, sys, time, jax, ml_collections
+from m5_jax import checkpointing, train
+ckpt = checkpointing.Checkpointer(sys.argv[1], ml_collections.ConfigDict(dict(keep=0)))
+ckpt.save(1, {'w': jax.numpy.ones((64, 64))}, {'step': 1})
+ckpt.wait()
+# The checkpoint directory stops being one (as an unwritable one would, for root too).
+os.rename(ckpt.directory, ckpt.directory + '.moved')
+open(ckpt.directory, 'w').close()
+try:
+  ckpt.save(2, {'w': jax.numpy.ones((64, 64))}, {'step': 2})
+  ckpt.close()
+except checkpointing.CheckpointWriteError as e:
+  print('ERROR', e, flush=True)
+sys.exit(train.exit_promptly(1))   # what `python -m m5_jax.train` ends with
+'''
+
+
+def test_a_failed_save_exits_promptly_not_after_orbax_thread_timeouts(tmp_path):
+  """Orbax leaves non-daemon threads waiting (5 minutes) after a failed directory
+  creation; the binary must end at once with its error code."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  start = time.time()
+  proc = subprocess.run([sys.executable, '-c', _FAILED_SAVE, str(tmp_path)], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert 'ERROR could not write checkpoint step 2' in proc.stdout
+  assert 'not waiting for' in proc.stderr
+  assert time.time() - start < 60
+  with open(os.path.join(REPO, 'm5_jax', 'train.py')) as f:
+    assert 'sys.exit(exit_promptly(main(sys.argv[1:])' in f.read()
