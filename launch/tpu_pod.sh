@@ -9,7 +9,8 @@
 #
 # Environment: TPU_NAME, ZONE (required), PROJECT (optional), REMOTE_DIR (code dir
 # on the workers, default ~/m5_jax), EVAL=1 to run the eval binaries after
-# training (on worker 0 is not enough: every host must join), DRY_RUN=1 to print,
+# training (on worker 0 only: the eval binaries are single-process, so one per
+# worker would be independent evaluators writing the same files), DRY_RUN=1 to print,
 # ALLOW_DIRTY=1 to ship HEAD although the checkout has uncommitted changes.
 #
 # It ships the last commit (`git archive HEAD`), not the working tree: with
@@ -57,10 +58,11 @@ env_vars="TF_CPP_MIN_LOG_LEVEL=2 TPU_STDERR_LOG_LEVEL=1"
 train_cmd="cd $REMOTE_DIR && $env_vars .venv/bin/python -m m5_jax.train $(quote_args --config "$config" --workdir "$workdir" "${extra[@]}")"
 run gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${gcloud_args[@]}" --command "$train_cmd"
 
-# 4. Evaluate from the checkpoints (every host joins; process 0 writes).
+# 4. Evaluate from the checkpoints, on worker 0 only (its local chips).
+eval_args=("${gcloud_args[@]/--worker=all/--worker=0}")
 if [[ "${EVAL:-0}" == "1" ]]; then
   for task in coarse_retrieval fine_retrieval classification clustering; do
-    run gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${gcloud_args[@]}" \
+    run gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${eval_args[@]}" \
       --command "cd $REMOTE_DIR && $env_vars .venv/bin/python -m m5_jax.evaluate.$task $(quote_args --workdir "$workdir")"
   done
 fi

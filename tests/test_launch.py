@@ -30,7 +30,10 @@ def test_tpu_pod_dry_run_ships_installs_and_trains_on_all_workers():
                  '--config.input.batch_size=4096', TPU_NAME='pod', ZONE='us-central2-b', EVAL='1',
                  ALLOW_DIRTY='1')  # the checkout under test may have uncommitted changes
   gcloud = [c for c in cmds if c[0] == 'gcloud']
-  assert all('--worker=all' in c for c in gcloud)
+  evals = [c for c in gcloud if 'm5_jax.evaluate.' in c[-1]]
+  assert all('--worker=all' in c for c in gcloud if c not in evals)
+  # Evaluators are single-process: one on worker 0, not one per worker writing the same files.
+  assert len(evals) == 4 and all('--worker=0' in c and '--worker=all' not in c for c in evals)
   assert gcloud[0][:4] == ['gcloud', 'compute', 'tpus', 'tpu-vm'] and gcloud[0][4] == 'scp'
   remote = [c[c.index('--command') + 1] for c in gcloud[1:]]
   assert 'pip install' in remote[0] and 'jax[tpu]' in remote[0]
@@ -81,6 +84,19 @@ def test_slurm_dry_run_uses_srun_per_node():
   assert len(cmds) == 1
   assert cmds[0][:3] == ['srun', '--nodes=4', '--ntasks-per-node=1']
   assert cmds[0][-4:] == ['--config', 'configs/scale.py:size=base', '--workdir', '/shared/w']
+
+
+def test_slurm_dry_run_trains_on_every_node_and_evaluates_on_one():
+  """N evaluators (one per node) would each evaluate every step and write the same files;
+  the eval binaries are single-process, so they run once, on one node."""
+  cmds = dry_run('gpu_slurm.sbatch', '--config', 'configs/scale.py:size=base', '--workdir',
+                 '/shared/w', SLURM_JOB_NUM_NODES='4')
+  assert cmds[0][:3] == ['srun', '--nodes=4', '--ntasks-per-node=1']
+  evals = cmds[1:]
+  assert [c[c.index('-m') + 1] for c in evals] == [
+      'm5_jax.evaluate.coarse_retrieval', 'm5_jax.evaluate.fine_retrieval',
+      'm5_jax.evaluate.classification', 'm5_jax.evaluate.clustering']
+  assert all(c[:3] == ['srun', '--nodes=1', '--ntasks=1'] for c in evals)
 
 
 @pytest.mark.parametrize('script', ['local.sh', 'tpu_pod.sh', 'gpu_slurm.sbatch'])
