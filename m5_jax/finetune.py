@@ -5,10 +5,10 @@
 (The design notes' section 3, ../shared/DESIGN.md beside the repository, not in it.)
 `pooled[m]` is the model's per-modality vector (zeros for an absent modality, so
 the concatenation has a fixed width). The backbone's parameters live under
-'backbone' (the pretraining params tree, unchanged), the head's under 'head', so
-`train.py` initialises the backbone from a pretraining checkpoint with
-`config.init_from.into = 'backbone'`. `m5_jax.evaluate.classification` scores a
-fine-tuned checkpoint with `build(config)`'s logits.
+'backbone' (the pretraining params tree, unchanged), the head's under 'head_hidden'
+and 'head_out', so `train.py` initialises the backbone from a pretraining
+checkpoint with `config.init_from.into = 'backbone'`. `m5_jax.evaluate.
+classification` scores a fine-tuned checkpoint with `build(config)`'s logits.
 
 The head's class index is the label value itself: the device batch's int32 label
 (m5_jax/batch.py), -1 where the int64 label does not fit in int32. Labels must

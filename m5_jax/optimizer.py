@@ -4,17 +4,18 @@
   config.optimizer.lr = 1e-4                  # peak learning rate
   config.optimizer.b1, b2, eps
   config.optimizer.weight_decay = 0.01
-  config.optimizer.no_decay = r'(bias|scale|embedding|log_temperature)$'
+  config.optimizer.no_decay = r'(bias|scale|embedding|contrastive_log_scale|contrastive_bias)$'
   config.optimizer.grad_clip_norm = 1.0       # 0 = off
-  config.optimizer.lr_multipliers = ((r'^text_encoder/', 0.1),)   # first match wins
-  config.optimizer.freeze = r'^image_encoder/'                   # '' = train all
+  config.optimizer.lr_multipliers = ((r'^encoders_text/', 0.1),)  # first match wins
+  config.optimizer.freeze = r'^encoders_image/'                  # '' = train all
   config.schedule.name = 'cosine'             # 'cosine' | 'linear' | 'constant'
   config.schedule.warmup_steps | warmup_epochs | warmup_examples
   config.schedule.end_lr_factor = 0.0
 
 Regexes are searched in the parameter path, '/'-joined dict keys such as
-'fusion/layers_0/attention/query/kernel' (see `param_paths`). Frozen parameters
-get zero updates, no optimizer state, and do not count in the clipping norm.
+'fusion/transformer/layer_0/attention/query/kernel' (see `param_paths`; a fine-tuned
+classifier's backbone is under 'backbone/'). Frozen parameters get zero updates, no
+optimizer state, and do not count in the clipping norm.
 The transforms work on trees whose leaves are flax partitioning boxes too (the
 masks and labels are prefix trees), so `jax.eval_shape` over the boxed init gives
 the optimizer state's shardings.
