@@ -3,14 +3,17 @@
 For smoke runs, throughput benchmarks without an input bottleneck, and sharding/
 resume tests that must not depend on a built dataset. Like the real pipeline
 (m5_jax/input_pipeline.py) the global batch at step s is a pure function of
-(seed, s), each process materialises only its own rows, and the iterator state
-is {'step': s}, so resumption is exact.
+(seed, s), so resumption from the iterator state {'step': s, 'source':
+'synthetic'} is exact. Unlike it, every process generates the whole global batch
+(random numbers, cheap) and keeps only its own rows (`sharding.rows_for_mesh`).
 
 The data has learnable structure so that a loss can fall: token ids follow a
-Zipf law over a small vocabulary, the table repeats the text's tokens (a
-text<->table contrastive signal), dense features are the item's latent vector
-plus noise. Fields are filled by name and dtype from `m5_jax.batch.batch_spec`,
-so a new modality gets synthetic data without code here.
+Zipf law over a small vocabulary, the table repeats the text's tokens when text
+comes before table in config.modalities (a text<->table contrastive signal),
+dense features are the item's latent vector plus noise; labels are class indices
+in [0, num_classes), as the fine-tuning head needs. Fields are filled by name and
+dtype from `m5_jax.batch.batch_spec`, so a new modality gets synthetic data
+without code here.
 """
 from __future__ import annotations
 
