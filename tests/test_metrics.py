@@ -1,5 +1,6 @@
 """Known-answer tests for m5_jax.evaluate.metrics, cross-checked against sklearn and
-a literal per-query NumPy reference of DESIGN.md section 3."""
+a literal per-query NumPy reference of the design notes' section 3 (../shared/DESIGN.md,
+beside the repository)."""
 import numpy as np
 import pytest
 from sklearn import metrics as skm
@@ -8,7 +9,7 @@ from m5_jax.evaluate import metrics
 
 
 def reference_query(ranked_relevant, num_positives, num_ranked, K):
-  """DESIGN.md section 3, literally, for one query (ranked_relevant: full ranking)."""
+  """The design notes' section 3, literally, for one query (ranked_relevant: full ranking)."""
   rel = list(ranked_relevant)
   k = min(K, num_positives, num_ranked)
   hit_ranks = [i for i in range(1, k + 1) if rel[i - 1]]

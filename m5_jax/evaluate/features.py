@@ -3,7 +3,7 @@
 `SplitFeatures` holds, for every item of a split (row = the item's `index`, its
 position in the TFDS split): one pooled vector per modality (`out['pooled'][m]`),
 its presence flag, the label and the instance id. `combine` builds the feature
-of a modality subset (DESIGN.md section 3): the sum of the subset's *present*
+of a modality subset (the M5Product paper's): the sum of the subset's *present*
 modality vectors; items with none of them present are flagged, and missing
 modalities are counted.
 

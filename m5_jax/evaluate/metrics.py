@@ -1,4 +1,5 @@
-"""Metrics for the four downstream tasks (DESIGN.md section 3), in NumPy.
+"""Metrics for the four downstream tasks (design notes section 3: ../shared/DESIGN.md,
+beside the repository, not in it), in NumPy.
 
 Retrieval metrics work on a ranked hit matrix: `hits[q, i]` is True when the
 i-th ranked gallery item (0-based) of query q is a positive. Only the top
