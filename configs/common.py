@@ -60,6 +60,13 @@ def get_config(method_name: str | None, arg: str | None, **extra_args) -> ml_col
   for m in MEDIA:
     if m in config.modality and 'form' in config.modality[m]:
       config.modality[m].form = args.form
+  if 'audio' in config.modality:
+    # Both audio forms read the same 80 x 751 log-mel; 'raw' tokenises it into time
+    # patches, 'features' into the 80 mel-bin rows. Time patches keep the spectrum:
+    # on mini the five-modality model's audio vector scored coarse mAP@10 79.0 with
+    # them vs 26.1 with mel-bin rows (benchmarks/results/matrix.md), so they are the
+    # default in both forms (--config.modality.audio.form=features for the rows).
+    config.modality.audio.form = 'raw'
 
   config.input = ml_collections.ConfigDict(dict(
       dataset=f'm5product/{args.form}',

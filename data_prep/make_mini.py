@@ -100,7 +100,14 @@ import shutil
 import sys
 import time
 
-from data_prep import release
+# OpenBLAS helper threads spin for up to ~0.1 s after each threaded call (the
+# log-mel matmul, once per item) before they sleep: on a busy 2-core machine that
+# spinning was over a third of make_mini's CPU time. Results do not depend on it
+# (same thread count, same bytes). Set before numpy loads, so it holds for
+# `python -m data_prep.make_mini` and for every spawned worker.
+os.environ.setdefault('OPENBLAS_THREAD_TIMEOUT', '4')
+
+from data_prep import release  # pylint: disable=g-import-not-at-top
 from data_prep.mini import item as item_lib
 from data_prep.mini import plan as plan_lib
 from data_prep.mini import world as world_lib
@@ -170,13 +177,15 @@ def generate(out: str, num_products: int = DEFAULT_NUM_PRODUCTS, seed: int = 0,
              features: bool = False, workers: int | None = None,
              rates: plan_lib.DefectRates = plan_lib.DefectRates(), cue_noise: float = 0.15,
              instance_rate: float = 0.25, num_categories: int = len(world_lib.CATEGORIES),
-             overwrite: bool = False, progress: bool = True) -> dict:
+             overwrite: bool = False, progress: bool = True,
+             split_weights: tuple = plan_lib.SINGLETON_SPLITS) -> dict:
   """Writes the release to `out`; returns the manifest (also in out/mini_manifest.json)."""
   if not 0.0 <= cue_noise <= 1.0 or not 0.0 <= instance_rate <= 1.0:
     raise ValueError('--cue_noise and --instance_rate must be in [0, 1]')
   layout = release.ReleaseLayout()
   world = world_lib.World.create(seed, num_categories)
-  plan = plan_lib.make_plan(world, num_products, seed, rates, instance_rate)
+  plan = plan_lib.make_plan(world, num_products, seed, rates, instance_rate,
+                            singleton_splits=tuple(split_weights))
   _prepare_out(out, layout, features, overwrite)
   ctx = item_lib.Context(root=os.path.abspath(out), seed=seed, world=world,
                          cue_noise=cue_noise, features=features, layout=layout)
@@ -212,6 +221,8 @@ def generate(out: str, num_products: int = DEFAULT_NUM_PRODUCTS, seed: int = 0,
   args = {'seed': seed, 'num_products': num_products, 'features': features,
           'cue_noise': cue_noise, 'instance_rate': instance_rate,
           'num_categories': num_categories, 'rates': dataclasses.asdict(rates)}
+  if tuple(split_weights) != plan_lib.SINGLETON_SPLITS:  # the default leaves the manifest as it was
+    args['split_weights'] = dict(split_weights)
   manifest = plan_lib.build_manifest(plan, world, args, features)
   with open(os.path.join(out, MANIFEST), 'w', encoding='utf-8') as f:
     json.dump(manifest, f, ensure_ascii=False, indent=1)
@@ -221,6 +232,26 @@ def generate(out: str, num_products: int = DEFAULT_NUM_PRODUCTS, seed: int = 0,
           f'({len(plan.items) / max(meter.elapsed, 1e-9):.1f} items/s, {workers} workers); '
           f'absent (raw): {manifest["counts"]["raw"]["by_reason"]}', file=sys.stderr)
   return manifest
+
+
+def parse_split_weights(text: str) -> tuple:
+  """'pretrain=0.3,coarse_query=0.2,...' -> ((split, weight), ...) in SINGLETON_SPLITS order."""
+  names = [name for name, _ in plan_lib.SINGLETON_SPLITS]
+  weights = {}
+  for part in filter(None, text.split(',')):
+    name, sep, value = part.partition('=')
+    if not sep or name not in names:
+      raise argparse.ArgumentTypeError(f'{part!r}: expected split=weight, split one of {names}')
+    try:
+      weights[name] = float(value)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f'{part!r}: weight is not a number') from None
+    if weights[name] < 0:
+      raise argparse.ArgumentTypeError(f'{part!r}: weight must be >= 0')
+  missing = [n for n in names if n not in weights]
+  if missing:
+    raise argparse.ArgumentTypeError(f'--split_weights needs every split; missing {missing}')
+  return tuple((n, weights[n]) for n in names)
 
 
 def main(argv=None):
@@ -237,6 +268,11 @@ def main(argv=None):
   parser.add_argument('--instance_rate', type=float, default=0.25,
                       help='fraction of products with 2-4 listings')
   parser.add_argument('--num_categories', type=int, default=len(world_lib.CATEGORIES))
+  parser.add_argument('--split_weights', default=None, type=parse_split_weights,
+                      help='how single-listing products spread over the splits, e.g. '
+                           'pretrain=0.25,coarse_query=0.2,coarse_gallery=0.2,fine_gallery=0.05,'
+                           'cls_train=0.1,cls_test=0.2 (default: '
+                           + ','.join(f'{k}={w}' for k, w in plan_lib.SINGLETON_SPLITS) + ')')
   parser.add_argument('--overwrite', action='store_true', help='replace an existing mini release')
   parser.add_argument('--quiet', action='store_true', help='no progress output')
   for field in dataclasses.fields(plan_lib.DefectRates):
@@ -248,7 +284,7 @@ def main(argv=None):
   try:
     generate(args.out, args.num_products, args.seed, args.features, args.workers, rates,
              args.cue_noise, args.instance_rate, args.num_categories, args.overwrite,
-             progress=not args.quiet)
+             progress=not args.quiet, split_weights=args.split_weights or plan_lib.SINGLETON_SPLITS)
   except ValueError as e:
     raise SystemExit(f'make_mini: {e}') from None
 
