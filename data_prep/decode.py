@@ -214,8 +214,9 @@ def log_mel(samples: np.ndarray, num_frames: int = MEL_FRAMES) -> tuple[np.ndarr
   mode = 'reflect' if samples.size > pad else 'constant'
   padded = np.pad(samples, pad, mode=mode)
   valid = 1 + samples.size // HOP
-  idx = np.arange(N_FFT)[None, :] + HOP * np.arange(valid)[:, None]
-  spectrum = np.abs(scipy.fft.rfft(padded[idx] * _WINDOW, axis=-1)) ** 2  # float32 [valid, 513]
+  # The frames as a strided view: no [valid, N_FFT] index array and gather.
+  frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP][:valid]
+  spectrum = np.abs(scipy.fft.rfft(frames * _WINDOW, axis=-1)) ** 2  # float32 [valid, 513]
   mel = np.log(spectrum @ _MEL.T + LOG_FLOOR).T                            # [80, valid]
   out = np.zeros((N_MELS, num_frames), np.float32)
   out[:, :valid] = mel
