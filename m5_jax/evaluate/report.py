@@ -552,10 +552,13 @@ def plot_long_tail(per_class: Mapping[int, float], class_counts: Mapping[int, in
   ax2.plot(positions, [per_class[c] for c in classes], 'o-', ms=3, color='tab:blue',
            label='accuracy')
   ax2.set_ylabel('accuracy (%)')
-  ax2.set_ylim(0, 100)
+  ax2.set_ylim(-3, 103)  # markers at 0 and 100 stay whole
+  handles = ax1.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+  ax1.legend(handles, [h.get_label() for h in handles], fontsize=8, loc='upper left',
+             bbox_to_anchor=(1.12, 1.0), borderaxespad=0.0)
   ax1.set_title(title or 'per-class accuracy along the long tail')
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=120, bbox_inches='tight')
   plt.close(fig)
   return path
 
