@@ -105,7 +105,7 @@ def axis_rules(sharding_config: ml_collections.ConfigDict) -> tuple[tuple[str, A
   return RULE_PRESETS[name]
 
 
-def _fit(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
+def _drop_indivisible_axes(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
   """Drops mesh axes from dimensions they do not divide (e.g. a bias of size 3)."""
   fitted = []
   for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
@@ -124,8 +124,9 @@ def shardings_for(boxed_abstract: Any, mesh: Mesh, rules) -> Any:
   logical = nn.get_partition_spec(boxed_abstract)
   mesh_specs = nn.logical_to_mesh(logical, rules)
   shapes = nn.unbox(boxed_abstract)
-  return jax.tree.map(lambda spec, x: NamedSharding(mesh, _fit(spec, x.shape, mesh)),
-                      mesh_specs, shapes, is_leaf=lambda x: isinstance(x, P))
+  return jax.tree.map(
+      lambda spec, x: NamedSharding(mesh, _drop_indivisible_axes(spec, x.shape, mesh)),
+      mesh_specs, shapes, is_leaf=lambda x: isinstance(x, P))
 
 
 def state_shardings(init_fn: Callable[[], Any], mesh: Mesh, rules) -> tuple[Any, Any]:

@@ -119,15 +119,16 @@ class ShardedGallery:
       # A short last block is padded to a multiple of TAIL_QUERIES, not to a whole
       # block: that costs one more compile and saves up to a block of wasted matmul.
       rows = min(query_block, -(-(hi - lo) // TAIL_QUERIES) * TAIL_QUERIES)
-      q = np.zeros((rows, self.dim), self.embeddings.dtype)
-      q[:hi - lo] = queries[lo:hi]
-      ex = np.full((rows,), -1, np.int32)
-      ex[:hi - lo] = exclude[lo:hi]
-      s, i, pruned = fn(self.embeddings, self.valid, put_global(q, replicated),
-                        put_global(ex, replicated))
-      results.append((s, i, pruned, hi - lo))
+      block_queries = np.zeros((rows, self.dim), self.embeddings.dtype)
+      block_queries[:hi - lo] = queries[lo:hi]
+      block_exclude = np.full((rows,), -1, np.int32)
+      block_exclude[:hi - lo] = exclude[lo:hi]
+      scores, indices, pruned = fn(self.embeddings, self.valid,
+                                   put_global(block_queries, replicated),
+                                   put_global(block_exclude, replicated))
+      results.append((scores, indices, pruned, hi - lo))
       if time.time() - last_log > log_every_s:
-        jax.block_until_ready(s)
+        jax.block_until_ready(scores)
         last_log = time.time()
         rate = hi / (last_log - start)
         logging.info('search: %d/%d queries, %.0f queries/s, ETA %.0f s', hi, num_queries,
@@ -139,8 +140,8 @@ class ShardedGallery:
     self.last_search_stats = {'gallery_blocks': blocks, 'pruned_blocks': pruned}
     logging.info('search: %d queries, %d of %d gallery blocks took the pruned path',
                  num_queries, pruned, blocks)
-    return (np.concatenate([fetch(s)[:n] for s, _, _, n in results]),
-            np.concatenate([fetch(i)[:n] for _, i, _, n in results]))
+    return (np.concatenate([fetch(scores)[:n] for scores, _, _, n in results]),
+            np.concatenate([fetch(indices)[:n] for _, indices, _, n in results]))
 
 
 def _take_groups(grouped: jax.Array, groups: jax.Array) -> tuple[jax.Array, jax.Array]:
