@@ -264,3 +264,47 @@ def test_cli_errors(tmp_path):
     make_mini.main(['--out', str(tmp_path), '--num_products', '3', '--quiet', '--overwrite'])
   with pytest.raises(SystemExit, match='unimodal_rate'):
     make_mini.main(['--out', str(tmp_path / 'new'), '--unimodal_rate', '0.5', '--quiet'])
+
+
+def test_video_frames_equal_the_full_grid_disk():
+  """The windowed disk test (render.video_frames) gives exactly the frames of the
+  plain formula over the whole 64 x 64 grid, wrapping included."""
+  import dataclasses
+  from data_prep.mini import render
+  world = world_lib.World.create(0)
+  plan = plan_lib.make_plan(world, 30, seed=0)
+  base = render.clip_scene(world, plan.items[0].product, 0, 0, 0.15)
+  rng = np.random.default_rng(0)
+  for k in range(48):
+    clip = dataclasses.replace(base, seconds=3, direction=k % world_lib.DIRECTIONS, tempo=k % 3,
+                               start=tuple(float(v) for v in rng.uniform(-70, 140, 2)))
+    n, s = clip.seconds * render.VIDEO_FPS, render.VIDEO_SIZE
+    angle = 2 * np.pi * clip.direction / world_lib.DIRECTIONS
+    t = np.arange(n, dtype=np.float32) / render.VIDEO_FPS
+    speed = render.SPEEDS_PX_PER_S[clip.tempo]
+    cx = clip.start[0] + speed * np.cos(angle) * t
+    cy = clip.start[1] - speed * np.sin(angle) * t
+    grid = np.arange(s, dtype=np.float32)
+    dx = (grid[None, None, :] - cx[:, None, None] + s / 2) % s - s / 2
+    dy = (grid[None, :, None] - cy[:, None, None] + s / 2) % s - s / 2
+    want = np.where(dx * dx + dy * dy <= 36.0, np.uint8(clip.brightness), np.uint8(clip.background))
+    got = render.video_frames(clip)
+    assert got.dtype == np.uint8 and np.array_equal(got, want), k
+
+
+def test_log_mel_frames_equal_the_gathered_frames():
+  """decode.log_mel's strided frames give the bits of the explicit gather."""
+  import scipy.fft
+  rng = np.random.default_rng(0)
+  for size in (100, 512, 513, 48_000, 48_256, 191_999, 192_256, 250_000):
+    samples = (0.3 * rng.standard_normal(size)).astype(np.float32)
+    got, valid = decode.log_mel(samples)
+    x = samples[:(decode.MEL_FRAMES - 1) * decode.HOP]
+    pad = decode.N_FFT // 2
+    padded = np.pad(x, pad, mode='reflect' if x.size > pad else 'constant')
+    want_valid = 1 + x.size // decode.HOP
+    idx = np.arange(decode.N_FFT)[None, :] + decode.HOP * np.arange(want_valid)[:, None]
+    spectrum = np.abs(scipy.fft.rfft(padded[idx] * decode._WINDOW, axis=-1)) ** 2
+    want = np.zeros_like(got)
+    want[:, :want_valid] = np.log(spectrum @ decode._MEL.T + decode.LOG_FLOOR).T
+    assert valid == want_valid and got.tobytes() == want.tobytes(), size
