@@ -15,6 +15,16 @@ state dict, so a resumed run reads exactly the batches it would have read.
     step and the last complete checkpoint; the failed step stays unfinalized.
   * Restores go through an abstract state that carries the *current* shardings:
     a checkpoint saved on any mesh or device count restores onto any other.
+  * A checkpoint of another model (a changed config) is one line naming the
+    parameters that differ and what to do (`check_compatible`), not Orbax's tree diff.
+  * A listed step whose files are damaged (a kill -9 during the keep policy's delete,
+    a truncated file) is moved aside as `<step>.corrupt-<time>` at restart, loudly, and
+    the step before it restored (`Checkpointer.restore_latest`); readers
+    (`restore_params`, the evaluators) raise UnreadableCheckpointError, which the eval
+    runner skips with a warning.
+  * `WorkdirLock`: one trainer per workdir (process 0 holds `<workdir>/trainer.lock`:
+    pid, host, start time); a second one stops with one line, a dead holder's lock on
+    this host is stale.
   * `init_params_from` copies matching parameters from another run's checkpoint
     (fine-tuning), selected by include/exclude regexes on '/'-joined paths.
 """

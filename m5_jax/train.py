@@ -20,7 +20,15 @@ jitted, donated state), then the loop (resume, log, checkpoint, preemption).
   * A non-finite loss or gradient never updates the state; config.nonfinite =
     'stop' ends the run with an error naming the step (before any checkpoint
     after it is written), 'skip' goes on.
-  * SIGTERM (preemption): save at the current step, exit 0; a restart resumes.
+  * SIGTERM (preemption): save at the current step, exit 0; a restart resumes. The
+    handler is installed first, so this holds during start-up (restore, compile) too.
+  * Start-up checks, before any data read or compile, each a one-line error: the
+    config schema (config_lib.SCHEMA), the data build, split and tokenizer
+    (`check_input`), the mesh and batch, a workdir held by another trainer
+    (checkpointing.WorkdirLock), a checkpoint of another model. A damaged latest
+    checkpoint is moved aside and the one before it restored.
+  * After a failed checkpoint write the binary exits at once (`exit_promptly`), not
+    after Orbax's background threads time out.
   * Nothing to train (total_steps=0, or start step >= total_steps): the state at
     the start step is checkpointed (a step-0 checkpoint of the initial, random
     weights for total_steps=0) without compiling a train step.
@@ -444,15 +452,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 def _train(config: ml_collections.ConfigDict, workdir: str, watcher: PreemptionWatcher) -> dict:
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.axis_rules(config.sharding)
-  sharding.log_mesh(mesh)
   batch_size = config.input.batch_size
   sharding.process_batch_size(batch_size, mesh)  # validates divisibility (one-line error)
-  micro_rows = batch_size // config.num_microbatches
-  if micro_rows % sharding.batch_shards(mesh):
-    raise config_lib.ConfigError(
-        f'a microbatch of {micro_rows} rows (input.batch_size {batch_size} / num_microbatches '
-        f'{config.num_microbatches}) does not split over the {sharding.batch_shards(mesh)} batch '
-        'shards of the mesh; use fewer microbatches or a larger batch')
+  sharding.log_mesh(mesh)
   data = create_input(config, mesh)
   durations = dict(batch_size=batch_size, examples_per_epoch=getattr(
       getattr(data, 'host', data), 'num_examples', None) or config.input.get('num_train_examples'))

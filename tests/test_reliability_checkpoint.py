@@ -15,6 +15,9 @@ import pytest
 from m5_jax import checkpointing
 from m5_jax.evaluate import runner
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.reliability import checkpoint_faults  # noqa: E402  pylint: disable=wrong-import-position
+
 # Saves {'params': 8 x 2 MB arrays filled with the step number} at steps 1, 2, ... (async).
 _SAVER = textwrap.dedent('''
     import sys
@@ -167,43 +170,11 @@ def test_read_only_workdir_is_one_line(tmp_path):
 # ----------------------------------------------------------------------------- unreadable steps
 
 
-def _save_steps(workdir, steps, keep=0):
-  """Steps whose single parameter is filled with the step number (random noise added so
-  that the data files are large enough to damage); -> the abstract state to restore."""
-  ckpt = checkpointing.Checkpointer(workdir, _ckpt_config(keep=keep, async_save=False))
-  rng = np.random.default_rng(0)
-  for step in steps:
-    w = (step + rng.random((256, 256)) * 1e-3).astype(np.float32)
-    ckpt.save(step, {'params': {'w': w}}, {'step': step})
-  ckpt.close()
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  return {'params': {'w': jax.ShapeDtypeStruct((256, 256), np.float32, sharding=device)}}
-
-
-def _data_files(step_dir):
-  return [os.path.join(root, f) for root, _, files in os.walk(step_dir) for f in files
-          if f'{os.sep}d{os.sep}' in os.path.join(root, f)]
-
-
-def truncate_largest_data_file(step_dir):
-  """A damaged step: its largest array file cut in half (a bad copy, a disk error)."""
-  largest = max(_data_files(step_dir), key=os.path.getsize)
-  with open(largest, 'r+b') as f:
-    f.truncate(os.path.getsize(largest) // 2)
-
-
-def half_delete(step_dir):
-  """What kill -9 leaves while the keep policy deletes a step: its array files gone, the
-  directory and its metadata still there (so the step is still listed)."""
-  for path in _data_files(step_dir):
-    os.remove(path)
-
-
 def test_a_corrupt_latest_step_is_moved_aside_and_the_one_before_restored(tmp_path, caplog):
   workdir = str(tmp_path)
-  abstract = _save_steps(workdir, [1, 2, 3])
+  abstract = checkpoint_faults.save_steps(workdir, [1, 2, 3])
   directory = checkpointing.checkpoint_dir(workdir)
-  truncate_largest_data_file(os.path.join(directory, '3'))
+  checkpoint_faults.truncate_largest_data_file(os.path.join(directory, '3'))
   ckpt = checkpointing.Checkpointer(workdir, _ckpt_config())
   try:
     step, state, data_state = ckpt.restore_latest(abstract, workdir)
@@ -218,9 +189,9 @@ def test_a_corrupt_latest_step_is_moved_aside_and_the_one_before_restored(tmp_pa
 
 def test_every_step_unreadable_is_one_line_and_all_are_moved_aside(tmp_path):
   workdir = str(tmp_path)
-  abstract = _save_steps(workdir, [1, 2])
+  abstract = checkpoint_faults.save_steps(workdir, [1, 2])
   for step in (1, 2):
-    half_delete(os.path.join(checkpointing.checkpoint_dir(workdir), str(step)))
+    checkpoint_faults.half_delete(os.path.join(checkpointing.checkpoint_dir(workdir), str(step)))
   ckpt = checkpointing.Checkpointer(workdir, _ckpt_config())
   try:
     with pytest.raises(checkpointing.UnreadableCheckpointError,
@@ -236,8 +207,8 @@ def test_an_evaluator_skips_a_half_deleted_step_with_a_warning(tmp_path, caplog)
   delete): 1 and 3 are evaluated, 2 is skipped and reported; the default mode (latest)
   falls back to the newest readable step."""
   workdir = str(tmp_path)
-  _save_steps(workdir, [1, 2, 3])
-  half_delete(os.path.join(checkpointing.checkpoint_dir(workdir), '2'))
+  checkpoint_faults.save_steps(workdir, [1, 2, 3])
+  checkpoint_faults.half_delete(os.path.join(checkpointing.checkpoint_dir(workdir), '2'))
   assert checkpointing.list_steps(workdir) == [1, 2, 3]   # still listed: it must be skipped
 
   def evaluate_step(step):
@@ -249,7 +220,7 @@ def test_an_evaluator_skips_a_half_deleted_step_with_a_warning(tmp_path, caplog)
   assert runner.run('skip_test', options, list_steps, evaluate_step) == [1, 3]
   assert any('skipped 1 unreadable checkpoint step(s): 2' in r.message for r in caplog.records)
 
-  half_delete(os.path.join(checkpointing.checkpoint_dir(workdir), '3'))
+  checkpoint_faults.half_delete(os.path.join(checkpointing.checkpoint_dir(workdir), '3'))
   latest = runner.Options(workdir=workdir, force=True)
   assert runner.run('skip_test', latest, list_steps, evaluate_step) == [1]
   with pytest.raises(FileNotFoundError, match='step 3 .* is unreadable'):

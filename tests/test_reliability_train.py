@@ -8,6 +8,7 @@ caught by the train binary's handler) so that the restarts reuse one compiled st
 import os
 import shutil
 import signal
+import sys
 
 import jax
 import numpy as np
@@ -224,6 +225,8 @@ def test_disk_full_during_a_train_checkpoint_is_one_line_and_keeps_the_last_one(
 # ----------------------------------------------------------------------------- processes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from benchmarks.reliability import checkpoint_faults  # noqa: E402  pylint: disable=wrong-import-position
 NO_STEPS = TINY + ['--config.total_steps=0']   # init + a step-0 checkpoint, no compile
 
 
@@ -237,16 +240,6 @@ def _main(args, monkeypatch, capsys):
                 if 'm5_jax.train: error' in l or 'Traceback' in l]
 
 
-def _write_lock(workdir, pid, host=None):
-  import json  # pylint: disable=g-import-not-at-top
-  import socket  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, checkpointing.LOCK_FILENAME), 'w') as f:
-    json.dump({'pid': pid, 'host': host or socket.gethostname(), 'started': time.time(),
-               'proc_start': checkpointing._process_start(pid)}, f)  # pylint: disable=protected-access
-
-
 def test_a_second_trainer_on_a_workdir_is_refused_in_one_line_and_a_dead_ones_lock_is_stale(
     tmp_path, monkeypatch, capsys):
   import subprocess  # pylint: disable=g-import-not-at-top
@@ -254,7 +247,7 @@ def test_a_second_trainer_on_a_workdir_is_refused_in_one_line_and_a_dead_ones_lo
   workdir = str(tmp_path / 'run')
   holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])
   try:
-    _write_lock(workdir, holder.pid)
+    checkpoint_faults.write_lock(workdir, holder.pid)
     code, errors = _main(NO_STEPS + ['--workdir', workdir], monkeypatch, capsys)
     assert code == 1 and len(errors) == 1, errors
     assert errors[0].startswith(f'm5_jax.train: error: workdir {workdir} is in use by another '
@@ -274,7 +267,7 @@ def test_a_second_trainer_on_a_workdir_is_refused_in_one_line_and_a_dead_ones_lo
 
 def test_the_workdir_lock_of_another_host_is_refused_and_only_process_0_takes_it(tmp_path,
                                                                                  monkeypatch):
-  _write_lock(str(tmp_path), 4242, host='another-host')
+  checkpoint_faults.write_lock(str(tmp_path), 4242, host='another-host')
   with pytest.raises(checkpointing.WorkdirLockedError, match='pid 4242 on another-host'):
     checkpointing.WorkdirLock(str(tmp_path)).acquire()
   os.remove(tmp_path / checkpointing.LOCK_FILENAME)
@@ -309,56 +302,15 @@ def test_sigterm_during_start_up_saves_and_returns_0(tmp_path, monkeypatch, caps
   assert signal.getsignal(signal.SIGTERM) == previous   # the handler is put back
 
 
-def test_sigterm_to_a_starting_trainer_process_exits_0(tmp_path):
-  """The real binary, signalled as soon as it holds the workdir lock (start-up)."""
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
-  workdir = str(tmp_path)
-  proc = subprocess.Popen([sys.executable, '-m', 'm5_jax.train', *TINY,
-                           '--config.total_steps=50', '--workdir', workdir], cwd=REPO,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  lock = os.path.join(workdir, checkpointing.LOCK_FILENAME)
-  deadline = time.time() + 120
-  while not os.path.exists(lock) and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=180)
-  assert proc.returncode == 0, err[-2000:]
-  assert 'preempted' in err
-  assert checkpointing.list_steps(workdir) == [0]
-
-
-_FAILED_SAVE = '''
-import os, sys, time, jax, ml_collections
-from m5_jax import checkpointing, train
-ckpt = checkpointing.Checkpointer(sys.argv[1], ml_collections.ConfigDict(dict(keep=0)))
-ckpt.save(1, {'w': jax.numpy.ones((64, 64))}, {'step': 1})
-ckpt.wait()
-# The checkpoint directory stops being one (as an unwritable one would, for root too).
-os.rename(ckpt.directory, ckpt.directory + '.moved')
-open(ckpt.directory, 'w').close()
-try:
-  ckpt.save(2, {'w': jax.numpy.ones((64, 64))}, {'step': 2})
-  ckpt.close()
-except checkpointing.CheckpointWriteError as e:
-  print('ERROR', e, flush=True)
-sys.exit(train.exit_promptly(1))   # what `python -m m5_jax.train` ends with
-'''
-
-
-def test_a_failed_save_exits_promptly_not_after_orbax_thread_timeouts(tmp_path):
-  """Orbax leaves non-daemon threads waiting (5 minutes) after a failed directory
-  creation; the binary must end at once with its error code."""
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
-  start = time.time()
-  proc = subprocess.run([sys.executable, '-c', _FAILED_SAVE, str(tmp_path)], cwd=REPO,
-                        capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 1, proc.stderr[-2000:]
-  assert 'ERROR could not write checkpoint step 2' in proc.stdout
-  assert 'not waiting for' in proc.stderr
-  assert time.time() - start < 60
-  with open(os.path.join(REPO, 'm5_jax', 'train.py')) as f:
-    assert 'sys.exit(exit_promptly(main(sys.argv[1:])' in f.read()
+@pytest.mark.parametrize('name', ['sigterm_start_up', 'failed_save_exit', 'corrupt_latest'])
+def test_the_real_binary_under_the_fault(name, tmp_path):
+  """The suite's cases (benchmarks/reliability/checkpoint_faults.py) that need a real
+  process: SIGTERM to a starting trainer exits 0 with its start step saved; a failed save
+  (Orbax's threads left waiting 5 minutes) exits 1 at once; a restart over a damaged
+  latest checkpoint moves it aside and resumes from the step before."""
+  (case,) = [c for c in checkpoint_faults.CASES if c.name == name]
+  result = case.run(str(tmp_path))
+  assert result['problems'] == [] and result['survived'] and result['items_lost'] == 0, result
+  if name == 'failed_save_exit':
+    with open(os.path.join(REPO, 'm5_jax', 'train.py')) as f:  # the binary ends the same way
+      assert 'sys.exit(exit_promptly(main(sys.argv[1:])' in f.read()

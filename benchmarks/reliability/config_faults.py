@@ -150,16 +150,25 @@ def resolved(name: str, paths: dict[str, str]) -> tuple[str, list[str], int, str
       line, paths)
 
 
-def run_case(name: str, work: str, env: dict | None = None) -> dict:
-  """Runs the case's binary as a process: {'survived', 'problems', 'line', 'seconds'}.
-  Survived: the expected exit code, exactly one stderr line starting with the expected
-  text, within MAX_SECONDS, and no checkpoint written."""
+def test_env() -> dict:
+  """The test suite's machine (tests/conftest.py): 8 CPU devices, as the mesh cases expect."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
+  flags = [f for f in env.get('XLA_FLAGS', '').split()
+           if not f.startswith('--xla_force_host_platform_device_count')]
+  env['XLA_FLAGS'] = ' '.join(flags + ['--xla_force_host_platform_device_count=8'])
+  return env
+
+
+def run_case(name: str, work: str) -> dict:
+  """Runs the case's binary as a process (on `test_env`): {'survived', 'problems', 'line',
+  'seconds'}. Survived: the expected exit code, exactly one stderr line starting with the
+  expected text, within MAX_SECONDS, and no checkpoint written."""
   paths = fake_paths(work)
   binary, args, want_code, want_line = resolved(name, paths)
   workdir = os.path.join(work, 'run_' + name.replace(' ', '_'))
   start = time.time()
   proc = subprocess.run([sys.executable, '-m', binary, *args, '--workdir', workdir], cwd=REPO,
-                        capture_output=True, text=True, timeout=300, env=env)
+                        capture_output=True, text=True, timeout=300, env=test_env())
   seconds = round(time.time() - start, 1)
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   problems = []

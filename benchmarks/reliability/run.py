@@ -1,7 +1,8 @@
 r"""The reliability suite at full size, with its figures recorded.
 
     python benchmarks/reliability/run.py [--num_products 500] [--faults 1000] [--seeds 0,1] \
-        [--results benchmarks/results/reliability.md] [--skip_tests]
+        [--results benchmarks/results/reliability.md] [--skip_tests] \
+        [--sections fuzz,build,config,checkpoint]
 
 1. Corrupted-release fuzz at scale: M5Product-mini (`make_mini --features`,
    --num_products items) is generated once; for each seed, `data_prep.fuzz_release`
@@ -12,7 +13,13 @@ r"""The reliability suite at full size, with its figures recorded.
 2. Release-build defects (benchmarks/reliability/build_faults.py, issue 16): links
    out of a media folder, ids past int64, an empty split list, no splits/ folder,
    a BOM in a list; each on a 6-item release: tried, survived, items lost.
-3. The fault tests (preemption at random steps and during an async save, kill -9
+3. Argument and config defects (benchmarks/reliability/config_faults.py, issue 16): each
+   bad value or path run through the real binary: one stderr line, within seconds, no
+   checkpoint. Checkpoint and process defects (checkpoint_faults.py): a half-deleted
+   step under an evaluator --all, a damaged latest step at restart, a failed save, a
+   second trainer, SIGTERM during start-up, a resume with another model, evaluators
+   under SLURM. Each: tried, survived, items lost.
+4. The fault tests (preemption at random steps and during an async save, kill -9
    mid-save with a watching evaluator, non-finite loss stop/skip, bad configs,
    unwritable workdir, disk full) run through pytest; their outcome and time are
    recorded. They are the tests CI runs, plus the slow ones (the fuzzed release
@@ -38,6 +45,8 @@ from benchmarks import machine  # noqa: E402  pylint: disable=g-import-not-at-to
 from data_prep import fuzz_reconcile  # noqa: E402  pylint: disable=g-import-not-at-top
 from data_prep import fuzz_release  # noqa: E402  pylint: disable=g-import-not-at-top
 from benchmarks.reliability import build_faults  # noqa: E402  pylint: disable=g-import-not-at-top
+from benchmarks.reliability import checkpoint_faults  # noqa: E402  pylint: disable=g-import-not-at-top
+from benchmarks.reliability import config_faults  # noqa: E402  pylint: disable=g-import-not-at-top
 
 FAULT_TESTS = ('tests/test_build_faults.py', 'tests/test_reliability_train.py',
                'tests/test_reliability_checkpoint.py', 'tests/test_reliability_config.py', 'tests/test_reliability_fuzz.py',
@@ -120,6 +129,51 @@ def build_defects(work: str) -> list[dict]:
   return rows
 
 
+def config_defects(work: str) -> list[dict]:
+  """Each argument case through its real binary: {'case', 'tried', 'survived', ...}."""
+  rows = []
+  folder = os.path.join(work, 'config_faults')
+  os.makedirs(folder, exist_ok=True)
+  for name, (binary, *_) in config_faults.CASES.items():
+    result = config_faults.run_case(name, folder)
+    rows.append({'case': name, 'what': binary, 'tried': 1, 'survived': int(result['survived']),
+                 'items_lost': 0, 'problems': result['problems'],
+                 'outcome': result['line'].replace(folder, 'W'), 'seconds': result['seconds']})
+    _log(f'config defect {name}: {"survived" if result["survived"] else "FAILED"} in '
+         f'{result["seconds"]} s{"; " + "; ".join(result["problems"]) if result["problems"] else ""}')
+  return rows
+
+
+def checkpoint_defects(work: str) -> list[dict]:
+  """Each checkpoint/process case: {'case', 'what', 'tried', 'survived', 'items_lost', ...}."""
+  rows = []
+  folder = os.path.join(work, 'checkpoint_faults')
+  os.makedirs(folder, exist_ok=True)
+  for case in checkpoint_faults.CASES:
+    result = case.run(folder)
+    rows.append({'case': case.name, 'what': case.what, 'tried': 1,
+                 'survived': int(result['survived']), 'items_lost': result['items_lost'],
+                 'problems': result['problems'],
+                 'outcome': result['outcome'].replace(folder, 'W'), 'seconds': result['seconds']})
+    _log(f'checkpoint defect {case.name}: {"survived" if result["survived"] else "FAILED"}, '
+         f'items lost {result["items_lost"]}'
+         f'{"; " + "; ".join(result["problems"]) if result["problems"] else ""}')
+  return rows
+
+
+def _defect_table(title: str, intro: str, rows: list[dict]) -> list[str]:
+  lines = ['', f'## {title}', '', intro, '',
+           '| defect | what | tried | survived | items lost | outcome | s |',
+           '|---|---|---:|---:|---:|---|---:|']
+  for d in rows:
+    outcome = d['outcome'].replace('|', '/')
+    lines.append(f"| {d['case']} | {d['what']} | {d['tried']} | {d['survived']} | "
+                 f"{d['items_lost']} | {outcome} | {d['seconds']} |")
+  totals = [sum(d[k] for d in rows) for k in ('tried', 'survived', 'items_lost')]
+  lines.append(f'| **total** | | {totals[0]} | {totals[1]} | {totals[2]} | | |')
+  return lines + [f"- {d['case']}: {p}" for d in rows for p in d['problems']]
+
+
 def run_fault_tests() -> dict:
   _log('pytest: ' + ' '.join(FAULT_TESTS))
   start = time.time()
@@ -137,7 +191,8 @@ def run_fault_tests() -> dict:
 
 
 def write_results(path: str, command: str, info: dict, rows: list[dict], tests: dict | None,
-                  defects: list[dict] = ()):
+                  defects: list[dict] = (), config_rows: list[dict] = (),
+                  checkpoint_rows: list[dict] = ()):
   lines = [
       '# Reliability: faults injected, survived, items lost',
       '',
@@ -188,6 +243,21 @@ def write_results(path: str, command: str, info: dict, rows: list[dict], tests: 
       lines.append(f"| {d['case']} | {d['what']} | {d['tried']} | {d['survived']} | "
                    f"{d['items_lost']} | {outcome} | {d['seconds']} |")
     lines += [f"- {d['case']}: {p}" for d in defects for p in d['problems']]
+  if config_rows:
+    lines += _defect_table(
+        'Argument and config defects (benchmarks/reliability/config_faults.py)',
+        'Each bad value or path given to the real binary (`python -m m5_jax.train ...` or an '
+        'eval binary; W is the case folder). *Survived*: the expected exit code, exactly one '
+        f'stderr line naming the field and its valid choices, within '
+        f'{config_faults.MAX_SECONDS} s (before any data read or compile), no checkpoint '
+        'written.', config_rows)
+  if checkpoint_rows:
+    lines += _defect_table(
+        'Checkpoint and process defects (benchmarks/reliability/checkpoint_faults.py)',
+        '*Survived*: what issue 16 asks (skip or move aside a damaged step loudly, exit '
+        'promptly, refuse a second trainer in one line, exit 0 on SIGTERM, one line for '
+        'another model, one evaluator). *Items lost*: readable checkpoint steps no longer '
+        'restorable, or not evaluated.', checkpoint_rows)
   if tests is not None:
     lines += ['', '## Fault tests (pytest)', '', *NOTES, '',
               f'`pytest -m "slow or not slow" {" ".join(FAULT_TESTS)}`', '',
@@ -209,18 +279,25 @@ def main() -> int:
   parser.add_argument('--seeds', default='0,1')
   parser.add_argument('--results', default=os.path.join(REPO, 'benchmarks', 'results',
                                                         'reliability.md'))
-  parser.add_argument('--skip_tests', action='store_true', help='only the fuzz at scale')
+  parser.add_argument('--skip_tests', action='store_true', help='no pytest fault tests')
+  parser.add_argument('--sections', default='fuzz,build,config,checkpoint',
+                      help='which defect sections to run (comma list; default all)')
   args = parser.parse_args()
+  sections = set(args.sections.split(','))
   info = machine.describe()
   command = 'python benchmarks/reliability/run.py ' + ' '.join(sys.argv[1:])
   with tempfile.TemporaryDirectory(prefix='m5_reliability_') as work:
     rows = fuzz_at_scale(work, args.num_products, args.faults,
-                         [int(s) for s in args.seeds.split(',') if s])
-    defects = build_defects(work)
+                         [int(s) for s in args.seeds.split(',') if s]) if 'fuzz' in sections else []
+    defects = build_defects(work) if 'build' in sections else []
+    config_rows = config_defects(work) if 'config' in sections else []
+    checkpoint_rows = checkpoint_defects(work) if 'checkpoint' in sections else []
   tests = None if args.skip_tests else run_fault_tests()
-  write_results(args.results, command.strip(), info, rows, tests, defects)
+  write_results(args.results, command.strip(), info, rows, tests, defects, config_rows,
+                checkpoint_rows)
   failed = (any(r['items_lost'] or r['survived'] != r['faults'] for r in rows)
-            or any(d['items_lost'] or d['survived'] != d['tried'] for d in defects)
+            or any(d['items_lost'] or d['survived'] != d['tried']
+                   for d in [*defects, *config_rows, *checkpoint_rows])
             or (tests is not None and tests['returncode'] != 0))
   return 1 if failed else 0
 
