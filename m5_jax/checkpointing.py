@@ -37,6 +37,7 @@ import os
 import re
 import socket
 import tempfile
+import threading
 import time
 from typing import Any, Mapping
 
@@ -301,13 +302,18 @@ def _alive(pid: int, start: str | None) -> bool:
 class WorkdirLock:
   """`<workdir>/trainer.lock` (pid, host, start time) held by process 0 of a trainer, so
   that a second trainer on the same workdir stops with one line instead of deleting
-  the first one's checkpoints. A lock left by a dead process of this host is stale and
-  taken over (with a warning); one from another host is refused (its liveness cannot
-  be checked from here): delete the file once that trainer is gone."""
+  the first one's checkpoints. The holder touches the file every HEARTBEAT_S seconds.
+  A lock is stale, and taken over with a warning, when its process is dead (same
+  host), or when its heartbeat stopped STALE_AFTER_S seconds ago (another host: a
+  trainer killed there must not block a restart that lands elsewhere)."""
+
+  HEARTBEAT_S = 30.0
+  STALE_AFTER_S = 300.0
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, LOCK_FILENAME)
     self.held = False
+    self._stop = threading.Event()
 
   def acquire(self) -> 'WorkdirLock':
     if jax.process_index() != 0:
@@ -327,7 +333,9 @@ class WorkdirLock:
           raise WorkdirLockedError(
               f"workdir {os.path.dirname(self.path)} is in use by another trainer (pid "
               f"{holder.get('pid')} on {holder.get('host')} since {since}); wait for it to end, "
-              f'give another --workdir, or delete {self.path} if that trainer is gone') from None
+              f'give another --workdir, or delete {self.path} if that trainer is gone (a lock '
+              f'of another host expires {self.STALE_AFTER_S:.0f} s after its last heartbeat)'
+          ) from None
         logging.warning('taking over the stale lock %s of pid %s on %s (not running)', self.path,
                         holder.get('pid'), holder.get('host'))
         with contextlib.suppress(FileNotFoundError):
@@ -336,6 +344,8 @@ class WorkdirLock:
       with os.fdopen(fd, 'w') as f:
         json.dump(me, f)
       self.held = True
+      self._stop.clear()
+      threading.Thread(target=self._heartbeat, name='workdir_lock_heartbeat', daemon=True).start()
       return self
     raise WorkdirLockedError(f'could not take the lock {self.path} (it keeps changing); is '
                              'another trainer starting on this workdir?')
@@ -351,18 +361,26 @@ class WorkdirLock:
       age = time.time() - os.path.getmtime(self.path) if os.path.exists(self.path) else 0
       return {'pid': None, 'host': None, 'started': 0} if age > 10 else None
 
-  @staticmethod
-  def _stale(holder: dict, me: dict) -> bool:
+  def _heartbeat(self) -> None:
+    while not self._stop.wait(self.HEARTBEAT_S):
+      with contextlib.suppress(OSError):
+        os.utime(self.path)
+
+  def _stale(self, holder: dict, me: dict) -> bool:
     pid = holder.get('pid')
     if pid is None:
       return True
     if holder.get('host') != me['host']:
-      return False
+      try:
+        return time.time() - os.path.getmtime(self.path) > self.STALE_AFTER_S
+      except OSError:
+        return False
     if pid == me['pid']:
       return True  # this process's own lock, left by an earlier run in it
     return not _alive(int(pid), holder.get('proc_start'))
 
   def release(self) -> None:
+    self._stop.set()
     if self.held:
       self.held = False
       with contextlib.suppress(FileNotFoundError):

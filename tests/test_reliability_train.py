@@ -253,7 +253,8 @@ def test_a_second_trainer_on_a_workdir_is_refused_in_one_line_and_a_dead_ones_lo
     assert errors[0].startswith(f'm5_jax.train: error: workdir {workdir} is in use by another '
                                 f'trainer (pid {holder.pid} on ')
     assert errors[0].endswith(f'delete {workdir}/{checkpointing.LOCK_FILENAME} if that trainer '
-                              'is gone')
+                              'is gone (a lock of another host expires 300 s after its last '
+                              'heartbeat)')
     assert not os.path.exists(os.path.join(workdir, 'checkpoints'))
   finally:
     holder.kill()
@@ -267,10 +268,20 @@ def test_a_second_trainer_on_a_workdir_is_refused_in_one_line_and_a_dead_ones_lo
 
 def test_the_workdir_lock_of_another_host_is_refused_and_only_process_0_takes_it(tmp_path,
                                                                                  monkeypatch):
-  checkpoint_faults.write_lock(str(tmp_path), 4242, host='another-host')
+  import time  # pylint: disable=g-import-not-at-top
+  path = checkpoint_faults.write_lock(str(tmp_path), 4242, host='another-host')
   with pytest.raises(checkpointing.WorkdirLockedError, match='pid 4242 on another-host'):
     checkpointing.WorkdirLock(str(tmp_path)).acquire()
-  os.remove(tmp_path / checkpointing.LOCK_FILENAME)
+  # Its heartbeat stopped 10 minutes ago (a trainer killed there): stale, taken over.
+  os.utime(path, (time.time() - 600, time.time() - 600))
+  monkeypatch.setattr(checkpointing.WorkdirLock, 'HEARTBEAT_S', 0.05)
+  with checkpointing.WorkdirLock(str(tmp_path)) as lock:
+    with open(lock.path) as f:
+      assert f'"pid": {os.getpid()}' in f.read()
+    os.utime(lock.path, (time.time() - 600, time.time() - 600))
+    time.sleep(0.5)
+    assert time.time() - os.path.getmtime(lock.path) < 5   # the holder's heartbeat
+  assert not os.path.exists(path)
   monkeypatch.setattr(jax, 'process_index', lambda: 1)
   with checkpointing.WorkdirLock(str(tmp_path)):
     assert not os.listdir(tmp_path)   # process 1 leaves the lock to process 0
