@@ -605,5 +605,19 @@ def exit_promptly(code: int) -> int:
   os._exit(code)  # pylint: disable=protected-access
 
 
+def run_main(argv) -> None:
+  """What `python -m m5_jax.train` runs: main, then `exit_promptly` (after an error or a
+  crash too, whose traceback is printed first)."""
+  try:
+    code = main(argv)
+  except SystemExit:
+    raise
+  except BaseException:  # pylint: disable=broad-except
+    import traceback  # pylint: disable=g-import-not-at-top
+    traceback.print_exc()
+    code = 1
+  sys.exit(exit_promptly(code or 0) or 0)
+
+
 if __name__ == '__main__':
-  sys.exit(exit_promptly(main(sys.argv[1:]) or 0) or 0)
+  run_main(sys.argv[1:])

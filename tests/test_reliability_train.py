@@ -322,6 +322,16 @@ def test_the_real_binary_under_the_fault(name, tmp_path):
   (case,) = [c for c in checkpoint_faults.CASES if c.name == name]
   result = case.run(str(tmp_path))
   assert result['problems'] == [] and result['survived'] and result['items_lost'] == 0, result
-  if name == 'failed_save_exit':
-    with open(os.path.join(REPO, 'm5_jax', 'train.py')) as f:  # the binary ends the same way
-      assert 'sys.exit(exit_promptly(main(sys.argv[1:])' in f.read()
+  if name == 'failed_save_exit':  # the binary ends through exit_promptly, crashes included
+    with open(os.path.join(REPO, 'm5_jax', 'train.py')) as f:
+      assert f.read().rstrip().endswith("if __name__ == '__main__':\n  run_main(sys.argv[1:])")
+
+
+def test_run_main_ends_through_exit_promptly_after_an_error_or_a_crash(monkeypatch):
+  ended = []
+  monkeypatch.setattr(train, 'exit_promptly', lambda code: ended.append(code) or code)
+  for outcome, want in ((lambda argv: 1, 1), (lambda argv: 0, 0), (lambda argv: 1 / 0, 1)):
+    monkeypatch.setattr(train, 'main', outcome)
+    with pytest.raises(SystemExit) as e:
+      train.run_main([])
+    assert e.value.code == want and ended[-1] == want

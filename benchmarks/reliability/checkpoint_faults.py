@@ -106,7 +106,7 @@ try:
   ckpt.close()
 except checkpointing.CheckpointWriteError as e:
   print('ERROR', e, flush=True)
-sys.exit(train.exit_promptly(1))   # what `python -m m5_jax.train` ends with
+sys.exit(train.exit_promptly(1))   # how `python -m m5_jax.train` ends (train.run_main)
 '''
 
 
