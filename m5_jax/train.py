@@ -89,9 +89,8 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
       return {'masked': masked, 'targets': targets, 'batch': batch}
 
     def terms(params, inputs, rng):
-      clean = inputs['batch'] if objectives.uses_clean_view(config) else None
-      outputs = model.apply({'params': params}, inputs['masked'], train=True,
-                            clean_batch=clean, rngs={'dropout': rng})
+      outputs = objectives.pretraining_outputs(model, {'params': params}, inputs['masked'],
+                                               inputs['batch'], rng, config)
       return objectives.losses(outputs, inputs['targets'], inputs['batch'], config)
 
     return Task(model, prepare, terms, lambda t: objectives.total_loss(t, config))
@@ -483,7 +482,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, watcher: PreemptionW
     checkpointer.close()
     raise
   if start_step is not None:
-    logging.info('resumed from %s step %d', checkpointer.directory, start_step)
+    logging.info('resuming from %s step %d', checkpointer.directory, start_step)
     data.restore(data_state)
   else:
     start_step = 0
