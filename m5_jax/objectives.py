@@ -85,6 +85,13 @@ def uses_clean_view(config) -> bool:
   return any(term_weight(config, f'instance_{m}') > 0 for m in config.modalities)
 
 
+def pretraining_outputs(model, variables, masked, batch, rng, config):
+  """The training forward pass on the masked batch; the clean batch rides along as
+  the second view when the instance terms need it."""
+  clean = batch if uses_clean_view(config) else None
+  return model.apply(variables, masked, train=True, clean_batch=clean, rngs={'dropout': rng})
+
+
 # ------------------------------------------------------------------- masking
 def _modality_seed(name: str) -> int:
   # Stable per-name stream: adding a modality does not change another's masks.

@@ -24,7 +24,7 @@ def loss_and_grads(model, config, params, batch):
 
   def loss_fn(params):
     masked, targets = objectives.mask_batch(batch, rng, config)
-    out = model.apply({'params': params}, masked, train=True, rngs={'dropout': rng})
+    out = objectives.pretraining_outputs(model, {'params': params}, masked, batch, rng, config)
     terms = objectives.losses(out, targets, masked, config)
     return objectives.total_loss(terms, config), (terms, out)
   return jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -50,8 +50,8 @@ def test_preset_builds_and_computes_loss(method):
   batch = mixed_presence(config)
   params = nn.unbox(model_testlib.random_params(model, batch))
   masked, targets = objectives.mask_batch(batch, jax.random.key(1), config)
-  out = jax.jit(lambda p, b: model.apply({'params': p}, b, train=True,
-                                         rngs={'dropout': jax.random.key(2)}))(params, masked)
+  out = jax.jit(lambda p, m, b: objectives.pretraining_outputs(
+      model, {'params': p}, m, b, jax.random.key(2), config))(params, masked, batch)
   terms = objectives.losses(out, targets, masked, config)
   loss = objectives.total_loss(terms, config)
   assert loss.dtype == jnp.float32 and np.isfinite(loss) and loss > 0

@@ -72,8 +72,8 @@ def test_model_forward_and_losses_with_the_new_modality():
   @jax.jit
   def loss_fn(params, batch, rng):
     masked, targets = objectives.mask_batch(batch, rng, config)
-    out = model.apply({**variables, 'params': params}, masked, train=True,
-                      rngs={'dropout': jax.random.key(1)})
+    out = objectives.pretraining_outputs(model, {**variables, 'params': params}, masked, batch,
+                                         jax.random.key(1), config)
     terms = objectives.losses(out, targets, masked, config)
     return objectives.total_loss(terms, config), (terms, out)
 

@@ -14,6 +14,7 @@ call it and add input/optimizer/etc.; `full_config` also fills
 | dual_stream   | co_attention  | per mod. | masked modeling + image-text matching    |
 | capture       | co_attention  | per mod. | masked modeling + contrastive            |
 | m5_mmt        | joint         | per mod. | masked modeling + contrastive, all pairs |
+|               |               |          | + in-modality instance terms (ours)      |
 | scale         | joint         | per mod. | m5_mmt + self-harmonised weighting       |
 """
 from __future__ import annotations
@@ -132,12 +133,18 @@ def _capture(size):
   return ('image', 'text'), dict(fusion='co_attention', **_BERT_STYLE), dict()
 
 
+# m5_jax's recipe for the M5-MMT family (not in the paper): the in-modality instance
+# terms keep what tells products apart inside a modality; without them pretrained
+# features lost to random weights on fine-grained retrieval (benchmarks/results/learning.md).
+_INSTANCE = dict(instance_weight=1.0)
+
+
 def _m5_mmt(size):
-  return ALL_FIVE, dict(fusion='joint'), dict()
+  return ALL_FIVE, dict(fusion='joint'), dict(_INSTANCE)
 
 
 def _scale(size):
-  return ALL_FIVE, dict(fusion='joint'), dict(scale_weighting=True)
+  return ALL_FIVE, dict(fusion='joint'), dict(scale_weighting=True, **_INSTANCE)
 
 
 PRESETS = {
