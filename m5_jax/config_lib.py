@@ -29,6 +29,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import sys
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -207,6 +208,8 @@ class Rule:
   minimum: float | None = None
   maximum: float | None = None
   nonempty: bool = False
+  pattern: str = ''          # a full-match regex, with `form` saying it in words
+  form: str = ''
 
   def problem(self, value: Any) -> str | None:
     """None when `value` is valid, else what is expected (one phrase)."""
@@ -219,6 +222,8 @@ class Rule:
         return (f'{"".join(unknown)!r} unknown; ' if unknown else '') + 'expected letters from ' + ', '.join(f'{k} ({v})' for k, v in self.letters.items())
     if self.nonempty and not value:
       return 'expected a non-empty value'
+    if self.pattern and not re.fullmatch(self.pattern, str(value)):
+      return f'expected {self.form}'
     if self.minimum is not None and (value is None or value < self.minimum):
       return f'must be >= {self.minimum:g}' + (f' and <= {self.maximum:g}'
                                                 if self.maximum is not None else '')
@@ -235,7 +240,10 @@ MODEL_SIZES = ('tiny', 'small', 'base', 'large')   # m5_jax/models/sizes.py (a t
 # Logical-axis rule presets (m5_jax/sharding.py); the long names are older aliases.
 SHARDING_PRESETS = ('dp', 'fsdp', 'fsdp_tp')
 SHARDING_ALIASES = {'data_parallel': 'dp', 'fsdp_tensor': 'fsdp_tp'}
-DATASETS = ('synthetic', 'm5product/raw', 'm5product/features')
+# Datasets: 'synthetic', or a TFDS build of data_prep/m5product, `m5product/<builder
+# config>[:version]` (raw and features, or a config of the release's own file names);
+# whether that build exists in data_dir is checked at start-up (train.check_input).
+DATASET_PATTERN = r'synthetic|m5product/[A-Za-z0-9_]+(:\d+\.\d+\.\d+)?'
 EVAL_FEATURES = ('pooled', 'encoder_pooled')        # m5_jax/evaluate/model_features.py
 EVAL_NORMALIZE = ('center', 'modality', 'none')      # m5_jax/evaluate/features.py
 
@@ -260,7 +268,8 @@ SCHEMA: dict[str, Rule] = {
     'loss.instance_weight': Rule(minimum=0),
     'loss.contrastive': Rule(choices=('softmax', 'sigmoid')),
     'loss.contrastive_on': Rule(choices=('encoder', 'fusion')),
-    'input.dataset': Rule(choices=DATASETS),
+    'input.dataset': Rule(pattern=DATASET_PATTERN, form='synthetic or m5product/<builder '
+                          'config>, e.g. m5product/raw, m5product/features'),
     'input.batch_size': Rule(minimum=1),
     'input.train_split': Rule(nonempty=True),
     'num_microbatches': Rule(minimum=1),

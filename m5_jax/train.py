@@ -218,12 +218,29 @@ class _Files:
                                                           os.listdir, open)
 
 
+def _built_versions(files: _Files, name_dir: str) -> list[str]:
+  """The complete builds (version folders with a dataset_info.json) under a config folder."""
+  if not files.isdir(name_dir):
+    return []
+  versions = []
+  for version in files.listdir(name_dir):
+    version = version.rstrip('/')
+    parts = version.split('.')
+    if (len(parts) == 3 and all(p.isdigit() for p in parts)
+        and files.exists(os.path.join(name_dir, version, 'dataset_info.json'))):
+      versions.append(version)
+  return sorted(versions, key=lambda v: tuple(int(p) for p in v.split('.')))
+
+
 def _dataset_info(config) -> tuple[str, dict]:
-  """(build directory, its dataset_info.json) of config.input.dataset in data_dir: the
-  latest version built there. Raises ConfigError (one line) when there is none."""
+  """(build directory, its dataset_info.json) of config.input.dataset
+  (`m5product/<config>[:version]`) in data_dir: that version, or the latest built
+  there. Raises ConfigError (one line, naming the builds there) when there is none."""
   dataset, data_dir = config.input.dataset, (config.input.data_dir or '').strip()
-  build_hint = (f'build it with `tfds build data_prep/m5product --config '
-                f'{dataset.partition("/")[2]} --file_format array_record --data_dir DIR`')
+  name, _, version = dataset.partition(':')
+  builder_name, _, builder_config = name.partition('/')
+  build_hint = (f'build it with `tfds build data_prep/m5product --config {builder_config} '
+                '--file_format array_record --data_dir DIR`')
   if not data_dir:
     raise config_lib.ConfigError(f"config key 'input.data_dir' is empty; give the --data_dir "
                                  f'that holds {dataset} ({build_hint})')
@@ -232,19 +249,19 @@ def _dataset_info(config) -> tuple[str, dict]:
   if not files.isdir(data_dir):
     raise config_lib.ConfigError(f"config key 'input.data_dir': {data_dir} does not exist; "
                                  f'give the directory that holds {dataset} ({build_hint})')
-  name_dir = os.path.join(data_dir, *dataset.split('/'))
-  versions = []
-  if files.isdir(name_dir):
-    for version in files.listdir(name_dir):
-      version = version.rstrip('/')
-      parts = version.split('.')
-      if (len(parts) == 3 and all(p.isdigit() for p in parts)
-          and files.exists(os.path.join(name_dir, version, 'dataset_info.json'))):
-        versions.append(tuple(int(p) for p in parts))
+  versions = _built_versions(files, os.path.join(data_dir, builder_name, builder_config))
+  if version:
+    versions = [v for v in versions if v == version]
   if not versions:
-    raise config_lib.ConfigError(f'no complete build of {dataset} in {data_dir} '
-                                 f"(config.input.data_dir); {build_hint}")
-  build_dir = os.path.join(name_dir, '.'.join(map(str, max(versions))))
+    builder_dir = os.path.join(data_dir, builder_name)
+    there = [f'{builder_name}/{c.rstrip("/")}' for c in (
+        sorted(files.listdir(builder_dir)) if files.isdir(builder_dir) else [])
+             if _built_versions(files, os.path.join(builder_dir, c.rstrip('/')))]
+    raise config_lib.ConfigError(
+        f"config key 'input.dataset': no complete build of {dataset} in {data_dir} "
+        f'(config.input.data_dir; builds there: {", ".join(there) or "none"}); give one of '
+        f'them, or {build_hint}')
+  build_dir = os.path.join(data_dir, builder_name, builder_config, versions[-1])
   with files.open(os.path.join(build_dir, 'dataset_info.json')) as f:
     return build_dir, json.load(f)
 

@@ -73,4 +73,8 @@ def test_a_good_data_config_passes_the_start_up_checks(fake_work):
     os.chdir(cwd)
   train.check_input(config)  # no error: the build, the split and the tokenizer fit
   config.input.train_split = 'cls_train[:50%]'  # TFDS slicing of an existing split
+  config.input.dataset = 'm5product/raw:1.0.0'    # an explicit version
   train.check_input(config)
+  config.input.dataset = 'm5product/raw:2.0.0'
+  with pytest.raises(config_lib.ConfigError, match='no complete build of m5product/raw:2.0.0'):
+    train.check_input(config)

@@ -59,9 +59,9 @@ CASES: dict[str, tuple[str, list[str], int, str]] = {
     'size': (TRAIN, BASE + ['--config', 'configs/m5_mmt.py:runlocal,size=huge'], 2,
              "bad value 'huge' for config argument 'size': expected one of tiny, small, base, "
              'large'),
-    'dataset': (TRAIN, BASE + ['--config.input.dataset=m5product/bogus'], 2,
-                "bad value 'm5product/bogus' for config key 'input.dataset': expected one of "
-                'synthetic, m5product/raw, m5product/features'),
+    'dataset': (TRAIN, BASE + ['--config.input.dataset=bogus'], 2,
+                "bad value 'bogus' for config key 'input.dataset': expected synthetic or "
+                'm5product/<builder config>, e.g. m5product/raw, m5product/features'),
     'sharding rules': (TRAIN, BASE + ['--config.sharding.rules=foo'], 2,
                        "bad value 'foo' for config key 'sharding.rules': expected one of dp, "
                        'fsdp, fsdp_tp'),
@@ -85,8 +85,14 @@ CASES: dict[str, tuple[str, list[str], int, str]] = {
                        "config key 'input.data_dir' is empty; give the --data_dir that holds "
                        'm5product/raw'),
     'data_dir without the build': (TRAIN, DATA + ['--config.input.dataset=m5product/features'], 1,
-                                   'no complete build of m5product/features in {data} '
-                                   '(config.input.data_dir)'),
+                                   "config key 'input.dataset': no complete build of "
+                                   'm5product/features in {data} (config.input.data_dir; builds '
+                                   'there: m5product/raw); give one of them, or build it with '
+                                   '`tfds build data_prep/m5product --config features'),
+    'unknown builder config': (TRAIN, DATA + ['--config.input.dataset=m5product/bogus'], 1,
+                               "config key 'input.dataset': no complete build of "
+                               'm5product/bogus in {data} (config.input.data_dir; builds there: '
+                               'm5product/raw)'),
     'train split': (TRAIN, DATA + ['--config.input.train_split=bogus'], 1,
                     "config key 'input.train_split': 'bogus' is not a split of m5product/raw in "
                     '{data}/m5product/raw/1.0.0; its splits are ' + ', '.join(SPLITS)),
