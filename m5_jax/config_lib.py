@@ -200,8 +200,9 @@ def apply_overrides(config: ml_collections.ConfigDict,
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-  """What one field may hold: one of `choices` (`aliases` map old names to them),
-  each character one of `letters`, or a number in [minimum, maximum]."""
+  """What one field may hold: one of `choices` (`aliases` map old names to them), each
+  character one of `letters`, a non-empty value, a match of `pattern`, or a number in
+  [minimum, maximum]."""
   choices: tuple[str, ...] = ()
   aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
   letters: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -219,7 +220,9 @@ class Rule:
     if self.letters:
       unknown = [c for c in str(value) if c not in self.letters]
       if unknown or not value:
-        return (f'{"".join(unknown)!r} unknown; ' if unknown else '') + 'expected letters from ' + ', '.join(f'{k} ({v})' for k, v in self.letters.items())
+        known = ', '.join(f'{k} ({v})' for k, v in self.letters.items())
+        head = f'{"".join(unknown)!r} unknown; ' if unknown else ''
+        return f'{head}expected letters from {known}'
     if self.nonempty and not value:
       return 'expected a non-empty value'
     if self.pattern and not re.fullmatch(self.pattern, str(value)):

@@ -129,6 +129,7 @@ def test_binary_bad_override_is_one_clean_line(binary, tmp_path):
 
 def test_schema_choices_agree_with_the_code():
   from m5_jax import sharding  # pylint: disable=g-import-not-at-top
+  from m5_jax.evaluate import features  # pylint: disable=g-import-not-at-top
   from m5_jax.evaluate import model_features  # pylint: disable=g-import-not-at-top
   from m5_jax.models import sizes  # pylint: disable=g-import-not-at-top
   assert config_lib.MODEL_SIZES == tuple(sizes.SIZES)
@@ -136,6 +137,7 @@ def test_schema_choices_agree_with_the_code():
       sharding.RULE_PRESETS)
   assert sharding.RULE_PRESETS['data_parallel'] is sharding.RULE_PRESETS['dp']
   assert tuple(model_features.FEATURE_CHOICES) == config_lib.EVAL_FEATURES
+  assert tuple(features.NORMALIZE_CHOICES) == config_lib.EVAL_NORMALIZE
 
 
 def test_validate_replaces_aliases_and_checks_only_present_keys():
