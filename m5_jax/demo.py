@@ -310,7 +310,7 @@ def headline(rows: list[dict]) -> str:
         f'{gain(r)}, seeds {"/".join(r["seed_verdicts"])}' for r in others) + '.')
   small = sorted({r['label'] for r in rows if r.get('too_small_to_separate_5_points')})
   if small:
-    parts.append('TOO SMALL to separate 5 points (an interval wider than 5): '
+    parts.append('TOO SMALL to separate 5 points (an interval reaching more than 5 points either side): '
                  + ', '.join(small) + '.')
   return ' '.join(parts)
 

@@ -27,7 +27,7 @@ averaged in as zeros.
 
 Uncertainty (end of file): 95% percentile-bootstrap intervals over the
 evaluation units (queries, test items, clustered items), a small-set flag (an
-interval wider than 5 points), and the paired comparison of two runs on the
+interval reaching more than 5 points either side of the estimate), and the paired comparison of two runs on the
 same units (win / tie / loss).
 """
 from __future__ import annotations
@@ -254,11 +254,14 @@ BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 CI_LEVEL = 95.0
 # An eval set is too small to separate a 5-point difference when a headline
-# metric's 95% interval is wider than this (high - low, in points).
+# metric's 95% interval has a half-width (high - low) / 2 above this many points:
+# a 5-point change is then within one run's sampling noise. (Comparing two runs on
+# the SAME items, the paired interval of their difference is narrower still.)
 SEPARATION_POINTS = 5.0
 FLAG_METRICS = ('m5_map@10', 'recall@10', 'accuracy', 'nmi')
 SMALL_SET_RULE = (f'the {CI_LEVEL:.0f}% bootstrap interval of mAP@10, Recall@10, accuracy or '
-                  f'NMI is wider than {SEPARATION_POINTS:.0f} points: the eval set cannot '
+                  f'NMI reaches more than {SEPARATION_POINTS:.0f} points either side of the estimate: the '
+                  f'eval set cannot '
                   f'separate a {SEPARATION_POINTS:.0f}-point difference')
 _CHUNK_ELEMENTS = 1 << 22  # resample counts are built this many at a time (16 MB)
 
@@ -417,12 +420,12 @@ def bootstrap_clustering(labels: np.ndarray, clusters: np.ndarray, *,
 
 def too_small(ci95: Mapping[str, Sequence[float]], names: Sequence[str] = FLAG_METRICS
               ) -> list[str]:
-  """The metrics among `names` whose interval is wider than SEPARATION_POINTS.
+  """The metrics among `names` whose interval's half-width exceeds SEPARATION_POINTS.
 
   Non-empty means the eval set is too small to separate a 5-point difference.
   """
   return [name for name in names if name in ci95 and ci95[name][1] is not None
-          and ci95[name][1] - ci95[name][0] > SEPARATION_POINTS]
+          and (ci95[name][1] - ci95[name][0]) / 2 > SEPARATION_POINTS]
 
 
 def with_intervals(metrics: dict, ci95: Mapping[str, Sequence[float]]) -> dict:

@@ -26,8 +26,8 @@ Summaries (`python -m m5_jax.evaluate.report`):
 
 Tables give each number with its 95% interval, `61.7 [55.2, 68.0]`, and an
 'eval set' column that says 'too small' where an interval of mAP@10, Recall@10,
-accuracy or NMI is wider than 5 points (metrics.SEPARATION_POINTS): such a set
-cannot separate a 5-point difference.
+accuracy or NMI reaches more than 5 points either side of the estimate
+(metrics.SEPARATION_POINTS): such a set cannot separate a 5-point difference.
 """
 from __future__ import annotations
 
@@ -292,7 +292,7 @@ def metric_ci(metrics: Mapping[str, Any] | None, name: str) -> str:
 
 
 def eval_set_flag(*sets: Mapping[str, Any] | None, prefixes: Sequence[str] = ()) -> str:
-  """'TOO SMALL (mAP@10, ...)' when a flagged interval is wider than 5 points, 'ok'
+  """'TOO SMALL (mAP@10, ...)' when a flagged interval's half-width exceeds 5 points, 'ok'
   when the intervals are narrower, '-' without intervals (an older results file)."""
   flagged, measured = [], False
   for i, metrics in enumerate(sets):
