@@ -308,7 +308,7 @@ def test_intervals_units_and_small_set_flag(tmp_path, toy):
   assert set(loaded) == {'T', 'P', 'I'}
   np.testing.assert_array_equal(loaded['P']['recall@10'], units['recall@10'])
   # The tables: value [interval], and a visible flag on a small set.
-  results['sets']['P']['too_small_to_separate_5_points'] = ['m5_map@10']
+  results['sets']['P']['ci95']['m5_map@10'] = [10.0, 40.0]  # flags come from the intervals
   tables = report.retrieval_tables(results)
   assert f"| P | {rand['m5_map@1']:.1f} [" in tables
   assert '| T | 100.0 [100.0, 100.0] |' in tables

@@ -300,8 +300,10 @@ def eval_set_flag(*sets: Mapping[str, Any] | None, prefixes: Sequence[str] = ())
       continue
     measured = True
     prefix = prefixes[i] + ' ' if i < len(prefixes) and prefixes[i] else ''
-    flagged += [prefix + PRETTY.get(name, name)
-                for name in metrics['too_small_to_separate_5_points']]
+    # From the intervals when saved (the current rule), else the flag as saved.
+    names = (metrics_lib.too_small(metrics['ci95']) if metrics.get('ci95')
+             else metrics['too_small_to_separate_5_points'])
+    flagged += [prefix + PRETTY.get(name, name) for name in names]
   if flagged:
     return f'TOO SMALL ({", ".join(flagged)})'
   return 'ok' if measured else '-'
