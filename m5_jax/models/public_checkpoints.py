@@ -1,0 +1,484 @@
+"""Public pretrained checkpoints (local files) into m5_jax's towers: BERT in the Hugging Face layout.
+
+`load(fmt, path, params, config, towers, include, exclude)` reads a checkpoint
+folder (no hub access: users point at a folder they downloaded elsewhere) and
+returns m5_jax params with the mapped leaves replaced, plus a `Report` in which
+every source tensor is mapped or skipped (with why) and every target parameter is
+loaded or new (left at init). A shape or name mismatch is a one-line ValueError
+naming the parameter.
+
+BERT (`hf_bert`: config.json + model.safetensors | pytorch_model.bin, vocab.txt)
+into the text tower and, by `towers`, the table tower (its own copy of the
+encoder; the word embeddings are shared by text and table in m5_jax anyway).
+How m5_jax's text tower differs from BERT, and what the loader does about it:
+  * vocabulary order: m5_jax fixes [PAD] [UNK] BOS EOS [MASK] at ids 0..4
+    (m5_jax/modalities/text.py); BERT's vocab.txt has them at 0, 100..103. The
+    loader permutes the vocabulary (`project_vocab_order`): [PAD] [UNK] [CLS]
+    [SEP] [MASK] first, every other piece after them in vocab.txt order; the
+    word embedding rows and the MLM output bias follow it. `WordPieceTokenizer`
+    tokenises with the same order, so ids and rows agree. BOS is BERT's [CLS].
+  * token types: m5_jax's text has none; BERT adds token_type_embeddings[0] to
+    every token, so that row is folded into the position table (exact). The
+    table tower's key/value type embeddings take BERT's segment rows 0 and 1
+    (keys are segment A, values segment B; row 0 twice if the checkpoint has one).
+  * positions: the first `modality.<m>.max_len` rows of BERT's 512.
+  * no pooler: m5_jax pools by mean / first token, so `pooler.*` is skipped,
+    as are the NSP head and the MLM decoder weight (tied to the word embeddings).
+  * m5_jax's text does not append [SEP]; BERT's fine-tuning inputs end with it.
+The model must be BERT-style (`model.pre_ln=False`, `layer_norm_eps=1e-12`,
+exact GELU: the text_only, single_stream, dual_stream and capture presets);
+anything else is a one-line error naming the config key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import unicodedata
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+FORMATS = ('m5_jax', 'hf_bert')
+# The formats' towers: which configured modalities each one can fill.
+TOWERS = {'hf_bert': ('text', 'table')}
+BERT_SPECIALS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')  # -> m5_jax ids 0..4
+
+
+@dataclasses.dataclass
+class Report:
+  """What happened to every source tensor and every target parameter."""
+  mapped: dict[str, str] = dataclasses.field(default_factory=dict)   # target <- source(s)
+  skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # source -> why
+  new: list[str] = dataclasses.field(default_factory=list)           # targets left at init
+
+  def summary(self) -> str:
+    return (f'{len(self.mapped)} parameters loaded, {len(self.new)} new (left at init), '
+            f'{len(self.skipped)} source tensors skipped')
+
+
+# ----------------------------------------------------------------------------
+# Reading a Hugging Face folder
+# ----------------------------------------------------------------------------
+
+def read_hf_folder(path: str) -> tuple[dict, dict[str, np.ndarray]]:
+  """(config.json, {name: float32 array}) of a Hugging Face model folder."""
+  path = os.path.expanduser(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'init_from.path {path}: not a folder (expected config.json + '
+                            'model.safetensors or pytorch_model.bin)')
+  config_file = os.path.join(path, 'config.json')
+  if not os.path.exists(config_file):
+    raise FileNotFoundError(f'init_from.path {path}: no config.json')
+  with open(config_file) as f:
+    hf_config = json.load(f)
+  weights = _weight_files(path)
+  tensors = {}
+  for file in weights:
+    tensors.update(_read_weights(file))
+  return hf_config, {k: np.asarray(v, np.float32) if v.dtype != np.int64 else v
+                     for k, v in tensors.items()}
+
+
+def _weight_files(path: str) -> list[str]:
+  for name in ('model.safetensors', 'pytorch_model.bin'):
+    index = os.path.join(path, name + '.index.json')
+    if os.path.exists(index):  # sharded: the index names the shards
+      with open(index) as f:
+        return [os.path.join(path, s) for s in sorted(set(json.load(f)['weight_map'].values()))]
+    if os.path.exists(os.path.join(path, name)):
+      return [os.path.join(path, name)]
+  raise FileNotFoundError(f'init_from.path {path}: no model.safetensors or pytorch_model.bin')
+
+
+def _read_weights(file: str) -> dict[str, np.ndarray]:
+  if file.endswith('.safetensors'):
+    try:
+      from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      raise ImportError(f'{file}: reading .safetensors needs the safetensors package '
+                        '(pip install safetensors)') from None
+    try:
+      return safetensors_numpy.load_file(file)
+    except Exception as e:  # pylint: disable=broad-except  (SafetensorError, OSError)
+      raise ValueError(f'{file}: not a readable safetensors file ({_one_line(e)})') from None
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ImportError(f'{file}: reading pytorch_model.bin needs torch; convert it to '
+                      'model.safetensors or install torch') from None
+  try:
+    state = torch.load(file, map_location='cpu', weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f'{file}: not a readable torch state dict ({_one_line(e)})') from None
+  return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
+
+
+def _one_line(e: BaseException) -> str:
+  return ' '.join(str(e).split())[:200]
+
+
+# ----------------------------------------------------------------------------
+# Vocabulary: BERT's WordPiece vocab.txt in m5_jax's id order
+# ----------------------------------------------------------------------------
+
+def read_vocab(path: str) -> list[str]:
+  """The pieces of a vocab.txt (a file, or a folder holding one), one per line, in id order."""
+  file = os.path.join(path, 'vocab.txt') if os.path.isdir(path) else path
+  if not os.path.exists(file):
+    raise FileNotFoundError(f'{file}: no WordPiece vocabulary (vocab.txt) found')
+  with open(file, encoding='utf-8') as f:
+    return [line.rstrip('\n') for line in f]
+
+
+def project_vocab_order(pieces: list[str]) -> np.ndarray:
+  """order[new_id] = BERT id: [PAD] [UNK] [CLS] [SEP] [MASK] first (m5_jax's ids 0..4)."""
+  where = {p: i for i, p in enumerate(pieces)}
+  missing = [s for s in BERT_SPECIALS if s not in where]
+  if missing:
+    raise ValueError(f'vocab.txt lacks the special pieces {missing} (needed at m5_jax ids 0..4)')
+  first = [where[s] for s in BERT_SPECIALS]
+  rest = [i for i in range(len(pieces)) if i not in set(first)]
+  return np.array(first + rest, np.int64)
+
+
+class WordPieceTokenizer:
+  """BERT's basic + WordPiece tokenisation over vocab.txt, ids in m5_jax's order.
+
+  tokenize(tf.string[N]) -> tf.RaggedTensor int32 (the contract of
+  text.SentencePieceTokenizer), so the input pipeline can use it in its place.
+  `lower_case` as the checkpoint was trained (bert-base-chinese: True). CJK
+  characters are single tokens, punctuation is split off, accents are stripped
+  when lower-casing, as in BERT's BasicTokenizer.
+  """
+
+  def __init__(self, vocab: str | list[str], lower_case: bool = True, max_chars_per_word: int = 100):
+    pieces = read_vocab(vocab) if isinstance(vocab, str) else list(vocab)
+    order = project_vocab_order(pieces)
+    self.pieces = [pieces[i] for i in order]
+    self.ids = {p: i for i, p in enumerate(self.pieces)}
+    self.unk_id = self.ids['[UNK]']
+    self.lower_case = lower_case
+    self.max_chars_per_word = max_chars_per_word
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self.pieces)
+
+  def _words(self, text: str) -> list[str]:
+    text = ''.join(' ' if _is_space(c) else c for c in text
+                   if not (ord(c) in (0, 0xFFFD) or _is_control(c)))
+    out = []
+    for word in text.split():
+      if self.lower_case:
+        word = ''.join(c for c in unicodedata.normalize('NFD', word.lower())
+                       if unicodedata.category(c) != 'Mn')
+      current = ''
+      for c in word:
+        if _is_punctuation(c) or _is_cjk(c):
+          out += [current, c] if current else [c]
+          current = ''
+        else:
+          current += c
+      if current:
+        out.append(current)
+    return out
+
+  def _wordpiece(self, word: str) -> list[int]:
+    if len(word) > self.max_chars_per_word:
+      return [self.unk_id]
+    ids, start = [], 0
+    while start < len(word):
+      end = len(word)
+      while end > start:
+        piece = word[start:end] if start == 0 else '##' + word[start:end]
+        if piece in self.ids:
+          ids.append(self.ids[piece])
+          break
+        end -= 1
+      if end == start:
+        return [self.unk_id]
+      start = end
+    return ids
+
+  def encode(self, strings: list[str]) -> list[list[int]]:
+    return [[i for w in self._words(s) for i in self._wordpiece(w)] for s in strings]
+
+  def tokenize(self, strings):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    def encode_numpy(batch):
+      ids = self.encode([s.decode('utf-8', errors='replace') for s in batch.tolist()])
+      return (np.array([t for x in ids for t in x], np.int32),
+              np.array([len(x) for x in ids], np.int64))
+
+    flat, lengths = tf.numpy_function(encode_numpy, [strings], (tf.int32, tf.int64),
+                                      stateful=False, name='wordpiece_encode')
+    flat.set_shape([None])
+    lengths.set_shape([None])
+    return tf.RaggedTensor.from_row_lengths(flat, lengths)
+
+
+def _is_space(c):
+  return c in ' \t\n\r' or unicodedata.category(c) == 'Zs'
+
+
+def _is_control(c):
+  return c not in '\t\n\r' and unicodedata.category(c).startswith('C')
+
+
+def _is_punctuation(c):
+  cp = ord(c)
+  return (33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126
+          or unicodedata.category(c).startswith('P'))
+
+
+def _is_cjk(c):
+  cp = ord(c)
+  return any(lo <= cp <= hi for lo, hi in (
+      (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
+      (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F)))
+
+
+# ----------------------------------------------------------------------------
+# BERT -> m5_jax: the mapping table
+# ----------------------------------------------------------------------------
+
+def _linear(w, shape):
+  """torch Linear weight [out, in] -> kernel [in..., out...] (Flax Dense's transpose)."""
+  return w.T.reshape(shape)
+
+
+def _same(w, shape):
+  return w.reshape(shape)
+
+
+# Per encoder layer: (BERT name under encoder.layer.{i}., m5_jax path under
+# transformer/layer_{i}/, conversion). Reshapes split hidden into (heads, head_dim).
+BERT_LAYER = (
+    ('attention.self.query.weight', 'attention/query/kernel', _linear),
+    ('attention.self.query.bias', 'attention/query/bias', _same),
+    ('attention.self.key.weight', 'attention/key/kernel', _linear),
+    ('attention.self.key.bias', 'attention/key/bias', _same),
+    ('attention.self.value.weight', 'attention/value/kernel', _linear),
+    ('attention.self.value.bias', 'attention/value/bias', _same),
+    ('attention.output.dense.weight', 'attention/out/kernel', _linear),
+    ('attention.output.dense.bias', 'attention/out/bias', _same),
+    ('attention.output.LayerNorm.weight', 'attention_ln/scale', _same),
+    ('attention.output.LayerNorm.bias', 'attention_ln/bias', _same),
+    ('intermediate.dense.weight', 'mlp/wi/kernel', _linear),
+    ('intermediate.dense.bias', 'mlp/wi/bias', _same),
+    ('output.dense.weight', 'mlp/wo/kernel', _linear),
+    ('output.dense.bias', 'mlp/wo/bias', _same),
+    ('output.LayerNorm.weight', 'mlp_ln/scale', _same),
+    ('output.LayerNorm.bias', 'mlp_ln/bias', _same),
+)
+# Per tower (text or table): the embedding LayerNorm and the MLM head transform.
+BERT_TOWER = (
+    ('embeddings.LayerNorm.weight', 'embedders_{m}/finish/norm/scale', _same),
+    ('embeddings.LayerNorm.bias', 'embedders_{m}/finish/norm/bias', _same),
+    ('cls.predictions.transform.dense.weight', 'heads_{m}/transform/kernel', _linear),
+    ('cls.predictions.transform.dense.bias', 'heads_{m}/transform/bias', _same),
+    ('cls.predictions.transform.LayerNorm.weight', 'heads_{m}/norm/scale', _same),
+    ('cls.predictions.transform.LayerNorm.bias', 'heads_{m}/norm/bias', _same),
+)
+BERT_SKIPPED = (
+    (r'^pooler\.', 'BERT pooler: m5_jax pools by mean / first token without a dense layer'),
+    (r'^cls\.seq_relationship\.', 'next-sentence head: not an m5_jax objective'),
+    (r'^cls\.predictions\.decoder\.weight$', 'tied to the word embeddings'),
+    (r'^cls\.predictions\.decoder\.bias$', 'the same tensor as cls.predictions.bias'),
+    (r'position_ids$', 'a buffer (0..511), not a parameter'),
+)
+
+
+def bert_names(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """BertModel / BertForPreTraining names without the 'bert.' prefix; TF-era gamma/beta renamed."""
+  out = {}
+  for name, value in tensors.items():
+    name = re.sub(r'^bert\.', '', name)
+    name = re.sub(r'LayerNorm\.gamma$', 'LayerNorm.weight', re.sub(r'LayerNorm\.beta$',
+                                                                   'LayerNorm.bias', name))
+    out[name] = value
+  return out
+
+
+def check_bert_architecture(hf_config: Mapping[str, Any], config) -> None:
+  """The model config matches the checkpoint's architecture (one line naming the key)."""
+  if hf_config.get('model_type', 'bert') != 'bert':
+    raise ValueError(f"init_from.format=hf_bert but config.json has model_type="
+                     f"{hf_config.get('model_type')!r}")
+  m = config.model
+  wanted = {'model.hidden': hf_config['hidden_size'], 'model.heads': hf_config['num_attention_heads'],
+            'model.mlp_dim': hf_config['intermediate_size'], 'model.pre_ln': False,
+            'model.layer_norm_eps': hf_config.get('layer_norm_eps', 1e-12),
+            'model.gelu_approximate': False}
+  for key, value in wanted.items():
+    got = m[key.split('.')[1]]
+    if (abs(got - value) > 1e-15 * max(1, abs(value))) if isinstance(value, float) else got != value:
+      raise ValueError(f'the BERT checkpoint needs --config.{key}={value} (got {got})')
+  act = hf_config.get('hidden_act', 'gelu')
+  if act != 'gelu':
+    raise ValueError(f"the BERT checkpoint uses hidden_act={act!r}; m5_jax has the exact 'gelu'")
+  if hf_config.get('position_embedding_type', 'absolute') != 'absolute':
+    raise ValueError('the BERT checkpoint uses position_embedding_type='
+                     f"{hf_config['position_embedding_type']!r}; m5_jax has absolute positions")
+
+
+def bert_targets(tensors: Mapping[str, np.ndarray], hf_config, config, path: str,
+                 towers: tuple[str, ...]) -> tuple[dict[str, tuple[str, Callable]], dict[str, str]]:
+  """{m5_jax path: (source description, shape -> array)} and {source: why skipped}."""
+  check_bert_architecture(hf_config, config)
+  order = project_vocab_order(read_vocab(path))
+  if len(order) != hf_config['vocab_size']:
+    raise ValueError(f"vocab.txt has {len(order)} pieces but config.json vocab_size="
+                     f"{hf_config['vocab_size']}")
+
+  def source(name):
+    if name not in tensors:
+      raise ValueError(f'BERT checkpoint {path}: tensor {name} is missing')
+    return tensors[name]
+
+  targets: dict[str, tuple[str, Callable]] = {}
+  used: set[str] = set()
+
+  def add(target, names, fn):
+    targets[target] = (' + '.join(names), lambda shape: fn(*[source(n) for n in names], shape))
+    used.update(names)
+
+  word = 'embeddings.word_embeddings.weight'
+  add('word_embed/embedding', [word], lambda w, shape: w[order].reshape(shape))
+  positions, types = 'embeddings.position_embeddings.weight', 'embeddings.token_type_embeddings.weight'
+  for m in towers:
+    length = config.modality[m].max_len
+    if length > hf_config['max_position_embeddings']:
+      raise ValueError(f"modality.{m}.max_len={length} is longer than the BERT checkpoint's "
+                       f"max_position_embeddings={hf_config['max_position_embeddings']}")
+    if m == 'text':  # one segment: token type 0 folded into the positions (exact)
+      add('embedders_text/finish/positions', [positions, types],
+          lambda p, t, shape, n=length: (p[:n] + t[0]).reshape(shape))
+    else:  # table: keys are segment A, values segment B
+      add(f'embedders_{m}/finish/positions', [positions],
+          lambda p, shape, n=length: p[:n].reshape(shape))
+      add(f'embedders_{m}/key_value_types', [types],
+          lambda t, shape: t[[0, min(1, len(t) - 1)]].reshape(shape))
+    for name, target, fn in BERT_TOWER:
+      if name.startswith('cls.') and name not in tensors:
+        continue  # a BertModel checkpoint has no MLM head: the head stays new
+      add(target.format(m=m), [name], fn)
+    if 'cls.predictions.bias' in tensors:
+      add(f'heads_{m}/bias', ['cls.predictions.bias'], lambda b, shape: b[order].reshape(shape))
+    depth = hf_config['num_hidden_layers']
+    for i in range(depth):
+      for name, target, fn in BERT_LAYER:
+        add(f'encoders_{m}/transformer/layer_{i}/{target}', [f'encoder.layer.{i}.{name}'], fn)
+  skipped = {}
+  for name in tensors:
+    if name in used:
+      continue
+    why = next((w for pattern, w in BERT_SKIPPED if re.search(pattern, name)), None)
+    if why is None:
+      raise ValueError(f'BERT checkpoint {path}: tensor {name} {tensors[name].shape} has no '
+                       'place in m5_jax (not a BertModel / BertForPreTraining name)')
+    skipped[name] = why
+  return targets, skipped
+
+
+# ----------------------------------------------------------------------------
+# Putting it together
+# ----------------------------------------------------------------------------
+
+def _flatten(tree, prefix=''):
+  if isinstance(tree, Mapping):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, f'{prefix}{k}/'))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def _replace(tree, values: Mapping[str, Any], prefix=''):
+  if isinstance(tree, Mapping):
+    return {k: _replace(v, values, f'{prefix}{k}/') for k, v in tree.items()}
+  return values.get(prefix[:-1], tree)
+
+
+def _unstack_scanned(flat: dict[str, Any]) -> dict[str, tuple[str, int]]:
+  """For scan_layers models: per-layer path -> (stacked path, layer index)."""
+  out = {}
+  for path, x in flat.items():
+    match = re.match(r'(.*/transformer)/layers/block/(.*)$', path)
+    if match:
+      for i in range(x.shape[0]):
+        out[f'{match[1]}/layer_{i}/{match[2]}'] = (path, i)
+  return out
+
+
+def resolve_towers(fmt: str, config, towers: str) -> tuple[str, ...]:
+  known = TOWERS[fmt]
+  chosen = tuple(t for t in towers.split(',') if t) if towers else tuple(
+      m for m in known if m in config.modalities)
+  bad = [t for t in chosen if t not in known or t not in config.modalities]
+  if bad or not chosen:
+    raise ValueError(f'init_from.towers={towers!r}: {fmt} fills {", ".join(known)}, of which '
+                     f'this config has {", ".join(m for m in known if m in config.modalities) or "none"}')
+  return chosen
+
+
+def load(fmt: str, path: str, params: Mapping[str, Any], config, towers: str = '',
+         include: str = '.*', exclude: str = '') -> tuple[dict, Report]:
+  """Params with the checkpoint's tensors in place (numpy arrays), and the Report.
+
+  `towers`: comma-separated modalities to fill ('' = every one the format knows
+  and the config has); `include` / `exclude` are regexes on m5_jax paths (an
+  excluded parameter stays at init and is listed as new).
+  """
+  if fmt not in TOWERS:
+    raise ValueError(f'init_from.format={fmt!r}: public formats are {", ".join(TOWERS)}')
+  chosen = resolve_towers(fmt, config, towers)
+  hf_config, tensors = read_hf_folder(path)
+  tensors = bert_names(tensors)
+  targets, skipped = bert_targets(tensors, hf_config, config, path, chosen)
+  leaves = _flatten(params)
+  flat = {k: np.shape(v) for k, v in leaves.items()}
+  scanned = _unstack_scanned(leaves)
+  include_re, exclude_re = re.compile(include), re.compile(exclude) if exclude else None
+  values, report = {}, Report(skipped=dict(skipped))
+  stacked: dict[str, dict[int, np.ndarray]] = {}
+  for target, (src, convert) in targets.items():
+    if not include_re.search(target) or (exclude_re and exclude_re.search(target)):
+      report.skipped[src] = f'init_from include/exclude leaves {target} at init'
+      continue
+    if target in scanned:
+      stacked_path, layer = scanned[target]
+      shape = flat[stacked_path][1:]
+    elif target in flat:
+      shape = flat[target]
+    else:
+      raise ValueError(f'{src} maps to {target}, which this model does not have '
+                       f'(model.encoder_layers or modality.*.encoder_layers smaller than the '
+                       f'checkpoint\'s {hf_config.get("num_hidden_layers")} layers?)')
+    try:
+      value = np.asarray(convert(shape), np.float32)
+    except ValueError:
+      raise ValueError(f'{src} {_source_shapes(src, tensors)} does not fit {target} '
+                       f'{tuple(shape)}') from None
+    if target in scanned:
+      stacked.setdefault(stacked_path, {})[layer] = value
+      report.mapped[target] = src
+    else:
+      values[target] = value
+      report.mapped[target] = src
+  for stacked_path, layers in stacked.items():  # layers the checkpoint lacks keep their init
+    value = np.array(leaves[stacked_path], np.float32)
+    for i, layer in layers.items():
+      value[i] = layer
+    values[stacked_path] = value
+  new = [t for t, (p, _) in scanned.items() if p in stacked and t not in report.mapped]
+  report.new = sorted([p for p in flat if p not in values] + new)
+  return _replace(params, values), report
+
+
+def _source_shapes(src: str, tensors) -> str:
+  shapes = [tuple(tensors[n].shape) for n in src.split(' + ') if n in tensors]
+  return ' + '.join(map(str, shapes))

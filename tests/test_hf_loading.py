@@ -1,0 +1,175 @@
+"""Public checkpoints into m5_jax: a tiny random transformers BERT, saved with save_pretrained,
+loaded into the text (and table) tower, gives the reference's hidden states at 1e-5 (fp32)."""
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from m5_jax import models
+from m5_jax.models import public_checkpoints
+import model_testlib
+
+torch = pytest.importorskip('torch')
+transformers = pytest.importorskip('transformers')
+
+VOCAB, HIDDEN, LAYERS, HEADS, MLP = 100, 32, 2, 2, 64
+# BERT's special pieces away from ids 0..4, so the vocabulary permutation is exercised.
+PIECES = (['[PAD]'] + [f'[unused{i}]' for i in range(9)] + ['[UNK]', '[CLS]', '[SEP]', '[MASK]']
+          + list('的红色连衣裙手机壳男女款') + ['ab', '##c', '##d', 'x', ',', '.']
+          + [f'w{i}' for i in range(VOCAB - 32)])
+
+
+@pytest.fixture(scope='module')
+def bert_dir(tmp_path_factory):
+  """A random BertForPreTraining (bert.* names + MLM head) saved as safetensors + vocab.txt."""
+  torch.manual_seed(0)
+  hf_config = transformers.BertConfig(
+      vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+      intermediate_size=MLP, max_position_embeddings=40, type_vocab_size=2,
+      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+  model = transformers.BertForPreTraining(hf_config).eval()
+  with torch.no_grad():  # non-trivial LayerNorms and biases (init leaves them at 1 / 0)
+    for name, p in model.named_parameters():
+      if 'LayerNorm' in name or name.endswith('bias'):
+        p.add_(0.1 * torch.randn_like(p))
+  path = tmp_path_factory.mktemp('bert')
+  model.save_pretrained(path)
+  (path / 'vocab.txt').write_text('\n'.join(PIECES) + '\n', encoding='utf-8')
+  return path, model
+
+
+def m5_config(modalities=('text',), **overrides):
+  model = dict(hidden=HIDDEN, heads=HEADS, mlp_dim=MLP, encoder_layers=LAYERS, vocab_size=VOCAB)
+  config = model_testlib.tiny_config('text_only', modalities, **{**model, **overrides})
+  for m in config.modalities:
+    config.modality[m].vocab_size = VOCAB
+  return config
+
+
+def init_params(config, batch):
+  model = models.build(config)
+  return model, jax.tree.map(np.asarray, nn.unbox(model_testlib.random_params(model, batch, seed=1)))
+
+
+def reference(model, ids, mask, token_types=None):
+  with torch.no_grad():
+    out = model(input_ids=torch.tensor(ids, dtype=torch.long),
+                attention_mask=torch.tensor(mask, dtype=torch.long),
+                token_type_ids=None if token_types is None else torch.tensor(token_types,
+                                                                             dtype=torch.long),
+                output_hidden_states=True)
+  return out.hidden_states[-1].numpy(), out.prediction_logits.numpy()
+
+
+def test_bert_text_tower_matches_transformers(bert_dir):
+  path, hf_model = bert_dir
+  config = m5_config()
+  batch = model_testlib.random_batch(config, 3, present_prob=1.0, seed=4)
+  model, params = init_params(config, batch)
+  params, report = public_checkpoints.load('hf_bert', str(path), params, config)
+  out = jax.jit(lambda p, b: model.apply({'params': p}, b))(params, batch)
+
+  order = public_checkpoints.project_vocab_order(list(PIECES))
+  ids, mask = batch['text']['ids'], batch['text']['mask']
+  hidden, logits = reference(hf_model, order[ids], mask)
+  valid = mask[..., None]
+  np.testing.assert_allclose(np.where(valid, out['tokens']['text'], 0), np.where(valid, hidden, 0),
+                             atol=1e-5, rtol=1e-5)
+  # The MLM head too: m5_jax's logit column j is BERT's column order[j].
+  np.testing.assert_allclose(np.where(valid, out['predictions']['text'], 0),
+                             np.where(valid, logits[..., order], 0), atol=1e-4, rtol=1e-5)
+  assert np.abs(hidden[:, 1] - hidden[:, 2]).max() > 1e-2  # not vacuous
+
+  # Every source tensor is mapped or skipped with a reason; every target loaded or new.
+  sources = {s for v in report.mapped.values() for s in v.split(' + ')}
+  saved = set(public_checkpoints.bert_names(public_checkpoints.read_hf_folder(str(path))[1]))
+  assert sources | set(report.skipped) == saved and not sources & set(report.skipped)
+  assert set(report.new) == {'contrastive_log_scale', 'contrastive_bias'}
+  assert any('pooler' in s for s in report.skipped)
+
+
+def test_bert_table_tower_keys_and_values_are_segments(bert_dir):
+  """Table = BERT with token_type_ids = is_value; its encoder is its own copy."""
+  path, hf_model = bert_dir
+  config = m5_config(('text', 'table'), scan_layers=True)  # stacked layers load too
+  batch = model_testlib.random_batch(config, 3, present_prob=1.0, seed=5)
+  model, params = init_params(config, batch)
+  params, report = public_checkpoints.load('hf_bert', str(path), params, config)
+  assert 'encoders_table/transformer/layer_1/attention/query/kernel' in report.mapped
+  out = jax.jit(lambda p, b: model.apply({'params': p}, b, heads=False))(params, batch)
+  order = public_checkpoints.project_vocab_order(list(PIECES))
+  t = batch['table']
+  hidden, _ = reference(hf_model, order[t['ids']], t['mask'], t['is_value'].astype(np.int64))
+  valid = t['mask'][..., None]
+  np.testing.assert_allclose(np.where(valid, out['tokens']['table'], 0),
+                             np.where(valid, hidden, 0), atol=1e-5, rtol=1e-5)
+
+
+def test_bert_towers_include_exclude(bert_dir):
+  path, _ = bert_dir
+  config = m5_config(('text', 'table'))
+  batch = model_testlib.random_batch(config, 2, present_prob=1.0)
+  _, params = init_params(config, batch)
+  new_params, report = public_checkpoints.load('hf_bert', str(path), params, config,
+                                               towers='text', exclude='^heads_')
+  assert not any(t.startswith(('encoders_table', 'embedders_table', 'heads_')) for t in report.mapped)
+  assert 'heads_text/bias' in report.new and 'encoders_table/transformer/layer_0/mlp/wi/kernel' in report.new
+  np.testing.assert_array_equal(new_params['encoders_table']['transformer']['layer_0']['mlp']['wi']['kernel'],
+                                params['encoders_table']['transformer']['layer_0']['mlp']['wi']['kernel'])
+
+
+@pytest.mark.parametrize('override,message', [
+    (dict(heads=4), '--config.model.heads=2'),
+    (dict(pre_ln=True), '--config.model.pre_ln=False'),
+    (dict(mlp_dim=48), '--config.model.mlp_dim=64'),
+])
+def test_mismatched_model_is_one_line(bert_dir, override, message):
+  path, _ = bert_dir
+  config = m5_config(**override)
+  batch = model_testlib.random_batch(config, 2, present_prob=1.0)
+  _, params = init_params(config, batch)
+  with pytest.raises(ValueError, match=message.replace('.', r'\.')) as e:
+    public_checkpoints.load('hf_bert', str(path), params, config)
+  assert '\n' not in str(e.value)
+
+
+def test_bad_paths_and_tensors_are_one_line(bert_dir, tmp_path):
+  path, _ = bert_dir
+  config = m5_config()
+  batch = model_testlib.random_batch(config, 2, present_prob=1.0)
+  _, params = init_params(config, batch)
+  with pytest.raises(FileNotFoundError, match='not a folder'):
+    public_checkpoints.load('hf_bert', str(tmp_path / 'nope'), params, config)
+  (tmp_path / 'config.json').write_text((path / 'config.json').read_text())
+  with pytest.raises(FileNotFoundError, match='no model.safetensors or pytorch_model.bin'):
+    public_checkpoints.load('hf_bert', str(tmp_path), params, config)
+  # A tensor of the wrong shape names both sides.
+  from safetensors import numpy as safetensors_numpy
+  tensors = safetensors_numpy.load_file(str(path / 'model.safetensors'))
+  tensors['bert.encoder.layer.1.intermediate.dense.bias'] = np.zeros(MLP + 1, np.float32)
+  safetensors_numpy.save_file(tensors, str(tmp_path / 'model.safetensors'))
+  (tmp_path / 'vocab.txt').write_text((path / 'vocab.txt').read_text())
+  with pytest.raises(ValueError, match=r'encoder\.layer\.1\.intermediate\.dense\.bias \(65,\) does '
+                     r'not fit encoders_text/transformer/layer_1/mlp/wi/bias \(64,\)'):
+    public_checkpoints.load('hf_bert', str(tmp_path), params, config)
+  # A tensor BERT does not have is named, not dropped.
+  tensors = safetensors_numpy.load_file(str(path / 'model.safetensors'))
+  tensors['bert.encoder.layer.0.adapter.weight'] = np.zeros(3, np.float32)
+  safetensors_numpy.save_file(tensors, str(tmp_path / 'model.safetensors'))
+  with pytest.raises(ValueError, match=r'tensor encoder\.layer\.0\.adapter\.weight \(3,\) has no place'):
+    public_checkpoints.load('hf_bert', str(tmp_path), params, config)
+
+
+def test_wordpiece_matches_bert_tokenizer(bert_dir):
+  path, _ = bert_dir
+  reference = transformers.BertTokenizer(str(path / 'vocab.txt'), do_lower_case=True)
+  ours = public_checkpoints.WordPieceTokenizer(str(path / 'vocab.txt'))
+  order = public_checkpoints.project_vocab_order(list(PIECES))
+  strings = ['红色连衣裙 男款', 'abcd, x.', 'ABC 手机壳女', 'abz 的', '  ', 'W1 w2 w3']
+  for s in strings:
+    want = reference.convert_tokens_to_ids(reference.tokenize(s))
+    assert [int(order[i]) for i in ours.encode([s])[0]] == want, s
+  assert ours.encode(['abcd'])[0] == [ours.ids['ab'], ours.ids['##c'], ours.ids['##d']]
+  assert [ours.ids[p] for p in public_checkpoints.BERT_SPECIALS] == [0, 1, 2, 3, 4]
