@@ -95,8 +95,11 @@ def get_config(method_name: str | None, arg: str | None, **extra_args) -> ml_col
       peak_flops_per_device=0.0,       # e.g. 989e12 (H100 bf16) for an MFU estimate
       profile_steps=(0, 0),            # (first step, number of steps) to trace
       **duration('every', steps=100)))
+  # path: another run's workdir (format m5_jax), or a public checkpoint's folder:
+  # format hf_bert fills `towers` (comma-separated; '' = text and table where configured)
+  # from a Hugging Face BERT folder (m5_jax/models/public_checkpoints.py).
   config.init_from = ml_collections.ConfigDict(dict(
-      path='', step=-1, include='.*', exclude='', into=''))
+      path='', step=-1, include='.*', exclude='', into='', format='m5_jax', towers=''))
 
   if args.runlocal:
     config.input.data_dir = MINI_DATA_DIR

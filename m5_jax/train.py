@@ -1,7 +1,10 @@
 r"""The train binary: pretraining (and classification fine-tuning) on a device mesh.
 
   python -m m5_jax.train --config configs/m5_mmt.py:size=tiny,runlocal --workdir /tmp/m5 \
-      [--config.optimizer.lr=3e-4 ...]
+      [--config.optimizer.lr=3e-4 ...] [--verbosity=1]
+
+The console gets one line per logged step (step, loss, examples/s, ETA); every metric
+is in <workdir>/metrics.jsonl and TensorBoard, and on the console with --verbosity=1.
 
 Read top to bottom: the task (what a step computes), the train step (pure,
 jitted, donated state), then the loop (resume, log, checkpoint, preemption).
@@ -43,6 +46,7 @@ import math
 import os
 import signal
 import sys
+import time
 from typing import Any, Callable
 
 import jax
@@ -282,10 +286,14 @@ def _check_tokenizer(config) -> None:
   if not files.exists(path) or files.isdir(path):
     raise config_lib.ConfigError(f"config key 'input.tokenizer': {path} not found; {hint}")
   from m5_jax.modalities import text  # pylint: disable=g-import-not-at-top
+  from m5_jax.models import public_checkpoints  # pylint: disable=g-import-not-at-top
   with files.open(path, 'rb') as f:
     proto = f.read()
   try:
-    pieces = text.SentencePieceTokenizer(proto).vocab_size
+    if public_checkpoints.is_wordpiece_vocab(path):  # a BERT checkpoint's vocabulary
+      pieces = public_checkpoints.wordpiece_tokenizer(path).vocab_size
+    else:
+      pieces = text.SentencePieceTokenizer(proto).vocab_size
   except Exception as e:  # pylint: disable=broad-except  (sentencepiece raises RuntimeError)
     reason = ' '.join(str(e).split())[:200]
     raise config_lib.ConfigError(f"config key 'input.tokenizer': {path} is not a sentencepiece "
@@ -392,14 +400,18 @@ def _batch_shapes(config, mesh) -> Any:
 
 
 def _maybe_init_from(config, state, shardings):
-  """Fine-tuning: copy parameters from another run's checkpoint (config.init_from)."""
+  """Fine-tuning: copy parameters from another run's checkpoint, or from a public
+  checkpoint's folder (config.init_from.format; m5_jax/models/public_checkpoints.py)."""
   init = config.init_from
   target, target_shardings = state['params'], shardings['params']
   for key in filter(None, init.into.split('/')):
     target, target_shardings = target[key], target_shardings[key]
-  loaded, copied = checkpointing.init_params_from(
-      init.path, target, target_shardings, step=init.step if init.step >= 0 else None,
-      include=init.include, exclude=init.exclude)
+  if init.get('format', 'm5_jax') == 'm5_jax':
+    loaded, copied = checkpointing.init_params_from(
+        init.path, target, target_shardings, step=init.step if init.step >= 0 else None,
+        include=init.include, exclude=init.exclude)
+  else:
+    loaded, copied = _init_from_public(config, target, target_shardings)
   logging.info('init_from %s: copied %d parameters into %r', init.path, len(copied),
                init.into or '<root>')
   params = loaded
@@ -412,6 +424,25 @@ def _maybe_init_from(config, state, shardings):
       node = node[key]
     node[keys[-1]] = loaded
   return dict(state, params=params)
+
+
+def _init_from_public(config, params, params_shardings):
+  """(params with a public checkpoint's tensors placed by `params_shardings`, their paths);
+  logs every parameter left new and every source tensor skipped, with why."""
+  from m5_jax.models import public_checkpoints  # pylint: disable=g-import-not-at-top
+  init = config.init_from
+  values, report = public_checkpoints.convert(
+      init.format, init.path, params, config, towers=init.towers, include=init.include,
+      exclude=init.exclude)
+  logging.info('init_from %s (%s): %s', init.path, init.format, report.summary())
+  for path in report.new:
+    logging.info('  new (left at init): %s', path)
+  for source, why in report.skipped.items():
+    logging.info('  skipped %s: %s', source, why)
+  paths = optimizer_lib.param_paths(params)
+  place = lambda p, x, s: (jax.make_array_from_callback(  # noqa: E731
+      x.shape, s, lambda index, v=values[p]: v[index]) if p in values else x)
+  return jax.tree.map(place, paths, params, params_shardings), sorted(values)
 
 
 _COMPILED: dict[str, Any] = {}
@@ -447,11 +478,12 @@ def _save_without_training(checkpointer, step: int, state, data) -> dict:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
-          watcher: PreemptionWatcher | None = None) -> dict:
+          watcher: PreemptionWatcher | None = None, verbose: bool = False) -> dict:
   """Trains until config's total duration (resuming from `workdir`); returns the state.
 
   Holds the workdir's lock (checkpointing.WorkdirLock) throughout; `watcher` (default:
-  one installed here) turns SIGTERM into a save and a clean return.
+  one installed here) turns SIGTERM into a save and a clean return. `verbose`: log every
+  metric of a logged step, not just step, loss, examples/s and ETA.
   """
   own_watcher = watcher is None
   watcher = watcher or PreemptionWatcher()
@@ -459,13 +491,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     check_input(config)  # data_dir, split, tokenizer: one line, before any data read
     checkpointing.check_writable(workdir)  # fail before compiling, not at the first save
     with checkpointing.WorkdirLock(workdir):
-      return _train(config, workdir, watcher)
+      return _train(config, workdir, watcher, verbose)
   finally:
     if own_watcher:
       watcher.close()
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, watcher: PreemptionWatcher) -> dict:
+def _train(config: ml_collections.ConfigDict, workdir: str, watcher: PreemptionWatcher,
+           verbose: bool = False) -> dict:
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.axis_rules(config.sharding)
   batch_size = config.input.batch_size
@@ -505,8 +538,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, watcher: PreemptionW
     start_step = 0
     with sharding.activation_context(mesh, rules, constraints):
       state = sharding.init_sharded(init_fn, shardings)
-    if config.init_from.path:
-      state = _maybe_init_from(config, state, shardings)
+    if config.init_from.path or config.init_from.get('format', 'm5_jax') != 'm5_jax':
+      state = _maybe_init_from(config, state, shardings)  # a public format needs its path
   if jax.process_index() == 0:
     config_lib.save_workdir_config(config, workdir)
   if start_step >= total_steps:
@@ -519,10 +552,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, watcher: PreemptionW
   step_fn = jax.jit(make_train_step(config, task, tx, schedule, mesh, shardings['params']),
                     in_shardings=(shardings, sharding.batch_sharding(mesh)),
                     out_shardings=(shardings, None), donate_argnums=(0,))
+  logging.info('compiling the train step...')
+  compile_start = time.perf_counter()
   with sharding.activation_context(mesh, rules, constraints):
     traced = step_fn.trace(sharding.abstract_with_shardings(abstract, shardings),
                            _batch_shapes(config, mesh))
     compiled = compile_cached(traced.lower())
+  logging.info('compiled in %.0f s', time.perf_counter() - compile_start)
   # Imported here, not at the top: clu's writers import TensorFlow, whose import-time
   # banners on stderr would otherwise come before a bad flag's one-line error.
   from m5_jax import train_logging  # pylint: disable=g-import-not-at-top
@@ -531,7 +567,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, watcher: PreemptionW
   flops = flops_lib.jaxpr_matmul_flops(traced.jaxpr) / jax.device_count() or None
   logger = train_logging.MetricLogger(
       workdir, total_steps=total_steps, batch_size=batch_size, flops_per_step=flops,
-      peak_flops_per_device=config.log.peak_flops_per_device)
+      peak_flops_per_device=config.log.peak_flops_per_device, verbose=verbose)
   profiler = train_logging.Profiler(workdir, *config.log.profile_steps)
   logging.info('training steps %d..%d (%d warmup), %s FLOPs/step/device', start_step,
                total_steps, warmup_steps, f'{flops:.3g}' if flops else 'unknown')
@@ -572,11 +608,21 @@ def _train(config: ml_collections.ConfigDict, workdir: str, watcher: PreemptionW
         checkpointer.save(step + 1, state, data.get_state(), force=True)
     if pending:
       check_and_log(*pending)
+    logging.info('trained to step %d: checkpoints in %s, metrics in %s and tensorboard/',
+                 total_steps, checkpointer.directory,
+                 os.path.join(workdir, train_logging.METRICS_FILE))
   finally:
     profiler.close()
     checkpointer.close()
     logger.close()
   return state
+
+
+def _quiet_libraries(record: logging.LogRecord) -> bool:
+  """The console keeps this project's lines (root logger) and every library's warnings;
+  libraries' INFO lines (Orbax's save steps, TFDS, JAX's backend probing) go at
+  --verbosity=0."""
+  return record.levelno >= logging.WARNING or record.name == 'root'
 
 
 def main(argv) -> int:
@@ -587,14 +633,18 @@ def main(argv) -> int:
   watcher = PreemptionWatcher()  # first: a SIGTERM from here on is a clean preemption
   try:
     try:
-      config, flags = config_lib.parse_command_line(argv, {'workdir': ''})
+      # --verbosity=1: every metric of a logged step and the libraries' INFO lines.
+      config, flags = config_lib.parse_command_line(argv, {'workdir': '', 'verbosity': 0})
       if not flags['workdir']:
         raise config_lib.ConfigError('--workdir DIR is required')
     except config_lib.ConfigError as e:
       config_lib.exit_with(e, 'm5_jax.train')
+    if flags['verbosity'] < 1:
+      for handler in logging.getLogger().handlers:
+        handler.addFilter(_quiet_libraries)
     initialize_distributed()
     try:
-      train(config, flags['workdir'], watcher)
+      train(config, flags['workdir'], watcher, verbose=flags['verbosity'] >= 1)
     except (FloatingPointError, config_lib.ConfigError, checkpointing.CheckpointWriteError,
             checkpointing.UnreadableCheckpointError, checkpointing.WorkdirLockedError) as e:
       print(f'm5_jax.train: error: {e}', file=sys.stderr)

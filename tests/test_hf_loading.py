@@ -173,3 +173,37 @@ def test_wordpiece_matches_bert_tokenizer(bert_dir):
     assert [int(order[i]) for i in ours.encode([s])[0]] == want, s
   assert ours.encode(['abcd'])[0] == [ours.ids['ab'], ours.ids['##c'], ours.ids['##d']]
   assert [ours.ids[p] for p in public_checkpoints.BERT_SPECIALS] == [0, 1, 2, 3, 4]
+
+
+def test_formats_agree_with_the_config_schema():
+  from m5_jax import config_lib
+  assert public_checkpoints.FORMATS == config_lib.INIT_FORMATS
+
+
+def test_train_starts_from_bert_through_init_from(bert_dir, tmp_path):
+  """configs/bert_init.py + init_from format hf_bert: the step-0 checkpoint holds the BERT
+  tensors (text and table towers, placed on the 8-device mesh); the rest stays at init."""
+  from m5_jax import checkpointing, config_lib, train
+  path, _ = bert_dir
+  config, _ = config_lib.parse_command_line(
+      ['--config', f'configs/bert_init.py:method=text_only,modalities=tp,size=tiny,batch_size=8,'
+       f'bert={path}', '--config.input.dataset=synthetic', '--config.total_steps=0',
+       '--config.modality.table.max_len=16', '--config.modality.text.max_len=12'], {})
+  assert config.input.tokenizer == f'{path}/vocab.txt' and config.model.hidden == HIDDEN
+  train.train(config, str(tmp_path))
+  _, params = checkpointing.restore_params(str(tmp_path))
+  params = jax.tree.map(np.asarray, params)
+  values, report = public_checkpoints.convert('hf_bert', str(path), params, config)
+  flat = public_checkpoints._flatten(params)  # pylint: disable=protected-access
+  assert set(values) == set(report.mapped) and 'encoders_table/transformer/layer_1/mlp_ln/bias' in values
+  for name, value in values.items():
+    np.testing.assert_array_equal(flat[name], value, err_msg=name)
+  assert not any(n.startswith(('encoders_', 'embedders_', 'word_embed')) for n in report.new)
+
+
+def test_bert_init_config_needs_a_folder():
+  from m5_jax import config_lib
+  with pytest.raises(config_lib.ConfigError, match='needs bert=DIR'):
+    config_lib.load_config('configs/bert_init.py:size=tiny')
+  with pytest.raises(config_lib.ConfigError, match='no readable BERT config.json'):
+    config_lib.load_config('configs/bert_init.py:bert=/nonexistent')

@@ -333,6 +333,9 @@ def bert_targets(tensors: Mapping[str, np.ndarray], hf_config, config, path: str
   if len(order) != hf_config['vocab_size']:
     raise ValueError(f"vocab.txt has {len(order)} pieces but config.json vocab_size="
                      f"{hf_config['vocab_size']}")
+  if config.model.vocab_size != len(order):
+    raise ValueError(f'the BERT checkpoint needs vocab_size={len(order)} (config argument '
+                     f'...:vocab_size={len(order)}; got model.vocab_size={config.model.vocab_size})')
 
   def source(name):
     if name not in tensors:
@@ -368,10 +371,14 @@ def bert_targets(tensors: Mapping[str, np.ndarray], hf_config, config, path: str
       add(target.format(m=m), [name], fn)
     if 'cls.predictions.bias' in tensors:
       add(f'heads_{m}/bias', ['cls.predictions.bias'], lambda b, shape: b[order].reshape(shape))
-    depth = hf_config['num_hidden_layers']
-    for i in range(depth):
+  # Single stream (VisualBERT, UNITER): BERT's layers are the one fusion transformer
+  # that sees every modality; otherwise each tower's encoder gets its own copy.
+  stacks = (['fusion/transformer'] if config.model.fusion == 'single_stream'
+            else [f'encoders_{m}/transformer' for m in towers])
+  for stack in stacks:
+    for i in range(hf_config['num_hidden_layers']):
       for name, target, fn in BERT_LAYER:
-        add(f'encoders_{m}/transformer/layer_{i}/{target}', [f'encoder.layer.{i}.{name}'], fn)
+        add(f'{stack}/layer_{i}/{target}', [f'encoder.layer.{i}.{name}'], fn)
   skipped = {}
   for name in tensors:
     if name in used:
@@ -403,13 +410,13 @@ def _replace(tree, values: Mapping[str, Any], prefix=''):
   return values.get(prefix[:-1], tree)
 
 
-def _unstack_scanned(flat: dict[str, Any]) -> dict[str, tuple[str, int]]:
+def _unstack_scanned(flat: dict[str, tuple[int, ...]]) -> dict[str, tuple[str, int]]:
   """For scan_layers models: per-layer path -> (stacked path, layer index)."""
   out = {}
-  for path, x in flat.items():
+  for path, shape in flat.items():
     match = re.match(r'(.*/transformer)/layers/block/(.*)$', path)
     if match:
-      for i in range(x.shape[0]):
+      for i in range(shape[0]):
         out[f'{match[1]}/layer_{i}/{match[2]}'] = (path, i)
   return out
 
@@ -425,13 +432,15 @@ def resolve_towers(fmt: str, config, towers: str) -> tuple[str, ...]:
   return chosen
 
 
-def load(fmt: str, path: str, params: Mapping[str, Any], config, towers: str = '',
-         include: str = '.*', exclude: str = '') -> tuple[dict, Report]:
-  """Params with the checkpoint's tensors in place (numpy arrays), and the Report.
+def convert(fmt: str, path: str, params: Mapping[str, Any], config, towers: str = '',
+            include: str = '.*', exclude: str = '') -> tuple[dict[str, np.ndarray], Report]:
+  """({'/'-joined m5_jax path: float32 array}, Report) for the checkpoint at `path`.
 
-  `towers`: comma-separated modalities to fill ('' = every one the format knows
-  and the config has); `include` / `exclude` are regexes on m5_jax paths (an
-  excluded parameter stays at init and is listed as new).
+  `params` is the target tree; only its leaves' shapes are read (jax.Arrays of any
+  sharding, or ShapeDtypeStructs). `towers`: comma-separated modalities to fill
+  ('' = every one the format knows and the config has); `include` / `exclude` are
+  regexes on m5_jax paths (an excluded parameter stays at init and is listed as new).
+  A scan_layers stack is filled whole: its depth must be the checkpoint's.
   """
   if fmt not in TOWERS:
     raise ValueError(f'init_from.format={fmt!r}: public formats are {", ".join(TOWERS)}')
@@ -440,43 +449,73 @@ def load(fmt: str, path: str, params: Mapping[str, Any], config, towers: str = '
   tensors = bert_names(tensors)
   targets, skipped = bert_targets(tensors, hf_config, config, path, chosen)
   leaves = _flatten(params)
-  flat = {k: np.shape(v) for k, v in leaves.items()}
-  scanned = _unstack_scanned(leaves)
+  flat = {k: tuple(np.shape(v)) for k, v in leaves.items()}
+  scanned = _unstack_scanned(flat)
   include_re, exclude_re = re.compile(include), re.compile(exclude) if exclude else None
   values, report = {}, Report(skipped=dict(skipped))
   stacked: dict[str, dict[int, np.ndarray]] = {}
-  for target, (src, convert) in targets.items():
+  for target, (src, fn) in targets.items():
     if not include_re.search(target) or (exclude_re and exclude_re.search(target)):
       report.skipped[src] = f'init_from include/exclude leaves {target} at init'
       continue
-    if target in scanned:
-      stacked_path, layer = scanned[target]
-      shape = flat[stacked_path][1:]
-    elif target in flat:
-      shape = flat[target]
-    else:
-      raise ValueError(f'{src} maps to {target}, which this model does not have '
-                       f'(model.encoder_layers or modality.*.encoder_layers smaller than the '
-                       f'checkpoint\'s {hf_config.get("num_hidden_layers")} layers?)')
+    stacked_path, layer = scanned.get(target, (None, None))
+    shape = flat[stacked_path][1:] if stacked_path else flat.get(target)
+    if shape is None:
+      raise ValueError(f'{src} maps to {target}, which this model does not have (encoder '
+                       f"depth smaller than the checkpoint's {hf_config.get('num_hidden_layers')} "
+                       'layers? modality.<m>.encoder_layers sets it)')
     try:
-      value = np.asarray(convert(shape), np.float32)
+      value = np.asarray(fn(shape), np.float32)
     except ValueError:
       raise ValueError(f'{src} {_source_shapes(src, tensors)} does not fit {target} '
                        f'{tuple(shape)}') from None
-    if target in scanned:
+    if stacked_path:
       stacked.setdefault(stacked_path, {})[layer] = value
-      report.mapped[target] = src
     else:
       values[target] = value
-      report.mapped[target] = src
-  for stacked_path, layers in stacked.items():  # layers the checkpoint lacks keep their init
-    value = np.array(leaves[stacked_path], np.float32)
-    for i, layer in layers.items():
-      value[i] = layer
-    values[stacked_path] = value
-  new = [t for t, (p, _) in scanned.items() if p in stacked and t not in report.mapped]
-  report.new = sorted([p for p in flat if p not in values] + new)
+    report.mapped[target] = src
+  for stacked_path, layers in stacked.items():
+    depth = flat[stacked_path][0]
+    if sorted(layers) != list(range(depth)):
+      raise ValueError(f'{stacked_path}: a scanned stack of {depth} layers, but the checkpoint '
+                       f'fills layers {sorted(layers)}; set the depth to the checkpoint\'s')
+    values[stacked_path] = np.stack([layers[i] for i in range(depth)])
+  report.new = sorted(p for p in flat if p not in values)
+  return values, report
+
+
+def load(fmt: str, path: str, params: Mapping[str, Any], config, towers: str = '',
+         include: str = '.*', exclude: str = '') -> tuple[dict, Report]:
+  """`params` with the converted leaves replaced (numpy), and the Report (see `convert`)."""
+  values, report = convert(fmt, path, params, config, towers, include, exclude)
   return _replace(params, values), report
+
+
+def bert_model_config(path: str) -> dict[str, Any]:
+  """The m5_jax config fields a BERT folder fixes (for configs/bert_init.py)."""
+  with open(os.path.join(os.path.expanduser(path), 'config.json')) as f:
+    c = json.load(f)
+  return dict(hidden=c['hidden_size'], heads=c['num_attention_heads'],
+              mlp_dim=c['intermediate_size'], layers=c['num_hidden_layers'],
+              vocab_size=c['vocab_size'], layer_norm_eps=c.get('layer_norm_eps', 1e-12),
+              max_positions=c['max_position_embeddings'])
+
+
+def is_wordpiece_vocab(path: str) -> bool:
+  """config.input.tokenizer names a WordPiece vocab.txt rather than a sentencepiece model."""
+  return os.path.basename(path.rstrip('/')) == 'vocab.txt'
+
+
+def wordpiece_tokenizer(path: str) -> WordPieceTokenizer:
+  """The vocab.txt at `path`; lower-casing as its folder's tokenizer_config.json says
+  (do_lower_case, default True as in BERT)."""
+  path = os.path.expanduser(path)
+  lower_case = True
+  config_file = os.path.join(os.path.dirname(path), 'tokenizer_config.json')
+  if os.path.exists(config_file):
+    with open(config_file) as f:
+      lower_case = bool(json.load(f).get('do_lower_case', True))
+  return WordPieceTokenizer(path, lower_case=lower_case)
 
 
 def _source_shapes(src: str, tensors) -> str:
