@@ -9,6 +9,7 @@ eval input pipeline: every example exactly once, padded batches masked.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
 from typing import Any
@@ -116,17 +117,43 @@ class Embedder:
     return input_pipeline.create_iterator(self.config, split, self.mesh, train=False,
                                           batch_size=self.batch_size, exact_ids=exact_ids)
 
-  def embed(self, split: str) -> features_lib.SplitFeatures:
+  def _check_embeddable(self) -> None:
     if is_finetuned(self.config):
       raise ValueError('this workdir holds a fine-tuned classifier: score it with '
                        '`m5_jax.evaluate.classification --finetuned`; frozen-feature tasks '
                        'take a pretraining workdir')
     if self.params is None:
       raise RuntimeError('Embedder.embed before restore()')
+
+  def embed(self, split: str) -> features_lib.SplitFeatures:
+    self._check_embeddable()
     batches = self.iterator(split, exact_ids=True)
     return features_lib.embed_batches(self._forward, self.params, batches,
                                       batches.host.num_examples, tuple(self.config.modalities),
                                       split=split)
+
+  def embed_steps(self, batches, start_step: int, num_steps: int,
+                  split: str = '') -> features_lib.SplitFeatures:
+    """The items of eval steps [start_step, start_step + num_steps) of `batches` (an
+    `iterator(split, exact_ids=True)`), row 0 = item start_step * batch_size: an
+    export embeds a split in resumable chunks with the same forward as `embed`."""
+    self._check_embeddable()
+    first = start_step * self.batch_size
+    count = min(num_steps * self.batch_size, batches.host.num_examples - first)
+    batches.restore({'step': start_step})
+    shifted = (dict(b, index=b['index'] - first) for b in itertools.islice(batches, num_steps))
+    return features_lib.embed_batches(self._forward, self.params, shifted, count,
+                                      tuple(self.config.modalities), split=split,
+                                      log_every_s=float('inf'))
+
+  def embed_host_batch(self, host_batch) -> dict[str, Any]:
+    """{'pooled': {m: f32[B, D]}, 'present': {m: bool[B]}} of one numpy host batch
+    (single process; B a multiple of the mesh's batch shards): embeds a query built
+    outside the dataset, e.g. a search text."""
+    self._check_embeddable()
+    from m5_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    out = self._forward(self.params, input_pipeline.make_global_batch(host_batch, self.mesh))
+    return jax.tree.map(np.asarray, out)
 
   def store(self) -> features_lib.FeatureStore:
     """A FeatureStore for the restored step (cache per step, feature kind, dataset
