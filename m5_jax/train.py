@@ -435,8 +435,12 @@ def _init_from_public(config, params, params_shardings):
       init.format, init.path, params, config, towers=init.towers, include=init.include,
       exclude=init.exclude)
   logging.info('init_from %s (%s): %s', init.path, init.format, report.summary())
+  new_by_module: dict[str, int] = {}
   for path in report.new:
-    logging.info('  new (left at init): %s', path)
+    module = path.split('/')[0]
+    new_by_module[module] = new_by_module.get(module, 0) + 1
+  logging.info('  new (left at init), parameters per module: %s',
+               ', '.join(f'{m} {n}' for m, n in new_by_module.items()) or 'none')
   for source, why in report.skipped.items():
     logging.info('  skipped %s: %s', source, why)
   paths = optimizer_lib.param_paths(params)
