@@ -3,8 +3,8 @@
     python -m m5_jax.embed --workdir W --split S --out DIR [--step N]
         [--feature pooled|encoder_pooled] [--batch_size B] [--part_items 50000]
 
-Writes DIR/manifest.json and DIR/part-NNNNN.parquet (read them all with
-`pyarrow.dataset.dataset(DIR)` or `pandas.read_parquet(DIR)`). Columns:
+Writes DIR/part-NNNNN.parquet and DIR/_manifest.json (read the parts as one
+table with `pyarrow.dataset.dataset(DIR)` or `pandas.read_parquet(DIR)`). Columns:
 
   index       int64   position of the item in the TFDS split (rows are in this order)
   item_id     string  the release's item id
@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 
-MANIFEST = 'manifest.json'
+MANIFEST = '_manifest.json'  # '_': readers of DIR as a Parquet dataset skip it
 FUSED = 'fused'
 META_COLUMNS = ('index', 'item_id', 'label', 'label_name', 'instance', 'title')
 NORMALIZE = 'center'  # the evaluators' default (features.SplitFeatures.combine)
@@ -82,7 +82,7 @@ def column_vectors(column, dim: int) -> tuple[np.ndarray, np.ndarray]:
 def write_table(table, path: str) -> None:
   """Atomic: a temp file renamed into place (a killed run leaves no half part)."""
   import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
-  tmp = f'{path}.tmp{os.getpid()}'
+  tmp = os.path.join(os.path.dirname(path), f'_tmp{os.getpid()}-{os.path.basename(path)}')
   pq.write_table(table, tmp)
   os.replace(tmp, path)
 
@@ -97,7 +97,7 @@ def read_manifest(directory: str) -> dict:
 
 
 def write_manifest(directory: str, manifest: dict) -> None:
-  tmp = os.path.join(directory, f'{MANIFEST}.tmp{os.getpid()}')
+  tmp = os.path.join(directory, f'_tmp{os.getpid()}-{MANIFEST}')
   with open(tmp, 'w', encoding='utf-8') as f:
     json.dump(manifest, f, indent=1, ensure_ascii=False)
   os.replace(tmp, os.path.join(directory, MANIFEST))

@@ -3,6 +3,7 @@ text+image M5-MMT trained on mini (`mini_trained`)."""
 import os
 
 import numpy as np
+import pyarrow.dataset
 import pytest
 
 from m5_jax import config_lib
@@ -33,6 +34,7 @@ def test_export_matches_the_evaluators(exported, mini_release):
   assert manifest['num_parts'] >= 2  # the resume test below needs several parts
   assert table.num_rows == features.num_items == manifest['num_items']
   assert table.column('index').to_pylist() == list(range(table.num_rows))
+  assert pyarrow.dataset.dataset(out).count_rows() == table.num_rows  # DIR reads as one table
   assert table.column('item_id').to_pylist() == model_features.read_item_ids(config,
                                                                              SPLIT).tolist()
   np.testing.assert_array_equal(table.column('label').to_numpy(), features.label)
