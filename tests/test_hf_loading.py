@@ -207,3 +207,29 @@ def test_bert_init_config_needs_a_folder():
     config_lib.load_config('configs/bert_init.py:size=tiny')
   with pytest.raises(config_lib.ConfigError, match='no readable BERT config.json'):
     config_lib.load_config('configs/bert_init.py:bert=/nonexistent')
+
+
+def test_pytorch_bin_reads_like_safetensors(bert_dir, tmp_path):
+  path, hf_model = bert_dir
+  # transformers 5 saves safetensors only; a pytorch_model.bin is the torch.save'd state dict.
+  torch.save(hf_model.state_dict(), tmp_path / 'pytorch_model.bin')
+  (tmp_path / 'config.json').write_text((path / 'config.json').read_text())
+  _, from_bin = public_checkpoints.read_hf_folder(str(tmp_path))
+  _, from_safetensors = public_checkpoints.read_hf_folder(str(path))
+  assert set(from_safetensors) <= set(from_bin)
+  for name, value in from_safetensors.items():
+    np.testing.assert_array_equal(from_bin[name], value, err_msg=name)
+
+
+def test_text_preprocess_tokenises_with_the_bert_vocabulary(bert_dir):
+  """The input pipeline's text plugin with config.input.tokenizer=<bert>/vocab.txt."""
+  import tensorflow as tf
+  from m5_jax import input_pipeline, modalities
+  path, _ = bert_dir
+  tokenizer = input_pipeline.load_tokenizer(str(path / 'vocab.txt'))
+  cfg = m5_config().modality.text
+  fields = modalities.get('text').preprocess(
+      {'title': tf.constant('红色连衣裙 abcd'), 'present': {'text': tf.constant(1)}}, cfg, tokenizer)
+  ids = fields['ids'].numpy()[:fields['mask'].numpy().sum()]
+  words = ['红', '色', '连', '衣', '裙', 'ab', '##c', '##d']
+  assert ids.tolist() == [2] + [tokenizer.ids[w] for w in words]  # BOS = [CLS] at id 2
