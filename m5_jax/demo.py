@@ -29,15 +29,23 @@ seed wins. Each stage's wall and CPU seconds are there too. A finished stage is
 skipped when the demo is re-run (delete WORKDIR to start over). The subprocesses
 share a JAX compilation cache (WORKDIR/jax_cache), so the eval binaries compile
 the forward pass once, not eight times.
+
+Output: each stage's output goes to WORKDIR/logs/<stage>.log; the console shows
+its command (shortened; the full one heads the log and is in WORKDIR/.done/<stage>),
+"compiling...", its progress (in place on a terminal, else a line per ~10%) and its
+result, and a failing stage's last 30 log lines. --verbose shows everything.
 """
 from __future__ import annotations
 
 import argparse
+import codecs
 import importlib.util
 import json
 import os
+import re
 import resource
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -63,6 +71,116 @@ MINI_SPLIT_WEIGHTS = ('pretrain=0.2,coarse_query=0.25,coarse_gallery=0.2,fine_ga
                       'cls_train=0.1,cls_test=0.2')
 
 
+# ----------------------------------------------------------------------------- stage output
+
+LINE_WIDTH = 120  # the short view's progress and command lines
+RESULT_WIDTH = 160  # a stage's result line (it names where the stage wrote)
+FAILURE_TAIL = 30  # log lines shown for a failing stage
+_ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
+_CURSOR_UP = '\x1b[A'  # tqdm's nested bars (tfds build's per-split ones) move up to draw
+_LOG_PREFIX = re.compile(r'^\d{4}-\d\d-\d\d [\d:,]+ (?:INFO|WARNING|ERROR) ')
+_COMPILING = re.compile(r'\bcompiling\b', re.IGNORECASE)
+# `step 120/300 ...` (train), `make_mini: 65/300 items, ...`, `label:  43%|###  | 3/7 [...]` (tqdm).
+_STEP = re.compile(r'\bstep (\d+)/(\d+)\b')
+_COUNTED = re.compile(r'^([\w.]+): (\d+)/(\d+) (?:items|examples|sentences)\b')
+_TQDM = re.compile(r'^(.{1,80}?):\s+\d+%\|[^|]*\|\s*(\d+)/(\d+) \[([^\]]*)\]')
+# A stage's own result line: make_mini, tfds build, tokenizer, train (both kinds of run).
+_RESULT = re.compile(r'wrote \d+ items to|prepared to|^tokenizer: \S+ \(|^trained to step'
+                     r'|^nothing to train')
+
+
+def _clip(text: str, width: int = LINE_WIDTH) -> str:
+  return text if len(text) <= width else text[:width - 1] + '…'
+
+
+def _progress(text: str) -> tuple[str, str, float] | None:
+  """(bar name, line to show, fraction done) of a progress line, else None."""
+  if match := _STEP.search(text):
+    done, total = int(match[1]), int(match[2])
+    return 'step', text[match.start():], done / max(total, 1)
+  if match := _COUNTED.search(text):
+    return match[1], text, int(match[2]) / max(int(match[3]), 1)
+  if match := _TQDM.search(text):
+    done, total = int(match[2]), int(match[3])
+    return match[1], f'{match[1]}: {done}/{total} [{match[4]}]', done / max(total, 1)
+  return None
+
+
+class StageView:
+  """The short view of one stage's output: "compiling...", progress lines (updated in
+  place on a terminal, else one per ~10% of a bar's progress) and the stage's result
+  line; everything else stays in the stage's log."""
+
+  def __init__(self, stream, tty: bool, shorten=lambda text: text):
+    self.stream, self.tty, self.shorten = stream, tty, shorten
+    self.width = (min(LINE_WIDTH, shutil.get_terminal_size().columns - 1) if tty
+                  else LINE_WIDTH)
+    self.on_screen = 0  # length of the in-place line (terminal)
+    self.bar, self.tenths = None, 0
+    self.compiling_shown = False
+    self.result: str | None = None
+
+  def _show(self, text: str, *, in_place: bool, width: int | None = None) -> None:
+    text = _clip('  ' + self.shorten(text), width or self.width)
+    if self.tty and in_place:
+      self.stream.write('\r' + text.ljust(self.on_screen))
+      self.on_screen = len(text)
+    else:
+      self.clear()
+      self.stream.write(text + '\n')
+    self.stream.flush()
+
+  def clear(self) -> None:
+    """Erases the in-place line (terminal)."""
+    if self.on_screen:
+      self.stream.write('\r' + ' ' * self.on_screen + '\r')
+      self.on_screen = 0
+
+  def feed(self, segment: str) -> None:
+    """One \\r- or \\n-terminated piece of the stage's output."""
+    nested = _CURSOR_UP in segment
+    text = _LOG_PREFIX.sub('', _ANSI.sub('', segment).strip())
+    if not text:
+      return
+    if _COMPILING.search(text):
+      if self.tty or not self.compiling_shown:
+        self._show('compiling...', in_place=True)
+      self.compiling_shown = True
+    elif (progress := _progress(text)) and not nested:
+      bar, line, fraction = progress
+      tenths = int(fraction * 10 + 1e-9)
+      if bar != self.bar or tenths < self.tenths:
+        self.bar, self.tenths = bar, 0
+      if self.tty:
+        self._show(line, in_place=True)
+      elif tenths > self.tenths:
+        self._show(line, in_place=False)
+      self.tenths = max(self.tenths, tenths)
+    elif _RESULT.search(text):
+      self.result = text
+
+  def finish(self, line: str) -> None:
+    self._show(line, in_place=False, width=RESULT_WIDTH)
+
+
+def _screen_lines(text: str) -> list[str]:
+  """What a terminal shows of `text`: each line's last \\r-separated part, no escapes."""
+  lines = [_ANSI.sub('', line.rstrip('\r').split('\r')[-1]).rstrip() for line in
+           text.split('\n')]
+  return [line for line in lines if line.strip()]
+
+
+def _short_command(cmd: list[str]) -> str:
+  """The command on one line as a user would type it: `python` for this interpreter,
+  `tfds` for its CLI."""
+  shown = list(cmd)
+  if shown and shown[0] == sys.executable:
+    shown[0] = 'python'
+  elif shown and os.path.basename(shown[0]) == 'tfds':
+    shown[0] = 'tfds'
+  return shlex.join(shown).replace('\n', '\\n')
+
+
 # ----------------------------------------------------------------------------- stages
 
 
@@ -72,29 +190,69 @@ def _children_cpu_s() -> float:
 
 
 def run_stage(name: str, cmd: list[str], workdir: str, timings: dict, *,
-              env: dict | None = None, rerun: bool = False) -> None:
-  """Runs one stage, echoing the command; records {wall_s, cpu_s} in `timings[name]`.
+              env: dict | None = None, rerun: bool = False, verbose: bool = False,
+              describe=None) -> None:
+  """Runs one stage; records {wall_s, cpu_s} in `timings[name]`.
 
+  Its output goes to WORKDIR/logs/<name>.log (headed by the full command); the console
+  gets the short view (`StageView`) or, `verbose`, all of it. The result line is the
+  stage's own (`_RESULT`), or `describe()` where given (the eval stages' headline).
   A stage that finished before (marker WORKDIR/.done/<name> holding its command
-  and timings) is skipped unless `rerun`; a failing stage ends the demo with its
-  exit status and command.
+  and timings) is skipped unless `rerun`; a failing stage shows its log's last lines
+  and ends the demo with its exit status and command.
   """
   marker = os.path.join(workdir, '.done', name)
   if not rerun and os.path.exists(marker):
     with open(marker) as f:
       timings[name] = {**json.load(f)['timing'], 'skipped': True}
-    print(f'[demo] {name}: done before, skipped ({marker})', flush=True)
+    print(f'[demo] {name}: done before, skipped', flush=True)
     return
-  print(f'\n[demo] {name}: $ {shlex.join(cmd)}', flush=True)
+  work = os.path.abspath(workdir)
+  shorten = lambda text: text.replace(work + os.sep, '$WORKDIR/')  # noqa: E731
+  log_path = os.path.join(work, 'logs', f'{name}.log')
+  os.makedirs(os.path.dirname(log_path), exist_ok=True)
+  print(_clip(f'[demo] {name}: $ {shorten(_short_command(cmd))}', LINE_WIDTH)
+        if not verbose else f'\n[demo] {name}: $ {shlex.join(cmd)}', flush=True)
+  view = StageView(sys.stdout, sys.stdout.isatty(), shorten)
   wall0, cpu0 = time.perf_counter(), _children_cpu_s()
-  result = subprocess.run(cmd, env={**os.environ, **(env or {})})
-  if result.returncode != 0:
-    sys.exit(f'[demo] stage {name} failed (exit {result.returncode}): {shlex.join(cmd)}')
+  with open(log_path, 'w', newline='') as log:
+    log.write(f'$ {shlex.join(cmd)}\n')
+    log.flush()
+    process = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    decoder, pending = codecs.getincrementaldecoder('utf-8')('replace'), ''
+    while chunk := process.stdout.read1(1 << 16):
+      text = decoder.decode(chunk)
+      log.write(text)
+      if verbose:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        continue
+      *segments, pending = re.split(r'(?<=[\r\n])', pending + text)
+      for segment in segments:
+        view.feed(segment)
+    if not verbose and pending:
+      view.feed(pending)
+    returncode = process.wait()
+  if returncode != 0:
+    view.clear()
+    if not verbose:
+      with open(log_path, errors='replace', newline='') as f:  # keep the \r of progress bars
+        tail = _screen_lines(f.read())[-FAILURE_TAIL:]
+      print('\n'.join(f'  | {line}' for line in tail))
+    print(f'[demo] full log: {log_path}', flush=True)
+    sys.exit(f'[demo] stage {name} failed (exit {returncode}): {shlex.join(cmd)}')
   timing = {'wall_s': round(time.perf_counter() - wall0, 1),
             'cpu_s': round(_children_cpu_s() - cpu0, 1)}
   timings[name] = timing
-  print(f'[demo] {name}: done in {timing["wall_s"]:.0f} s ({timing["cpu_s"]:.0f} CPU s)',
-        flush=True)
+  done = f'done in {timing["wall_s"]:.0f} s'
+  result = describe() if describe else view.result
+  if result is None and '--out' in cmd:
+    result = f'wrote {cmd[cmd.index("--out") + 1]}'
+  if verbose:
+    print(f'[demo] {name}: {done} ({timing["cpu_s"]:.0f} CPU s)', flush=True)
+  else:
+    view.finish(f'{done}: {result}' if result else done)
   os.makedirs(os.path.dirname(marker), exist_ok=True)
   with open(marker, 'w') as f:
     json.dump({'command': shlex.join(cmd), 'timing': timing}, f)
@@ -186,6 +344,26 @@ def latest_results(workdir: str, task: str, feature: str) -> dict:
     sys.exit(f'[demo] no results in {runner.output_dir(workdir, task, variant)}')
   with open(path) as f:
     return {**json.load(f), 'units': report.load_units(path)}
+
+
+def eval_headline(workdir: str, task: str, feature: str, modality_set: str) -> str:
+  """An eval stage's result line: its HEADLINE metric on `modality_set`, with the 95%
+  interval and item count, and the folder it wrote."""
+  from m5_jax.evaluate import report, runner  # pylint: disable=g-import-not-at-top
+  variant = runner.variant_of(runner.Options(feature=feature))
+  path = report.find_step(workdir, task, variant=variant)
+  if path is None:
+    return f'no results in {runner.output_dir(workdir, task, variant)}'
+  with open(path) as f:
+    results = json.load(f)
+  label = resolve_set(results, modality_set)
+  name, metric = next((name, metric) for name, t, metric in HEADLINE if t == task)
+  values = results['sets'][label]
+  interval = values.get('ci95', {}).get(metric)
+  number = _ci(values.get(metric), interval) if interval else f'{values.get(metric):.1f}'
+  items = values.get(COUNTS[task])
+  return (f'step {results["step"]}: {name} {number} on {label}'
+          f'{f", {items} items" if items is not None else ""} -> {os.path.dirname(path)}')
 
 
 def training_losses(workdir: str) -> dict:
@@ -355,6 +533,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help='pretraining seeds (config.seed 0..N-1): each trains its own model '
                            'and random-weights checkpoint; the claim needs every seed to win')
   parser.add_argument('--rerun', action='store_true', help='run finished stages again')
+  parser.add_argument('-v', '--verbose', action='store_true',
+                      help="show every stage's full output (always in WORKDIR/logs/<stage>.log) "
+                           'and every training metric')
   args = parser.parse_args(argv)
   if args.seeds < 1:
     parser.error(f'--seeds must be at least 1, got {args.seeds}')
@@ -372,11 +553,23 @@ def main(argv=None) -> int:
   # One compilation cache for every stage: the eval binaries of all runs compile
   # the same forward pass.
   env = {'JAX_COMPILATION_CACHE_DIR': os.path.join(work, 'jax_cache'),
-         'TF_CPP_MIN_LOG_LEVEL': os.environ.get('TF_CPP_MIN_LOG_LEVEL', '2')}
+         'TF_CPP_MIN_LOG_LEVEL': os.environ.get('TF_CPP_MIN_LOG_LEVEL', '2'),
+         'PYTHONUNBUFFERED': '1'}  # progress lines arrive as they are printed
   timings: dict = {}
   start = time.perf_counter()
+  print(f'[demo] WORKDIR={work}; each stage\'s full command and output: '
+        f'$WORKDIR/logs/<stage>.log{"" if args.verbose else " (--verbose shows them here)"}',
+        flush=True)
   for name, cmd in stages(args):
-    run_stage(name, cmd, work, timings, env=env, rerun=args.rerun)
+    describe = None
+    if name.startswith('eval_'):
+      task, workdir = cmd[2].rpartition('.')[2], cmd[cmd.index('--workdir') + 1]
+      describe = (lambda w=workdir, t=task:  # noqa: E731
+                  eval_headline(w, t, args.feature, args.modality_set))
+    if args.verbose and cmd[1:3] == ['-m', 'm5_jax.train']:
+      cmd = [*cmd, '--verbosity=1']  # every training metric on the console
+    run_stage(name, cmd, work, timings, env=env, rerun=args.rerun, verbose=args.verbose,
+              describe=describe)
 
   runs = {seed: {run_name: {t: latest_results(workdir, t, args.feature) for t in TASKS}
                  for run_name, workdir in zip(('pretrained', 'random_weights'),
@@ -419,9 +612,13 @@ def main(argv=None) -> int:
             f'## Paper tables (`m5_jax.evaluate.report`; seed 0 pretrained, then all runs)\n\n'
             f'{report}\n## Stages\n\n{timings_markdown(timings)}\n')
 
-  print(f'\n{claim}\n\n{comparison}\n\n{losses}\n\n{timings_markdown(timings)}\n')
+  # The console: the claim and the comparison (--verbose: also the losses and timings;
+  # all of it is in results.md).
+  details = f'{losses}\n\n{timings_markdown(timings)}\n\n' if args.verbose else ''
+  print(f'\n{claim}\n\n{comparison}\n\n{details}', end='')
   print(f'Demo finished in {time.perf_counter() - start:.0f} s. Under {work}:')
-  print('  results.json, results.md            numbers, paper-layout tables, stage timings')
+  print('  results.json, results.md            numbers, paper-layout tables, training losses, '
+        'stage timings')
   from m5_jax.evaluate import runner  # pylint: disable=g-import-not-at-top
   variant = runner.variant_of(runner.Options(feature=args.feature))
   plots = runner.output_dir(os.path.join('seed<S>', 'm5_mmt'), '<task>', variant)

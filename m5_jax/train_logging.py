@@ -2,8 +2,10 @@
 
 Only process 0 writes files (`<workdir>/tensorboard/` event files and
 `<workdir>/metrics.jsonl`, one JSON object per logged step); other processes only
-log to their own stderr. Besides the step's metrics (each loss term, grad and
-param norms, learning rate) every logged step gets:
+log to their own stderr. The console gets one short line per logged step
+(`progress_line`: step, loss, examples/s, ETA); `verbose` logs every scalar instead.
+Besides the step's metrics (each loss term, grad and param norms, learning rate)
+every logged step gets:
 
   perf/steps_per_sec, perf/examples_per_sec   measured between two log points
   perf/mfu     model FLOPs utilisation = the train step's matmul FLOPs per device
@@ -73,20 +75,39 @@ def read_metrics(workdir: str) -> list[dict[str, float]]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def format_duration(seconds: float) -> str:
+  """0:58, 12:05, 3:04:10."""
+  minutes, secs = divmod(int(round(seconds)), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f'{hours}:{minutes:02d}:{secs:02d}' if hours else f'{minutes}:{secs:02d}'
+
+
+def progress_line(step: int, total_steps: int, scalars: Mapping[str, float]) -> str:
+  """The console's line for a logged step: `step 120/300  loss 31.2  52 ex/s  ETA 0:58`
+  (rate and ETA once two log points have been timed)."""
+  parts = [f'step {step}/{total_steps}', f'loss {scalars["loss"]:.3g}']
+  rate = scalars.get('perf/examples_per_sec')
+  if rate is not None:
+    parts.append(f'{rate:,.0f} ex/s' if rate >= 10 else f'{rate:.1f} ex/s')
+    parts.append(f'ETA {format_duration(scalars["perf/eta_hours"] * 3600)}')
+  return '  '.join(parts)
+
+
 class MetricLogger:
-  """Writes metrics every `every_steps` steps with throughput, MFU and ETA."""
+  """Writes metrics every `every_steps` steps with throughput, MFU and ETA; the console
+  gets `progress_line` (`verbose`: every scalar, clu's LoggingWriter)."""
 
   def __init__(self, workdir: str, *, total_steps: int, batch_size: int,
-               flops_per_step: float | None, peak_flops_per_device: float):
+               flops_per_step: float | None, peak_flops_per_device: float,
+               verbose: bool = False):
     self.total_steps, self.batch_size = total_steps, batch_size
     self.flops_per_step, self.peak = flops_per_step, peak_flops_per_device
+    self.verbose = verbose
+    writers = [metric_writers.LoggingWriter()] if verbose else []
     if jax.process_index() == 0:
       os.makedirs(workdir, exist_ok=True)
-      writers = [metric_writers.LoggingWriter(),
-                 metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard')),
-                 JsonlWriter(os.path.join(workdir, METRICS_FILE))]
-    else:
-      writers = [metric_writers.LoggingWriter()]
+      writers += [metric_writers.SummaryWriter(os.path.join(workdir, 'tensorboard')),
+                  JsonlWriter(os.path.join(workdir, METRICS_FILE))]
     self.writer = metric_writers.MultiWriter(writers)
     self._last_step: int | None = None
     self._last_time = 0.0
@@ -108,6 +129,8 @@ class MetricLogger:
         scalars['perf/mfu'] = self.flops_per_step * steps_per_sec / self.peak
     self._last_step, self._last_time = step, now
     self.writer.write_scalars(step, scalars)
+    if not self.verbose and 'loss' in scalars:
+      logging.info('%s', progress_line(step, self.total_steps, scalars))
     return scalars
 
   def close(self) -> None:

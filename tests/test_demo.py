@@ -2,11 +2,14 @@
 
 The end-to-end run takes minutes (it compiles a train step and an eval forward),
 so it is not a unit test: these check the stage commands parse against the real
-configs and binaries' flags, the stage runner and the side-by-side table (the
-random-weights checkpoint is the train binary's total_steps=0: tests/test_train.py).
+configs and binaries' flags, the stage runner and its short view of a stage's output,
+and the side-by-side table (the random-weights checkpoint is the train binary's
+total_steps=0: tests/test_train.py).
 """
+import io
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -14,6 +17,7 @@ import pytest
 
 from m5_jax import config_lib
 from m5_jax import demo
+from m5_jax import train_logging
 from m5_jax.evaluate import report, runner
 
 
@@ -83,6 +87,85 @@ def test_run_stage_times_skips_and_fails_clearly(tmp_path, monkeypatch):
   with pytest.raises(SystemExit, match=r'stage boom failed \(exit 3\)'):
     demo.run_stage('boom', [sys.executable, '-c', 'raise SystemExit(3)'], str(tmp_path), {})
   assert not os.path.exists(tmp_path / '.done' / 'boom')
+
+
+# A stage as noisy as the real ones: native banners, a 300-line dump, a nested tqdm bar,
+# 40 train progress lines (the train binary's own format), then its result line.
+NOISY_STAGE = r"""
+import sys
+print('I0000 00:00:1796520581.069787   21591 port.cc:153] oneDNN custom operations are on.',
+      file=sys.stderr)
+for i in range(300):
+  print(f'    DatasetInfo line {i}')
+print('2026-12-06 01:30:14,690 INFO compiling the train step...', file=sys.stderr)
+sys.stderr.write('\rShuffling split:   0%|   | 0/105 [00:00<?, ? examples/s]\x1b[A\n')
+for step in range(1, 41):
+  print('2026-12-06 01:31:52,903 INFO ' + sys.argv[1].format(step=step, loss=50 - step,
+        eta=40 - step), file=sys.stderr)
+print(f'2026-12-06 01:31:53,003 INFO trained to step 40: checkpoints in {sys.argv[2]}/ckpt',
+      file=sys.stderr)
+"""
+STEP_LINE = 'step {step}/40  loss {loss}  52 ex/s  ETA 0:{eta:02d}'
+
+
+def test_a_stage_shows_command_compiling_progress_and_result_and_logs_the_rest(tmp_path,
+                                                                                capsys):
+  cmd = [sys.executable, '-c', NOISY_STAGE, STEP_LINE, str(tmp_path / 'run')]
+  demo.run_stage('train', cmd, str(tmp_path), {})
+  out = capsys.readouterr().out.splitlines()
+  assert out[0].startswith('[demo] train: $ python -c ') and len(out[0]) <= demo.LINE_WIDTH
+  assert out[1] == '  compiling...'
+  # Not a terminal: one progress line per 10% (every 4th of the 40 steps).
+  assert out[2:12] == ['  ' + STEP_LINE.format(step=s, loss=50 - s, eta=40 - s)
+                       for s in range(4, 41, 4)]
+  assert re.fullmatch(r'  done in \d+ s: trained to step 40: checkpoints in \$WORKDIR/run/ckpt',
+                      out[12])
+  assert len(out) == 13
+  with open(tmp_path / 'logs' / 'train.log') as f:
+    log = f.read()
+  assert log.startswith(f'$ {sys.executable} -c ') and 'oneDNN' in log
+  assert 'DatasetInfo line 299' in log and 'step 40/40' in log
+
+  demo.run_stage('train', cmd, str(tmp_path), {}, rerun=True, verbose=True)
+  out = capsys.readouterr().out
+  assert 'oneDNN' in out and 'DatasetInfo line 299' in out and 'step 21/40' in out
+  assert f'[demo] train: $ {sys.executable} -c ' in out  # the full command
+
+
+def test_the_train_binary_progress_line_is_short_and_the_demo_reads_it():
+  scalars = {'loss': 31.234, 'perf/examples_per_sec': 52.3, 'perf/eta_hours': 58 / 3600,
+             'loss/masked_text': 9.0, 'count/masked_text': 12.0}
+  line = train_logging.progress_line(120, 300, scalars)
+  assert line == 'step 120/300  loss 31.2  52 ex/s  ETA 0:58'
+  assert train_logging.progress_line(1, 300, {'loss': 40.0}) == 'step 1/300  loss 40'
+  assert train_logging.format_duration(3 * 3600 + 4 * 60 + 10) == '3:04:10'
+  assert demo._progress(f'2026-12-06 01:31:52,903 INFO {line}') == ('step', line, 0.4)
+
+
+def test_progress_is_updated_in_place_on_a_terminal():
+  stream = io.StringIO()
+  view = demo.StageView(stream, tty=True)
+  view.width = demo.LINE_WIDTH
+  for segment in ('compiling the train step...\n', 'step 1/3  loss 9\n', 'noise\n',
+                  '\rbar:  50%|#  | 1/2 [00:01<00:01]', '\rbar: 100%|## | 2/2 [00:02]\n'):
+    view.feed(segment)
+  assert stream.getvalue().count('\n') == 0  # one line, rewritten in place
+  assert '\r  compiling...' in stream.getvalue() and '\r  step 1/3  loss 9' in stream.getvalue()
+  # A shorter line blanks the rest of the longer one before it.
+  assert stream.getvalue().endswith('\r  bar: 1/2 [00:01<00:01]\r  bar: 2/2 [00:02]' + ' ' * 6)
+  view.finish('done in 2 s')
+  assert demo._screen_lines(stream.getvalue()) == ['  done in 2 s']
+
+
+def test_a_failing_stage_shows_its_log_tail(tmp_path, capsys):
+  script = ('import sys\nfor i in range(50): print(f"line {i}")\n'
+            'sys.stdout.write("\\rbar 10%\\rbar 50%\\n")\nsys.exit(3)')
+  with pytest.raises(SystemExit, match=r'stage boom failed \(exit 3\)'):
+    demo.run_stage('boom', [sys.executable, '-c', script], str(tmp_path), {})
+  out = capsys.readouterr().out
+  tail = [line for line in out.splitlines() if line.startswith('  | ')]
+  assert tail == [f'  | line {i}' for i in range(21, 50)] + ['  | bar 50%']
+  assert f'[demo] full log: {tmp_path / "logs" / "boom.log"}' in out
 
 
 ITEMS = 400
@@ -198,7 +281,8 @@ def test_main_writes_the_comparison_and_the_claim(tmp_path, monkeypatch, capsys)
     for run_name, workdir in zip(('pretrained', 'random_weights'),
                                  demo.run_dirs(str(work), seed)):
       for task, results in _fake(0.2 if run_name == 'pretrained' else 0.0, seed).items():
-        path = report.step_path(workdir, task, 300 * (run_name == 'pretrained'), variant)
+        results['step'] = 300 * (run_name == 'pretrained')
+        path = report.step_path(workdir, task, results['step'], variant)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         units = results.pop('units')
         np.savez(report.units_path(path), **{f'{label}/{name}': v for label, values
@@ -223,7 +307,13 @@ def test_main_writes_the_comparison_and_the_claim(tmp_path, monkeypatch, capsys)
   assert saved['seeds'] == 2 and set(saved['runs']) == {'seed0', 'seed1'}
   assert len(saved['comparison']) == 3 * len(demo.HEADLINE)
   assert saved['training_loss']['seed1'] == {'total': [9.0, 4.0]}
-  assert 'Pretraining beat random weights' in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert 'Pretraining beat random weights' in out and '| total |' not in out  # timings: file only
+  # An eval stage's result line: its headline metric, the modality set and the folder.
+  pretrained = demo.run_dirs(str(work), 0)[0]
+  assert demo.eval_headline(pretrained, 'classification', 'encoder_pooled', 'all') == (
+      f'step 300: linear-probe accuracy % 50.0 on I+T+P -> '
+      f'{runner.output_dir(pretrained, "classification", variant)}')
 
 
 def test_realistic_release_stages(tmp_path):
