@@ -233,3 +233,37 @@ def test_text_preprocess_tokenises_with_the_bert_vocabulary(bert_dir):
   ids = fields['ids'].numpy()[:fields['mask'].numpy().sum()]
   words = ['红', '色', '连', '衣', '裙', 'ab', '##c', '##d']
   assert ids.tolist() == [2] + [tokenizer.ids[w] for w in words]  # BOS = [CLS] at id 2
+
+
+def test_vit_image_tower_matches_transformers(tmp_path):
+  """A random ViTForImageClassification ('vit.' names) into the raw image tower
+  (modality.image.embed_norm=False: no LayerNorm on the patch embeddings, as in ViT)."""
+  torch.manual_seed(1)
+  hf_config = transformers.ViTConfig(
+      hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+      intermediate_size=MLP, image_size=32, patch_size=16, num_labels=3,
+      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+  hf_model = transformers.ViTForImageClassification(hf_config).eval()
+  with torch.no_grad():
+    for name, p in hf_model.named_parameters():
+      if 'layernorm' in name or name.endswith('bias') or 'token' in name:
+        p.add_(0.1 * torch.randn_like(p))
+  hf_model.save_pretrained(tmp_path)
+  config = model_testlib.tiny_config('image_only', hidden=HIDDEN, heads=HEADS, mlp_dim=MLP,
+                                     encoder_layers=LAYERS, layer_norm_eps=1e-12)
+  config.modality.image.embed_norm = False
+  batch = model_testlib.random_batch(config, 3, present_prob=1.0, seed=6)
+  model, params = init_params(config, batch)
+  params, report = public_checkpoints.load('hf_vit', str(tmp_path), params, config)
+  assert set(report.skipped) == {'classifier.weight', 'classifier.bias'}
+  out = jax.jit(lambda p, b: model.apply({'params': p}, b, heads=False))(params, batch)
+  pixels = batch['image']['pixels'].astype(np.float32) / 127.5 - 1.0  # m5_jax's pixel scale
+  with torch.no_grad():
+    hidden = hf_model.vit(pixel_values=torch.tensor(pixels).permute(0, 3, 1, 2)).last_hidden_state
+  np.testing.assert_allclose(out['tokens']['image'], hidden.numpy(), atol=1e-5, rtol=1e-5)
+  assert set(report.new) == {'contrastive_log_scale', 'contrastive_bias', 'heads_image/norm/bias',
+                             'heads_image/norm/scale', 'heads_image/out/bias', 'heads_image/out/kernel',
+                             'heads_image/transform/bias', 'heads_image/transform/kernel'}
+  config.modality.image.embed_norm = True
+  with pytest.raises(ValueError, match=r'needs --config\.modality\.image\.embed_norm=False'):
+    public_checkpoints.load('hf_vit', str(tmp_path), params, config)

@@ -154,12 +154,14 @@ class FinishTokens(nn.Module):
 
   Takes content tokens [B, N, D] and their mask [B, N] and the item presence
   [B]; returns ([B, L, D], [B, L]) with L = N (+1 if add_cls). The mask is
-  False everywhere for absent items.
+  False everywhere for absent items. `norm=False` leaves out the LayerNorm (ViT
+  has none before its pre-LN encoder, so a ViT checkpoint loads exactly).
   """
   add_cls: bool
   dtype: Any = jnp.float32
   dropout_rate: float = 0.0
   add_positions: bool = True
+  norm: bool = True
 
   @nn.compact
   def __call__(self, tokens, mask, present, *, deterministic: bool):
@@ -172,7 +174,8 @@ class FinishTokens(nn.Module):
     if self.add_positions:
       positions = embedding_param(self, 'positions', (tokens.shape[1], hidden))
       tokens = tokens + positions.astype(self.dtype)[None]
-    tokens = layer_norm(self.dtype, name='norm')(tokens)
+    if self.norm:
+      tokens = layer_norm(self.dtype, name='norm')(tokens)
     tokens = nn.Dropout(self.dropout_rate)(tokens, deterministic=deterministic)
     return constrain(tokens), jnp.logical_and(mask, present[:, None])
 

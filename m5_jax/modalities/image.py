@@ -53,6 +53,7 @@ class PatchEmbedder(nn.Module):
     tokens = base.dense(self.hidden, (None, 'embed'), dtype, name='patch')(patches.astype(dtype))
     mask = jnp.ones(tokens.shape[:2], bool)
     return base.FinishTokens(add_cls=True, dtype=dtype, name='finish',
+                             norm=self.cfg.get('embed_norm', True),
                              dropout_rate=self.shared.get('dropout_rate', 0.0))(
                                  tokens, mask, inputs['present'], deterministic=deterministic)
 
@@ -88,6 +89,7 @@ class Image(base.MaskedFeatureModality):
         'form': 'raw',               # 'raw' (pixels) | 'features' (detector regions)
         'image_size': 224,           # raw: resized to S x S
         'patch_size': 16,            # raw: (S/p)^2 tokens
+        'embed_norm': True,          # raw: LayerNorm on the patch embeddings (False: ViT's)
         'num_regions': 36,           # features
         'region_dim': 2048,
         'box_dim': 5,

@@ -40,9 +40,9 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-FORMATS = ('m5_jax', 'hf_bert')
+FORMATS = ('m5_jax', 'hf_bert', 'hf_vit')
 # The formats' towers: which configured modalities each one can fill.
-TOWERS = {'hf_bert': ('text', 'table')}
+TOWERS = {'hf_bert': ('text', 'table'), 'hf_vit': ('image',)}
 BERT_SPECIALS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')  # -> m5_jax ids 0..4
 
 
@@ -303,32 +303,77 @@ def bert_names(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   return out
 
 
-def check_bert_architecture(hf_config: Mapping[str, Any], config) -> None:
-  """The model config matches the checkpoint's architecture (one line naming the key)."""
-  if hf_config.get('model_type', 'bert') != 'bert':
-    raise ValueError(f"init_from.format=hf_bert but config.json has model_type="
+def check_architecture(kind: str, hf_config: Mapping[str, Any], config,
+                       wanted: Mapping[str, Any]) -> None:
+  """Each config key (model.* / modality.*) has the checkpoint's value (one line naming it)."""
+  if hf_config.get('model_type', kind) != kind:
+    raise ValueError(f'init_from.format=hf_{kind} but config.json has model_type='
                      f"{hf_config.get('model_type')!r}")
-  m = config.model
-  wanted = {'model.hidden': hf_config['hidden_size'], 'model.heads': hf_config['num_attention_heads'],
-            'model.mlp_dim': hf_config['intermediate_size'], 'model.pre_ln': False,
-            'model.layer_norm_eps': hf_config.get('layer_norm_eps', 1e-12),
-            'model.gelu_approximate': False}
   for key, value in wanted.items():
-    got = m[key.split('.')[1]]
-    if (abs(got - value) > 1e-15 * max(1, abs(value))) if isinstance(value, float) else got != value:
-      raise ValueError(f'the BERT checkpoint needs --config.{key}={value} (got {got})')
+    node = config
+    for part in key.split('.'):
+      node = node.get(part) if part in node else None
+    got = node
+    differs = (got is None or abs(got - value) > 1e-15 * max(1, abs(value))
+               if isinstance(value, float) else got != value)
+    if differs:
+      raise ValueError(f'the {kind.upper()} checkpoint needs --config.{key}={value} (got {got})')
   act = hf_config.get('hidden_act', 'gelu')
   if act != 'gelu':
-    raise ValueError(f"the BERT checkpoint uses hidden_act={act!r}; m5_jax has the exact 'gelu'")
-  if hf_config.get('position_embedding_type', 'absolute') != 'absolute':
-    raise ValueError('the BERT checkpoint uses position_embedding_type='
-                     f"{hf_config['position_embedding_type']!r}; m5_jax has absolute positions")
+    raise ValueError(f"the {kind.upper()} checkpoint uses hidden_act={act!r}; m5_jax has the "
+                     "exact 'gelu'")
+
+
+def _transformer_fields(hf_config, pre_ln: bool) -> dict[str, Any]:
+  return {'model.hidden': hf_config['hidden_size'], 'model.heads': hf_config['num_attention_heads'],
+          'model.mlp_dim': hf_config['intermediate_size'], 'model.pre_ln': pre_ln,
+          'model.layer_norm_eps': hf_config.get('layer_norm_eps', 1e-12),
+          'model.gelu_approximate': False}
+
+
+class _Targets:
+  """Collects {m5_jax path: (source names, shape -> array)}; every source used or skipped."""
+
+  def __init__(self, kind: str, tensors: Mapping[str, np.ndarray], path: str):
+    self.kind, self.tensors, self.path = kind, tensors, path
+    self.targets: dict[str, tuple[str, Callable]] = {}
+    self.used: set[str] = set()
+
+  def source(self, name):
+    if name not in self.tensors:
+      raise ValueError(f'{self.kind} checkpoint {self.path}: tensor {name} is missing')
+    return self.tensors[name]
+
+  def add(self, target: str, names: list[str], fn: Callable) -> None:
+    self.targets[target] = (' + '.join(names),
+                            lambda shape: fn(*[self.source(n) for n in names], shape))
+    self.used.update(names)
+
+  def add_layers(self, stack: str, depth: int, table, prefix: str = 'encoder.layer') -> None:
+    for i in range(depth):
+      for name, target, fn in table:
+        self.add(f'{stack}/layer_{i}/{target}', [f'{prefix}.{i}.{name}'], fn)
+
+  def result(self, skip_patterns) -> tuple[dict[str, tuple[str, Callable]], dict[str, str]]:
+    skipped = {}
+    for name in self.tensors:
+      if name in self.used:
+        continue
+      why = next((w for pattern, w in skip_patterns if re.search(pattern, name)), None)
+      if why is None:
+        raise ValueError(f'{self.kind} checkpoint {self.path}: tensor {name} '
+                         f'{self.tensors[name].shape} has no place in m5_jax')
+      skipped[name] = why
+    return self.targets, skipped
 
 
 def bert_targets(tensors: Mapping[str, np.ndarray], hf_config, config, path: str,
                  towers: tuple[str, ...]) -> tuple[dict[str, tuple[str, Callable]], dict[str, str]]:
   """{m5_jax path: (source description, shape -> array)} and {source: why skipped}."""
-  check_bert_architecture(hf_config, config)
+  check_architecture('bert', hf_config, config, _transformer_fields(hf_config, pre_ln=False))
+  if hf_config.get('position_embedding_type', 'absolute') != 'absolute':
+    raise ValueError('the BERT checkpoint uses position_embedding_type='
+                     f"{hf_config['position_embedding_type']!r}; m5_jax has absolute positions")
   order = project_vocab_order(read_vocab(path))
   if len(order) != hf_config['vocab_size']:
     raise ValueError(f"vocab.txt has {len(order)} pieces but config.json vocab_size="
@@ -336,21 +381,9 @@ def bert_targets(tensors: Mapping[str, np.ndarray], hf_config, config, path: str
   if config.model.vocab_size != len(order):
     raise ValueError(f'the BERT checkpoint needs vocab_size={len(order)} (config argument '
                      f'...:vocab_size={len(order)}; got model.vocab_size={config.model.vocab_size})')
-
-  def source(name):
-    if name not in tensors:
-      raise ValueError(f'BERT checkpoint {path}: tensor {name} is missing')
-    return tensors[name]
-
-  targets: dict[str, tuple[str, Callable]] = {}
-  used: set[str] = set()
-
-  def add(target, names, fn):
-    targets[target] = (' + '.join(names), lambda shape: fn(*[source(n) for n in names], shape))
-    used.update(names)
-
-  word = 'embeddings.word_embeddings.weight'
-  add('word_embed/embedding', [word], lambda w, shape: w[order].reshape(shape))
+  t = _Targets('BERT', tensors, path)
+  t.add('word_embed/embedding', ['embeddings.word_embeddings.weight'],
+        lambda w, shape: w[order].reshape(shape))
   positions, types = 'embeddings.position_embeddings.weight', 'embeddings.token_type_embeddings.weight'
   for m in towers:
     length = config.modality[m].max_len
@@ -358,37 +391,81 @@ def bert_targets(tensors: Mapping[str, np.ndarray], hf_config, config, path: str
       raise ValueError(f"modality.{m}.max_len={length} is longer than the BERT checkpoint's "
                        f"max_position_embeddings={hf_config['max_position_embeddings']}")
     if m == 'text':  # one segment: token type 0 folded into the positions (exact)
-      add('embedders_text/finish/positions', [positions, types],
-          lambda p, t, shape, n=length: (p[:n] + t[0]).reshape(shape))
+      t.add('embedders_text/finish/positions', [positions, types],
+            lambda p, tt, shape, n=length: (p[:n] + tt[0]).reshape(shape))
     else:  # table: keys are segment A, values segment B
-      add(f'embedders_{m}/finish/positions', [positions],
-          lambda p, shape, n=length: p[:n].reshape(shape))
-      add(f'embedders_{m}/key_value_types', [types],
-          lambda t, shape: t[[0, min(1, len(t) - 1)]].reshape(shape))
+      t.add(f'embedders_{m}/finish/positions', [positions],
+            lambda p, shape, n=length: p[:n].reshape(shape))
+      t.add(f'embedders_{m}/key_value_types', [types],
+            lambda tt, shape: tt[[0, min(1, len(tt) - 1)]].reshape(shape))
     for name, target, fn in BERT_TOWER:
       if name.startswith('cls.') and name not in tensors:
         continue  # a BertModel checkpoint has no MLM head: the head stays new
-      add(target.format(m=m), [name], fn)
+      t.add(target.format(m=m), [name], fn)
     if 'cls.predictions.bias' in tensors:
-      add(f'heads_{m}/bias', ['cls.predictions.bias'], lambda b, shape: b[order].reshape(shape))
+      t.add(f'heads_{m}/bias', ['cls.predictions.bias'], lambda b, shape: b[order].reshape(shape))
   # Single stream (VisualBERT, UNITER): BERT's layers are the one fusion transformer
   # that sees every modality; otherwise each tower's encoder gets its own copy.
   stacks = (['fusion/transformer'] if config.model.fusion == 'single_stream'
             else [f'encoders_{m}/transformer' for m in towers])
   for stack in stacks:
-    for i in range(hf_config['num_hidden_layers']):
-      for name, target, fn in BERT_LAYER:
-        add(f'{stack}/layer_{i}/{target}', [f'encoder.layer.{i}.{name}'], fn)
-  skipped = {}
-  for name in tensors:
-    if name in used:
-      continue
-    why = next((w for pattern, w in BERT_SKIPPED if re.search(pattern, name)), None)
-    if why is None:
-      raise ValueError(f'BERT checkpoint {path}: tensor {name} {tensors[name].shape} has no '
-                       'place in m5_jax (not a BertModel / BertForPreTraining name)')
-    skipped[name] = why
-  return targets, skipped
+    t.add_layers(stack, hf_config['num_hidden_layers'], BERT_LAYER)
+  return t.result(BERT_SKIPPED)
+
+
+# ViT (Hugging Face ViTModel / ViTForImageClassification) into the raw image tower:
+# pre-LN layers, [CLS] + learned positions, no LayerNorm on the patch embeddings
+# (modality.image.embed_norm=False), a final LayerNorm.
+VIT_LAYER = tuple((name.replace('attention.self.', 'attention.attention.'), target, fn)
+                  for name, target, fn in BERT_LAYER if 'LayerNorm' not in name) + (
+    ('layernorm_before.weight', 'attention_ln/scale', _same),
+    ('layernorm_before.bias', 'attention_ln/bias', _same),
+    ('layernorm_after.weight', 'mlp_ln/scale', _same),
+    ('layernorm_after.bias', 'mlp_ln/bias', _same),
+)
+VIT_SKIPPED = (
+    (r'^pooler\.', 'ViT pooler (dense + tanh): m5_jax pools by mean / first token'),
+    (r'^classifier\.', 'the ImageNet classification head'),
+    (r'^embeddings\.mask_token$', 'masked-image-modeling token: m5_jax zeroes masked patches'),
+)
+
+
+def _vit_patch_kernel(w, shape):
+  """Conv [D, C, p, p] -> Dense kernel over patchify's (row, col, channel) order [p*p*C, D]."""
+  return w.transpose(2, 3, 1, 0).reshape(shape)
+
+
+def vit_targets(tensors: Mapping[str, np.ndarray], hf_config, config, path: str,
+                towers: tuple[str, ...]) -> tuple[dict[str, tuple[str, Callable]], dict[str, str]]:
+  del towers  # the image tower only
+  image = {'modality.image.form': 'raw', 'modality.image.embed_norm': False,
+           'modality.image.image_size': hf_config['image_size'],
+           'modality.image.patch_size': hf_config['patch_size']}
+  check_architecture('vit', hf_config, config,
+                     {**_transformer_fields(hf_config, pre_ln=True), **image})
+  if hf_config.get('num_channels', 3) != 3:
+    raise ValueError(f"the ViT checkpoint has num_channels={hf_config['num_channels']}; "
+                     'm5_jax images are RGB')
+  t = _Targets('ViT', tensors, path)
+  t.add('embedders_image/patch/kernel', ['embeddings.patch_embeddings.projection.weight'],
+        _vit_patch_kernel)
+  t.add('embedders_image/patch/bias', ['embeddings.patch_embeddings.projection.bias'], _same)
+  t.add('embedders_image/finish/cls', ['embeddings.cls_token'], _same)
+  t.add('embedders_image/finish/positions', ['embeddings.position_embeddings'], _same)
+  t.add_layers('encoders_image/transformer', hf_config['num_hidden_layers'], VIT_LAYER)
+  t.add('encoders_image/transformer/final_ln/scale', ['layernorm.weight'], _same)
+  t.add('encoders_image/transformer/final_ln/bias', ['layernorm.bias'], _same)
+  return t.result(VIT_SKIPPED)
+
+
+def vit_names(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """ViTModel names without the 'vit.' prefix of ViTForImageClassification."""
+  return {re.sub(r'^vit\.', '', k): v for k, v in tensors.items()}
+
+
+# format -> (source name normaliser, target builder)
+CONVERTERS = {'hf_bert': (lambda t: bert_names(t), bert_targets),
+              'hf_vit': (vit_names, vit_targets)}
 
 
 # ----------------------------------------------------------------------------
@@ -446,8 +523,9 @@ def convert(fmt: str, path: str, params: Mapping[str, Any], config, towers: str 
     raise ValueError(f'init_from.format={fmt!r}: public formats are {", ".join(TOWERS)}')
   chosen = resolve_towers(fmt, config, towers)
   hf_config, tensors = read_hf_folder(path)
-  tensors = bert_names(tensors)
-  targets, skipped = bert_targets(tensors, hf_config, config, path, chosen)
+  names, build_targets = CONVERTERS[fmt]
+  tensors = names(tensors)
+  targets, skipped = build_targets(tensors, hf_config, config, path, chosen)
   leaves = _flatten(params)
   flat = {k: tuple(np.shape(v)) for k, v in leaves.items()}
   scanned = _unstack_scanned(flat)
