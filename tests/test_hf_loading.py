@@ -267,3 +267,15 @@ def test_vit_image_tower_matches_transformers(tmp_path):
   config.modality.image.embed_norm = True
   with pytest.raises(ValueError, match=r'needs --config\.modality\.image\.embed_norm=False'):
     public_checkpoints.load('hf_vit', str(tmp_path), params, config)
+
+  # Video frames reuse it: patch embedding, patch positions, layers (an initialisation).
+  config = model_testlib.tiny_config('m5_mmt', ('image', 'video'), hidden=HIDDEN, heads=HEADS,
+                                     mlp_dim=MLP, encoder_layers=LAYERS, layer_norm_eps=1e-12)
+  config.modality.image.embed_norm = False
+  _, params = init_params(config, model_testlib.random_batch(config, 2, present_prob=1.0))
+  params, report = public_checkpoints.load('hf_vit', str(tmp_path), params, config)
+  video, image = params['embedders_video'], params['embedders_image']
+  np.testing.assert_array_equal(video['patch']['kernel'], image['patch']['kernel'])
+  np.testing.assert_array_equal(video['spatial_positions'], image['finish']['positions'][1:])
+  assert {'embedders_video/finish/cls', 'embedders_video/finish/positions'} <= set(report.new)
+  assert 'encoders_video/transformer/layer_1/mlp/wo/kernel' in report.mapped

@@ -42,7 +42,7 @@ import numpy as np
 
 FORMATS = ('m5_jax', 'hf_bert', 'hf_vit')
 # The formats' towers: which configured modalities each one can fill.
-TOWERS = {'hf_bert': ('text', 'table'), 'hf_vit': ('image',)}
+TOWERS = {'hf_bert': ('text', 'table'), 'hf_vit': ('image', 'video')}
 BERT_SPECIALS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')  # -> m5_jax ids 0..4
 
 
@@ -437,24 +437,41 @@ def _vit_patch_kernel(w, shape):
 
 def vit_targets(tensors: Mapping[str, np.ndarray], hf_config, config, path: str,
                 towers: tuple[str, ...]) -> tuple[dict[str, tuple[str, Callable]], dict[str, str]]:
-  del towers  # the image tower only
-  image = {'modality.image.form': 'raw', 'modality.image.embed_norm': False,
-           'modality.image.image_size': hf_config['image_size'],
-           'modality.image.patch_size': hf_config['patch_size']}
-  check_architecture('vit', hf_config, config,
-                     {**_transformer_fields(hf_config, pre_ln=True), **image})
+  """Image: exact (the ViT itself). Video (raw frames): its frame embedder reuses ViT's
+  patch embedding and patch positions, its encoder starts from ViT's layers; the frame
+  [CLS], temporal positions and the embedding LayerNorm stay new (an initialisation,
+  not an equivalence: frames are mean-pooled patches there)."""
+  grid = hf_config['image_size'] // hf_config['patch_size']
+  wanted = dict(_transformer_fields(hf_config, pre_ln=True))
+  if 'image' in towers:
+    wanted.update({'modality.image.form': 'raw', 'modality.image.embed_norm': False,
+                   'modality.image.image_size': hf_config['image_size'],
+                   'modality.image.patch_size': hf_config['patch_size']})
+  if 'video' in towers:
+    wanted.update({'modality.video.form': 'raw',
+                   'modality.video.patch_size': hf_config['patch_size']})
+    if config.modality.video.frame_size != grid * hf_config['patch_size']:
+      raise ValueError(f'the ViT checkpoint has a {grid}x{grid} patch grid: needs '
+                       f'--config.modality.video.frame_size={grid * hf_config["patch_size"]} '
+                       f'(got {config.modality.video.frame_size})')
+  check_architecture('vit', hf_config, config, wanted)
   if hf_config.get('num_channels', 3) != 3:
     raise ValueError(f"the ViT checkpoint has num_channels={hf_config['num_channels']}; "
                      'm5_jax images are RGB')
   t = _Targets('ViT', tensors, path)
-  t.add('embedders_image/patch/kernel', ['embeddings.patch_embeddings.projection.weight'],
-        _vit_patch_kernel)
-  t.add('embedders_image/patch/bias', ['embeddings.patch_embeddings.projection.bias'], _same)
-  t.add('embedders_image/finish/cls', ['embeddings.cls_token'], _same)
-  t.add('embedders_image/finish/positions', ['embeddings.position_embeddings'], _same)
-  t.add_layers('encoders_image/transformer', hf_config['num_hidden_layers'], VIT_LAYER)
-  t.add('encoders_image/transformer/final_ln/scale', ['layernorm.weight'], _same)
-  t.add('encoders_image/transformer/final_ln/bias', ['layernorm.bias'], _same)
+  for m in towers:
+    t.add(f'embedders_{m}/patch/kernel', ['embeddings.patch_embeddings.projection.weight'],
+          _vit_patch_kernel)
+    t.add(f'embedders_{m}/patch/bias', ['embeddings.patch_embeddings.projection.bias'], _same)
+    if m == 'image':
+      t.add('embedders_image/finish/cls', ['embeddings.cls_token'], _same)
+      t.add('embedders_image/finish/positions', ['embeddings.position_embeddings'], _same)
+    else:  # the patch rows of ViT's positions (row 0 is its [CLS])
+      t.add(f'embedders_{m}/spatial_positions', ['embeddings.position_embeddings'],
+            lambda p, shape: p[0, 1:].reshape(shape))
+    t.add_layers(f'encoders_{m}/transformer', hf_config['num_hidden_layers'], VIT_LAYER)
+    t.add(f'encoders_{m}/transformer/final_ln/scale', ['layernorm.weight'], _same)
+    t.add(f'encoders_{m}/transformer/final_ln/bias', ['layernorm.bias'], _same)
   return t.result(VIT_SKIPPED)
 
 
