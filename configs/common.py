@@ -96,8 +96,8 @@ def get_config(method_name: str | None, arg: str | None, **extra_args) -> ml_col
       profile_steps=(0, 0),            # (first step, number of steps) to trace
       **duration('every', steps=100)))
   # path: another run's workdir (format m5_jax), or a public checkpoint's folder:
-  # format hf_bert fills `towers` (comma-separated; '' = text and table where configured)
-  # from a Hugging Face BERT folder (m5_jax/models/public_checkpoints.py).
+  # format hf_bert | hf_vit fills `towers` (comma-separated; '' = text and table | image)
+  # from a Hugging Face BERT or ViT folder (m5_jax/models/public_checkpoints.py).
   config.init_from = ml_collections.ConfigDict(dict(
       path='', step=-1, include='.*', exclude='', into='', format='m5_jax', towers=''))
 

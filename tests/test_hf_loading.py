@@ -273,7 +273,8 @@ def test_vit_image_tower_matches_transformers(tmp_path):
                                      mlp_dim=MLP, encoder_layers=LAYERS, layer_norm_eps=1e-12)
   config.modality.image.embed_norm = False
   _, params = init_params(config, model_testlib.random_batch(config, 2, present_prob=1.0))
-  params, report = public_checkpoints.load('hf_vit', str(tmp_path), params, config)
+  params, report = public_checkpoints.load('hf_vit', str(tmp_path), params, config,
+                                           towers='image,video')
   video, image = params['embedders_video'], params['embedders_image']
   np.testing.assert_array_equal(video['patch']['kernel'], image['patch']['kernel'])
   np.testing.assert_array_equal(video['spatial_positions'], image['finish']['positions'][1:])

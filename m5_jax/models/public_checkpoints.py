@@ -1,4 +1,4 @@
-"""Public pretrained checkpoints (local files) into m5_jax's towers: BERT in the Hugging Face layout.
+"""Public pretrained checkpoints (local files) into m5_jax's towers: BERT and ViT, Hugging Face layout.
 
 `load(fmt, path, params, config, towers, include, exclude)` reads a checkpoint
 folder (no hub access: users point at a folder they downloaded elsewhere) and
@@ -27,7 +27,14 @@ How m5_jax's text tower differs from BERT, and what the loader does about it:
   * m5_jax's text does not append [SEP]; BERT's fine-tuning inputs end with it.
 The model must be BERT-style (`model.pre_ln=False`, `layer_norm_eps=1e-12`,
 exact GELU: the text_only, single_stream, dual_stream and capture presets);
-anything else is a one-line error naming the config key.
+anything else is a one-line error naming the config key. For single_stream the
+layers go into the one fusion transformer (VisualBERT, UNITER).
+
+ViT (`hf_vit`: ViTModel / ViTForImageClassification) into the raw image tower,
+exactly when `modality.image.embed_norm=False` (ViT has no LayerNorm on its patch
+embeddings) and the model is pre-LN with the checkpoint's eps; the conv patch
+kernel becomes the Dense over patchify's (row, col, channel) order. Video frames
+can reuse it (see `vit_targets`).
 """
 from __future__ import annotations
 
@@ -43,6 +50,9 @@ import numpy as np
 FORMATS = ('m5_jax', 'hf_bert', 'hf_vit')
 # The formats' towers: which configured modalities each one can fill.
 TOWERS = {'hf_bert': ('text', 'table'), 'hf_vit': ('image', 'video')}
+# Filled when init_from.towers is '' (and the config has them): video only when asked,
+# since its frames usually have another size than the ViT's images.
+DEFAULT_TOWERS = {'hf_bert': ('text', 'table'), 'hf_vit': ('image',)}
 BERT_SPECIALS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')  # -> m5_jax ids 0..4
 
 
@@ -518,7 +528,7 @@ def _unstack_scanned(flat: dict[str, tuple[int, ...]]) -> dict[str, tuple[str, i
 def resolve_towers(fmt: str, config, towers: str) -> tuple[str, ...]:
   known = TOWERS[fmt]
   chosen = tuple(t for t in towers.split(',') if t) if towers else tuple(
-      m for m in known if m in config.modalities)
+      m for m in DEFAULT_TOWERS[fmt] if m in config.modalities)
   bad = [t for t in chosen if t not in known or t not in config.modalities]
   if bad or not chosen:
     raise ValueError(f'init_from.towers={towers!r}: {fmt} fills {", ".join(known)}, of which '
