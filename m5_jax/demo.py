@@ -32,7 +32,7 @@ the forward pass once, not eight times.
 
 Output: each stage's output goes to WORKDIR/logs/<stage>.log; the console shows
 its command (shortened; the full one heads the log and is in WORKDIR/.done/<stage>),
-"compiling...", its progress (in place on a terminal, else a line per ~10%) and its
+"compiling...", its progress (in place on a terminal, else a line per 20%) and its
 result, and a failing stage's last 30 log lines. --verbose shows everything.
 """
 from __future__ import annotations
@@ -44,6 +44,7 @@ import json
 import os
 import re
 import resource
+import select
 import shlex
 import shutil
 import subprocess
@@ -75,6 +76,7 @@ MINI_SPLIT_WEIGHTS = ('pretrain=0.2,coarse_query=0.25,coarse_gallery=0.2,fine_ga
 
 LINE_WIDTH = 120  # the short view's progress and command lines
 RESULT_WIDTH = 160  # a stage's result line (it names where the stage wrote)
+PROGRESS_STEP = 0.2  # not a terminal: a progress line per this share of a bar
 FAILURE_TAIL = 30  # log lines shown for a failing stage
 _ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
 _CURSOR_UP = '\x1b[A'  # tqdm's nested bars (tfds build's per-split ones) move up to draw
@@ -108,7 +110,7 @@ def _progress(text: str) -> tuple[str, str, float] | None:
 
 class StageView:
   """The short view of one stage's output: "compiling...", progress lines (updated in
-  place on a terminal, else one per ~10% of a bar's progress) and the stage's result
+  place on a terminal, else one per PROGRESS_STEP of a bar's progress) and the stage's result
   line; everything else stays in the stage's log."""
 
   def __init__(self, stream, tty: bool, shorten=lambda text: text):
@@ -116,8 +118,9 @@ class StageView:
     self.width = (min(LINE_WIDTH, shutil.get_terminal_size().columns - 1) if tty
                   else LINE_WIDTH)
     self.on_screen = 0  # length of the in-place line (terminal)
-    self.bar, self.tenths = None, 0
+    self.bar, self.shown_steps = None, 0  # PROGRESS_STEPs of the current bar shown
     self.compiling_shown = False
+    self.status = 'running...'  # what `tick` shows until a progress line replaces it
     self.result: str | None = None
 
   def _show(self, text: str, *, in_place: bool, width: int | None = None) -> None:
@@ -145,19 +148,26 @@ class StageView:
     if _COMPILING.search(text):
       if self.tty or not self.compiling_shown:
         self._show('compiling...', in_place=True)
-      self.compiling_shown = True
+      self.compiling_shown, self.status = True, 'compiling...'
     elif (progress := _progress(text)) and not nested:
       bar, line, fraction = progress
-      tenths = int(fraction * 10 + 1e-9)
-      if bar != self.bar or tenths < self.tenths:
-        self.bar, self.tenths = bar, 0
+      self.status = None
+      steps = int(fraction / PROGRESS_STEP + 1e-9)
+      if bar != self.bar or steps < self.shown_steps:  # another bar, or it started over
+        self.bar, self.shown_steps = bar, 0
       if self.tty:
         self._show(line, in_place=True)
-      elif tenths > self.tenths:
+      elif steps > self.shown_steps:
         self._show(line, in_place=False)
-      self.tenths = max(self.tenths, tenths)
+      self.shown_steps = max(self.shown_steps, steps)
     elif _RESULT.search(text):
       self.result = text
+
+  def tick(self, elapsed_s: float) -> None:
+    """A second without output: on a terminal, the status with the stage's time so far."""
+    if self.tty and self.status:
+      self._show(f'{self.status} {int(elapsed_s) // 60}:{int(elapsed_s) % 60:02d}',
+                 in_place=True)
 
   def finish(self, line: str) -> None:
     self._show(line, in_place=False, width=RESULT_WIDTH)
@@ -189,6 +199,32 @@ def _children_cpu_s() -> float:
   return usage.ru_utime + usage.ru_stime
 
 
+def _follow(process: subprocess.Popen, log, view: StageView | None, start: float) -> None:
+  """Copies the process's output to `log` and to `view` (None: to the console as it is)
+  as it comes; a second without output ticks the view's clock."""
+  decoder, pending = codecs.getincrementaldecoder('utf-8')('replace'), ''
+  output = process.stdout.fileno()
+  while True:
+    if not select.select([output], [], [], 1.0)[0]:
+      if view:
+        view.tick(time.perf_counter() - start)
+      continue
+    chunk = os.read(output, 1 << 16)
+    text = decoder.decode(chunk, final=not chunk)
+    log.write(text)
+    if view is None:
+      sys.stdout.write(text)
+      sys.stdout.flush()
+    else:
+      *segments, pending = re.split(r'(?<=[\r\n])', pending + text)
+      for segment in segments:
+        view.feed(segment)
+    if not chunk:
+      break
+  if view and pending:
+    view.feed(pending)
+
+
 def run_stage(name: str, cmd: list[str], workdir: str, timings: dict, *,
               env: dict | None = None, rerun: bool = False, verbose: bool = False,
               describe=None) -> None:
@@ -213,30 +249,18 @@ def run_stage(name: str, cmd: list[str], workdir: str, timings: dict, *,
   os.makedirs(os.path.dirname(log_path), exist_ok=True)
   print(_clip(f'[demo] {name}: $ {shorten(_short_command(cmd))}', LINE_WIDTH)
         if not verbose else f'\n[demo] {name}: $ {shlex.join(cmd)}', flush=True)
-  view = StageView(sys.stdout, sys.stdout.isatty(), shorten)
+  view = None if verbose else StageView(sys.stdout, sys.stdout.isatty(), shorten)
   wall0, cpu0 = time.perf_counter(), _children_cpu_s()
   with open(log_path, 'w', newline='') as log:
     log.write(f'$ {shlex.join(cmd)}\n')
     log.flush()
-    process = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
-    decoder, pending = codecs.getincrementaldecoder('utf-8')('replace'), ''
-    while chunk := process.stdout.read1(1 << 16):
-      text = decoder.decode(chunk)
-      log.write(text)
-      if verbose:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        continue
-      *segments, pending = re.split(r'(?<=[\r\n])', pending + text)
-      for segment in segments:
-        view.feed(segment)
-    if not verbose and pending:
-      view.feed(pending)
-    returncode = process.wait()
+    with subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT) as process:
+      _follow(process, log, view, wall0)
+    returncode = process.returncode
   if returncode != 0:
-    view.clear()
-    if not verbose:
+    if view:
+      view.clear()
       with open(log_path, errors='replace', newline='') as f:  # keep the \r of progress bars
         tail = _screen_lines(f.read())[-FAILURE_TAIL:]
       print('\n'.join(f'  | {line}' for line in tail))
@@ -246,13 +270,13 @@ def run_stage(name: str, cmd: list[str], workdir: str, timings: dict, *,
             'cpu_s': round(_children_cpu_s() - cpu0, 1)}
   timings[name] = timing
   done = f'done in {timing["wall_s"]:.0f} s'
-  result = describe() if describe else view.result
-  if result is None and '--out' in cmd:
-    result = f'wrote {cmd[cmd.index("--out") + 1]}'
-  if verbose:
-    print(f'[demo] {name}: {done} ({timing["cpu_s"]:.0f} CPU s)', flush=True)
-  else:
+  if view:
+    result = describe() if describe else view.result
+    if result is None and '--out' in cmd:
+      result = f'wrote {cmd[cmd.index("--out") + 1]}'
     view.finish(f'{done}: {result}' if result else done)
+  else:
+    print(f'[demo] {name}: {done} ({timing["cpu_s"]:.0f} CPU s)', flush=True)
   os.makedirs(os.path.dirname(marker), exist_ok=True)
   with open(marker, 'w') as f:
     json.dump({'command': shlex.join(cmd), 'timing': timing}, f)
@@ -361,9 +385,10 @@ def eval_headline(workdir: str, task: str, feature: str, modality_set: str) -> s
   values = results['sets'][label]
   interval = values.get('ci95', {}).get(metric)
   number = _ci(values.get(metric), interval) if interval else f'{values.get(metric):.1f}'
-  items = values.get(COUNTS[task])
-  return (f'step {results["step"]}: {name} {number} on {label}'
-          f'{f", {items} items" if items is not None else ""} -> {os.path.dirname(path)}')
+  count = values.get(COUNTS[task])  # num_queries / num_examples
+  counted = f', {count} {COUNTS[task].partition("_")[2]}' if count is not None else ''
+  return (f'step {results["step"]}: {name} {number} on {label}{counted} -> '
+          f'{os.path.dirname(path)}')
 
 
 def training_losses(workdir: str) -> dict:

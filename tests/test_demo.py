@@ -115,12 +115,12 @@ def test_a_stage_shows_command_compiling_progress_and_result_and_logs_the_rest(t
   out = capsys.readouterr().out.splitlines()
   assert out[0].startswith('[demo] train: $ python -c ') and len(out[0]) <= demo.LINE_WIDTH
   assert out[1] == '  compiling...'
-  # Not a terminal: one progress line per 10% (every 4th of the 40 steps).
-  assert out[2:12] == ['  ' + STEP_LINE.format(step=s, loss=50 - s, eta=40 - s)
-                       for s in range(4, 41, 4)]
+  # Not a terminal: one progress line per 20% (every 8th of the 40 steps).
+  assert out[2:7] == ['  ' + STEP_LINE.format(step=s, loss=50 - s, eta=40 - s)
+                      for s in range(8, 41, 8)]
   assert re.fullmatch(r'  done in \d+ s: trained to step 40: checkpoints in \$WORKDIR/run/ckpt',
-                      out[12])
-  assert len(out) == 13
+                      out[7])
+  assert len(out) == 8
   with open(tmp_path / 'logs' / 'train.log') as f:
     log = f.read()
   assert log.startswith(f'$ {sys.executable} -c ') and 'oneDNN' in log
@@ -153,6 +153,11 @@ def test_progress_is_updated_in_place_on_a_terminal():
   assert '\r  compiling...' in stream.getvalue() and '\r  step 1/3  loss 9' in stream.getvalue()
   # A shorter line blanks the rest of the longer one before it.
   assert stream.getvalue().endswith('\r  bar: 1/2 [00:01<00:01]\r  bar: 2/2 [00:02]' + ' ' * 6)
+  view.tick(75.0)  # a progress line stays; a status gets the time so far
+  assert stream.getvalue().endswith('\r  bar: 2/2 [00:02]' + ' ' * 6)
+  view.feed('compiling...\n')
+  view.tick(75.0)
+  assert stream.getvalue().endswith('\r  compiling... 1:15')
   view.finish('done in 2 s')
   assert demo._screen_lines(stream.getvalue()) == ['  done in 2 s']
 
