@@ -35,6 +35,7 @@ import os
 import sys
 import time
 
+import jax
 import numpy as np
 
 MANIFEST = '_manifest.json'  # '_': readers of DIR as a Parquet dataset skip it
@@ -167,6 +168,9 @@ def embed_part(embedder, batches, manifest: dict, part: int, path: str) -> int:
   import pyarrow as pa  # pylint: disable=g-import-not-at-top
   steps = manifest['steps_per_part']
   features = embedder.embed_steps(batches, part * steps, steps, manifest['split'])
+  manifest.setdefault('dim', int(features.pooled[manifest['modalities'][0]].shape[1]))
+  if jax.process_index() != 0:  # every process embeds (the forward is collective), one writes
+    return features.num_items
   start = part * steps * manifest['batch_size']
   fields = read_fields(embedder.config, manifest['split'], start, start + features.num_items)
   columns = {
@@ -180,7 +184,6 @@ def embed_part(embedder, batches, manifest: dict, part: int, path: str) -> int:
   for m in manifest['modalities']:
     columns[m] = vector_column(features.pooled[m], features.present[m])
   write_table(pa.table(columns), path)
-  manifest.setdefault('dim', int(features.pooled[manifest['modalities'][0]].shape[1]))
   return features.num_items
 
 
@@ -241,6 +244,8 @@ def export(workdir: str, split: str, out: str, *, step: int | None = None,
   from m5_jax.evaluate import model_features  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(workdir):
     raise EmbedError(f'no run at --workdir {workdir}')
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise EmbedError(f'--out {out} is a file, not a folder')
   config = config or config_lib.validate(config_lib.load_workdir_config(workdir))
   old = read_manifest(out) if os.path.isfile(os.path.join(out, MANIFEST)) else None
   if step is None and old is not None:
@@ -254,8 +259,9 @@ def export(workdir: str, split: str, out: str, *, step: int | None = None,
   if old is not None:
     check_resume(old, manifest, out)
     manifest = {**old, 'complete': False}
-  os.makedirs(out, exist_ok=True)
-  write_manifest(out, manifest)
+  if jax.process_index() == 0:
+    os.makedirs(out, exist_ok=True)
+    write_manifest(out, manifest)
 
   todo = [p for p in range(manifest['num_parts'])
           if not os.path.isfile(os.path.join(out, part_name(p)))]
@@ -267,7 +273,8 @@ def export(workdir: str, split: str, out: str, *, step: int | None = None,
   done = 0
   for i, part in enumerate(todo):
     done += embed_part(embedder, batches, manifest, part, os.path.join(out, part_name(part)))
-    write_manifest(out, manifest)
+    if jax.process_index() == 0:
+      write_manifest(out, manifest)
     now = time.time()
     if now - last > 10 or i == len(todo) - 1:
       last = now
@@ -275,6 +282,8 @@ def export(workdir: str, split: str, out: str, *, step: int | None = None,
       print(f'  {done}/{total} items, {rate:.1f} items/s, ETA {(total - done) / rate:.0f} s',
             flush=True)
   batches.host.close()
+  if jax.process_index() != 0:
+    return manifest  # the means and the fused column: process 0 alone, from the files
 
   if todo or 'means' not in manifest:
     means = split_means(out, manifest)

@@ -99,9 +99,14 @@ def test_search_by_text_embeds_with_the_text_tower(exported):
   assert results[0]['score'] == pytest.approx(1.0, abs=1e-4)
 
 
-def test_bad_inputs_are_one_line(exported, tmp_path, capsys):
+def test_bad_inputs_are_one_line(exported, mini_trained, tmp_path, capsys):
   out = exported[0]
+  (tmp_path / 'a_file').write_text('')
   cases = [
+      (embed.main, ['--workdir', mini_trained, '--split', SPLIT, '--out',
+                    str(tmp_path / 'a_file')], 'is a file'),
+      (embed.main, ['--workdir', mini_trained, '--split', SPLIT, '--out', out, '--feature',
+                    'encoder_pooled'], "feature='pooled', not 'encoder_pooled'"),
       (embed.main, ['--workdir', str(tmp_path / 'nope'), '--split', SPLIT, '--out', str(tmp_path)],
        'no run at'),
       (search.main, ['--embeddings', str(tmp_path), '--query-id', 'x'], 'no embeddings in'),
