@@ -431,9 +431,12 @@ def _init_from_public(config, params, params_shardings):
   logs every parameter left new and every source tensor skipped, with why."""
   from m5_jax.models import public_checkpoints  # pylint: disable=g-import-not-at-top
   init = config.init_from
-  values, report = public_checkpoints.convert(
-      init.format, init.path, params, config, towers=init.towers, include=init.include,
-      exclude=init.exclude)
+  try:
+    values, report = public_checkpoints.convert(
+        init.format, init.path, params, config, towers=init.towers, include=init.include,
+        exclude=init.exclude)
+  except (ValueError, OSError, ImportError) as e:  # a bad path or a mismatch: one line
+    raise config_lib.ConfigError(f'init_from ({init.format}): {e}') from None
   logging.info('init_from %s (%s): %s', init.path, init.format, report.summary())
   new_by_module: dict[str, int] = {}
   for path in report.new:

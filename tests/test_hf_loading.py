@@ -201,6 +201,19 @@ def test_train_starts_from_bert_through_init_from(bert_dir, tmp_path):
   assert not any(n.startswith(('encoders_', 'embedders_', 'word_embed')) for n in report.new)
 
 
+def test_train_with_a_bad_bert_folder_is_one_line(bert_dir, tmp_path, capsys):
+  from m5_jax import train
+  path, _ = bert_dir
+  code = train.main(['--config', f'configs/bert_init.py:modalities=t,size=tiny,batch_size=8,bert={path}',
+                     '--config.input.dataset=synthetic', '--config.total_steps=0',
+                     '--config.modality.text.max_len=12', '--config.model.heads=4',
+                     '--workdir', str(tmp_path / 'run')])
+  err = capsys.readouterr().err.strip()  # the INFO log lines, then the error
+  assert code == 1 and 'Traceback' not in err
+  assert err.splitlines()[-1] == ('m5_jax.train: error: init_from (hf_bert): the BERT checkpoint '
+                                  'needs --config.model.heads=2 (got 4)'), err
+
+
 def test_bert_init_config_needs_a_folder():
   from m5_jax import config_lib
   with pytest.raises(config_lib.ConfigError, match='needs bert=DIR'):

@@ -81,8 +81,11 @@ def read_hf_folder(path: str) -> tuple[dict, dict[str, np.ndarray]]:
   config_file = os.path.join(path, 'config.json')
   if not os.path.exists(config_file):
     raise FileNotFoundError(f'init_from.path {path}: no config.json')
-  with open(config_file) as f:
-    hf_config = json.load(f)
+  try:
+    with open(config_file) as f:
+      hf_config = json.load(f)
+  except ValueError as e:
+    raise ValueError(f'{config_file}: not JSON ({_one_line(e)})') from None
   weights = _weight_files(path)
   tensors = {}
   for file in weights:
@@ -491,7 +494,7 @@ def vit_names(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 # format -> (source name normaliser, target builder)
-CONVERTERS = {'hf_bert': (lambda t: bert_names(t), bert_targets),
+CONVERTERS = {'hf_bert': (bert_names, bert_targets),
               'hf_vit': (vit_names, vit_targets)}
 
 
