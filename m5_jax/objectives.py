@@ -182,8 +182,7 @@ def losses(outputs, targets, batch, config):
   lcfg, names = config.loss, tuple(config.modalities)
   present = outputs['present']
   terms = {}
-  contrastive_vectors = outputs.get('contrastive_vectors') or outputs[
-      'encoder_pooled' if lcfg.contrastive_on == 'encoder' else 'pooled']
+  contrastive_vectors = outputs['encoder_pooled' if lcfg.contrastive_on == 'encoder' else 'pooled']
   if lcfg.contrastive_on not in ('encoder', 'fusion'):
     raise ValueError(f"loss.contrastive_on must be 'encoder' or 'fusion', got {lcfg.contrastive_on!r}")
 

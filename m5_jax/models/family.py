@@ -93,16 +93,6 @@ class M5Model(nn.Module):
     self.bias = self.param(
         'contrastive_bias', layers.partitioned(nn.initializers.constant(
             cfg.loss.sigmoid_bias_init), ()), (), jnp.float32)
-    if mcfg.get('contrastive_head', False):
-      # SimCLR's projection head: the pair terms compare head(vector), so the vector
-      # itself (what the evaluators use) need not drop everything the modalities do
-      # not share.
-      dense = lambda name: nn.Dense(  # noqa: E731
-          mcfg.hidden, param_dtype=jnp.float32, name=name,
-          kernel_init=layers.partitioned(layers.dense_init(), (layers.EMBED, None)),
-          bias_init=layers.partitioned(nn.initializers.zeros, (None,)))
-      self.contrastive_heads = {m: (dense(f'contrastive_head_{m}_0'),
-                                    dense(f'contrastive_head_{m}_1')) for m in self.names}
     if self.itm_enabled:
       self.itm_head = nn.Dense(1, param_dtype=jnp.float32,
                                kernel_init=layers.partitioned(layers.dense_init(),
@@ -145,11 +135,6 @@ class M5Model(nn.Module):
       if heads:
         out['predictions'][m] = self.heads[m](out['tokens'][m])
     out['contrastive'] = {'log_scale': self.log_scale, 'bias': self.bias}
-    if mcfg.get('contrastive_head', False):
-      source = out['encoder_pooled' if self.config.loss.contrastive_on == 'encoder' else 'pooled']
-      out['contrastive_vectors'] = {
-          m: self.contrastive_heads[m][1](nn.gelu(self.contrastive_heads[m][0](source[m])))
-          for m in self.names}
     if clean_batch is not None:
       out['clean_encoder_pooled'] = {}
       for m in self.names:

@@ -56,7 +56,6 @@ def model_defaults(size: str = 'tiny') -> ml_collections.ConfigDict:
   m.remat = False
   m.scan_layers = False
   m.modality_dropout = 0.0        # train only; never drops an item's last modality
-  m.contrastive_head = False      # pair terms on an MLP head of the vectors (SimCLR)
   return m
 
 
