@@ -371,8 +371,8 @@ def latest_results(workdir: str, task: str, feature: str) -> dict:
 
 
 def eval_headline(workdir: str, task: str, feature: str, modality_set: str) -> str:
-  """An eval stage's result line: its HEADLINE metric on `modality_set`, with the 95%
-  interval and item count, and the folder it wrote."""
+  """An eval stage's result line: its HEADLINE metric on `modality_set` and how many items
+  it averages over (the intervals are in the final table), and the folder it wrote."""
   from m5_jax.evaluate import report, runner  # pylint: disable=g-import-not-at-top
   variant = runner.variant_of(runner.Options(feature=feature))
   path = report.find_step(workdir, task, variant=variant)
@@ -383,11 +383,9 @@ def eval_headline(workdir: str, task: str, feature: str, modality_set: str) -> s
   label = resolve_set(results, modality_set)
   name, metric = next((name, metric) for name, t, metric in HEADLINE if t == task)
   values = results['sets'][label]
-  interval = values.get('ci95', {}).get(metric)
-  number = _ci(values.get(metric), interval) if interval else f'{values.get(metric):.1f}'
   count = values.get(COUNTS[task])  # num_queries / num_examples
-  counted = f', {count} {COUNTS[task].partition("_")[2]}' if count is not None else ''
-  return (f'step {results["step"]}: {name} {number} on {label}{counted} -> '
+  counted = f' ({count} {COUNTS[task].partition("_")[2]})' if count is not None else ''
+  return (f'step {results["step"]}: {name} {values[metric]:.1f} on {label}{counted} -> '
           f'{os.path.dirname(path)}')
 
 

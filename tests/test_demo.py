@@ -287,6 +287,7 @@ def test_main_writes_the_comparison_and_the_claim(tmp_path, monkeypatch, capsys)
                                  demo.run_dirs(str(work), seed)):
       for task, results in _fake(0.2 if run_name == 'pretrained' else 0.0, seed).items():
         results['step'] = 300 * (run_name == 'pretrained')
+        results['sets']['I+T+P'][demo.COUNTS[task]] = ITEMS
         path = report.step_path(workdir, task, results['step'], variant)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         units = results.pop('units')
@@ -317,7 +318,7 @@ def test_main_writes_the_comparison_and_the_claim(tmp_path, monkeypatch, capsys)
   # An eval stage's result line: its headline metric, the modality set and the folder.
   pretrained = demo.run_dirs(str(work), 0)[0]
   assert demo.eval_headline(pretrained, 'classification', 'encoder_pooled', 'all') == (
-      f'step 300: linear-probe accuracy % 50.0 on I+T+P -> '
+      f'step 300: linear-probe accuracy % 50.0 on I+T+P (400 examples) -> '
       f'{runner.output_dir(pretrained, "classification", variant)}')
 
 
