@@ -249,7 +249,8 @@ SHARDING_ALIASES = {'data_parallel': 'dp', 'fsdp_tensor': 'fsdp_tp'}
 DATASET_PATTERN = r'synthetic|m5product/[A-Za-z0-9_]+(:\d+\.\d+\.\d+)?'
 EVAL_FEATURES = ('pooled', 'encoder_pooled')        # m5_jax/evaluate/model_features.py
 EVAL_NORMALIZE = ('center', 'modality', 'none')      # m5_jax/evaluate/features.py
-INIT_FORMATS = ('m5_jax', 'hf_bert', 'hf_vit')   # m5_jax/models/public_checkpoints.FORMATS (a test checks)
+# init_from.format: m5_jax/models/public_checkpoints.FORMATS (a test checks)
+INIT_FORMATS = ('m5_jax', 'hf_bert', 'hf_vit', 'big_vision_vit')
 
 # The validated fields, in one place: `validate` checks every key present in a
 # config after its overrides (config args: `validate_args`, before the config is built).

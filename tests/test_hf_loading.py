@@ -293,3 +293,69 @@ def test_vit_image_tower_matches_transformers(tmp_path):
   np.testing.assert_array_equal(video['spatial_positions'], image['finish']['positions'][1:])
   assert {'embedders_video/finish/cls', 'embedders_video/finish/positions'} <= set(report.new)
   assert 'encoders_video/transformer/layer_1/mlp/wo/kernel' in report.mapped
+
+
+def big_vision_npz(hf_model, path, old_layout: bool):
+  """The ViT's weights under big_vision's names and layouts (big_vision/models/vit.py)."""
+  from safetensors import numpy as safetensors_numpy
+  hf_model.save_pretrained(path.parent / 'hf')  # the checkpoint names (transformers 5 renames
+  sd = safetensors_numpy.load_file(str(path.parent / 'hf' / 'model.safetensors'))  # modules)
+  hd = HIDDEN // HEADS
+  out = {'embedding/kernel': sd['vit.embeddings.patch_embeddings.projection.weight'].transpose(2, 3, 1, 0),
+         'embedding/bias': sd['vit.embeddings.patch_embeddings.projection.bias'],
+         'Transformer/encoder_norm/scale': sd['vit.layernorm.weight'],
+         'Transformer/encoder_norm/bias': sd['vit.layernorm.bias'],
+         'head/kernel': sd['classifier.weight'].T, 'head/bias': sd['classifier.bias']}
+  cls, pos = sd['vit.embeddings.cls_token'], sd['vit.embeddings.position_embeddings']
+  if old_layout:  # positions over [CLS] + patches, in the encoder
+    out.update({'cls': cls, 'Transformer/posembed_input/pos_embedding': pos})
+  else:  # positions over the patches only; the [CLS] carries its own
+    out.update({'cls': cls + pos[:, :1], 'pos_embedding': pos[:, 1:]})
+  for i in range(LAYERS):
+    hf, bv = f'vit.encoder.layer.{i}.', f'Transformer/encoderblock_{i}/'
+    for name in ('query', 'key', 'value'):
+      out[f'{bv}MultiHeadDotProductAttention_0/{name}/kernel'] = (
+          sd[f'{hf}attention.attention.{name}.weight'].T.reshape(HIDDEN, HEADS, hd))
+      out[f'{bv}MultiHeadDotProductAttention_0/{name}/bias'] = (
+          sd[f'{hf}attention.attention.{name}.bias'].reshape(HEADS, hd))
+    out[f'{bv}MultiHeadDotProductAttention_0/out/kernel'] = (
+        sd[f'{hf}attention.output.dense.weight'].T.reshape(HEADS, hd, HIDDEN))
+    out[f'{bv}MultiHeadDotProductAttention_0/out/bias'] = sd[f'{hf}attention.output.dense.bias']
+    for bv_name, hf_name in (('LayerNorm_0', 'layernorm_before'), ('LayerNorm_1', 'layernorm_after')):
+      out[f'{bv}{bv_name}/scale'] = sd[f'{hf}{hf_name}.weight']
+      out[f'{bv}{bv_name}/bias'] = sd[f'{hf}{hf_name}.bias']
+    for bv_name, hf_name in (('Dense_0', 'intermediate.dense'), ('Dense_1', 'output.dense')):
+      out[f'{bv}MlpBlock_0/{bv_name}/kernel'] = sd[f'{hf}{hf_name}.weight'].T
+      out[f'{bv}MlpBlock_0/{bv_name}/bias'] = sd[f'{hf}{hf_name}.bias']
+  np.savez(path, **out)
+
+
+@pytest.mark.parametrize('old_layout', [False, True])
+def test_big_vision_vit_matches_transformers(tmp_path, old_layout):
+  """A big_vision .npz (tanh-GELU, eps 1e-6: flax's defaults) gives the same hidden states
+  as the transformers ViT it was written from (hidden_act gelu_pytorch_tanh)."""
+  torch.manual_seed(2)
+  hf_model = transformers.ViTForImageClassification(transformers.ViTConfig(
+      hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+      intermediate_size=MLP, image_size=32, patch_size=16, num_labels=3, layer_norm_eps=1e-6,
+      hidden_act='gelu_pytorch_tanh', hidden_dropout_prob=0.0,
+      attention_probs_dropout_prob=0.0)).eval()
+  with torch.no_grad():
+    for name, p in hf_model.named_parameters():
+      if 'layernorm' in name or name.endswith('bias') or 'token' in name:
+        p.add_(0.1 * torch.randn_like(p))
+  big_vision_npz(hf_model, tmp_path / 'vit.npz', old_layout)
+  config = model_testlib.tiny_config('image_only', hidden=HIDDEN, heads=HEADS, mlp_dim=MLP,
+                                     encoder_layers=LAYERS, gelu_approximate=True)
+  config.modality.image.embed_norm = False
+  batch = model_testlib.random_batch(config, 3, present_prob=1.0, seed=7)
+  model, params = init_params(config, batch)
+  params, report = public_checkpoints.load('big_vision_vit', str(tmp_path / 'vit.npz'), params,
+                                           config)
+  assert set(report.skipped) == {'head/kernel', 'head/bias'}
+  assert 'embedders_image/finish/cls' in report.mapped
+  out = jax.jit(lambda p, b: model.apply({'params': p}, b, heads=False))(params, batch)
+  pixels = batch['image']['pixels'].astype(np.float32) / 127.5 - 1.0
+  with torch.no_grad():
+    hidden = hf_model.vit(pixel_values=torch.tensor(pixels).permute(0, 3, 1, 2)).last_hidden_state
+  np.testing.assert_allclose(out['tokens']['image'], hidden.numpy(), atol=1e-5, rtol=1e-5)
