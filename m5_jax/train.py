@@ -626,10 +626,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, watcher: PreemptionW
 
 
 def _quiet_libraries(record: logging.LogRecord) -> bool:
-  """The console keeps this project's lines (root logger) and every library's warnings;
-  libraries' INFO lines (Orbax's save steps, TFDS, JAX's backend probing) go at
-  --verbosity=0."""
-  return record.levelno >= logging.WARNING or record.name == 'root'
+  """At --verbosity=0 the console keeps this project's lines (root logger) and the
+  libraries' warnings; their INFO lines (Orbax's save steps, TFDS, JAX's backend
+  probing) and deprecation notices (TFDS's `FeatureConnector.dtype`) go."""
+  if record.name == 'root':
+    return True
+  return record.levelno >= logging.WARNING and 'deprecated' not in record.getMessage()
 
 
 def main(argv) -> int:
