@@ -1,7 +1,7 @@
-"""Public pretrained checkpoints (local files) into m5_jax's towers: BERT and ViT, Hugging Face layout.
+"""Public pretrained checkpoints (local files) into m5_jax's towers: BERT and ViT.
 
 `load(fmt, path, params, config, towers, include, exclude)` reads a checkpoint
-folder (no hub access: users point at a folder they downloaded elsewhere) and
+(no hub access: users point at files they downloaded elsewhere) and
 returns m5_jax params with the mapped leaves replaced, plus a `Report` in which
 every source tensor is mapped or skipped (with why) and every target parameter is
 loaded or new (left at init). A shape or name mismatch is a one-line ValueError
@@ -34,7 +34,8 @@ ViT (`hf_vit`: ViTModel / ViTForImageClassification) into the raw image tower,
 exactly when `modality.image.embed_norm=False` (ViT has no LayerNorm on its patch
 embeddings) and the model is pre-LN with the checkpoint's eps; the conv patch
 kernel becomes the Dense over patchify's (row, col, channel) order. Video frames
-can reuse it (see `vit_targets`).
+can reuse it (see `vit_targets`). A big_vision ViT `.npz` (`big_vision_vit`) loads
+the same way (tanh GELU, eps 1e-6; see `big_vision_targets`).
 """
 from __future__ import annotations
 
@@ -634,7 +635,7 @@ def convert(fmt: str, path: str, params: Mapping[str, Any], config, towers: str 
 
   `params` is the target tree; only its leaves' shapes are read (jax.Arrays of any
   sharding, or ShapeDtypeStructs). `towers`: comma-separated modalities to fill
-  ('' = every one the format knows and the config has); `include` / `exclude` are
+  ('' = the format's DEFAULT_TOWERS that the config has); `include` / `exclude` are
   regexes on m5_jax paths (an excluded parameter stays at init and is listed as new).
   A scan_layers stack is filled whole: its depth must be the checkpoint's.
   """
@@ -678,6 +679,8 @@ def convert(fmt: str, path: str, params: Mapping[str, Any], config, towers: str 
                        f'fills layers {sorted(layers)}; set the depth to the checkpoint\'s')
     values[stacked_path] = np.stack([layers[i] for i in range(depth)])
   report.new = sorted(p for p in flat if p not in values)
+  used = {n for src in report.mapped.values() for n in src.split(' + ')}
+  report.skipped = {n: why for n, why in report.skipped.items() if n not in used}
   return values, report
 
 
