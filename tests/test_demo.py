@@ -8,6 +8,7 @@ total_steps=0: tests/test_train.py).
 """
 import io
 import json
+import logging
 import os
 import re
 import sys
@@ -17,6 +18,7 @@ import pytest
 
 from m5_jax import config_lib
 from m5_jax import demo
+from m5_jax import train
 from m5_jax import train_logging
 from m5_jax.evaluate import report, runner
 
@@ -140,6 +142,15 @@ def test_the_train_binary_progress_line_is_short_and_the_demo_reads_it():
   assert train_logging.progress_line(1, 300, {'loss': 40.0}) == 'step 1/300  loss 40'
   assert train_logging.format_duration(3 * 3600 + 4 * 60 + 10) == '3:04:10'
   assert demo._progress(f'2026-12-06 01:31:52,903 INFO {line}') == ('step', line, 0.4)
+
+
+def test_the_train_binary_console_keeps_its_own_lines_and_library_warnings():
+  def kept(name, level, message):
+    return train._quiet_libraries(logging.LogRecord(name, level, __file__, 1, message, None, None))
+  assert kept('root', logging.INFO, 'step 1/2  loss 3') and kept('absl', logging.ERROR, 'disk full')
+  assert not kept('absl', logging.INFO, '[process=0] Saving checkpoint at step 20')
+  assert not kept('jax._src.xla_bridge', logging.INFO, "Unable to initialize backend 'tpu'")
+  assert not kept('absl', logging.WARNING, '`FeatureConnector.dtype` is deprecated. Please ...')
 
 
 def test_progress_is_updated_in_place_on_a_terminal():
