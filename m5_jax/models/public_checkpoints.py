@@ -167,7 +167,8 @@ class WordPieceTokenizer:
   when lower-casing, as in BERT's BasicTokenizer.
   """
 
-  def __init__(self, vocab: str | list[str], lower_case: bool = True, max_chars_per_word: int = 100):
+  def __init__(self, vocab: str | list[str], lower_case: bool = True,
+               max_chars_per_word: int = 100):
     pieces = read_vocab(vocab) if isinstance(vocab, str) else list(vocab)
     order = project_vocab_order(pieces)
     self.pieces = [pieces[i] for i in order]
@@ -395,11 +396,13 @@ def bert_targets(tensors: Mapping[str, np.ndarray], hf_config, config, path: str
                      f"{hf_config['vocab_size']}")
   if config.model.vocab_size != len(order):
     raise ValueError(f'the BERT checkpoint needs vocab_size={len(order)} (config argument '
-                     f'...:vocab_size={len(order)}; got model.vocab_size={config.model.vocab_size})')
+                     f'...:vocab_size={len(order)}; got model.vocab_size='
+                     f'{config.model.vocab_size})')
   t = _Targets('BERT', tensors, path)
   t.add('word_embed/embedding', ['embeddings.word_embeddings.weight'],
         lambda w, shape: w[order].reshape(shape))
-  positions, types = 'embeddings.position_embeddings.weight', 'embeddings.token_type_embeddings.weight'
+  positions = 'embeddings.position_embeddings.weight'
+  types = 'embeddings.token_type_embeddings.weight'
   for m in towers:
     length = config.modality[m].max_len
     if length > hf_config['max_position_embeddings']:
@@ -501,7 +504,7 @@ def vit_names(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 # and then the [CLS] prepended (pool_type 'tok'; gap / MAP-pooled models have no
 # [CLS]: it stays new, and their MAP head is skipped).
 BIG_VISION_LAYER = tuple(
-    (f'MultiHeadDotProductAttention_0/{p}/{k}', f'attention/{"out" if p == "out" else p}/{k}', _same)
+    (f'MultiHeadDotProductAttention_0/{p}/{k}', f'attention/{p}/{k}', _same)
     for p in ('query', 'key', 'value', 'out') for k in ('kernel', 'bias')) + (
     ('LayerNorm_0/scale', 'attention_ln/scale', _same),
     ('LayerNorm_0/bias', 'attention_ln/bias', _same),
@@ -543,7 +546,8 @@ def read_big_vision(path: str) -> tuple[dict, dict[str, np.ndarray]]:
   block = 'Transformer/encoderblock_0/'
   return ({'model_type': 'vit', 'hidden_size': kernel.shape[-1], 'patch_size': kernel.shape[0],
            'image_size': grid * kernel.shape[0], 'num_channels': kernel.shape[2],
-           'num_attention_heads': tensors[block + 'MultiHeadDotProductAttention_0/query/kernel'].shape[1],
+           'num_attention_heads':
+               tensors[block + 'MultiHeadDotProductAttention_0/query/kernel'].shape[1],
            'intermediate_size': tensors[block + 'MlpBlock_0/Dense_0/kernel'].shape[1],
            'num_hidden_layers': depth, 'layer_norm_eps': 1e-6}, tensors)
 
@@ -624,8 +628,9 @@ def resolve_towers(fmt: str, config, towers: str) -> tuple[str, ...]:
       m for m in DEFAULT_TOWERS[fmt] if m in config.modalities)
   bad = [t for t in chosen if t not in known or t not in config.modalities]
   if bad or not chosen:
+    present = ', '.join(m for m in known if m in config.modalities) or 'none'
     raise ValueError(f'init_from.towers={towers!r}: {fmt} fills {", ".join(known)}, of which '
-                     f'this config has {", ".join(m for m in known if m in config.modalities) or "none"}')
+                     f'this config has {present}')
   return chosen
 
 
