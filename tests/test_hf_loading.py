@@ -368,3 +368,27 @@ def test_big_vision_vit_matches_transformers(tmp_path, old_layout):
   with torch.no_grad():
     hidden = hf_model.vit(pixel_values=torch.tensor(pixels).permute(0, 3, 1, 2)).last_hidden_state
   np.testing.assert_allclose(out['tokens']['image'], hidden.numpy(), atol=1e-5, rtol=1e-5)
+
+
+def test_single_stream_takes_bert_as_its_fusion_transformer(bert_dir):
+  """VisualBERT / UNITER: BERT's layers are the one transformer; with no image and a zero
+  modality-type embedding the text tokens are BERT's hidden states."""
+  path, hf_model = bert_dir
+  config = m5_config(('image', 'text'))
+  config.model.fusion = 'single_stream'
+  config.model.update(encoder_layers=0, fusion_layers=LAYERS)
+  batch = model_testlib.random_batch(config, 3, seed=8,
+                                     present={'image': np.zeros(3, bool), 'text': np.ones(3, bool)})
+  model, params = init_params(config, batch)
+  params, report = public_checkpoints.load('hf_bert', str(path), params, config)
+  assert 'fusion/transformer/layer_1/attention/query/kernel' in report.mapped
+  assert not any(t.startswith('encoders_') for t in report.mapped)
+  params['fusion']['type_embedding']['embedding'] = np.zeros_like(
+      params['fusion']['type_embedding']['embedding'])
+  out = jax.jit(lambda p, b: model.apply({'params': p}, b, heads=False))(params, batch)
+  order = public_checkpoints.project_vocab_order(list(PIECES))
+  ids, mask = batch['text']['ids'], batch['text']['mask']
+  hidden, _ = reference(hf_model, order[ids], mask)
+  valid = mask[..., None]
+  np.testing.assert_allclose(np.where(valid, out['tokens']['text'], 0), np.where(valid, hidden, 0),
+                             atol=1e-5, rtol=1e-5)
