@@ -639,6 +639,7 @@ def main(argv) -> int:
   # which would silently drop the progress lines below.
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s',
                       force=True)
+  own_handlers = list(logging.getLogger().handlers)
   watcher = PreemptionWatcher()  # first: a SIGTERM from here on is a clean preemption
   try:
     try:
@@ -660,6 +661,9 @@ def main(argv) -> int:
       return 1
   finally:
     watcher.close()
+    # An in-process caller (a test) must not keep a handler on a stream it will close.
+    for handler in own_handlers:
+      logging.getLogger().removeHandler(handler)
   return 0
 
 
