@@ -93,12 +93,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import multiprocessing
 import os
-import shutil
 import sys
-import time
 
 # OpenBLAS helper threads spin for up to ~0.1 s after each threaded call (the
 # log-mel matmul, once per item) before they sleep: on a busy 2-core machine that
@@ -108,6 +104,7 @@ import time
 os.environ.setdefault('OPENBLAS_THREAD_TIMEOUT', '4')
 
 from data_prep import release  # pylint: disable=g-import-not-at-top
+from data_prep import release_writer  # pylint: disable=g-import-not-at-top
 from data_prep.mini import item as item_lib
 from data_prep.mini import plan as plan_lib
 from data_prep.mini import world as world_lib
@@ -116,61 +113,13 @@ DEFAULT_NUM_PRODUCTS = 1000
 MANIFEST = 'mini_manifest.json'
 _CHUNK = 8   # items per task sent to a worker
 
-_ctx: item_lib.Context | None = None
-
-
-def _init_worker(ctx: item_lib.Context):
-  global _ctx
-  _ctx = ctx
-
-
-def _work(item: plan_lib.ItemPlan) -> bytes:
-  return item_lib.write_item(_ctx, item)
-
-
-class Progress:
-  """items/s and ETA on stderr, at most once per `every` seconds."""
-
-  def __init__(self, total: int, every: float = 2.0, enabled: bool = True):
-    self.total, self.every, self.enabled = total, every, enabled
-    self.start = self.last = time.monotonic()
-
-  def update(self, done: int):
-    now = time.monotonic()
-    if self.enabled and (now - self.last >= self.every or done == self.total):
-      self.last = now
-      rate = done / max(now - self.start, 1e-9)
-      eta = (self.total - done) / rate if rate > 0 else float('inf')
-      print(f'make_mini: {done}/{self.total} items, {rate:.1f} items/s, ETA {eta:.0f}s',
-            file=sys.stderr, flush=True)
-
-  @property
-  def elapsed(self) -> float:
-    return time.monotonic() - self.start
-
-
 def _prepare_out(out: str, layout: release.ReleaseLayout, features: bool, overwrite: bool):
   owned = [layout.annotations, layout.image_dir, layout.video_dir, layout.audio_dir,
            layout.split_dir, 'features', MANIFEST]
-  if os.path.exists(out) and not os.path.isdir(out):
-    raise SystemExit(f'make_mini: --out {out} exists and is not a folder')
-  if os.path.isdir(out) and os.listdir(out):
-    if not overwrite:
-      raise SystemExit(f'make_mini: {out} is not empty (pass --overwrite to replace a mini release)')
-    stray = sorted(set(os.listdir(out)) - set(owned))
-    if stray:
-      raise SystemExit(f'make_mini: refusing to overwrite {out}: it holds {stray[:5]}')
-    for name in owned:
-      path = os.path.join(out, name)
-      if os.path.isdir(path):
-        shutil.rmtree(path)
-      elif os.path.exists(path):
-        os.remove(path)
   dirs = [layout.image_dir, layout.video_dir, layout.audio_dir, layout.split_dir]
   if features:
     dirs += [d for _, d in layout.feature_dirs]
-  for d in dirs:
-    os.makedirs(os.path.join(out, d), exist_ok=True)
+  release_writer.prepare_out(out, owned, dirs, overwrite)
 
 
 def generate(out: str, num_products: int = DEFAULT_NUM_PRODUCTS, seed: int = 0,
@@ -191,32 +140,9 @@ def generate(out: str, num_products: int = DEFAULT_NUM_PRODUCTS, seed: int = 0,
                          cue_noise=cue_noise, features=features, layout=layout)
 
   workers = workers or os.cpu_count() or 1
-  meter = Progress(len(plan.items), enabled=progress)
-  tmp = os.path.join(out, layout.annotations + '.tmp')
-  with open(tmp, 'wb') as f:
-    f.write(b'{\n')
-    if workers == 1:
-      _init_worker(ctx)
-      lines = map(_work, plan.items)
-      pool = None
-    else:   # fork would copy the parent's state; spawn keeps workers clean and portable
-      pool = multiprocessing.get_context('spawn').Pool(workers, _init_worker, (ctx,))
-      lines = pool.imap(_work, plan.items, chunksize=_CHUNK)
-    try:
-      for n, line in enumerate(lines, 1):
-        f.write(line + (b',\n' if n < len(plan.items) else b'\n'))
-        meter.update(n)
-    finally:
-      if pool is not None:
-        pool.terminate()
-    f.write(b'}\n')
-  os.replace(tmp, os.path.join(out, layout.annotations))
-
-  for split, ids in plan.splits.items():
-    with open(layout.split_path(out, split), 'w', encoding='utf-8') as f:
-      f.writelines(i + '\n' for i in ids)
-  with open(os.path.join(out, layout.instances), 'w', encoding='utf-8') as f:
-    f.writelines(f'{i}\t{inst}\n' for i, inst in plan.instances)
+  meter = release_writer.Progress('make_mini', len(plan.items), enabled=progress)
+  release_writer.write_release(out, layout, plan, item_lib.write_item, ctx, workers, _CHUNK,
+                               meter)
 
   args = {'seed': seed, 'num_products': num_products, 'features': features,
           'cue_noise': cue_noise, 'instance_rate': instance_rate,
@@ -224,9 +150,7 @@ def generate(out: str, num_products: int = DEFAULT_NUM_PRODUCTS, seed: int = 0,
   if tuple(split_weights) != plan_lib.SINGLETON_SPLITS:  # the default leaves the manifest as it was
     args['split_weights'] = dict(split_weights)
   manifest = plan_lib.build_manifest(plan, world, args, features)
-  with open(os.path.join(out, MANIFEST), 'w', encoding='utf-8') as f:
-    json.dump(manifest, f, ensure_ascii=False, indent=1)
-    f.write('\n')
+  release_writer.write_manifest(os.path.join(out, MANIFEST), manifest)
   if progress:
     print(f'make_mini: wrote {len(plan.items)} items to {out} in {meter.elapsed:.1f}s '
           f'({len(plan.items) / max(meter.elapsed, 1e-9):.1f} items/s, {workers} workers); '

@@ -77,14 +77,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import multiprocessing
 import os
-import shutil
 import sys
-import time
 
 from data_prep import release
+from data_prep import release_writer
 from data_prep.mini import plan as plan_lib
 from data_prep.realistic import item as item_lib
 from data_prep.realistic import sources
@@ -101,58 +98,12 @@ SINGLETON_SPLITS = (('pretrain', 0.27), ('coarse_query', 0.22), ('coarse_gallery
 DEFAULT_RATES = plan_lib.DefectRates(bad_features=0.0)   # raw only: no feature files
 _CHUNK = 4
 
-_ctx: item_lib.Context | None = None
-
-
-def _init_worker(ctx: item_lib.Context):
-  global _ctx
-  _ctx = ctx
-
-
-def _work(item: plan_lib.ItemPlan) -> bytes:
-  return item_lib.write_item(_ctx, item)
-
-
-class Progress:
-  """items/s and ETA on stderr, at most once per `every` seconds."""
-
-  def __init__(self, total: int, every: float = 5.0, enabled: bool = True):
-    self.total, self.every, self.enabled = total, every, enabled
-    self.start = self.last = time.monotonic()
-
-  def update(self, done: int):
-    now = time.monotonic()
-    if self.enabled and (now - self.last >= self.every or done == self.total):
-      self.last = now
-      rate = done / max(now - self.start, 1e-9)
-      eta = (self.total - done) / rate if rate > 0 else float('inf')
-      print(f'make_realistic: {done}/{self.total} items, {rate:.1f} items/s, ETA {eta:.0f}s',
-            file=sys.stderr, flush=True)
-
-  @property
-  def elapsed(self) -> float:
-    return time.monotonic() - self.start
-
-
 def _prepare_out(out: str, layout: release.ReleaseLayout, overwrite: bool):
   owned = [layout.annotations, layout.image_dir, layout.video_dir, layout.audio_dir,
            layout.split_dir, MANIFEST]
-  if os.path.exists(out) and not os.path.isdir(out):
-    raise ValueError(f'--out {out} exists and is not a folder')
-  if os.path.isdir(out) and os.listdir(out):
-    if not overwrite:
-      raise ValueError(f'{out} is not empty (pass --overwrite to replace a release)')
-    stray = sorted(set(os.listdir(out)) - set(owned))
-    if stray:
-      raise ValueError(f'refusing to overwrite {out}: it holds {stray[:5]}')
-    for name in owned:
-      path = os.path.join(out, name)
-      if os.path.isdir(path):
-        shutil.rmtree(path)
-      elif os.path.exists(path):
-        os.remove(path)
-  for d in (layout.image_dir, layout.video_dir, layout.audio_dir, layout.split_dir):
-    os.makedirs(os.path.join(out, d), exist_ok=True)
+  release_writer.prepare_out(
+      out, owned, (layout.image_dir, layout.video_dir, layout.audio_dir, layout.split_dir),
+      overwrite)
 
 
 def make_plan(world: world_lib.World, num_products: int, seed: int,
@@ -173,32 +124,9 @@ def generate(out: str, num_products: int = DEFAULT_NUM_PRODUCTS, seed: int = 0,
   ctx = item_lib.Context(root=os.path.abspath(out), seed=seed, world=world, layout=layout)
 
   workers = workers or os.cpu_count() or 1
-  meter = Progress(len(plan.items), enabled=progress)
-  tmp = os.path.join(out, layout.annotations + '.tmp')
-  with open(tmp, 'wb') as f:
-    f.write(b'{\n')
-    if workers == 1:
-      _init_worker(ctx)
-      lines = map(_work, plan.items)
-      pool = None
-    else:   # spawn: workers start clean (no copied parent state), on any platform
-      pool = multiprocessing.get_context('spawn').Pool(workers, _init_worker, (ctx,))
-      lines = pool.imap(_work, plan.items, chunksize=_CHUNK)
-    try:
-      for n, line in enumerate(lines, 1):
-        f.write(line + (b',\n' if n < len(plan.items) else b'\n'))
-        meter.update(n)
-    finally:
-      if pool is not None:
-        pool.terminate()
-    f.write(b'}\n')
-  os.replace(tmp, os.path.join(out, layout.annotations))
-
-  for split, ids in plan.splits.items():
-    with open(layout.split_path(out, split), 'w', encoding='utf-8') as f:
-      f.writelines(i + '\n' for i in ids)
-  with open(os.path.join(out, layout.instances), 'w', encoding='utf-8') as f:
-    f.writelines(f'{i}\t{inst}\n' for i, inst in plan.instances)
+  meter = release_writer.Progress('make_realistic', len(plan.items), every=5.0, enabled=progress)
+  release_writer.write_release(out, layout, plan, item_lib.write_item, ctx, workers, _CHUNK,
+                               meter)
 
   args = {'generator': 'data_prep.make_realistic', 'seed': seed, 'num_products': num_products,
           'num_categories': num_categories, 'instance_rate': INSTANCE_RATE,
@@ -206,9 +134,7 @@ def generate(out: str, num_products: int = DEFAULT_NUM_PRODUCTS, seed: int = 0,
           'singleton_splits': dict(SINGLETON_SPLITS), 'rates': dataclasses.asdict(rates)}
   manifest = plan_lib.build_manifest(plan, world, args, with_features=False,
                                      label_names=world.label_names, manifest_format=MANIFEST_FORMAT)
-  with open(os.path.join(out, MANIFEST), 'w', encoding='utf-8') as f:
-    json.dump(manifest, f, ensure_ascii=False, indent=1)
-    f.write('\n')
+  release_writer.write_manifest(os.path.join(out, MANIFEST), manifest)
   if progress:
     print(f'make_realistic: wrote {len(plan.items)} items to {out} in {meter.elapsed:.1f}s '
           f'({len(plan.items) / max(meter.elapsed, 1e-9):.1f} items/s, {workers} workers); '
