@@ -121,26 +121,25 @@ class M5Model(nn.Module):
 
     out = {'pooled': {}, 'encoder_pooled': {}, 'tokens': {}, 'token_mask': {}, 'present': present,
            'predictions': {}}
+    how = mcfg.get('pool', 'token')  # runs saved before model.pool existed pooled token 0
+
+    def pooled(tokens, mask, m):  # f32[B, D]; 0 where modality m is absent
+      return jnp.where(present[m][:, None], pool(tokens, mask, how), 0.0).astype(jnp.float32)
+
     for m in self.names:
-      keep = present[m][:, None]
       p = num_prefix[m]
       encoder_mask = streams[m][1]
-      how = mcfg.get('pool', 'token')  # runs saved before model.pool existed pooled token 0
-      out['encoder_pooled'][m] = jnp.where(keep, pool(streams[m][0], encoder_mask, how),
-                                           0.0).astype(jnp.float32)
-      out['pooled'][m] = jnp.where(keep, pool(fused[m], encoder_mask, how),
-                                   0.0).astype(jnp.float32)
+      out['encoder_pooled'][m] = pooled(streams[m][0], encoder_mask, m)
+      out['pooled'][m] = pooled(fused[m], encoder_mask, m)
       out['tokens'][m] = fused[m][:, p:]
       out['token_mask'][m] = streams[m][1][:, p:]
       if heads:
         out['predictions'][m] = self.heads[m](out['tokens'][m])
     out['contrastive'] = {'log_scale': self.log_scale, 'bias': self.bias}
     if clean_batch is not None:
-      out['clean_encoder_pooled'] = {}
-      for m in self.names:
-        x, mask = self._encode(m, clean_batch[m], present[m], deterministic)
-        out['clean_encoder_pooled'][m] = jnp.where(
-            present[m][:, None], pool(x, mask, mcfg.get('pool', 'token')), 0.0).astype(jnp.float32)
+      out['clean_encoder_pooled'] = {
+          m: pooled(*self._encode(m, clean_batch[m], present[m], deterministic), m)
+          for m in self.names}
     if self.itm_enabled and (train or self.is_initializing()):
       out['itm'] = self._image_text_matching(streams, fused, present, deterministic)
     return out
