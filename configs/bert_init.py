@@ -11,7 +11,7 @@ configs/<method>.py. What this sets from the BERT folder:
   modality.{text,table}.encoder_layers               the checkpoint's depth (single_stream:
                                                      model.fusion_layers, the one transformer)
   input.tokenizer = <bert>/vocab.txt                 WordPiece in m5_jax's id order
-  init_from.{path, format=hf_bert}                   m5_jax/models/public_checkpoints.py
+  init_from.{path, format=hf_bert}                   m5_jax/models/public_checkpoints/
 
 The model config is shared by every tower, so a method with media towers
 (m5_mmt, scale, clip) gets BERT-style post-LN media towers too. Freeze or slow the

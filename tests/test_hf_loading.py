@@ -119,7 +119,7 @@ def test_bert_towers_include_exclude(bert_dir):
                  for t in report.mapped)
   table_wi = 'encoders_table/transformer/layer_0/mlp/wi/kernel'
   assert 'heads_text/bias' in report.new and table_wi in report.new
-  flat = public_checkpoints._flatten  # pylint: disable=protected-access
+  flat = public_checkpoints.flatten
   np.testing.assert_array_equal(flat(new_params)[table_wi], flat(params)[table_wi])
 
 
@@ -198,7 +198,7 @@ def test_train_starts_from_bert_through_init_from(bert_dir, tmp_path):
   _, params = checkpointing.restore_params(str(tmp_path))
   params = jax.tree.map(np.asarray, params)
   values, report = public_checkpoints.convert('hf_bert', str(path), params, config)
-  flat = public_checkpoints._flatten(params)  # pylint: disable=protected-access
+  flat = public_checkpoints.flatten(params)
   assert set(values) == set(report.mapped)
   assert 'encoders_table/transformer/layer_1/mlp_ln/bias' in values
   for name, value in values.items():
