@@ -64,22 +64,12 @@ def sequence_lengths(config) -> dict[str, int]:
   return {m: int(np.prod(x.shape[1:])) for m, x in out['token_mask'].items()}
 
 
-def _train_step(config):
-  """m5_jax.train's step function for `config` and what it runs on: (mesh, axis rules,
-  state init function, abstract state, state shardings, step)."""
-  from m5_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
+def _step_setup(config):
+  """m5_jax.train's StepSetup for `config` (its mesh, task, optimizer, state shapes and
+  shardings, and its train step)."""
   from m5_jax import sharding  # pylint: disable=g-import-not-at-top
   from m5_jax import train  # pylint: disable=g-import-not-at-top
-
-  mesh = sharding.make_mesh(config.mesh)
-  rules = sharding.axis_rules(config.sharding)
-  task = train.make_task(config)
-  tx, schedule = optimizer_lib.make_optimizer(config, config.total_steps, 10)
-  init_fn = train.init_state_fn(config, task, tx)
-  with sharding.activation_context(mesh, rules, False):
-    abstract, shardings = sharding.state_shardings(init_fn, mesh, rules)
-  step = train.make_train_step(config, task, tx, schedule, mesh, shardings['params'])
-  return mesh, rules, init_fn, abstract, shardings, step
+  return train.make_step_setup(config, sharding.make_mesh(config.mesh), config.total_steps, 10)
 
 
 def build_step(size: str, form: str, batch_size: int, modalities: str = 'itpva',
@@ -88,27 +78,22 @@ def build_step(size: str, form: str, batch_size: int, modalities: str = 'itpva',
   matmul FLOPs: {'config', 'compiled', 'state', 'batches', 'flops', 'xla_flops',
   'compile_s', 'num_params'} (shared with benchmarks/op_profile.py)."""
   from m5_jax import flops as flops_lib  # pylint: disable=g-import-not-at-top
-  from m5_jax import sharding  # pylint: disable=g-import-not-at-top
   from m5_jax import synthetic_input  # pylint: disable=g-import-not-at-top
 
   config = make_config(size, form, batch_size, modalities, overrides)
-  mesh, rules, init_fn, abstract, shardings, step = _train_step(config)
-  with sharding.activation_context(mesh, rules, False):
-    state = sharding.init_sharded(init_fn, shardings)
-  step_fn = jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                    out_shardings=(shardings, None), donate_argnums=(0,))
-  data = synthetic_input.SyntheticIterator(config, mesh, batch_size, config.seed)
+  setup = _step_setup(config)
+  state = setup.init_state()
+  data = synthetic_input.SyntheticIterator(config, setup.mesh, batch_size, config.seed)
   batches = [next(data) for _ in range(min(steps, 4))]  # made once: no host work timed
 
   start = time.perf_counter()
-  with sharding.activation_context(mesh, rules, False):
-    traced = step_fn.trace(state, batches[0])
-    compiled = traced.lower().compile()
+  traced, lowered = setup.lower(state, batches[0])
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - start
   return {'config': config, 'compiled': compiled, 'state': state, 'batches': batches,
           'flops': flops_lib.jaxpr_matmul_flops(traced.jaxpr),
           'xla_flops': flops_lib.train_step_flops(compiled), 'compile_s': compile_s,
-          'num_params': sum(x.size for x in jax.tree.leaves(abstract['params']))}
+          'num_params': sum(x.size for x in jax.tree.leaves(setup.abstract['params']))}
 
 
 def matmul_peak(matmul_n: int = 2048, dtype: str = 'float32') -> tuple[float, float]:
@@ -253,13 +238,12 @@ def step_anatomy(size: str, form: str, batch_size: int, modalities: str = 'itpva
   from jax.extend import core as jax_core  # pylint: disable=g-import-not-at-top
   from m5_jax import batch as batch_lib  # pylint: disable=g-import-not-at-top
   from m5_jax import flops as flops_lib  # pylint: disable=g-import-not-at-top
-  from m5_jax import sharding  # pylint: disable=g-import-not-at-top
 
   config = make_config(size, form, batch_size, modalities, overrides)
-  mesh, rules, _, abstract, _, step = _train_step(config)
-  with sharding.activation_context(mesh, rules, False):
+  setup = _step_setup(config)
+  with setup.activations():
     batch = jax.eval_shape(lambda: batch_lib.zeros_batch(config, batch_size))
-    jaxpr = jax.make_jaxpr(step)(abstract, batch)
+    jaxpr = jax.make_jaxpr(setup.train_step())(setup.abstract, batch)
 
   shapes = flops_lib.matmul_shapes(jaxpr)
   total = sum(shapes.values())

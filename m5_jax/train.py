@@ -204,6 +204,73 @@ def init_state_fn(config, task: Task, tx) -> Callable[[], dict]:
   return init
 
 
+@dataclasses.dataclass(frozen=True)
+class StepSetup:
+  """What a train step runs on, built once (`make_step_setup`) for the train binary,
+  m5_jax/tools/fit.py and benchmarks/train_step.py: the mesh and axis rules, the task,
+  the optimizer, the state's init function, abstract shapes and shardings."""
+  config: ml_collections.ConfigDict
+  mesh: Any
+  rules: Any
+  task: Task
+  tx: Any
+  schedule: Callable[[Any], Any]
+  init_fn: Callable[[], dict]
+  abstract: Any  # the unboxed state's shapes
+  shardings: Any  # the state's NamedShardings
+
+  def activations(self):
+    """The trace-time context of the model (logical rules, the mesh when constraints act)."""
+    return sharding.activation_context(self.mesh, self.rules,
+                                       self.config.sharding.activation_constraints)
+
+  def abstract_state(self) -> Any:
+    """ShapeDtypeStructs of the state, carrying its shardings (what a restore produces)."""
+    return sharding.abstract_with_shardings(self.abstract, self.shardings)
+
+  def init_state(self) -> dict:
+    """The initial state, created already sharded on the mesh."""
+    with self.activations():
+      return sharding.init_sharded(self.init_fn, self.shardings)
+
+  def batch_shapes(self) -> Any:
+    """Abstract global batch (for compiling before the first batch arrives)."""
+    bsh = sharding.batch_sharding(self.mesh)
+    size = self.config.input.batch_size
+    make = lambda s: ({k: make(v) for k, v in s.items()} if isinstance(s, dict)  # noqa: E731
+                      else jax.ShapeDtypeStruct((size, *s[0]), s[1], sharding=bsh))
+    return make(batch_lib.batch_spec(self.config))
+
+  def train_step(self) -> Callable:
+    """The pure (state, batch) -> (state, metrics) step (built on demand: a run with
+    nothing to train never builds one)."""
+    return make_train_step(self.config, self.task, self.tx, self.schedule, self.mesh,
+                           self.shardings['params'])
+
+  def lower(self, state=None, batch=None) -> tuple[Any, Any]:
+    """(traced, lowered) jitted step with donated state, on `state` and `batch` (default:
+    their abstract shapes)."""
+    step_fn = jax.jit(self.train_step(), in_shardings=(self.shardings,
+                                                       sharding.batch_sharding(self.mesh)),
+                      out_shardings=(self.shardings, None), donate_argnums=(0,))
+    with self.activations():
+      traced = step_fn.trace(self.abstract_state() if state is None else state,
+                             self.batch_shapes() if batch is None else batch)
+      return traced, traced.lower()
+
+
+def make_step_setup(config, mesh, total_steps: int, warmup_steps: int) -> StepSetup:
+  """The task, optimizer (schedule over `total_steps`) and state shapes and shardings of
+  `config` on `mesh`; nothing is computed (jax.eval_shape)."""
+  rules = sharding.axis_rules(config.sharding)
+  task = make_task(config)
+  tx, schedule = optimizer_lib.make_optimizer(config, total_steps, warmup_steps)
+  init_fn = init_state_fn(config, task, tx)
+  with sharding.activation_context(mesh, rules, config.sharding.activation_constraints):
+    abstract, shardings = sharding.state_shardings(init_fn, mesh, rules)
+  return StepSetup(config, mesh, rules, task, tx, schedule, init_fn, abstract, shardings)
+
+
 # ------------------------------------------------------------------------ start-up checks
 
 
@@ -390,15 +457,6 @@ def create_input(config, mesh):
   return input_pipeline.create_iterator(config, config.input.train_split, mesh, train=True)
 
 
-def _batch_shapes(config, mesh) -> Any:
-  """Abstract global batch (for compiling before the first batch arrives)."""
-  spec = batch_lib.batch_spec(config)
-  bsh = sharding.batch_sharding(mesh)
-  make = lambda s: ({k: make(v) for k, v in s.items()} if isinstance(s, dict)  # noqa: E731
-                    else jax.ShapeDtypeStruct((config.input.batch_size, *s[0]), s[1], sharding=bsh))
-  return make(spec)
-
-
 def _maybe_init_from(config, state, shardings):
   """Fine-tuning: copy parameters from another run's checkpoint, or from a public
   checkpoint's folder (config.init_from.format; m5_jax/models/public_checkpoints.py)."""
@@ -484,6 +542,38 @@ def _save_without_training(checkpointer, step: int, state, data) -> dict:
   return state
 
 
+def _durations_in_steps(config, data) -> tuple[int, int, int, int]:
+  """(total, warmup, checkpoint every, log every) in steps; the config may give them in
+  epochs or examples (config_lib.to_steps), counted on `data`'s train split."""
+  durations = dict(batch_size=config.input.batch_size, examples_per_epoch=getattr(
+      getattr(data, 'host', data), 'num_examples', None) or config.input.get('num_train_examples'))
+  total_steps = config_lib.to_steps(config, 'total', **durations)
+  warmup_steps = config_lib.to_steps(config.schedule, 'warmup', **durations, default=0)
+  checkpoint_every = config_lib.to_steps(config.checkpoint, 'every', **durations,
+                                         default=total_steps)
+  log_every = config_lib.to_steps(config.log, 'every', **durations, default=50)
+  checkpoint_every = max(checkpoint_every or total_steps, 1)  # 0: at the end (and preemption)
+  return total_steps, warmup_steps, checkpoint_every, max(log_every, 1)
+
+
+def _restore_or_init(config, setup: StepSetup, checkpointer, data, workdir: str) -> tuple[int, dict]:
+  """(start step, state): the latest checkpoint in `workdir` (and `data`'s position in
+  it), else step 0 with the initial state, or config.init_from's parameters."""
+  try:
+    start_step, state, data_state = checkpointer.restore_latest(setup.abstract_state(), workdir)
+  except BaseException:
+    checkpointer.close()
+    raise
+  if start_step is not None:
+    logging.info('resuming from %s step %d', checkpointer.directory, start_step)
+    data.restore(data_state)
+    return start_step, state
+  state = setup.init_state()
+  if config.init_from.path or config.init_from.get('format', 'm5_jax') != 'm5_jax':
+    state = _maybe_init_from(config, state, setup.shardings)  # a public format needs its path
+  return 0, state
+
+
 def train(config: ml_collections.ConfigDict, workdir: str,
           watcher: PreemptionWatcher | None = None, verbose: bool = False) -> dict:
   """Trains until config's total duration (resuming from `workdir`); returns the state.
@@ -507,46 +597,19 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 def _train(config: ml_collections.ConfigDict, workdir: str, watcher: PreemptionWatcher,
            verbose: bool = False) -> dict:
   mesh = sharding.make_mesh(config.mesh)
-  rules = sharding.axis_rules(config.sharding)
+  sharding.axis_rules(config.sharding)  # a bad preset: one-line error before any data read
   batch_size = config.input.batch_size
   sharding.process_batch_size(batch_size, mesh)  # validates divisibility (one-line error)
   sharding.log_mesh(mesh)
   data = create_input(config, mesh)
-  durations = dict(batch_size=batch_size, examples_per_epoch=getattr(
-      getattr(data, 'host', data), 'num_examples', None) or config.input.get('num_train_examples'))
-  total_steps = config_lib.to_steps(config, 'total', **durations)
-  warmup_steps = config_lib.to_steps(config.schedule, 'warmup', **durations, default=0)
-  checkpoint_every = config_lib.to_steps(config.checkpoint, 'every', **durations,
-                                         default=total_steps)
-  log_every = config_lib.to_steps(config.log, 'every', **durations, default=50)
-  checkpoint_every = max(checkpoint_every or total_steps, 1)  # 0: at the end (and preemption)
-  log_every = max(log_every, 1)
+  total_steps, warmup_steps, checkpoint_every, log_every = _durations_in_steps(config, data)
 
-  task = make_task(config)
-  tx, schedule = optimizer_lib.make_optimizer(config, total_steps, warmup_steps)
-  init_fn = init_state_fn(config, task, tx)
-  constraints = config.sharding.activation_constraints
-  with sharding.activation_context(mesh, rules, constraints):
-    abstract, shardings = sharding.state_shardings(init_fn, mesh, rules)
-  logging.info('state sharding: %s', sharding.describe(shardings))
+  setup = make_step_setup(config, mesh, total_steps, warmup_steps)
+  logging.info('state sharding: %s', sharding.describe(setup.shardings))
 
   checkpointer = checkpointing.Checkpointer(workdir, config.checkpoint)
   watcher.checkpointer = checkpointer
-  try:
-    start_step, state, data_state = checkpointer.restore_latest(
-        sharding.abstract_with_shardings(abstract, shardings), workdir)
-  except BaseException:
-    checkpointer.close()
-    raise
-  if start_step is not None:
-    logging.info('resuming from %s step %d', checkpointer.directory, start_step)
-    data.restore(data_state)
-  else:
-    start_step = 0
-    with sharding.activation_context(mesh, rules, constraints):
-      state = sharding.init_sharded(init_fn, shardings)
-    if config.init_from.path or config.init_from.get('format', 'm5_jax') != 'm5_jax':
-      state = _maybe_init_from(config, state, shardings)  # a public format needs its path
+  start_step, state = _restore_or_init(config, setup, checkpointer, data, workdir)
   if jax.process_index() == 0:
     config_lib.save_workdir_config(config, workdir)
   if start_step >= total_steps:
@@ -556,15 +619,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, watcher: PreemptionW
                     start_step)
     return _save_without_training(checkpointer, start_step, state, data)
 
-  step_fn = jax.jit(make_train_step(config, task, tx, schedule, mesh, shardings['params']),
-                    in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                    out_shardings=(shardings, None), donate_argnums=(0,))
   logging.info('compiling the train step...')
   compile_start = time.perf_counter()
-  with sharding.activation_context(mesh, rules, constraints):
-    traced = step_fn.trace(sharding.abstract_with_shardings(abstract, shardings),
-                           _batch_shapes(config, mesh))
-    compiled = compile_cached(traced.lower())
+  traced, lowered = setup.lower()
+  compiled = compile_cached(lowered)
   logging.info('compiled in %.0f s', time.perf_counter() - compile_start)
   # Imported here, not at the top: clu's writers import TensorFlow, whose import-time
   # banners on stderr would otherwise come before a bad flag's one-line error.

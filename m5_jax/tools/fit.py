@@ -64,7 +64,6 @@ def main(argv=None) -> int:
   os.environ['JAX_PLATFORMS'] = 'cpu'
   import jax  # pylint: disable=g-import-not-at-top
   from m5_jax import config_lib, sharding, train  # pylint: disable=g-import-not-at-top
-  from m5_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
 
   try:
     config, _ = config_lib.parse_command_line(rest, {})
@@ -78,17 +77,12 @@ def main(argv=None) -> int:
 
   try:
     mesh = sharding.make_mesh(config.mesh)
-    rules = sharding.axis_rules(config.sharding)
+    sharding.axis_rules(config.sharding)
     sharding.process_batch_size(config.input.batch_size, mesh)  # fails fast on bad divisibility
   except (ValueError, config_lib.ConfigError) as e:
     raise SystemExit(f'm5_jax.tools.fit: error: {e}') from None
-  task = train.make_task(config)
-  tx, schedule = optimizer_lib.make_optimizer(config, 1000, 10)
-  init_fn = train.init_state_fn(config, task, tx)
-  constraints = config.sharding.activation_constraints
-  with sharding.activation_context(mesh, rules, constraints):
-    abstract, shardings = sharding.state_shardings(init_fn, mesh, rules)
-  abstract_state = sharding.abstract_with_shardings(abstract, shardings)
+  setup = train.make_step_setup(config, mesh, total_steps=1000, warmup_steps=10)
+  abstract_state = setup.abstract_state()
 
   def shard_bytes(tree) -> int:
     leaves = jax.tree.leaves(tree)
@@ -99,13 +93,9 @@ def main(argv=None) -> int:
   def total_params(tree) -> int:
     return sum(leaf.size for leaf in jax.tree.leaves(tree))
 
-  step_fn = jax.jit(train.make_train_step(config, task, tx, schedule, mesh),
-                    in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                    out_shardings=(shardings, None), donate_argnums=(0,))
   print(f'compiling the train step for mesh {dict(mesh.shape)} on {args.devices} fake CPU '
         f'devices ...', file=sys.stderr, flush=True)
-  with sharding.activation_context(mesh, rules, constraints):
-    compiled = step_fn.lower(abstract_state, train._batch_shapes(config, mesh)).compile()  # pylint: disable=protected-access
+  compiled = setup.lower()[1].compile()
   memory = compiled.memory_analysis()
 
   params = shard_bytes(abstract_state['params'])
