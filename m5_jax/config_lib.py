@@ -251,6 +251,12 @@ EVAL_FEATURES = ('pooled', 'encoder_pooled')        # m5_jax/evaluate/model_feat
 EVAL_NORMALIZE = ('center', 'modality', 'none')      # m5_jax/evaluate/features.py
 # init_from.format: m5_jax/models/public_checkpoints.FORMATS (a test checks)
 INIT_FORMATS = ('m5_jax', 'hf_bert', 'hf_vit', 'big_vision_vit')
+# Speed options of the model (configs/common.py says what each does; a test checks
+# these against m5_jax/models/layers.py and m5_jax/objectives.py).
+ACTIVATIONS = ('gelu', 'gelu_tanh', 'quick_gelu')
+ATTENTION = ('einsum', 'dot_product')
+DROPOUT_RNGS = ('threefry', 'rbg', 'unsafe_rbg')
+HEADS_AT = ('all', 'masked')
 
 # The validated fields, in one place: `validate` checks every key present in a
 # config after its overrides (config args: `validate_args`, before the config is built).
@@ -267,6 +273,10 @@ SCHEMA: dict[str, Rule] = {
     'model.dropout': Rule(minimum=0, maximum=1),
     'model.attention_dropout': Rule(minimum=0, maximum=1),
     'model.modality_dropout': Rule(minimum=0, maximum=1),
+    'model.activation': Rule(choices=ACTIVATIONS),
+    'model.attention': Rule(choices=ATTENTION),
+    'model.dropout_rng': Rule(choices=DROPOUT_RNGS),
+    'model.heads_at': Rule(choices=HEADS_AT),
     'loss.masked_weight': Rule(minimum=0),
     'loss.contrastive_weight': Rule(minimum=0),
     'loss.itm_weight': Rule(minimum=0),

@@ -85,11 +85,48 @@ def uses_clean_view(config) -> bool:
   return any(term_weight(config, f'instance_{m}') > 0 for m in config.modalities)
 
 
+# model.dropout_rng: the PRNG behind dropout masks. threefry (JAX's default) is
+# counter-based and the same on every backend; rbg / unsafe_rbg draw from XLA's
+# RngBitGenerator, far cheaper per bit on CPU and GPU (benchmarks/RESULTS.md) but
+# their streams may differ between backends and XLA versions (unsafe_rbg also
+# between shardings): exact replays across machines need threefry.
+DROPOUT_RNGS = ('threefry', 'rbg', 'unsafe_rbg')
+
+
+def dropout_key(rng, config):
+  """The step's dropout key in the PRNG that config.model.dropout_rng names."""
+  impl = config.model.get('dropout_rng', 'threefry')
+  if impl not in DROPOUT_RNGS:
+    raise ValueError(f'unknown model.dropout_rng {impl!r}; expected one of {DROPOUT_RNGS}')
+  if impl == 'threefry':
+    return rng
+  return jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl=impl)
+
+
 def pretraining_outputs(model, variables, masked, batch, rng, config):
   """The training forward pass on the masked batch; the clean batch rides along as
   the second view when the instance terms need it."""
   clean = batch if uses_clean_view(config) else None
-  return model.apply(variables, masked, train=True, clean_batch=clean, rngs={'dropout': rng})
+  return model.apply(variables, masked, train=True, clean_batch=clean,
+                     rngs={'dropout': dropout_key(rng, config)})
+
+
+def head_rows(config) -> dict[str, int]:
+  """{modality: K}: with model.heads_at='masked', the modalities whose head runs at K
+  gathered positions per item (K = the plugin's max_masked_tokens bound, when it is
+  below the token count); the rest keep the head at every position."""
+  heads_at = config.model.get('heads_at', 'all')
+  if heads_at not in ('all', 'masked'):
+    raise ValueError(f"model.heads_at must be 'all' or 'masked', got {heads_at!r}")
+  if heads_at == 'all':
+    return {}
+  rows = {}
+  for m in config.modalities:
+    plugin = modalities.get(m)
+    bound = getattr(plugin, 'max_masked_tokens', lambda cfg: None)(config.modality[m])
+    if bound is not None and bound < plugin.num_tokens(config.modality[m]):
+      rows[m] = int(bound)
+  return rows
 
 
 # ------------------------------------------------------------------- masking
@@ -105,13 +142,29 @@ def mask_batch(batch, rng, config):
   targets (e.g. CLIP trains on clean inputs).
   """
   masked, targets = dict(batch), {}
+  rows = head_rows(config)
   for m in config.modalities:
     if term_weight(config, f'masked_{m}') == 0:
       continue
     plugin = modalities.get(m)
     masked[m], targets[m] = plugin.mask_for_pretraining(
         batch[m], jax.random.fold_in(rng, _modality_seed(m)), config.modality[m])
+    if m in rows:  # where the model applies the head: every target, then other tokens
+      masked[m]['head_positions'] = jax.lax.top_k(targets[m]['weights'], rows[m])[1]
   return masked, targets
+
+
+def at_head_positions(targets, positions):
+  """The targets' [B, L, ...] fields at positions [B, K] (the head's rows)."""
+  length = targets['weights'].shape[1]
+
+  def take(x):
+    if x.ndim < 2 or x.shape[1] != length:
+      return x
+    return jnp.take_along_axis(x, positions.reshape(positions.shape + (1,) * (x.ndim - 2)),
+                               axis=1)
+
+  return {k: take(v) for k, v in targets.items()}
 
 
 # --------------------------------------------------------------- contrastive
@@ -200,6 +253,9 @@ def losses(outputs, targets, batch, config):
     # Never learn on tokens the model could not see (absent, padding, dropped).
     weights = targets[m]['weights'] * outputs['token_mask'][m].astype(jnp.float32)
     t = dict(targets[m], weights=weights)
+    if m in outputs.get('head_positions', {}):
+      t = at_head_positions(t, outputs['head_positions'][m])
+      weights = t['weights']
     num, den = plugin.masked_loss(outputs['predictions'][m], t, config.modality[m])
     if g_masked is not None:
       i = names.index(m)

@@ -212,5 +212,8 @@ class Text:
   def masked_loss(self, predictions, targets, cfg):
     return mlm_loss(predictions, targets)
 
+  def max_masked_tokens(self, cfg) -> int:
+    return base.num_to_mask(cfg.max_len - 1, cfg.mask_prob)  # BOS is never selected
+
 
 PLUGIN = Text()

@@ -21,7 +21,9 @@ Outputs (all float32 except masks):
                              each other, so contrasting them would leak the pair)
   tokens[m] [B, L, D], token_mask[m] [B, L] (aligned with the plugin's targets),
   present[m] [B]
-  predictions[m]     the plugin head's output on tokens[m] (if heads=True)
+  predictions[m]     the plugin head's output on tokens[m] (if heads=True), or on
+                     the K positions batch[m]['head_positions'] [B, K] gathers
+                     (model.heads_at='masked'; head_positions[m] says which)
   contrastive        {'log_scale': [], 'bias': []} learnable logit scale / bias
   itm                {'logits', 'labels', 'valid'} [2B] when loss.itm_weight > 0
                      and train=True (single stream / co-attention matching)
@@ -79,7 +81,7 @@ class M5Model(nn.Module):
         name='word_embed')
     # What the plugins share (see m5_jax/modalities/base.py).
     shared = {'word_embed': self.word_embed, 'dtype': spec.compute_dtype,
-              'dropout_rate': mcfg.dropout}
+              'dropout_rate': mcfg.dropout, 'activation': layers.activation(spec.activation)}
     plugins = {m: modalities.get(m) for m in self.names}
     self.embedders = {m: plugins[m].embedder(cfg.modality[m], mcfg.hidden, shared)
                       for m in self.names}
@@ -134,7 +136,12 @@ class M5Model(nn.Module):
       out['tokens'][m] = fused[m][:, p:]
       out['token_mask'][m] = streams[m][1][:, p:]
       if heads:
-        out['predictions'][m] = self.heads[m](out['tokens'][m])
+        tokens = out['tokens'][m]
+        positions = batch[m].get('head_positions')  # objectives.mask_batch, heads_at='masked'
+        if positions is not None:  # the head at the masked positions only: gather first
+          tokens = jnp.take_along_axis(tokens, positions[..., None], axis=1)
+          out.setdefault('head_positions', {})[m] = positions
+        out['predictions'][m] = self.heads[m](tokens)
     out['contrastive'] = {'log_scale': self.log_scale, 'bias': self.bias}
     if clean_batch is not None:
       out['clean_encoder_pooled'] = {

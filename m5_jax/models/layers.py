@@ -28,6 +28,29 @@ BATCH, LENGTH, EMBED, MLP, HEADS, KV, VOCAB, LAYERS = (
 
 ACTIVATION_AXES = (BATCH, LENGTH, EMBED)
 
+# model.activation: the MLP (and head) nonlinearity, by name. 'gelu' is BERT's exact
+# erf GELU (the reference numerics: HF known-answer tests need it). 'gelu_tanh' is
+# the tanh approximation (GPT-2, ViT/big_vision): at most 4.7e-4 from the exact one
+# in absolute value (at |x| ~ 2; tests/test_speed_options.py checks), and much
+# cheaper on XLA:CPU, which expands erf into a long polynomial
+# (benchmarks/RESULTS.md has the A/B). Add a choice here and in
+# config_lib.ACTIVATIONS.
+ACTIVATIONS = {
+    'gelu': lambda x: nn.gelu(x, approximate=False),
+    'gelu_tanh': lambda x: nn.gelu(x, approximate=True),
+    'quick_gelu': lambda x: x * jax.nn.sigmoid(1.702 * x),  # CLIP's (OpenAI's) GELU stand-in
+}
+# model.attention: 'einsum' (two einsums around the safe softmax) or 'dot_product'
+# (jax.nn.dot_product_attention: XLA's fused attention, cuDNN's on a GPU; no
+# attention dropout).
+ATTENTION = ('einsum', 'dot_product')
+
+
+def activation(name: str):
+  if name not in ACTIVATIONS:
+    raise ValueError(f'unknown model.activation {name!r}; expected one of {", ".join(ACTIVATIONS)}')
+  return ACTIVATIONS[name]
+
 
 def dense_init(std: float = 0.02):
   return nn.initializers.normal(stddev=std)
@@ -47,7 +70,8 @@ class TransformerSpec:
   attention_dropout: float = 0.0
   pre_ln: bool = True            # pre-LN (ViT/GPT-2); False = post-LN (BERT)
   layer_norm_eps: float = 1e-6
-  gelu_approximate: bool = False  # BERT uses the exact (erf) GELU
+  activation: str = 'gelu'        # ACTIVATIONS; BERT uses the exact (erf) GELU
+  attention: str = 'einsum'       # ATTENTION
   dtype: str = 'float32'          # compute dtype of the matmuls
   remat: bool = False
   scan_layers: bool = False
@@ -120,11 +144,20 @@ class Attention(nn.Module):
     q = proj('query')(x)
     k = proj('key')(kv)
     v = proj('value')(kv)
-    q = q / jnp.sqrt(s.head_dim).astype(q.dtype)
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
-    weights = safe_masked_softmax(logits, mask)
-    weights = nn.Dropout(s.attention_dropout)(weights, deterministic=deterministic)
-    out = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(s.compute_dtype), v)
+    if s.attention == 'dot_product':
+      if s.attention_dropout and not deterministic:
+        raise ValueError("model.attention='dot_product' has no attention dropout; set "
+                         "model.attention_dropout=0 or model.attention='einsum'")
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+      if mask is not None:  # a row with no allowed key: zeros, as safe_masked_softmax gives
+        allowed = jnp.broadcast_to(mask, mask.shape[:2] + (q.shape[1], k.shape[1])).any(-1)
+        out = jnp.where(jnp.swapaxes(allowed, 1, 2)[..., None], out, 0).astype(out.dtype)
+    else:
+      q = q / jnp.sqrt(s.head_dim).astype(q.dtype)
+      logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
+      weights = safe_masked_softmax(logits, mask)
+      weights = nn.Dropout(s.attention_dropout)(weights, deterministic=deterministic)
+      out = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(s.compute_dtype), v)
     out = Projection((s.heads, s.head_dim), (s.hidden,), (HEADS, KV, EMBED), (EMBED,),
                      s.compute_dtype, name='out')(out)
     return nn.with_logical_constraint(out, ACTIVATION_AXES)
@@ -140,7 +173,7 @@ class Mlp(nn.Module):
                  kernel_init=partitioned(dense_init(), (EMBED, MLP)),
                  bias_init=partitioned(nn.initializers.zeros, (MLP,)), name='wi')(x)
     h = nn.with_logical_constraint(h, (BATCH, LENGTH, MLP))
-    h = nn.gelu(h, approximate=s.gelu_approximate)
+    h = activation(s.activation)(h)
     h = nn.Dropout(s.dropout)(h, deterministic=deterministic)
     out = nn.Dense(s.hidden, dtype=s.compute_dtype, param_dtype=jnp.float32,
                    kernel_init=partitioned(dense_init(), (MLP, EMBED)),
@@ -223,9 +256,19 @@ class Encoder(nn.Module):
 
 
 def make_spec(model_cfg, **overrides) -> TransformerSpec:
-  """TransformerSpec from config.model (fields of the same names)."""
+  """TransformerSpec from config.model (fields of the same names).
+
+  The older boolean `model.gelu_approximate=True` (saved configs, the public
+  checkpoints' checks) still means activation 'gelu_tanh'.
+  """
   fields = {f.name for f in dataclasses.fields(TransformerSpec)}
   values = {k: model_cfg[k] for k in fields if k in model_cfg}
+  if model_cfg.get('gelu_approximate') and values.get('activation', 'gelu') == 'gelu':
+    values['activation'] = 'gelu_tanh'
+  activation(values.get('activation', 'gelu'))  # a clear error for an unknown name
+  if values.get('attention', 'einsum') not in ATTENTION:
+    raise ValueError(f"unknown model.attention {values['attention']!r}; expected one of "
+                     f"{', '.join(ATTENTION)}")
   values.update(overrides)
   return TransformerSpec(**values)
 

@@ -1,0 +1,97 @@
+"""The model's speed options give the numbers they promise (no timing here).
+
+model.activation=gelu_tanh stays within its documented distance of the exact GELU;
+model.attention=dot_product equals the einsum attention (zeros for rows with no
+key); model.heads_at=masked gives the same loss as heads at every position;
+model.dropout_rng=rbg draws real dropout masks.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from m5_jax import config_lib
+from m5_jax import models
+from m5_jax import objectives
+from m5_jax.models import layers
+from tests import model_testlib
+
+TANH_GELU_MAX_ABS_DIFF = 4.8e-4  # layers.py's docstring says 4.7e-4
+
+
+def test_option_choices_match_the_code():
+  assert config_lib.ACTIVATIONS == tuple(layers.ACTIVATIONS)
+  assert config_lib.ATTENTION == layers.ATTENTION
+  assert config_lib.DROPOUT_RNGS == objectives.DROPOUT_RNGS
+
+
+def test_tanh_gelu_close_to_exact():
+  x = jnp.linspace(-8.0, 8.0, 20001)
+  exact, tanh = layers.ACTIVATIONS['gelu'](x), layers.ACTIVATIONS['gelu_tanh'](x)
+  diff = float(jnp.max(jnp.abs(exact - tanh)))
+  assert 1e-4 < diff < TANH_GELU_MAX_ABS_DIFF  # different, and by the documented amount
+  with pytest.raises(ValueError, match='model.activation'):
+    layers.make_spec({'hidden': 8, 'heads': 2, 'mlp_dim': 8, 'activation': 'relu6'})
+  assert layers.make_spec({'hidden': 8, 'heads': 2, 'mlp_dim': 8,
+                           'gelu_approximate': True}).activation == 'gelu_tanh'
+
+
+def test_dot_product_attention_matches_einsum():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(3, 5, 16)), jnp.float32)
+  mask = np.ones((3, 5), bool)
+  mask[1, 3:] = False
+  mask[2] = False  # an item with nothing to attend to: zeros, not an average
+  outs = {}
+  for impl in layers.ATTENTION:
+    spec = layers.TransformerSpec(hidden=16, heads=2, mlp_dim=32, attention=impl)
+    attention = layers.Attention(spec)
+    params = attention.init(jax.random.key(0), x, mask[:, None, None, :])
+    outs[impl] = attention.apply(params, x, mask[:, None, None, :])
+  np.testing.assert_allclose(outs['dot_product'], outs['einsum'], atol=1e-5)
+  bias = outs['einsum'][2]  # the out projection's bias only
+  np.testing.assert_allclose(outs['dot_product'][2], bias, atol=1e-6)
+
+
+def _loss(config, params, batch, rng):
+  model = models.build(config)
+
+  @jax.jit
+  def loss(params, batch):
+    masked, targets = objectives.mask_batch(batch, rng, config)
+    outputs = model.apply({'params': params}, masked, train=False)
+    return objectives.total_loss(objectives.losses(outputs, targets, batch, config), config)
+
+  return loss(params, batch)
+
+
+def test_heads_at_masked_positions_give_the_same_loss():
+  config = model_testlib.tiny_config('m5_mmt', 'tpi')
+  config.loss.instance_weight = 0.0
+  config.model.heads_at = 'all'
+  batch = model_testlib.random_batch(config, 4, seed=3)
+  model = models.build(config)
+  params = model_testlib.random_params(model, batch)
+  masked_config = config.copy_and_resolve_references()
+  masked_config.model.heads_at = 'masked'
+  rows = objectives.head_rows(masked_config)
+  assert set(rows) == {'text', 'image'}  # the table's whole spans have no useful bound
+  assert rows['text'] == 2  # round(0.15 * 11)
+  rng = jax.random.key(1)
+  full, gathered = _loss(config, params, batch, rng), _loss(masked_config, params, batch, rng)
+  assert float(full) > 0
+  np.testing.assert_allclose(float(gathered), float(full), rtol=1e-5)
+
+
+def test_rbg_dropout_key():
+  config = model_testlib.tiny_config('m5_mmt')
+  config.model.dropout_rng = 'rbg'
+  key = objectives.dropout_key(jax.random.key(0), config)
+  assert 'rbg' in str(jax.random.key_impl(key))
+  keep = jax.random.bernoulli(key, 0.9, (10_000,))
+  assert 0.88 < float(keep.mean()) < 0.92
+  config.model.dropout_rng = 'philox'
+  with pytest.raises(ValueError, match='dropout_rng'):
+    objectives.dropout_key(jax.random.key(0), config)
