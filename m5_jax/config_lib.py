@@ -478,16 +478,15 @@ def to_steps(node: ml_collections.ConfigDict, name: str, *, batch_size: int,
 # ----------------------------------------------------------------------------- command line
 
 
-def parse_command_line(argv: Sequence[str], flags: dict[str, Any] | None = None
-                       ) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
-  """Parses `--config FILE[:ARG] --flag=v --config.a.b=v ...` strictly.
+def parse_flags(argv: Sequence[str], flags: dict[str, Any]
+                ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+  """`--name=value` / `--name value` / bare `--bool` / `--config.a.b=v`, strictly.
 
-  `flags` maps the binary's other flag names to defaults (their type parses the
-  value), e.g. {'workdir': ''}. Returns (config with overrides applied, flag values).
+  `flags` maps flag names to defaults (their type parses the value). Returns (every
+  flag's value, the `--config.a.b=v` overrides in order, for `apply_overrides`). An
+  unknown flag raises ConfigError naming the nearest valid one.
   """
-  flags = dict(flags or {})
   values = dict(flags)
-  config_spec = None
   overrides = []
   args = list(argv)
   i = 0
@@ -506,9 +505,7 @@ def parse_command_line(argv: Sequence[str], flags: dict[str, Any] | None = None
       else:
         raise ConfigError(f'flag --{name} needs a value')
     i += 1
-    if name == 'config':
-      config_spec = text
-    elif name.startswith('config.'):
+    if name.startswith('config.'):
       overrides.append((name[len('config.'):], text))
     elif name in flags:
       try:
@@ -516,8 +513,20 @@ def parse_command_line(argv: Sequence[str], flags: dict[str, Any] | None = None
       except (ValueError, SyntaxError) as e:
         raise ConfigError(f'bad value {text!r} for --{name}: {e}') from None
     else:
-      raise _unknown('flag', '--' + name, ['--config'] + [f'--{f}' for f in flags])
-  if config_spec is None:
+      raise _unknown('flag', '--' + name, [f'--{f}' for f in flags])
+  return values, overrides
+
+
+def parse_command_line(argv: Sequence[str], flags: dict[str, Any] | None = None
+                       ) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+  """Parses `--config FILE[:ARG] --flag=v --config.a.b=v ...` strictly (`parse_flags`).
+
+  `flags` maps the binary's other flag names to defaults (their type parses the
+  value), e.g. {'workdir': ''}. Returns (config with overrides applied, flag values).
+  """
+  values, overrides = parse_flags(argv, {'config': '', **(flags or {})})
+  config_spec = values.pop('config')
+  if not config_spec:
     raise ConfigError('--config configs/<method>.py[:args] is required')
   config = load_config(config_spec)
   apply_overrides(config, overrides)

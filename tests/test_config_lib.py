@@ -105,6 +105,18 @@ def test_command_line_parses_config_and_flags():
     config_lib.parse_command_line(['--config', 'configs/clip.py', '--workdri=x'], {'workdir': ''})
 
 
+
+def test_parse_flags_types_values_and_keeps_overrides_in_order():
+  values, overrides = config_lib.parse_flags(
+      ['--steps', '7', '--all', '--config.a.b=1', '--name=x', '--config.a.b', '2'],
+      {'steps': 0, 'all': False, 'name': ''})
+  assert values == {'steps': 7, 'all': True, 'name': 'x'}
+  assert overrides == [('a.b', '1'), ('a.b', '2')]
+  with pytest.raises(config_lib.ConfigError, match="bad value 'x' for --steps"):
+    config_lib.parse_flags(['--steps=x'], {'steps': 0})
+  with pytest.raises(config_lib.ConfigError, match='--steps needs a value'):
+    config_lib.parse_flags(['--steps'], {'steps': 0})
+
 BINARIES = ['m5_jax.train'] + [f'm5_jax.evaluate.{task}' for task in (
     'coarse_retrieval', 'fine_retrieval', 'classification', 'clustering')]
 

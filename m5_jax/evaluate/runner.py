@@ -207,48 +207,21 @@ def run(task: str, options: Options, list_steps: Callable[[], list[int]],
 
 def parse_flags(argv: Sequence[str], extra: dict[str, Any] | None = None
                 ) -> tuple[Options, dict[str, Any], list[tuple[str, str]]]:
-  """`--name=value` / `--name value` / bare `--bool` -> (Options, extra flags, overrides).
+  """The eval binaries' flags (config_lib.parse_flags) -> (Options, extra flags, overrides).
 
   `--config.x=y` overrides are returned for `load_config`; unknown flags raise a
   ConfigError naming the nearest valid one.
   """
   defaults = dataclasses.asdict(Options())
   extra = dict(extra or {})
-  known = {**defaults, **extra}
-  values: dict[str, Any] = {}
-  overrides: list[tuple[str, str]] = []
-  args = list(argv)
-  i = 0
-  while i < len(args):
-    token = args[i]
-    if not token.startswith('--'):
-      raise config_lib.ConfigError(f'unexpected argument {token!r} (flags look like --name=value)')
-    name, has_value, text = token[2:].partition('=')
-    if not has_value and not name.startswith('config.'):
-      if isinstance(known.get(name), bool):
-        text = 'true'
-      elif i + 1 < len(args):
-        i += 1
-        text = args[i]
-      else:
-        raise config_lib.ConfigError(f'flag --{name} needs a value')
-    i += 1
-    if name.startswith('config.'):
-      overrides.append((name[len('config.'):], text))
-    elif name in known:
-      try:
-        values[name] = config_lib.parse_value(text, known[name])
-      except (ValueError, SyntaxError) as e:
-        raise config_lib.ConfigError(f'bad value {text!r} for --{name}: {e}') from None
-    else:
-      raise config_lib._unknown('flag', '--' + name, [f'--{f}' for f in known])  # pylint: disable=protected-access
+  values, overrides = config_lib.parse_flags(argv, {**defaults, **extra})
   options = Options(**{k: v for k, v in values.items() if k in defaults})
   config_lib.validate_flags(dataclasses.asdict(options))  # --feature, --normalize, ...
   if not options.workdir:
     raise config_lib.ConfigError('--workdir DIR is required')
   if sum([options.step >= 0, options.all, options.watch]) > 1:
     raise config_lib.ConfigError('give at most one of --step, --all, --watch')
-  return options, {k: values.get(k, v) for k, v in extra.items()}, overrides
+  return options, {k: values[k] for k in extra}, overrides
 
 
 def load_config(options: Options, overrides: Sequence[tuple[str, str]]
