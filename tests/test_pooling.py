@@ -15,7 +15,9 @@ def test_pool_known_answers():
   np.testing.assert_allclose(family.pool(tokens, mask, 'token'), tokens[:, 0])
   # Mean over valid tokens only; an item without valid tokens pools to zeros.
   np.testing.assert_allclose(family.pool(tokens, mask, 'mean'), [[1.0, 2.0], [0.0, 0.0]])
-  with pytest.raises(ValueError, match="'token' or 'mean'"):
+  # The last valid token (CLIP's end token); none valid: zeros.
+  np.testing.assert_allclose(family.pool(tokens, mask, 'last'), [[2.0, 3.0], [0.0, 0.0]])
+  with pytest.raises(ValueError, match="'token', 'mean' or 'last'"):
     family.pool(tokens, mask, 'max')
 
 

@@ -107,6 +107,7 @@ class TextEmbedder(nn.Module):
     dtype = base.compute_dtype(self.shared)
     tokens = self.shared['word_embed'](inputs['ids']).astype(dtype)
     return base.FinishTokens(add_cls=False, dtype=dtype, name='finish',
+                             norm=self.cfg.get('embed_norm', True),
                              dropout_rate=self.shared.get('dropout_rate', 0.0))(
                                  tokens, inputs['mask'], inputs['present'],
                                  deterministic=deterministic)
@@ -172,6 +173,8 @@ class Text:
         'mask_token_prob': 0.8,    # selected -> [MASK]
         'random_token_prob': 0.1,  # selected -> random ordinary id (rest: unchanged)
         'encoder_layers': None,    # None: the model size's default
+        'embed_norm': True,        # LayerNorm on the embeddings (False: CLIP's text has none)
+        'add_eos': False,          # end with EOS (CLIP pools its end token: model.pool=last)
     })
 
   def batch_spec(self, cfg):
@@ -184,7 +187,10 @@ class Text:
   def preprocess(self, example, cfg, tokenizer):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     ids = as_tokenizer(tokenizer).tokenize(tf.reshape(example['title'], [1]))[0]
-    ids = tf.concat([[BOS_ID], ids[:cfg.max_len - 1]], axis=0)
+    if cfg.get('add_eos', False):
+      ids = tf.concat([[BOS_ID], ids[:cfg.max_len - 2], [EOS_ID]], axis=0)
+    else:
+      ids = tf.concat([[BOS_ID], ids[:cfg.max_len - 1]], axis=0)
     present = tf.logical_and(tf.cast(example['present']['text'], tf.bool),
                              tf.strings.length(example['title']) > 0)
     ids = ids * tf.cast(present, tf.int32)

@@ -14,11 +14,13 @@ class ModalityEncoder(nn.Module):
   makes its summary token (BOS for text/table, a learned [CLS] for media; P = 0).
   cls_token='learned' prepends one more learned vector (P = 1) for a plugin
   without one; its mask is the item's `present` flag, so an absent modality's
-  [CLS] is masked out too.
+  [CLS] is masked out too. `input_norm` puts a LayerNorm (the spec's eps) on the
+  tokens before the first block (CLIP's vision tower: pre_layrnorm).
   """
   spec: layers.TransformerSpec
   num_layers: int
   cls_token: str = 'first'
+  input_norm: bool = False
 
   @property
   def num_prefix(self) -> int:
@@ -35,6 +37,8 @@ class ModalityEncoder(nn.Module):
                        (x.shape[-1],), jnp.float32)
       x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1])), x], axis=1)
       mask = jnp.concatenate([present[:, None], mask], axis=1)
+    if self.input_norm:
+      x = layers.layer_norm(self.spec, 'input_ln')(x)
     x = nn.with_logical_constraint(x, layers.ACTIVATION_AXES)
     x = layers.Encoder(self.spec, self.num_layers, name='transformer')(
         x, mask, deterministic=deterministic)

@@ -30,6 +30,7 @@ Outputs (all float32 except masks):
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import flax.linen as nn
@@ -50,6 +51,44 @@ def encoder_depth(config, name: str) -> int:
     return 0
   own = config.modality[name].get('encoder_layers', None) if name in config.modality else None
   return int(own) if own is not None and own >= 0 else int(config.model.encoder_layers)
+
+
+# What a tower may set for itself (modality.<m>.<key>; absent or None = the model's):
+# CLIP's towers differ in width, its text tower is causal and pools its end token
+# ('last') and its image tower normalises the embedded tokens before the first block
+# (input_norm, the model's eps). Text and table share the word embeddings, so their
+# width is model.hidden.
+TOWER_KEYS = {'hidden': None, 'heads': None, 'mlp_dim': None, 'causal': False, 'pool': None,
+              'input_norm': False}
+
+
+def tower_setting(config, name: str, key: str):
+  """modality.<name>.<key> when set, else model.<key> (else TOWER_KEYS' default)."""
+  own = config.modality[name].get(key, None) if name in config.modality else None
+  return own if own is not None else config.model.get(key, TOWER_KEYS[key])
+
+
+def tower_spec(config, name: str, spec: layers.TransformerSpec) -> layers.TransformerSpec:
+  return dataclasses.replace(spec, **{k: tower_setting(config, name, k)
+                                      for k in ('hidden', 'heads', 'mlp_dim', 'causal')})
+
+
+def encoder_owners(config) -> dict[str, str]:
+  """{tower: owner} from model.shared_encoders ('table=text': the table tower runs the
+  text tower's encoder, one set of weights); towers not named have their own."""
+  owners = {}
+  for pair in filter(None, str(config.model.get('shared_encoders', '')).split(',')):
+    tower, _, owner = pair.partition('=')
+    if (not owner or tower == owner or tower not in config.modalities
+        or owner not in config.modalities or owner in owners):
+      raise ValueError(f'model.shared_encoders={config.model.shared_encoders!r}: each pair is '
+                       f'tower=owner, two different configured modalities '
+                       f'({", ".join(config.modalities)}), and an owner has its own encoder')
+    owners[tower] = owner
+  if set(owners) & set(owners.values()):
+    raise ValueError(f'model.shared_encoders={config.model.shared_encoders!r}: an owner cannot '
+                     'itself share another tower\'s encoder')
+  return owners
 
 
 def drop_modalities(rng, present: dict[str, jax.Array], rate: float) -> dict[str, jax.Array]:
@@ -75,6 +114,12 @@ class M5Model(nn.Module):
     if not self.names:
       raise ValueError('config.modalities is empty')
     spec = layers.make_spec(mcfg)
+    specs = {m: tower_spec(cfg, m, spec) for m in self.names}
+    for m in self.names:
+      if specs[m].hidden != mcfg.hidden and (m in ('text', 'table') or mcfg.fusion != 'none'):
+        raise ValueError(f'modality.{m}.hidden={specs[m].hidden} differs from model.hidden='
+                         f'{mcfg.hidden}: only towers with no fusion (model.fusion=none) and no '
+                         'shared word embeddings (not text, table) may have their own width')
     self.word_embed = nn.Embed(
         mcfg.vocab_size, mcfg.hidden, param_dtype=jnp.float32,
         embedding_init=layers.partitioned(layers.dense_init(), (layers.VOCAB, layers.EMBED)),
@@ -83,12 +128,20 @@ class M5Model(nn.Module):
     shared = {'word_embed': self.word_embed, 'dtype': spec.compute_dtype,
               'dropout_rate': mcfg.dropout, 'activation': layers.activation(spec.activation)}
     plugins = {m: modalities.get(m) for m in self.names}
-    self.embedders = {m: plugins[m].embedder(cfg.modality[m], mcfg.hidden, shared)
+    self.embedders = {m: plugins[m].embedder(cfg.modality[m], specs[m].hidden, shared)
                       for m in self.names}
-    self.encoders = {m: encoder_lib.ModalityEncoder(spec, encoder_depth(cfg, m), mcfg.cls_token)
-                     for m in self.names}
+    self.owners = {m: encoder_owners(cfg).get(m, m) for m in self.names}
+    self.encoders = {m: encoder_lib.ModalityEncoder(
+        specs[m], encoder_depth(cfg, m), mcfg.cls_token,
+        input_norm=tower_setting(cfg, m, 'input_norm')) for m in self.names if self.owners[m] == m}
     self.fusion = fusion_lib.make(mcfg.fusion, spec, mcfg.fusion_layers, self.names)
-    self.heads = {m: plugins[m].head(cfg.modality[m], mcfg.hidden, shared) for m in self.names}
+    self.heads = {m: plugins[m].head(cfg.modality[m], specs[m].hidden, shared)
+                  for m in self.names}
+    if mcfg.get('projection_dim', 0):  # CLIP: each tower's vector into one shared space
+      self.projection = {m: nn.Dense(
+          mcfg.projection_dim, use_bias=False, dtype=spec.compute_dtype, param_dtype=jnp.float32,
+          kernel_init=layers.partitioned(layers.dense_init(), (layers.EMBED, None)),
+          name=f'projection_{m}') for m in self.names}
     self.log_scale = self.param(
         'contrastive_log_scale', layers.partitioned(nn.initializers.constant(
             math.log(1.0 / cfg.loss.temperature_init)), ()), (), jnp.float32)
@@ -118,15 +171,20 @@ class M5Model(nn.Module):
       present = drop_modalities(self.make_rng('dropout'), present, mcfg.modality_dropout)
 
     streams = {m: self._encode(m, batch[m], present[m], deterministic) for m in self.names}
-    num_prefix = {m: self.encoders[m].num_prefix for m in self.names}
+    num_prefix = {m: self.encoders[self.owners[m]].num_prefix for m in self.names}
     fused = self.fusion(streams, deterministic=deterministic)
 
     out = {'pooled': {}, 'encoder_pooled': {}, 'tokens': {}, 'token_mask': {}, 'present': present,
            'predictions': {}}
-    how = mcfg.get('pool', 'token')  # runs saved before model.pool existed pooled token 0
+    # Runs saved before model.pool existed pooled token 0.
+    how = {m: self.config.modality[m].get('pool', None) or mcfg.get('pool', 'token')
+           for m in self.names}
 
     def pooled(tokens, mask, m):  # f32[B, D]; 0 where modality m is absent
-      return jnp.where(present[m][:, None], pool(tokens, mask, how), 0.0).astype(jnp.float32)
+      vector = pool(tokens, mask, how[m])
+      if mcfg.get('projection_dim', 0):
+        vector = self.projection[m](vector)
+      return jnp.where(present[m][:, None], vector, 0.0).astype(jnp.float32)
 
     for m in self.names:
       p = num_prefix[m]
@@ -154,8 +212,8 @@ class M5Model(nn.Module):
   def _encode(self, m: str, inputs, present, deterministic: bool):
     """Modality m's embedder and encoder -> (tokens [B, L, D], token mask [B, L])."""
     tokens, token_mask = self.embedders[m](inputs, deterministic=deterministic)
-    return self.encoders[m](tokens, token_mask.astype(jnp.bool_), present,
-                            deterministic=deterministic)
+    return self.encoders[self.owners[m]](tokens, token_mask.astype(jnp.bool_), present,
+                                         deterministic=deterministic)
 
   def _image_text_matching(self, streams, fused, present, deterministic):
     """Matched vs mismatched pairs: the first configured modality (the anchor) with
@@ -182,7 +240,8 @@ class M5Model(nn.Module):
 
 
 def pool(tokens, mask, how: str):
-  """[B, L, D] -> [B, D]: the first token ('token') or the mean of the valid ones ('mean').
+  """[B, L, D] -> [B, D]: the first token ('token'), the mean of the valid ones ('mean')
+  or the last valid one ('last': CLIP's text pools its end token).
 
   'mean' is the default: at initialisation the first token ([CLS]/BOS, the same
   embedding in every item) dominates its own output, so first-token vectors of
@@ -195,7 +254,11 @@ def pool(tokens, mask, how: str):
     weights = mask.astype(jnp.float32)[..., None]
     return (jnp.sum(tokens.astype(jnp.float32) * weights, axis=1)
             / jnp.maximum(jnp.sum(weights, axis=1), 1.0))
-  raise ValueError(f"model.pool must be 'token' or 'mean', got {how!r}")
+  if how == 'last':  # an item without valid tokens pools to zeros, as with 'mean'
+    last = mask.shape[1] - 1 - jnp.argmax(mask[:, ::-1], axis=1)
+    vector = jnp.take_along_axis(tokens, last[:, None, None], axis=1)[:, 0]
+    return jnp.where(mask.any(axis=1)[:, None], vector, 0)
+  raise ValueError(f"model.pool must be 'token', 'mean' or 'last', got {how!r}")
 
 
 def build(config) -> M5Model:

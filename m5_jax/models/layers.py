@@ -75,6 +75,7 @@ class TransformerSpec:
   dtype: str = 'float32'          # compute dtype of the matmuls
   remat: bool = False
   scan_layers: bool = False
+  causal: bool = False            # a token attends to itself and earlier ones (CLIP's text)
 
   @property
   def head_dim(self) -> int:
@@ -206,6 +207,8 @@ class Block(nn.Module):
       x = sublayer(x, lambda y: Attention(s, name='cross_attention')(
           y, cross_mask, kv=context, deterministic=deterministic), 'cross')
     self_mask = mask[:, None, None, :]
+    if s.causal:
+      self_mask = self_mask & jnp.tril(jnp.ones((x.shape[1], x.shape[1]), bool))
     x = sublayer(x, lambda y: Attention(s, name='attention')(
         y, self_mask, deterministic=deterministic), 'attention')
     x = sublayer(x, lambda y: Mlp(s, name='mlp')(y, deterministic=deterministic), 'mlp')

@@ -47,6 +47,11 @@ def model_defaults(size: str = 'tiny') -> ml_collections.ConfigDict:
   m.vocab_size = 8000             # shared by text and table
   m.cls_token = 'first'           # first: the plugin's token 0 | learned: prepend one
   m.pool = 'mean'                 # pooled vectors: mean of the valid tokens | token ([CLS])
+                                  # | last (the last valid token: CLIP's end token)
+  m.projection_dim = 0            # > 0: a bias-free Dense per tower maps its pooled vector
+                                  # into one space of this size (CLIP's projections)
+  m.shared_encoders = ''          # 'table=text': the table tower runs the text tower's
+                                  # encoder (one set of weights) instead of its own
   m.dropout = 0.1
   m.attention_dropout = 0.0
   m.pre_ln = True
