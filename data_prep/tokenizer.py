@@ -18,9 +18,10 @@ to the highest value that fits, with one line saying so: the rarer characters
 fall back to bytes. A vocabulary too small for coverage 0.98 (sentencepiece's
 lowest) is a one-line error naming the smallest that fits.
 
-The default output is `<manual_dir>/spm_<vocab_size>.model`, beside the data. It is
-written under a temporary name and renamed, so a failed run leaves no partial
-model. A sidecar `<out>.json` records the tokenizer's identity: pieces, the
+The default output is `<manual_dir>/spm.model`, beside the data, where the TFDS
+builder (data_prep/m5product) looks for it to store token ids: train the tokenizer
+before `tfds build`. It is written under a temporary name and renamed, so a failed
+run leaves no partial model. A sidecar `<out>.json` records the tokenizer's identity: pieces, the
 requested and the used coverage, and the sha256 of the .model file.
 """
 from __future__ import annotations
@@ -50,6 +51,7 @@ META_PIECES = ('<pad>', '<unk>', '<s>', '</s>', MASK_PIECE) + tuple(f'<0x{b:02X}
 _META_IN_TEXT = re.compile('|'.join(re.escape(p) for p in sorted(META_PIECES, key=len, reverse=True)))
 _BOUNDARY = '\t'
 SIDECAR_FORMAT = 'm5-tokenizer/1'
+DEFAULT_FILE = 'spm.model'  # in the release folder; the builder config field `tokenizer`
 MIN_COVERAGE = 0.98  # sentencepiece refuses a lower character coverage
 
 
@@ -254,14 +256,16 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--manual_dir', required=True, help='the release folder')
-  parser.add_argument('--out', default=None, help='PATH.model (default: beside the data)')
+  parser.add_argument('--out', default=None,
+                      help=f'PATH.model (default: <manual_dir>/{DEFAULT_FILE}, where the builder '
+                      'looks for it)')
   parser.add_argument('--vocab_size', type=int, default=8000)
   parser.add_argument('--character_coverage', type=float, default=0.9995)
   parser.add_argument('--annotations', default=release.ReleaseLayout.annotations,
                       help='annotations file name inside the release')
   args = parser.parse_args(argv)
   layout = release.ReleaseLayout(annotations=args.annotations)
-  out = args.out or os.path.join(args.manual_dir, f'spm_{args.vocab_size}.model')
+  out = args.out or os.path.join(args.manual_dir, DEFAULT_FILE)
   for path in (os.path.join(args.manual_dir, layout.annotations),
                layout.split_path(args.manual_dir, 'pretrain')):
     if not os.path.isfile(path):

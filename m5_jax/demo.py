@@ -8,10 +8,12 @@ those commands work:
                                             items, with pre-extracted features), or
                                             data_prep.make_realistic with --release
                                             realistic (real public media, raw form)
-  2. tfds build data_prep/m5product         convert it (config `features`, the
+  2. python -m data_prep.tokenizer          train the sentencepiece model, into the
+                                            release folder, where the builder finds it
+  3. tfds build data_prep/m5product         convert it (config `features`, the
                                             paper's input form; array_record: the
-                                            input pipeline reads by index)
-  3. python -m data_prep.tokenizer          train the sentencepiece model
+                                            input pipeline reads by index), storing
+                                            the titles' and tables' token ids
   per seed S of --seeds (config.seed = S, stage names end in _seed<S>):
   4. python -m m5_jax.train                 pretrain a tiny M5-MMT (five modalities)
   5. python -m m5_jax.train ... total_steps=0   the same model and seed, untrained:
@@ -292,7 +294,7 @@ def stages(args, py: str = sys.executable) -> list[tuple[str, list[str]]]:
   """(name, command) of every stage, in order: the data, then each seed's runs."""
   work = os.path.abspath(args.workdir)
   release, tfds_dir = os.path.join(work, 'release'), os.path.join(work, 'tfds')
-  tokenizer = os.path.join(work, 'spm.model')
+  tokenizer = os.path.join(release, 'spm.model')  # the builder's default: it stores token ids
   tfds_cli = os.path.join(os.path.dirname(py), 'tfds')
   config = f'{args.config},form={args.form},vocab_size={args.vocab_size}'
   data = ['--config', config, f'--config.input.data_dir={tfds_dir}',
@@ -312,11 +314,11 @@ def stages(args, py: str = sys.executable) -> list[tuple[str, list[str]]]:
     coverage = []
   plan = [
       make_release,
+      ('tokenizer', [py, '-m', 'data_prep.tokenizer', '--manual_dir', release,
+                     '--out', tokenizer, '--vocab_size', str(args.vocab_size), *coverage]),
       ('tfds_build', [tfds_cli, 'build', builder_dir(), '--manual_dir', release,
                       '--data_dir', tfds_dir, '--config', args.form,
                       '--file_format', 'array_record', '--overwrite']),
-      ('tokenizer', [py, '-m', 'data_prep.tokenizer', '--manual_dir', release,
-                     '--out', tokenizer, '--vocab_size', str(args.vocab_size), *coverage]),
   ]
   compare = []
   for seed in range(args.seeds):

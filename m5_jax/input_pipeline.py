@@ -34,7 +34,12 @@ The per-step flow in tf.data (host CPU, parallel, order-preserving):
   -> fetch serialized records (one batched ArrayRecord read per step)
   -> per example: TFDS decode (`features.deserialize_example`), then each
      configured modality's `plugin.preprocess(example, cfg, tokenizer)` (padding
-     to fixed shapes and presence flags are the plugins' job; m5_jax/modalities)
+     to fixed shapes and presence flags are the plugins' job; m5_jax/modalities).
+     No Python runs per example when the build stores token ids of
+     config.input.tokenizer (data_prep/m5product/token_ids.py; checked by sha256,
+     `use_token_ids`): text and table read them. Otherwise (a build without ids,
+     a BERT WordPiece vocabulary) they tokenise the text in a `tf.numpy_function`
+     per example, which holds the GIL.
   -> batch(local_batch) -> prefetch; then on the devices
   `make_global_batch` (jax.make_array_from_process_local_data over the data axes)
   with a device prefetch of 2 (`DevicePrefetchIterator`).
@@ -49,6 +54,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import hashlib
 import logging
 import os
 import weakref
@@ -97,6 +103,12 @@ def load_tokenizer(path: str | None):
 
 def load_data_source(dataset: str, split: str, data_dir: str | None):
   """(random-access source of serialized records, TFDS features) for a built split."""
+  source, info = open_split(dataset, split, data_dir)
+  return source, info.features
+
+
+def open_split(dataset: str, split: str, data_dir: str | None):
+  """(random-access source of serialized records, the build's DatasetInfo)."""
   # Features come from the build's own features.json, not from the builder code
   # (which may have moved on since the files were written).
   builder = read_only_builder.builder_from_files(dataset, data_dir=data_dir)
@@ -112,7 +124,42 @@ def load_data_source(dataset: str, split: str, data_dir: str | None):
         f'files: build it with --file_format array_record, or run `tfds convert_format '
         f'--out_file_format array_record` on it ({e.__class__.__name__}: {str(e).splitlines()[0]})'
     ) from None
-  return source, builder.info.features
+  return source, builder.info
+
+
+# The build's token ids (data_prep/m5product/token_ids.py) and its metadata key.
+TOKEN_ID_FIELDS = ('title_ids', 'pv_ids', 'pv_lengths')
+TOKENIZER_METADATA = 'tokenizer'
+
+
+def use_token_ids(info, tokenizer_path: str | None) -> bool:
+  """Whether text and table read the build's token ids: it stores them, and they are
+  those of the sentencepiece model at tokenizer_path (same sha256; another sha256 is
+  a one-line ValueError). None (no tokenizer, or not a sentencepiece one, e.g. a
+  BERT vocabulary): the text is tokenised per example."""
+  if not all(name in info.features for name in TOKEN_ID_FIELDS):
+    return False  # built before token ids were stored
+  try:
+    recorded = info.metadata.get(TOKENIZER_METADATA) if info.metadata is not None else None
+  except FileNotFoundError:  # no metadata.json
+    recorded = None
+  if not recorded or not tokenizer_path:
+    return False
+  with tf.io.gfile.GFile(tokenizer_path, 'rb') as f:
+    digest = hashlib.sha256(f.read()).hexdigest()
+  if digest != recorded['sha256']:
+    raise ValueError(
+        f"config.input.tokenizer {tokenizer_path} (sha256 {digest[:12]}) is not the tokenizer "
+        f"whose ids {info.full_name} stores ({recorded['file']}, sha256 "
+        f"{recorded['sha256'][:12]}): point config.input.tokenizer at that model, or rebuild "
+        f"with this one as <release>/{recorded['file']} (tfds build ... --overwrite)")
+  return True
+
+
+def _is_sentencepiece(tokenizer) -> bool:
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  from m5_jax.modalities import text  # pylint: disable=g-import-not-at-top
+  return isinstance(tokenizer, (spm.SentencePieceProcessor, text.SentencePieceTokenizer))
 
 
 def process_rows(global_batch_size: int, process_index: int, process_count: int) -> np.ndarray:
@@ -137,7 +184,8 @@ class InputPipeline:
                seed: int = 0, tokenizer: Any = None, shuffle: bool | None = None,
                process_index: int | None = None, process_count: int | None = None,
                rows: Sequence[int] | None = None, start_step: int = 0,
-               num_parallel_calls: int = tf.data.AUTOTUNE, prefetch: int = 2):
+               num_parallel_calls: int = tf.data.AUTOTUNE, prefetch: int = 2,
+               tokenizer_path: str | None = None):
     self.dataset, self.split, self.train = dataset, split, train
     self.global_batch_size, self.seed = int(global_batch_size), int(seed)
     self.shuffle = train if shuffle is None else shuffle
@@ -150,7 +198,10 @@ class InputPipeline:
     self.rows = np.asarray(rows, np.int64)
     if self.rows.size == 0 or self.rows.min() < 0 or self.rows.max() >= self.global_batch_size:
       raise ValueError(f'rows must lie in [0, {self.global_batch_size}), got {self.rows}')
-    self._source, self._features = load_data_source(dataset, split, data_dir)
+    self._source, info = open_split(dataset, split, data_dir)
+    self._features = info.features
+    # tokenizer_path: the file of `tokenizer`, to check that the build's ids are its.
+    self.token_ids = use_token_ids(info, tokenizer_path if _is_sentencepiece(tokenizer) else None)
     self.num_examples = len(self._source)
     if train and self.num_examples < self.global_batch_size:
       raise ValueError(f'split {split!r} has {self.num_examples} examples, fewer than one '
@@ -243,6 +294,8 @@ class InputPipeline:
 
   def _preprocess(self, index, valid, serialized) -> Batch:
     example = self._features.deserialize_example(serialized)
+    if not self.token_ids:  # the plugins tokenise the text
+      example = {k: v for k, v in example.items() if k not in TOKEN_ID_FIELDS}
     out = {
         'example_mask': valid,
         'index': tf.where(valid, tf.cast(index, tf.int32), -1),
@@ -255,8 +308,11 @@ class InputPipeline:
       fields = modalities.get(name).preprocess(example, self._config.modality[name],
                                                self._tokenizer)
       fields = _conform(fields, self._spec[name], name)
-      # A padding row carries no modality: present False, masks False, zeros.
-      out[name] = {k: tf.where(valid, v, tf.zeros_like(v)) for k, v in fields.items()}
+      # A padding row (eval only: training rows are all real) carries no modality:
+      # present False, masks False, zeros. Not done in training, where it would
+      # read and write every field once more per example.
+      out[name] = fields if self.train else {
+          k: tf.where(valid, v, tf.zeros_like(v)) for k, v in fields.items()}
     return out
 
   def _build(self, start_step: int) -> tf.data.Dataset:
@@ -353,7 +409,8 @@ def create_host_iterator(config: ml_collections.ConfigDict, split: str, *, train
   return InputPipeline(
       dataset=config.input.dataset, split=split, data_dir=data_dir, config=config,
       global_batch_size=batch_size or config.input.batch_size, train=train,
-      seed=config.seed, tokenizer=load_tokenizer(config.input.tokenizer), **kwargs)
+      seed=config.seed, tokenizer=load_tokenizer(config.input.tokenizer),
+      tokenizer_path=config.input.tokenizer or None, **kwargs)
 
 
 def create_iterator(config: ml_collections.ConfigDict, split: str, mesh: jax.sharding.Mesh, *,
@@ -368,8 +425,9 @@ def create_iterator(config: ml_collections.ConfigDict, split: str, mesh: jax.sha
   rows = sharding_lib.rows_for_mesh(mesh, global_batch_size, data_axes)
   host = create_host_iterator(config, split, train=train, batch_size=global_batch_size,
                               rows=rows, **kwargs)
-  logging.info('input %s/%s: %d examples, %d rows/step on this process, %s steps',
+  logging.info('input %s/%s: %d examples, %d rows/step on this process, %s steps, %s',
                config.input.dataset, split, host.num_examples, len(rows),
-               host.num_steps or 'unbounded')
+               host.num_steps or 'unbounded',
+               'token ids from the build' if host.token_ids else 'text tokenised per example')
   return DevicePrefetchIterator(host, mesh, data_axes, size=device_prefetch,
                                 exact_ids=exact_ids)

@@ -663,7 +663,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, watcher: PreemptionW
         logging.warning('preempted: saved step %d to %s; exiting', step, checkpointer.directory)
         return state
       profiler.step(step)
-      state, metrics = compiled(state, next(data))
+      wait_start = time.perf_counter()
+      batch = next(data)  # time blocked on the input: perf/input_wait_* (a stall shows)
+      logger.input_wait(time.perf_counter() - wait_start)
+      state, metrics = compiled(state, batch)
       if pending:
         check_and_log(*pending)
       pending = (step + 1, metrics)

@@ -13,6 +13,11 @@ every logged step gets:
                x steps/s divided by `config.log.peak_flops_per_device` (omitted
                when that is 0)
   perf/eta_hours
+  perf/input_wait_ms     mean time a step waited for its batch (`next` on the input
+                         iterator) since the last log point; a step running on the
+                         devices meanwhile hides the input, so > 0 means a stall
+  perf/input_wait_frac   that waiting as a share of the wall time between the two log
+                         points; the progress line shows it (`input wait 12%`) when >= 1%
 """
 from __future__ import annotations
 
@@ -90,6 +95,8 @@ def progress_line(step: int, total_steps: int, scalars: Mapping[str, float]) -> 
   if rate is not None:
     parts.append(f'{rate:,.0f} ex/s' if rate >= 10 else f'{rate:.1f} ex/s')
     parts.append(f'ETA {format_duration(scalars["perf/eta_hours"] * 3600)}')
+  if scalars.get('perf/input_wait_frac', 0.0) >= 0.01:  # the input is stalling the steps
+    parts.append(f'input wait {scalars["perf/input_wait_frac"]:.0%}')
   return '  '.join(parts)
 
 
@@ -111,10 +118,16 @@ class MetricLogger:
     self.writer = metric_writers.MultiWriter(writers)
     self._last_step: int | None = None
     self._last_time = 0.0
+    self._wait_s, self._wait_steps = 0.0, 0
 
   def start(self, step: int) -> None:
     """Marks the start of timing (after compilation, so it does not count)."""
     self._last_step, self._last_time = step, time.perf_counter()
+
+  def input_wait(self, seconds: float) -> None:
+    """Adds one step's time blocked on its batch (logged as perf/input_wait_*)."""
+    self._wait_s += seconds
+    self._wait_steps += 1
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
     """Writes `metrics` (host scalars) at `step` plus the perf/ scalars."""
@@ -127,6 +140,11 @@ class MetricLogger:
       scalars['perf/eta_hours'] = (self.total_steps - step) / steps_per_sec / 3600
       if self.flops_per_step and self.peak:
         scalars['perf/mfu'] = self.flops_per_step * steps_per_sec / self.peak
+      if self._wait_steps:
+        scalars['perf/input_wait_frac'] = self._wait_s / max(now - self._last_time, 1e-9)
+    if self._wait_steps:
+      scalars['perf/input_wait_ms'] = 1e3 * self._wait_s / self._wait_steps
+    self._wait_s, self._wait_steps = 0.0, 0
     self._last_step, self._last_time = step, now
     self.writer.write_scalars(step, scalars)
     if not self.verbose and 'loss' in scalars:

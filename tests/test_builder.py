@@ -144,6 +144,18 @@ def test_examples_features(tiny_release, tiny_features):
   assert examples['not_video']['video_frames'] == 0
 
 
+def test_a_build_without_a_tokenizer_stores_text_and_no_token_ids(tiny_raw):
+  """No <release>/spm.model: the metadata says so and the ids are empty (the input
+  pipeline then tokenises the text; tests/test_input_pipeline.py covers a build with ids)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder, _ = tiny_raw
+  assert tfds.builder_from_directory(builder.data_dir).info.metadata['tokenizer'] is None
+  examples = read_split(builder, 'pretrain')
+  assert any(e['title'] for e in examples.values())
+  for e in examples.values():
+    assert e['title_ids'].size == e['pv_ids'].size == e['pv_lengths'].size == 0
+
+
 def _assert_same_examples(a, b, keys):
   assert sorted(a) == sorted(b)
   for item_id in a:

@@ -32,7 +32,7 @@ def test_stage_commands_parse_strictly(tmp_path):
   plan = dict(demo.stages(_args(tmp_path)))
   per_seed = ['train', 'random_init'] + [f'eval_{t}_{r}' for r in ('pretrained', 'random_init')
                                          for t in demo.TASKS]
-  assert list(plan) == (['make_mini', 'tfds_build', 'tokenizer']
+  assert list(plan) == (['make_mini', 'tokenizer', 'tfds_build']
                         + [f'{name}_seed{s}' for s in (0, 1) for name in per_seed]
                         + ['report_seeds2'])
   train_cmd, init_cmd = plan['train_seed0'], plan['random_init_seed0']
@@ -43,6 +43,10 @@ def test_stage_commands_parse_strictly(tmp_path):
   assert config.args.size == 'tiny' and config.input.dataset == 'm5product/features'
   assert config.model.vocab_size == config.modality.text.vocab_size == 1000
   assert plan['tokenizer'][-2:] == ['--vocab_size', '1000']
+  # Trained before the build, where the builder looks for it (so it stores token ids).
+  release = plan['make_mini'][plan['make_mini'].index('--out') + 1]
+  assert plan['tokenizer'][plan['tokenizer'].index('--out') + 1] == os.path.join(release,
+                                                                              'spm.model')
   assert '--features' in plan['make_mini'] and 'features' in plan['tfds_build']
   assert config.input.data_dir == str(tmp_path / 'w' / 'tfds')
   # The random-weights run: the train binary with nothing to train, with the
@@ -337,7 +341,7 @@ def test_realistic_release_stages(tmp_path):
   """--release realistic: the real-media generator, raw form, a tokenizer that covers
   its characters; features form is refused (the release has no pre-extracted features)."""
   plan = dict(demo.stages(_args(tmp_path, '--release', 'realistic')))
-  assert list(plan)[:3] == ['make_realistic', 'tfds_build', 'tokenizer']
+  assert list(plan)[:3] == ['make_realistic', 'tokenizer', 'tfds_build']
   assert plan['make_realistic'][1:3] == ['-m', 'data_prep.make_realistic']
   assert 'raw' in plan['tfds_build'] and plan['tokenizer'][-2:] == ['--character_coverage', '0.995']
   config, _ = config_lib.parse_command_line(plan['train_seed0'][3:], {'workdir': ''})

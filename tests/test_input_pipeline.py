@@ -4,6 +4,8 @@ Runs on a tiny TFDS dataset with the m5product example features (built once per
 session in ArrayRecord) and two small toy modality plugins registered for the
 test, so these tests only depend on the pipeline's own logic.
 """
+import hashlib
+import os
 import sys
 import types
 
@@ -298,30 +300,37 @@ def test_tfrecord_build_gives_a_clear_error(tmp_path, config):
 # --- end to end: M5Product-mini -> the m5product builder -> the real plugins -------
 @pytest.fixture(scope='session')
 def mini(tmp_path_factory):
-  """(data_dir, tokenizer) of a 40-item mini release built as m5product/raw in ArrayRecord."""
+  """(data_dir, tokenizer) of a 40-item mini release built as m5product/raw in ArrayRecord,
+  its tokenizer trained first, where the builder finds it (so the build stores token ids)."""
   from data_prep import make_mini, tokenizer  # pylint: disable=g-import-not-at-top
   import data_prep.m5product  # pylint: disable=g-import-not-at-top,unused-import
   root = tmp_path_factory.mktemp('input_pipeline_mini')
   release = str(root / 'release')
   assert make_mini.main(['--out', release, '--num_products', '40', '--seed', '0']) in (0, None)
+  spm_path = tokenizer.train(tokenizer.iter_training_text(release),
+                             os.path.join(release, tokenizer.DEFAULT_FILE), vocab_size=1000)
   tfds.builder('m5product', config='raw', data_dir=str(root / 'data'),
                file_format='array_record').download_and_prepare(
                    download_config=tfds.download.DownloadConfig(manual_dir=release))
-  spm_path = tokenizer.train(tokenizer.iter_training_text(release), str(root / 'spm.model'),
-                             vocab_size=1000)
   return str(root / 'data'), spm_path
 
 
-def test_mini_end_to_end_with_the_real_plugins(mini):
+def _mini_config(data_dir, spm_path, names=MODALITY_NAMES):
   from m5_jax import modalities  # pylint: disable=g-import-not-at-top
-  data_dir, spm_path = mini
   cfg = ml_collections.ConfigDict()
   cfg.seed = 0
-  cfg.modalities = MODALITY_NAMES
-  cfg.modality = {name: modalities.get(name).default_config() for name in MODALITY_NAMES}
+  cfg.modalities = names
+  cfg.modality = {name: modalities.get(name).default_config() for name in names}
   cfg.input = {'data_dir': data_dir, 'dataset': 'm5product/raw', 'tokenizer': spm_path,
                'batch_size': 4}
+  return cfg
+
+
+def test_mini_end_to_end_with_the_real_plugins(mini):
+  cfg = _mini_config(*mini)
+  data_dir = mini[0]
   it = _pipeline(cfg, 'pretrain')
+  assert it.token_ids  # the build stores ids of this very tokenizer
   batches = _take(it, 3)
   # Schema: exactly batch_spec.
   got = jax.tree.map(lambda x: (x.shape, x.dtype.name), batches[0])
@@ -340,3 +349,56 @@ def test_mini_end_to_end_with_the_real_plugins(mini):
   _assert_batches_equal(next(_pipeline(cfg, 'pretrain', start_step=2)), batches[2])
   halves = [next(_pipeline(cfg, 'pretrain', process_index=p, process_count=2)) for p in range(2)]
   _assert_batches_equal(jax.tree.map(lambda x, y: np.concatenate([x, y]), *halves), batches[0])
+
+
+def test_stored_token_ids_are_what_tokenising_the_text_gives(mini):
+  """Known answer: the build's ids are the model's encoding of the stored text, and
+  batches read from them equal batches tokenised per example (no tokenizer_path)."""
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  data_dir, spm_path = mini
+  builder = tfds.builder('m5product/raw', data_dir=data_dir)
+  with open(spm_path, 'rb') as f:
+    assert builder.info.metadata['tokenizer']['sha256'] == hashlib.sha256(f.read()).hexdigest()
+  processor = spm.SentencePieceProcessor(model_file=spm_path)
+  source = builder.as_data_source('pretrain')
+  tables = 0
+  for i in range(len(source)):
+    example = source[i]
+    assert example['title_ids'].tolist() == processor.encode(example['title'].decode())
+    spans = [s.decode() for pair in zip(example['pv_keys'], example['pv_values']) for s in pair]
+    encoded = processor.encode(spans)
+    assert example['pv_lengths'].tolist() == [len(ids) for ids in encoded]
+    assert example['pv_ids'].tolist() == [t for ids in encoded for t in ids]
+    tables += len(spans) > 0
+  assert tables > 10
+  cfg = _mini_config(data_dir, spm_path, ('text', 'table'))
+  stored = _pipeline(cfg, 'pretrain')
+  tokenised = input_pipeline.InputPipeline(
+      dataset=cfg.input.dataset, split='pretrain', data_dir=data_dir, config=cfg,
+      global_batch_size=4, train=True, tokenizer=input_pipeline.load_tokenizer(spm_path),
+      process_index=0, process_count=1)
+  assert stored.token_ids and not tokenised.token_ids
+  for a, b in zip(_take(stored, 3), _take(tokenised, 3)):
+    _assert_batches_equal(a, b)
+
+
+def test_another_tokenizer_than_the_builds_is_a_one_line_error(mini, tmp_path):
+  from data_prep import tokenizer  # pylint: disable=g-import-not-at-top
+  data_dir, _ = mini
+  other = tokenizer.train([f'红色 连衣裙 {i}' for i in range(300)], str(tmp_path / 'other.model'),
+                          vocab_size=300)
+  with pytest.raises(ValueError, match=r'other.model .* is not the tokenizer whose ids '
+                     r'm5product/raw/1.0.0 stores \(spm.model,') as e:
+    _pipeline(_mini_config(data_dir, other, ('text',)), 'pretrain')
+  assert '\n' not in str(e.value)
+
+
+def test_a_bert_vocabulary_tokenises_the_text_of_a_build_with_ids(mini, tmp_path):
+  """Stored ids are sentencepiece's: a WordPiece vocab.txt reads the text instead."""
+  vocab = tmp_path / 'vocab.txt'
+  vocab.write_text('\n'.join(['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', '红', '色']) + '\n',
+                   encoding='utf-8')
+  it = _pipeline(_mini_config(mini[0], str(vocab), ('text',)), 'pretrain')
+  assert not it.token_ids
+  ids = next(it)['text']['ids']
+  assert (ids[:, 0] == 2).any() and ids.max() <= 6  # BOS, then ids of this 7-word vocabulary

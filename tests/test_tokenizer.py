@@ -10,7 +10,7 @@ def model_path(tmp_path_factory):
   root = str(tmp_path_factory.mktemp('tok_release'))
   m5_tiny_release.write(root)
   assert tokenizer.main(['--manual_dir', root, '--vocab_size', '320']) == 0
-  return f'{root}/spm_320.model'  # the default location: beside the data
+  return f'{root}/spm.model'  # the default location: beside the data, for the builder
 
 
 def test_special_ids(model_path):

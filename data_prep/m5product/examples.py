@@ -14,6 +14,7 @@ import numpy as np
 
 from data_prep import decode
 from data_prep import release
+from data_prep.m5product import token_ids
 
 MEDIA = ('image', 'video', 'audio')
 
@@ -29,6 +30,7 @@ class ConvertOptions:
   max_video_frames: int = 12
   video_fps: float = 1.0
   bounds: decode.Bounds = decode.Bounds()
+  tokenizer: bytes | None = None  # sentencepiece model: store token ids (token_ids.py)
 
 
 # ---------------------------------------------------------------- counting
@@ -281,6 +283,7 @@ def convert(split: str, item_id: str, record: Mapping, label_vocab: Mapping[str,
   if pairs is not None:
     example['pv_keys'] = [k for k, _ in pairs]
     example['pv_values'] = [v for _, v in pairs]
+  example.update(token_ids.encode(o.tokenizer, example['title'], pairs or ()))
   fill = absent_media(o)
   for modality, fn in _media(item_id, o).items():
     values = attempt(modality, fn)

@@ -39,6 +39,7 @@ import tensorflow_datasets as tfds
 from data_prep import decode
 from data_prep import release
 from data_prep.m5product import examples as ex
+from data_prep.m5product import token_ids
 
 _DESCRIPTION = """M5Product: Chinese e-commerce products with image, title, property
 table (pv), video and audio; any modality may be absent (see `present`)."""
@@ -75,6 +76,9 @@ class M5ProductConfig(tfds.core.BuilderConfig):
   max_video_frames: int = 12
   max_image_pixels: int = decode.Bounds.max_image_pixels
   max_video_pixels: int = decode.Bounds.max_video_pixels
+  # The sentencepiece model whose ids are stored (token_ids.py), relative to the
+  # release; without the file the build stores text only.
+  tokenizer: str = token_ids.DEFAULT_FILE
   splits: tuple[str, ...] = ()  # splits to build; () = every id list the release has
 
   def __post_init__(self):
@@ -113,6 +117,7 @@ def features_dict(config: M5ProductConfig) -> tfds.features.FeaturesDict:
       'title': f.Text(),
       'pv_keys': f.Sequence(f.Text()),
       'pv_values': f.Sequence(f.Text()),
+      **token_ids.features(),
   }
   mel = (decode.N_MELS, decode.MEL_FRAMES)
   # Large float tensors are stored as their raw bytes: half the size of a
@@ -161,6 +166,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         supervised_keys=None,
         homepage='https://xiaodongsuper.github.io/M5Product_dataset/',
         citation=_CITATION,
+        metadata=tfds.core.MetadataDict(),  # the tokenizer of the stored ids
     )
 
   # TFDS chooses Beam from the download config; we need the same choice to
@@ -211,7 +217,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                               '(set the config field `annotations` for other release versions)')
     options = ex.ConvertOptions(root=root, form=config.form, layout=layout,
                                 image_size=config.image_size, video_size=config.video_size,
-                                max_video_frames=config.max_video_frames, bounds=config.bounds())
+                                max_video_frames=config.max_video_frames, bounds=config.bounds(),
+                                tokenizer=self._tokenizer(root))
     plans = self._split_plans(root, layout)
     label_vocab, writable, self._unlisted = _scan_annotations(annotations, plans)
     if self._unlisted:
@@ -254,6 +261,20 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       else:
         plans[split] = _split_plan(split, release.read_id_list(path))
     return plans
+
+  def _tokenizer(self, root: str) -> bytes | None:
+    """The model whose ids the build stores, recorded in the dataset's metadata."""
+    path = os.path.join(root, self.builder_config.tokenizer)
+    model = token_ids.read_model(path)
+    identity = token_ids.identity(model, path) if model else None
+    self.info.metadata[token_ids.METADATA_KEY] = identity
+    if identity:
+      logging.info('m5product: storing token ids of %s (sha256 %s)', path, identity['sha256'])
+    else:
+      logging.warning('m5product: no tokenizer at %s: storing text only, which the input '
+                      'pipeline tokenises per example (slow); train it first with `python -m '
+                      'data_prep.tokenizer --manual_dir %s`', path, root)
+    return model
 
   def _skip(self, split: str, reason: str, detail: str) -> None:
     logging.warning('m5product: split %s skipped (%s): %s', split, reason, detail)

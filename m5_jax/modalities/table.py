@@ -88,11 +88,15 @@ class Table:
 
   def preprocess(self, example, cfg, tokenizer):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    keys = tf.reshape(example['pv_keys'], [-1])
-    values = tf.reshape(example['pv_values'], [-1])
-    num_pairs = tf.minimum(tf.size(keys), tf.size(values))
-    interleaved = tf.reshape(tf.stack([keys[:num_pairs], values[:num_pairs]], axis=1), [-1])
-    spans = text.as_tokenizer(tokenizer).tokenize(interleaved)
+    if 'pv_ids' in example:  # tokenised when the dataset was built (k1, v1, k2, ... end to end)
+      spans = tf.RaggedTensor.from_row_lengths(tf.cast(example['pv_ids'], tf.int32),
+                                               tf.cast(example['pv_lengths'], tf.int64))
+    else:
+      keys = tf.reshape(example['pv_keys'], [-1])
+      values = tf.reshape(example['pv_values'], [-1])
+      num_pairs = tf.minimum(tf.size(keys), tf.size(values))
+      interleaved = tf.reshape(tf.stack([keys[:num_pairs], values[:num_pairs]], axis=1), [-1])
+      spans = text.as_tokenizer(tokenizer).tokenize(interleaved)
     ids, span, is_value, num_spans = pack_spans(spans, cfg.max_len, cfg.max_span_len)
     present = tf.logical_and(tf.cast(example['present']['table'], tf.bool), num_spans > 0)
     keep = tf.logical_and(present, tf.logical_or(span > 0, tf.range(cfg.max_len) == 0))

@@ -10,10 +10,12 @@ tensorflow-cpu 2.21, but its wheel is 60 MB, its metadata requires the full
 its own sentencepiece build, so ids could drift from the pinned package that
 trains the tokenizer (today they agree: identical ids on 25,026 test strings). The cost, measured (benchmarks/results/modality_preprocess.md):
 a numpy_function call per example holds the GIL, about 6x slower than the
-tensorflow-text op per example (batched calls are on par). Text + table
-preprocessing ran at ~650 examples/s on 2 busy cores; if it ever limits a host,
-tokenize at dataset build time rather than switching tokenizer backends.
-Encoding never samples (no subword regularisation), so it is deterministic.
+tensorflow-text op per example (batched calls are on par). So a dataset built
+with the tokenizer stores the ids (data_prep/m5product/token_ids.py) and
+`preprocess` reads them (`title_ids`, `pv_ids`) with no Python at all; the
+tokenizer runs here only for builds without ids or with another tokenizer (a
+BERT vocabulary). Encoding never samples (no subword regularisation), so both
+give the same ids.
 """
 from __future__ import annotations
 
@@ -186,7 +188,10 @@ class Text:
 
   def preprocess(self, example, cfg, tokenizer):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    ids = as_tokenizer(tokenizer).tokenize(tf.reshape(example['title'], [1]))[0]
+    if 'title_ids' in example:  # tokenised when the dataset was built
+      ids = tf.cast(example['title_ids'], tf.int32)
+    else:
+      ids = as_tokenizer(tokenizer).tokenize(tf.reshape(example['title'], [1]))[0]
     if cfg.get('add_eos', False):
       ids = tf.concat([[BOS_ID], ids[:cfg.max_len - 2], [EOS_ID]], axis=0)
     else:
