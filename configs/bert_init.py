@@ -6,7 +6,7 @@ tower, its own copy) starts from a public BERT in the Hugging Face layout
 UNITER, ViLBERT and LXMERT start from BERT. The from-scratch configs are
 configs/<method>.py. What this sets from the BERT folder:
 
-  model.hidden / heads / mlp_dim / layer_norm_eps    the checkpoint's; post-LN, exact GELU
+  model.hidden / heads / mlp_dim / layer_norm_eps    the checkpoint's; post-LN, exact GELU (model.activation)
   vocab_size                                         the checkpoint's vocab.txt
   modality.{text,table}.encoder_layers               the checkpoint's depth (single_stream:
                                                      model.fusion_layers, the one transformer)
@@ -30,7 +30,7 @@ def get_config(arg=None):
   bert = config.args.bert
   config.init_from.format = 'hf_bert'
   config.init_from.path = bert
-  config.model.update(pre_ln=False, gelu_approximate=False)
+  config.model.update(pre_ln=False, activation='gelu')
   if not bert:
     if not config.args.runlocal:
       raise config_lib.ConfigError('configs/bert_init.py needs bert=DIR, a BERT folder in the '

@@ -108,6 +108,28 @@ def test_bert_table_tower_keys_and_values_are_segments(bert_dir):
                              np.where(valid, hidden, 0), atol=1e-5, rtol=1e-5)
 
 
+def test_table_tower_can_share_the_text_encoder(bert_dir):
+  """model.shared_encoders='table=text': one BERT encoder runs both towers; the table's
+  tokens are still BERT's with its segments (its own positions and type rows)."""
+  path, hf_model = bert_dir
+  config = m5_config(('text', 'table'), shared_encoders='table=text')
+  batch = model_testlib.random_batch(config, 3, present_prob=1.0, seed=5)
+  model, params = init_params(config, batch)
+  assert 'encoders_table' not in params
+  params, report = public_checkpoints.load('hf_bert', str(path), params, config)
+  assert not any(t.startswith('encoders_table') for t in report.mapped)
+  out = jax.jit(lambda p, b: model.apply({'params': p}, b, heads=False))(params, batch)
+  order = public_checkpoints.project_vocab_order(list(PIECES))
+  for m, types in (('text', None), ('table', batch['table']['is_value'].astype(np.int64))):
+    hidden, _ = reference(hf_model, order[batch[m]['ids']], batch[m]['mask'], types)
+    valid = batch[m]['mask'][..., None]
+    np.testing.assert_allclose(np.where(valid, out['tokens'][m], 0), np.where(valid, hidden, 0),
+                               atol=1e-5, rtol=1e-5, err_msg=m)
+  with pytest.raises(ValueError, match='model.shared_encoders=.table=image.: each pair'):
+    models.build(m5_config(('text', 'table'), shared_encoders='table=image')).init(
+        jax.random.key(0), batch)
+
+
 def test_bert_towers_include_exclude(bert_dir):
   path, _ = bert_dir
   config = m5_config(('text', 'table'))

@@ -22,23 +22,27 @@ from m5_jax.models.public_checkpoints.big_vision_vit import big_vision_targets, 
 from m5_jax.models.public_checkpoints.common import (Report, flatten, read_hf_folder,
                                                      replace_leaves, source_shapes,
                                                      unstack_scanned)
+from m5_jax.models.public_checkpoints.hf_clip import clip_model_config, clip_targets
 from m5_jax.models.public_checkpoints.hf_bert import bert_model_config, bert_names, bert_targets
 from m5_jax.models.public_checkpoints.hf_vit import vit_names, vit_targets
-# bert_model_config and the wordpiece names are re-exported for configs and the input pipeline.
+# bert_model_config, clip_model_config and the wordpiece names are re-exported for configs and the input pipeline.
 from m5_jax.models.public_checkpoints.wordpiece import (BERT_SPECIALS, WordPieceTokenizer,
                                                         is_wordpiece_vocab, project_vocab_order,
                                                         read_vocab, wordpiece_tokenizer)
 
-FORMATS = ('m5_jax', 'hf_bert', 'hf_vit', 'big_vision_vit')
+FORMATS = ('m5_jax', 'hf_bert', 'hf_vit', 'big_vision_vit', 'hf_clip')
 # The formats' towers: which configured modalities each one can fill.
-TOWERS = {'hf_bert': ('text', 'table'), 'hf_vit': ('image', 'video'), 'big_vision_vit': ('image',)}
+TOWERS = {'hf_bert': ('text', 'table'), 'hf_vit': ('image', 'video'), 'big_vision_vit': ('image',),
+          'hf_clip': ('text', 'image')}
 # Filled when init_from.towers is '' (and the config has them): video only when asked,
 # since its frames usually have another size than the ViT's images.
-DEFAULT_TOWERS = {'hf_bert': ('text', 'table'), 'hf_vit': ('image',), 'big_vision_vit': ('image',)}
+DEFAULT_TOWERS = {'hf_bert': ('text', 'table'), 'hf_vit': ('image',), 'big_vision_vit': ('image',),
+                  'hf_clip': ('text', 'image')}
 # format -> (reader, source name normaliser, target builder)
 CONVERTERS = {'hf_bert': (read_hf_folder, bert_names, bert_targets),
               'hf_vit': (read_hf_folder, vit_names, vit_targets),
-              'big_vision_vit': (read_big_vision, dict, big_vision_targets)}
+              'big_vision_vit': (read_big_vision, dict, big_vision_targets),
+              'hf_clip': (read_hf_folder, dict, clip_targets)}
 
 
 def resolve_towers(fmt: str, config, towers: str) -> tuple[str, ...]:

@@ -61,7 +61,8 @@ def read_big_vision(path: str) -> tuple[dict, dict[str, np.ndarray]]:
            'num_attention_heads':
                tensors[block + 'MultiHeadDotProductAttention_0/query/kernel'].shape[1],
            'intermediate_size': tensors[block + 'MlpBlock_0/Dense_0/kernel'].shape[1],
-           'num_hidden_layers': depth, 'layer_norm_eps': 1e-6}, tensors)
+           'num_hidden_layers': depth, 'layer_norm_eps': 1e-6,
+           'hidden_act': 'gelu_pytorch_tanh'}, tensors)  # flax's nn.gelu default
 
 
 def _has_cls_row(positions) -> bool:
@@ -73,7 +74,7 @@ def _has_cls_row(positions) -> bool:
 def big_vision_targets(tensors, bv_config, config, path, towers):
   del towers  # the image tower
   check_architecture('vit', bv_config, config, {
-      **transformer_fields(bv_config, pre_ln=True), 'model.gelu_approximate': True,
+      **transformer_fields(bv_config, pre_ln=True),
       'modality.image.form': 'raw', 'modality.image.embed_norm': False,
       'modality.image.image_size': bv_config['image_size'],
       'modality.image.patch_size': bv_config['patch_size']})

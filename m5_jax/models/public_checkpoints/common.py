@@ -111,17 +111,31 @@ def check_architecture(kind: str, hf_config: Mapping[str, Any], config,
                if isinstance(value, float) else got != value)
     if differs:
       raise ValueError(f'the {kind.upper()} checkpoint needs --config.{key}={value} (got {got})')
-  act = hf_config.get('hidden_act', 'gelu')
-  if act != 'gelu':
-    raise ValueError(f"the {kind.upper()} checkpoint uses hidden_act={act!r}; m5_jax has the "
-                     "exact 'gelu'")
+  check_activation(kind.upper(), hf_config.get('hidden_act', 'gelu'), config)
+
+
+# The activations m5_jax has (model.activation), by the name transformers gives them.
+HF_ACTIVATIONS = {'gelu': 'gelu', 'gelu_pytorch_tanh': 'gelu_tanh', 'gelu_new': 'gelu_tanh',
+                  'quick_gelu': 'quick_gelu'}
+
+
+def check_activation(kind: str, hidden_act: str, config) -> None:
+  """The model's activation (model.activation, or the older gelu_approximate) is the
+  checkpoint's hidden_act (one line naming the config key)."""
+  from m5_jax.models import layers  # pylint: disable=g-import-not-at-top
+  if hidden_act not in HF_ACTIVATIONS:
+    raise ValueError(f'the {kind} checkpoint uses hidden_act={hidden_act!r}, which m5_jax does '
+                     f'not have ({", ".join(HF_ACTIVATIONS)})')
+  got = layers.make_spec(config.model).activation
+  if got != HF_ACTIVATIONS[hidden_act]:
+    raise ValueError(f'the {kind} checkpoint needs --config.model.activation='
+                     f'{HF_ACTIVATIONS[hidden_act]} (got {got})')
 
 
 def transformer_fields(hf_config, pre_ln: bool) -> dict[str, Any]:
   return {'model.hidden': hf_config['hidden_size'], 'model.heads': hf_config['num_attention_heads'],
           'model.mlp_dim': hf_config['intermediate_size'], 'model.pre_ln': pre_ln,
-          'model.layer_norm_eps': hf_config.get('layer_norm_eps', 1e-12),
-          'model.gelu_approximate': False}
+          'model.layer_norm_eps': hf_config.get('layer_norm_eps', 1e-12)}
 
 
 class Targets:

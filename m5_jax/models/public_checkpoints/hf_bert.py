@@ -1,6 +1,7 @@
 """BERT (`hf_bert`: config.json + model.safetensors | pytorch_model.bin, vocab.txt)
-into the text tower and, by `towers`, the table tower (its own copy of the
-encoder; the word embeddings are shared by text and table in m5_jax anyway).
+into the text tower and, by `towers`, the table tower: its own copy of the encoder,
+or the text tower's with model.shared_encoders='table=text' (the word embeddings
+are shared by text and table in m5_jax anyway).
 
 How m5_jax's text tower differs from BERT, and what the loader does about it:
   * vocabulary order: m5_jax fixes [PAD] [UNK] BOS EOS [MASK] at ids 0..4
@@ -31,6 +32,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from m5_jax.models import family
 from m5_jax.models.public_checkpoints.common import (Targets, check_architecture, linear, same,
                                                      transformer_fields)
 from m5_jax.models.public_checkpoints.wordpiece import project_vocab_order, read_vocab
@@ -124,9 +126,11 @@ def bert_targets(tensors: Mapping[str, np.ndarray], hf_config, config, path: str
     if 'cls.predictions.bias' in tensors:
       t.add(f'heads_{m}/bias', ['cls.predictions.bias'], lambda b, shape: b[order].reshape(shape))
   # Single stream (VisualBERT, UNITER): BERT's layers are the one fusion transformer
-  # that sees every modality; otherwise each tower's encoder gets its own copy.
+  # that sees every modality; otherwise each tower's encoder gets its own copy, or
+  # the one it shares (model.shared_encoders='table=text').
+  owners = family.encoder_owners(config)
   stacks = (['fusion/transformer'] if config.model.fusion == 'single_stream'
-            else [f'encoders_{m}/transformer' for m in towers])
+            else sorted({f'encoders_{owners.get(m, m)}/transformer' for m in towers}))
   for stack in stacks:
     t.add_layers(stack, hf_config['num_hidden_layers'], BERT_LAYER)
   return t.result(BERT_SKIPPED)
