@@ -21,6 +21,7 @@ from m5_jax import demo
 from m5_jax import train
 from m5_jax import train_logging
 from m5_jax.evaluate import report, runner
+from m5_jax.evaluate import results_io
 
 
 def _args(tmp_path, *extra):
@@ -303,10 +304,10 @@ def test_main_writes_the_comparison_and_the_claim(tmp_path, monkeypatch, capsys)
       for task, results in _fake(0.2 if run_name == 'pretrained' else 0.0, seed).items():
         results['step'] = 300 * (run_name == 'pretrained')
         results['sets']['I+T+P'][demo.COUNTS[task]] = ITEMS
-        path = report.step_path(workdir, task, results['step'], variant)
+        path = results_io.step_path(workdir, task, results['step'], variant)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         units = results.pop('units')
-        np.savez(report.units_path(path), **{f'{label}/{name}': v for label, values
+        np.savez(results_io.units_path(path), **{f'{label}/{name}': v for label, values
                                              in units.items() for name, v in values.items()})
         with open(path, 'w') as f:
           json.dump(results, f)

@@ -17,7 +17,8 @@ import pytest
 from data_prep import release
 from data_prep.m5product import M5ProductConfig
 from data_prep.m5product import examples
-from m5_jax.evaluate import features, fine_retrieval, report
+from m5_jax.evaluate import features, fine_retrieval
+from m5_jax.evaluate import results_io
 
 pytest_plugins = ['m5_fixtures', 'train_fixtures']
 
@@ -58,7 +59,7 @@ def _evaluate(workdir, data_dir):
   fine_retrieval.main(['--workdir', workdir, '--step', str(STEP), '--subsets', 'all', '--force',
                        f'--config.input.data_dir={data_dir}',
                        f'--config.input.dataset=m5product/{FINE.name}'])
-  with open(report.step_path(workdir, 'fine_retrieval', STEP)) as f:
+  with open(results_io.step_path(workdir, 'fine_retrieval', STEP)) as f:
     return json.load(f)['sets']['T+I']
 
 

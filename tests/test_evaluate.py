@@ -7,6 +7,9 @@ import pytest
 
 from m5_jax import config_lib
 from m5_jax.evaluate import classification, clustering, features, metrics, report, retrieval, runner
+from m5_jax.evaluate import plots
+from m5_jax.evaluate import results_io
+from m5_jax.evaluate import tables as eval_tables
 
 MODALITIES = ('text', 'table', 'image')
 
@@ -139,6 +142,14 @@ def test_parse_pairs_and_labels():
     retrieval.parse_pairs('X', MODALITIES)
 
 
+def test_parse_subsets_takes_sets_and_refuses_retrieval_pairs():
+  assert features.parse_subsets('IT,P', MODALITIES) == [('text', 'image'), ('table',)]
+  assert features.parse_subsets('', MODALITIES) == [
+      ('text',), ('table',), ('image',), ('text', 'image'), MODALITIES]
+  with pytest.raises(config_lib.ConfigError, match='T:I: a query:gallery pair is for retrieval'):
+    features.parse_subsets('T,T:I', MODALITIES)
+
+
 def test_linear_probe_and_clustering_on_known_features(toy):
   query, gallery, num_classes = toy
   probe = classification.linear_probe(gallery.combine(('text',)).features, gallery.label,
@@ -216,8 +227,8 @@ def test_reports_write_json_tables_tensorboard_and_plots(tmp_path, toy):
   results = retrieval.evaluate_sets(query, gallery, 'label',
                                     retrieval.parse_pairs('T,IT', MODALITIES))
   workdir = str(tmp_path)
-  path = report.write_step(workdir, 'coarse_retrieval', 7, results,
-                           report.retrieval_tables(results))
+  path = results_io.write_step(workdir, 'coarse_retrieval', 7, results,
+                           eval_tables.retrieval_tables(results))
   with open(path) as f:
     saved = json.load(f)
   assert saved['step'] == 7 and saved['sets']['T']['m5_map@1'] == pytest.approx(100.0)
@@ -228,9 +239,9 @@ def test_reports_write_json_tables_tensorboard_and_plots(tmp_path, toy):
   assert table.splitlines()[0] == ('| Modalities | Acc | mAP@1 | mAP@5 | mAP@10 | P@1 | P@5 | P@10 '
                                    '| eval set |')
   assert '| T | 91.50 | 100.0 [100.0, 100.0] |' in table
-  png = report.plot_precision_curves(results['curves'], str(tmp_path / 'p.png'))
-  proj = report.plot_projection(gallery.pooled['image'], gallery.label, str(tmp_path / 'x.png'))
-  tail = report.plot_long_tail({0: 90.0, 1: 50.0}, {0: 100, 1: 3}, str(tmp_path / 't.png'))
+  png = plots.plot_precision_curves(results['curves'], str(tmp_path / 'p.png'))
+  proj = plots.plot_projection(gallery.pooled['image'], gallery.label, str(tmp_path / 'x.png'))
+  tail = plots.plot_long_tail({0: 90.0, 1: 50.0}, {0: 100, 1: 3}, str(tmp_path / 't.png'))
   for p in (png, proj, tail):
     with open(p, 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'
@@ -247,14 +258,14 @@ def test_variants_get_their_own_folder_and_subsets_merge(tmp_path):
                            {'split': 'cls_test', 'finetuned': False}) == 'split=cls_train'
   assert runner.variant_of(default, {'split': 'cls_test'}, {'split': 'cls_test'}) == ''
   # Another feature at the same step does not overwrite the default results ...
-  report.write_step(workdir, 'clustering', 3, {'sets': {'T': {'nmi': 10.0}}})
-  report.write_step(workdir, 'clustering', 3, {'sets': {'T': {'nmi': 20.0}}},
+  results_io.write_step(workdir, 'clustering', 3, {'sets': {'T': {'nmi': 10.0}}})
+  results_io.write_step(workdir, 'clustering', 3, {'sets': {'T': {'nmi': 20.0}}},
                     variant='feature=encoder_pooled')
   assert report.load_step(workdir, 'clustering')['sets']['T']['nmi'] == 10.0
   assert report.load_step(workdir, 'clustering', 3, 'feature=encoder_pooled')['sets'] == {
       'T': {'nmi': 20.0}}
   # ... and other subsets at the same step add rows (the new value of a row wins).
-  merged = report.with_saved_rows(workdir, 'clustering', 3,
+  merged = results_io.with_saved_rows(workdir, 'clustering', 3,
                                   {'sets': {'I': {'nmi': 5.0}, 'T': {'nmi': 11.0}}})
   assert merged['sets'] == {'T': {'nmi': 11.0}, 'I': {'nmi': 5.0}}
   # Signatures differ per variant, so a done-list never mixes them.
@@ -263,7 +274,7 @@ def test_variants_get_their_own_folder_and_subsets_merge(tmp_path):
 
 def test_method_table_never_guesses_the_row(tmp_path):
   for name, acc in (('a', 50.0), ('b', 60.0)):
-    report.write_step(str(tmp_path / name), 'classification', 1,
+    results_io.write_step(str(tmp_path / name), 'classification', 1,
                       {'sets': {'T': {'accuracy': acc}, 'I+T': {'accuracy': acc + 1}}})
   runs = {'a': str(tmp_path / 'a'), 'b': str(tmp_path / 'b')}
   table = report.method_table(runs, 'I+T')
@@ -295,21 +306,21 @@ def test_intervals_units_and_small_set_flag(tmp_path, toy):
   np.testing.assert_array_equal(units['unit'], np.arange(120))
   # Saved beside the JSON, not in it; other subsets of the same step merge in.
   workdir = str(tmp_path)
-  path = report.write_step(workdir, 'coarse_retrieval', 5, results,
-                           report.retrieval_tables(results))
+  path = results_io.write_step(workdir, 'coarse_retrieval', 5, results,
+                           eval_tables.retrieval_tables(results))
   with open(path) as f:
     saved = json.load(f)
   assert 'units' not in saved and saved['units_file'] == 'step_00000005.npz'
   assert saved['sets']['P']['ci95']['m5_map@10'] == pytest.approx([low, high])
   more = retrieval.evaluate_sets(query, gallery, 'label', retrieval.parse_pairs('I', MODALITIES))
-  report.write_step(workdir, 'coarse_retrieval', 5,
-                    report.with_saved_rows(workdir, 'coarse_retrieval', 5, more))
+  results_io.write_step(workdir, 'coarse_retrieval', 5,
+                    results_io.with_saved_rows(workdir, 'coarse_retrieval', 5, more))
   loaded = report.load_units(path)
   assert set(loaded) == {'T', 'P', 'I'}
   np.testing.assert_array_equal(loaded['P']['recall@10'], units['recall@10'])
   # The tables: value [interval], and a visible flag on a small set.
   results['sets']['P']['ci95']['m5_map@10'] = [10.0, 40.0]  # flags come from the intervals
-  tables = report.retrieval_tables(results)
+  tables = eval_tables.retrieval_tables(results)
   assert f"| P | {rand['m5_map@1']:.1f} [" in tables
   assert '| T | 100.0 [100.0, 100.0] |' in tables
   flagged = [line for line in tables.splitlines() if line.startswith('| P |')][0]
@@ -317,9 +328,9 @@ def test_intervals_units_and_small_set_flag(tmp_path, toy):
   assert [line for line in tables.splitlines() if line.startswith('| T |')][0].endswith('| ok |')
   with open(os.path.join(runner.output_dir(workdir, 'coarse_retrieval'), 'results.md')) as f:
     assert 'percentile-bootstrap interval' in f.read()
-  summary = report.summary(workdir, 'coarse_retrieval', [5])
-  assert path in summary and report.units_path(path) in summary and 'eval set' in summary
-  assert 'nothing new' in report.summary(workdir, 'coarse_retrieval', [])
+  summary = results_io.summary(workdir, 'coarse_retrieval', [5])
+  assert path in summary and results_io.units_path(path) in summary and 'eval set' in summary
+  assert 'nothing new' in results_io.summary(workdir, 'coarse_retrieval', [])
 
 
 def test_probe_accuracy_carries_its_interval_and_items(toy):
@@ -348,11 +359,11 @@ def test_compare_pairs_each_run_with_the_first(tmp_path, toy):
     label = next(iter(ret['sets']))
     ret = {k: {'X': v[label]} if k in ('sets', 'units', 'curves', 'missing') else v
            for k, v in ret.items()}
-    report.write_step(workdir, 'coarse_retrieval', 1, ret)
+    results_io.write_step(workdir, 'coarse_retrieval', 1, ret)
     metrics, _, units = classification.probe_set(
         gallery, query, (modality,), classification.ClassIndex.of(gallery.label, query.label),
         normalize='center', seed=0)
-    report.write_step(workdir, 'classification', 1, {'sets': {'X': metrics},
+    results_io.write_step(workdir, 'classification', 1, {'sets': {'X': metrics},
                                                      'units': {'X': units}})
   table = report.paired_table(runs)
   row = [line for line in table.splitlines() if line.startswith('| good - random |')][0]
@@ -395,9 +406,9 @@ def test_probe_and_clustering_on_12_digit_and_hashed_labels(tmp_path, toy):
   result, units = clustering.cluster(train.combine(('text',)), train.label, seed=0)
   assert result['k'] == 4 and result['nmi'] > 99.0
   np.testing.assert_array_equal(units['label'], train.label)
-  for png in (report.plot_long_tail(per_class, {int(c): 10 for c in BIG_LABELS},
+  for png in (plots.plot_long_tail(per_class, {int(c): 10 for c in BIG_LABELS},
                                     str(tmp_path / 'tail.png')),
-              report.plot_projection(train.pooled['text'], train.label, str(tmp_path / 'x.png'))):
+              plots.plot_projection(train.pooled['text'], train.label, str(tmp_path / 'x.png'))):
     with open(png, 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
@@ -405,10 +416,10 @@ def test_probe_and_clustering_on_12_digit_and_hashed_labels(tmp_path, toy):
 def test_report_shows_the_variant_it_finds(tmp_path, capsys):
   workdir = str(tmp_path / 'run')
   cls = {'sets': {'T': {'accuracy': 42.0}}}
-  report.write_step(workdir, 'classification', 3, cls, variant='feature=encoder_pooled')
-  report.write_step(workdir, 'coarse_retrieval', 3, {'sets': {'T': {'m5_map@1': 9.0}}},
+  results_io.write_step(workdir, 'classification', 3, cls, variant='feature=encoder_pooled')
+  results_io.write_step(workdir, 'coarse_retrieval', 3, {'sets': {'T': {'m5_map@1': 9.0}}},
                     variant='feature=encoder_pooled')
-  report.write_step(workdir, 'classification', 3, {'sets': {'T': {'accuracy': 11.0}}})
+  results_io.write_step(workdir, 'classification', 3, {'sets': {'T': {'accuracy': 11.0}}})
   assert report.find_variants(workdir, ('classification', 'coarse_retrieval')) == {
       '': ['classification'], 'feature=encoder_pooled': ['classification', 'coarse_retrieval']}
   # The variant with results for the most tasks, named in the first line.

@@ -12,7 +12,7 @@ import pytest
 
 from m5_jax import checkpointing
 from m5_jax.evaluate import (classification, clustering, coarse_retrieval, fine_retrieval,
-                             features, report, runner)
+                             features, report, results_io, runner)
 
 pytest_plugins = ['m5_fixtures', 'train_fixtures']
 
@@ -26,7 +26,7 @@ def workdir(mini_trained, tmp_path_factory):
 
 
 def load(workdir, task, step, variant=''):
-  with open(report.step_path(workdir, task, step, variant)) as f:
+  with open(results_io.step_path(workdir, task, step, variant)) as f:
     return json.load(f)
 
 
@@ -37,7 +37,7 @@ def test_binaries_write_results_for_every_step_and_resume(workdir, capsys):
   printed = capsys.readouterr().out
   assert '| Modalities | mAP@1 |' in printed and '| eval set |' in printed
   assert 'evaluated steps 12, 24' in printed
-  assert report.units_path(report.step_path(workdir, 'coarse_retrieval', 24)) in printed
+  assert results_io.units_path(results_io.step_path(workdir, 'coarse_retrieval', 24)) in printed
   for step in (12, 24):
     results = load(workdir, 'coarse_retrieval', step)
     assert set(results['sets']) == {'T', 'T+I', 'T->I'}
@@ -62,7 +62,7 @@ def test_binaries_write_results_for_every_step_and_resume(workdir, capsys):
   assert runner.run('coarse_retrieval', options, lambda: checkpointing.list_steps(workdir),
                     lambda step: pytest.fail(f'step {step} evaluated twice')) == []
 
-  units = report.load_units(report.step_path(workdir, 'coarse_retrieval', 24))
+  units = report.load_units(results_io.step_path(workdir, 'coarse_retrieval', 24))
   assert set(units) == {'T', 'T+I', 'T->I'}
   for label, values in units.items():
     assert len(values['unit']) == results['sets'][label]['num_queries']
@@ -72,7 +72,7 @@ def test_binaries_write_results_for_every_step_and_resume(workdir, capsys):
   cls = load(workdir, 'classification', 24)
   assert set(cls['sets']) == {'T', 'T+I'} and cls['mode'] == 'linear_probe'
   assert 0.0 <= cls['sets']['T+I']['accuracy'] <= 100.0
-  cls_units = report.load_units(report.step_path(workdir, 'classification', 24))['T+I']
+  cls_units = report.load_units(results_io.step_path(workdir, 'classification', 24))['T+I']
   assert 100 * cls_units['correct'].mean() == pytest.approx(cls['sets']['T+I']['accuracy'])
   # Another feature kind goes to its own folder; the default results stay. (Mini's
   # cls_test is a single item at this size: cluster the pretraining split.)
@@ -85,7 +85,7 @@ def test_binaries_write_results_for_every_step_and_resume(workdir, capsys):
   assert 0.0 <= other['sets']['T+I']['nmi'] <= 100.0
   low, high = default['sets']['T+I']['ci95']['nmi']
   assert low <= default['sets']['T+I']['nmi'] <= high
-  clu_units = report.load_units(report.step_path(workdir, 'clustering', 24, 'split=pretrain'))
+  clu_units = report.load_units(results_io.step_path(workdir, 'clustering', 24, 'split=pretrain'))
   assert len(clu_units['T+I']['cluster']) == default['sets']['T+I']['num_examples']
   assert (default['variant'], other['variant']) == ('split=pretrain',
                                                     'feature=encoder_pooled,split=pretrain')

@@ -46,10 +46,11 @@ from m5_jax import config_lib
 from m5_jax.evaluate import features as features_lib
 from m5_jax.evaluate import metrics as metrics_lib
 from m5_jax.evaluate import model_features
-from m5_jax.evaluate import report
-from m5_jax.evaluate import retrieval
+from m5_jax.evaluate import plots
+from m5_jax.evaluate import results_io
 from m5_jax.evaluate import runner
 from m5_jax.evaluate import search
+from m5_jax.evaluate import tables
 
 TASK = 'classification'
 
@@ -179,14 +180,14 @@ def probe_set(train: features_lib.SplitFeatures, test: features_lib.SplitFeature
 
 
 def _write(options, step, results, per_class, train_labels, title):
-  results = report.with_saved_rows(options.workdir, TASK, step, results, options.variant)
-  report.write_step(options.workdir, TASK, step, results, report.markdown_table(
+  results = results_io.with_saved_rows(options.workdir, TASK, step, results, options.variant)
+  results_io.write_step(options.workdir, TASK, step, results, tables.markdown_table(
       ['Modalities', 'Acc', 'mean class Acc', 'test items', 'without features', 'eval set'],
-      [[label, report.metric_ci(m, 'accuracy'), m['mean_class_accuracy'], m['num_examples'],
-        m.get('test_without_features', 0), report.eval_set_flag(m)]
+      [[label, tables.metric_ci(m, 'accuracy'), m['mean_class_accuracy'], m['num_examples'],
+        m.get('test_without_features', 0), tables.eval_set_flag(m)]
        for label, m in results['sets'].items()]), options.variant)
   labels, counts = np.unique(train_labels[train_labels >= 0], return_counts=True)
-  report.plot_long_tail(per_class, {int(c): int(n) for c, n in zip(labels, counts)},
+  plots.plot_long_tail(per_class, {int(c): int(n) for c, n in zip(labels, counts)},
                         os.path.join(runner.output_dir(options.workdir, TASK, options.variant),
                                      'long_tail.png'),
                         title=f'{title}, step {step}')
@@ -197,7 +198,7 @@ def run(options: runner.Options, config, extra) -> list[int]:
                                      batch_size=options.batch_size or None,
                                      feature=options.feature)
   available = tuple(config.modalities)
-  subsets = [q for q, _ in retrieval.parse_pairs(options.subsets, available)]
+  subsets = features_lib.parse_subsets(options.subsets, available)
 
   def evaluate_probe(step: int) -> None:
     embedder.restore(step)

@@ -25,9 +25,10 @@ from m5_jax.evaluate import features as features_lib
 from m5_jax.evaluate import kmeans as kmeans_lib
 from m5_jax.evaluate import metrics as metrics_lib
 from m5_jax.evaluate import model_features
-from m5_jax.evaluate import report
-from m5_jax.evaluate import retrieval
+from m5_jax.evaluate import plots
+from m5_jax.evaluate import results_io
 from m5_jax.evaluate import runner
+from m5_jax.evaluate import tables
 
 TASK = 'clustering'
 
@@ -59,7 +60,7 @@ def run(options: runner.Options, config, extra) -> list[int]:
   embedder = model_features.Embedder(options.workdir, config,
                                      batch_size=options.batch_size or None,
                                      feature=options.feature)
-  subsets = [q for q, _ in retrieval.parse_pairs(options.subsets, tuple(config.modalities))]
+  subsets = features_lib.parse_subsets(options.subsets, tuple(config.modalities))
   split = extra['split']
 
   def evaluate_step(step: int) -> None:
@@ -74,14 +75,14 @@ def run(options: runner.Options, config, extra) -> list[int]:
       results['sets'][label] = metrics
       logging.info('%s: NMI %.2f %s purity %.2f ARI %.2f', label, metrics['nmi'],
                    metrics['ci95']['nmi'], metrics['purity'], metrics['ari'])
-    results = report.with_saved_rows(options.workdir, TASK, step, results, options.variant)
-    report.write_step(options.workdir, TASK, step, results, report.markdown_table(
+    results = results_io.with_saved_rows(options.workdir, TASK, step, results, options.variant)
+    results_io.write_step(options.workdir, TASK, step, results, tables.markdown_table(
         ['Modalities', 'NMI', 'Purity', 'ARI', 'k', 'items', 'eval set'],
-        [[label, report.metric_ci(m, 'nmi'), report.metric_ci(m, 'purity'), m['ari'], m['k'],
-          m['num_examples'], report.eval_set_flag(m)]
+        [[label, tables.metric_ci(m, 'nmi'), tables.metric_ci(m, 'purity'), m['ari'], m['k'],
+          m['num_examples'], tables.eval_set_flag(m)]
          for label, m in results['sets'].items()]), options.variant)
     rows = combined.has_any
-    report.plot_projection(combined.features[rows], items.label[rows],
+    plots.plot_projection(combined.features[rows], items.label[rows],
                            os.path.join(runner.output_dir(options.workdir, TASK, options.variant),
                                         'projection.png'),
                            seed=options.seed, title=f'{label} features, step {step} (PCA)')

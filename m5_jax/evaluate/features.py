@@ -69,6 +69,30 @@ def parse_subset(text: str, available: Sequence[str]) -> tuple[str, ...]:
   return tuple(m for m in available if m in chosen)
 
 
+def default_subsets(available: Sequence[str]) -> str:
+  """Each modality alone, I+T when both exist, and all of them: e.g. 'T,P,I,V,A,IT,all'."""
+  codes = {n: c for c, n in modality_codes(available).items()}
+  parts = [codes[m].upper() for m in available]
+  if 'image' in available and 'text' in available and len(available) > 2:
+    parts.append('IT')
+  if len(available) > 1:
+    parts.append('all')
+  return ','.join(parts)
+
+
+def parse_subsets(text: str, available: Sequence[str]) -> list[tuple[str, ...]]:
+  """--subsets of a task that scores modality sets on their own (classification,
+  clustering): 'T,IT,all' -> [('text',), ('image', 'text'), available]; '' = the
+  default (`default_subsets`). A retrieval pair 'Q:G' is an error here."""
+  items = [item.strip() for item in (text or default_subsets(available)).split(',')]
+  pairs = [item for item in items if ':' in item]
+  if pairs:
+    from m5_jax import config_lib  # pylint: disable=g-import-not-at-top
+    raise config_lib.ConfigError(f'--subsets {", ".join(pairs)}: a query:gallery pair is for '
+                                 'retrieval; this task takes modality sets, e.g. T,IT,all')
+  return [parse_subset(item, available) for item in items]
+
+
 def subset_label(subset: Sequence[str]) -> str:
   """('image', 'text') -> 'I+T' (the paper's row names)."""
   inverse = {n: c for c, n in BUILTIN_CODES.items()}

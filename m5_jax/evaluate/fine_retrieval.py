@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import sys
 
-from m5_jax.evaluate import coarse_retrieval
+from m5_jax.evaluate import retrieval
 from m5_jax.evaluate import runner
 
 TASK = 'fine_retrieval'
 
 
 def main(argv):
-  runner.main(TASK, argv, lambda options, config, _: coarse_retrieval.run_retrieval(
+  runner.main(TASK, argv, lambda options, config, _: retrieval.run_task(
       TASK, 'fine_query', 'fine_gallery', 'instance', options, config))
 
 

@@ -20,31 +20,29 @@ Every metric carries its 95% bootstrap interval over the scored queries
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from m5_jax import checkpointing
 from m5_jax.evaluate import features as features_lib
 from m5_jax.evaluate import metrics as metrics_lib
+from m5_jax.evaluate import model_features
+from m5_jax.evaluate import plots
+from m5_jax.evaluate import results_io
+from m5_jax.evaluate import runner
 from m5_jax.evaluate import search
+from m5_jax.evaluate import tables
+from m5_jax.evaluate.features import default_subsets
 
 CURVE_KS = tuple(range(1, 101))
 
 
-def default_subsets(available: Sequence[str]) -> str:
-  """Each modality alone, I+T when both exist, and all of them: e.g. 'T,P,I,V,A,IT,all'."""
-  codes = {n: c for c, n in features_lib.modality_codes(available).items()}
-  parts = [codes[m].upper() for m in available]
-  if 'image' in available and 'text' in available and len(available) > 2:
-    parts.append('IT')
-  if len(available) > 1:
-    parts.append('all')
-  return ','.join(parts)
-
-
 def parse_pairs(text: str, available: Sequence[str]
                 ) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
-  """'T,IT,T:I' -> [(query subset, gallery subset), ...]; 'Q' alone means 'Q:Q'."""
+  """'T,IT,T:I' -> [(query subset, gallery subset), ...]; 'Q' alone means 'Q:Q'
+  ('' = features.default_subsets)."""
   pairs = []
   for item in (text or default_subsets(available)).split(','):
     query_text, _, gallery_text = item.strip().partition(':')
@@ -152,3 +150,36 @@ def evaluate_sets(query_split: features_lib.SplitFeatures,
                  metrics.get('m5_map@10', float('nan')),
                  metrics['ci95'].get('m5_map@10', '-'), metrics.get('m5_prec@10', float('nan')))
   return results
+
+
+# ----------------------------------------------------------------------------- the binaries
+
+
+def run_task(task: str, query_split: str, gallery_split: str, key: str,
+             options: runner.Options, config, embedder=None) -> list[int]:
+  """Evaluates the selected checkpoints of one retrieval binary (coarse_retrieval,
+  fine_retrieval): `query_split` against `gallery_split`, positives sharing `key`."""
+  embedder = embedder or model_features.Embedder(
+      options.workdir, config, batch_size=options.batch_size or None, feature=options.feature)
+  pairs = parse_pairs(options.subsets, tuple(config.modalities))
+  exclude = exclusions(model_features.read_item_ids(config, query_split),
+                       model_features.read_item_ids(config, gallery_split))
+
+  def evaluate_step(step: int) -> None:
+    embedder.restore(step)
+    store = embedder.store()
+    results = evaluate_sets(store.get(query_split), store.get(gallery_split), key, pairs,
+                            exclude=exclude, normalize=options.normalize, mesh=None)
+    results['queries_in_gallery'] = int((exclude >= 0).sum())
+    results['options'] = {'feature': options.feature, 'normalize': options.normalize,
+                          'query_split': query_split, 'gallery_split': gallery_split}
+    results = results_io.with_saved_rows(options.workdir, task, step, results, options.variant)
+    results_io.write_step(options.workdir, task, step, results, tables.retrieval_tables(results),
+                          options.variant)
+    out_dir = runner.output_dir(options.workdir, task, options.variant)
+    plots.plot_precision_curves(results['curves'], os.path.join(out_dir, 'precision_at_k.png'),
+                                title=f'{task}, step {step} (M5Product P@K)')
+
+  final_step = config.get('total_steps', None)
+  return runner.run(task, options, lambda: checkpointing.list_steps(options.workdir),
+                    evaluate_step, final_step=final_step if isinstance(final_step, int) else None)

@@ -252,5 +252,5 @@ def main(task: str, argv: Sequence[str], body: Callable[..., Sequence[int]],
     print(f'm5_jax.evaluate.{task}: error: {e}', file=sys.stderr)
     sys.exit(1)
   if jax.process_index() == 0:
-    from m5_jax.evaluate import report  # pylint: disable=g-import-not-at-top  (imports runner)
-    print(report.summary(options.workdir, task, steps or [], options.variant), flush=True)
+    from m5_jax.evaluate import results_io  # pylint: disable=g-import-not-at-top  (imports runner)
+    print(results_io.summary(options.workdir, task, steps or [], options.variant), flush=True)

@@ -16,7 +16,7 @@ import math
 import statistics
 from typing import Any, Mapping, Sequence
 
-from m5_jax.evaluate import report
+from m5_jax.evaluate import tables as eval_tables
 
 KS = (1, 5, 10)
 # (column name, task, metric)
@@ -55,7 +55,7 @@ def metric_text(result: Mapping[str, Any] | None, weights: str, task: str, name:
   binary saved one ('61.7 [55.2, 68.0]'), '-' when it does not exist."""
   values = ((result or {}).get(weights, {}).get(task, {})
             .get(set_label or (result or {}).get('label')))
-  return report.metric_ci(values, name) if values else '-'
+  return eval_tables.metric_ci(values, name) if values else '-'
 
 
 def _cells_in(results: Mapping[str, Mapping], table: str) -> list[Mapping]:
@@ -69,7 +69,7 @@ def _per_weights_table(first_header: str, cells, first_cell, columns) -> str:
           for r in cells]
   header = [first_header] + [f'{c} ({"FT" if w == "finetuned" else "PT"})'
                              for w in WEIGHTS for c, _, _ in columns]
-  return report.markdown_table(header, rows)
+  return eval_tables.markdown_table(header, rows)
 
 
 def set_table(results: Mapping[str, Mapping], table: str) -> str:
@@ -90,7 +90,7 @@ def per_modality_table(result: Mapping[str, Any]) -> str:
   labels = list(result.get('pretrained', {}).get('coarse_retrieval', {}))
   rows = [[label] + [metric_text(result, 'pretrained', task, name, label)
                      for _, task, name in SET_COLUMNS] for label in labels]
-  return report.markdown_table(['Subset'] + [c for c, _, _ in SET_COLUMNS], rows)
+  return eval_tables.markdown_table(['Subset'] + [c for c, _, _ in SET_COLUMNS], rows)
 
 
 def weights_table(result: Mapping[str, Any]) -> str:
@@ -98,7 +98,7 @@ def weights_table(result: Mapping[str, Any]) -> str:
   rows = [[WEIGHT_NAMES[w]] + [metric_text(result, w, task, name)
                                for _, task, name in METHOD_COLUMNS]
           for w in ('random_init', 'pretrained', 'finetuned') if result.get(w)]
-  return report.markdown_table(['Weights'] + [c for c, _, _ in METHOD_COLUMNS], rows)
+  return eval_tables.markdown_table(['Weights'] + [c for c, _, _ in METHOD_COLUMNS], rows)
 
 
 # ----------------------------------------------------------------------------- noise
@@ -133,9 +133,9 @@ def noise_table(results: Mapping[str, Mapping]) -> str:
         values = [metric(r, weights, task, name) for r in runs]
         known = [v for v in values if v is not None]
         std = statistics.stdev(known) if len(known) > 1 else None
-        rows.append([base, WEIGHT_NAMES[weights], column, ', '.join(report._fmt(v) for v in values),  # pylint: disable=protected-access
-                     std])
-  return report.markdown_table(['Cell', 'Weights', 'Metric', 'per seed', 'std'], rows)
+        rows.append([base, WEIGHT_NAMES[weights], column,
+                     ', '.join(eval_tables.fmt(v) for v in values), std])
+  return eval_tables.markdown_table(['Cell', 'Weights', 'Metric', 'per seed', 'std'], rows)
 
 
 def sampling_error(result: Mapping[str, Any]) -> str:
@@ -242,7 +242,7 @@ def findings(results: Mapping[str, Mapping]) -> list[dict[str, Any]]:
 
 
 def findings_table(rows: Sequence[Mapping[str, Any]]) -> str:
-  return report.markdown_table(
+  return eval_tables.markdown_table(
       ['Claim', 'Weights', 'Metric', 'Evidence', 'Noise (std)', 'On mini'],
       [[r['claim'], r['weights'], r['metric'], r['evidence'], r['noise'], r['verdict']]
        for r in rows])
@@ -260,7 +260,7 @@ def cost_table(results: Mapping[str, Mapping], data_timings: Mapping[str, Mappin
     total_wall, total_cpu = total_wall + wall, total_cpu + cpu
     rows.append([name, len(timings), round(wall), round(cpu)])
   rows.append(['total', '', round(total_wall), round(total_cpu)])
-  return report.markdown_table(['Cell', 'stages', 'wall s', 'CPU s'], rows)
+  return eval_tables.markdown_table(['Cell', 'stages', 'wall s', 'CPU s'], rows)
 
 
 def render(results: Mapping[str, Mapping], header: str = '',
@@ -270,7 +270,7 @@ def render(results: Mapping[str, Mapping], header: str = '',
   parts += ['## Table 1: modalities added in sequence (M5-MMT)\n\n'
             'PT = pretrain features (linear probe / frozen features), FT = fine-tuned '
             '(classification fine-tuning; its backbone gives the retrieval numbers). '
-            'Coarse-grained retrieval, M5Product metric, %. ' + report.INTERVAL_NOTE + '\n\n'
+            'Coarse-grained retrieval, M5Product metric, %. ' + eval_tables.INTERVAL_NOTE + '\n\n'
             + set_table(results, 'sequence'),
             '## Table 2: modality combinations (M5-MMT)\n\n' + set_table(results, 'combinations'),
             '## Table 3: methods on image+text\n\n' + method_table(results)]
