@@ -19,7 +19,7 @@ configs/clip.py is the from-scratch one. What this sets from the folder
   init_from.{path, format=hf_clip}
 
 The text ids come from config.input.tokenizer as in every config: the model
-embeds them with CLIP's token table (m5_jax id 5 + i is CLIP's id i), so
+embeds them with CLIP's token table (its pieces in order from m5_jax id 5), so
 tokenise with CLIP's own BPE vocabulary for its text tower to mean what it
 meant; m5_jax has no CLIP BPE tokenizer yet (the project's sentencepiece ids
 index CLIP's rows as if they were its own).

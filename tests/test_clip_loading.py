@@ -149,6 +149,20 @@ def test_other_folders_are_one_line(clip_dir, tmp_path):
     load(tmp_path, config)
   with pytest.raises(FileNotFoundError, match='not a folder'):
     load(tmp_path / 'missing', config)
+  # A tensor of the wrong shape names both sides; one CLIP does not have is named too.
+  from safetensors import numpy as safetensors_numpy
+  (tmp_path / 'config.json').write_text(json.dumps(hf_config))
+  tensors = safetensors_numpy.load_file(str(path / 'model.safetensors'))
+  tensors['visual_projection.weight'] = np.zeros((PROJECTION, 40), np.float32)
+  safetensors_numpy.save_file(tensors, str(tmp_path / 'model.safetensors'))
+  with pytest.raises(ValueError, match=r'^visual_projection\.weight \(24, 40\) does not fit '
+                     r'projection_image/kernel \(48, 24\)$'):
+    load(tmp_path, config)
+  tensors = safetensors_numpy.load_file(str(path / 'model.safetensors'))
+  tensors['vision_model.head.weight'] = np.zeros(3, np.float32)
+  safetensors_numpy.save_file(tensors, str(tmp_path / 'model.safetensors'))
+  with pytest.raises(ValueError, match=r'tensor vision_model\.head\.weight \(3,\) has no place'):
+    load(tmp_path, config)
 
 
 def test_train_starts_from_clip_through_init_from(clip_dir, tmp_path):
