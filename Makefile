@@ -27,9 +27,12 @@ apt:
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# End to end on M5Product-mini (m5_jax/demo.py): results in $(WORKDIR)/results.md
+# End to end on M5Product-mini (m5_jax/demo.py): results in $(WORKDIR)/results.md.
+# VERBOSE=1 (or ARGS=-v) shows every stage's full output; ARGS passes any demo flag.
+VERBOSE ?=
+ARGS ?=
 demo: venv
-	$(PY) -m m5_jax.demo --workdir $(WORKDIR)
+	$(PY) -m m5_jax.demo --workdir $(WORKDIR) $(if $(VERBOSE),--verbose) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

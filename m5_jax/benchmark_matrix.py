@@ -38,7 +38,8 @@ import threading
 import time
 
 from m5_jax import config_lib
-from m5_jax import demo
+from m5_jax import demo_results
+from m5_jax import stage_runner
 from m5_jax.matrix import cells as cells_lib
 from m5_jax.matrix import tables
 
@@ -73,7 +74,7 @@ def num_classes(paths: cells_lib.Paths) -> int:
 
 
 def run_stage(name: str, cmd: list[str], directory: str, timings: dict, env: dict) -> None:
-  """m5_jax.demo.run_stage (same done-markers, same skip), with CPU seconds measured per
+  """m5_jax.stage_runner.run_stage (same done-markers, same skip), with CPU seconds measured per
   child (os.wait4): the demo's RUSAGE_CHILDREN delta is process-wide, so cells running
   in threads side by side would count each other's stages. Raises RuntimeError on failure."""
   marker = os.path.join(directory, '.done', name)
@@ -134,7 +135,7 @@ def collect_cell(config, cell: cells_lib.Cell, paths: cells_lib.Paths, timings: 
         found[task] = sets
     if found:
       out[run] = found
-  out['pretraining_loss'] = demo.training_losses(runs['pretrained'])
+  out['pretraining_loss'] = demo_results.training_losses(runs['pretrained'])
   return out
 
 
@@ -313,7 +314,7 @@ def main(argv=None) -> int:
   try:
     config, flags = config_lib.parse_command_line(
         argv, {'workdir': '', 'parallel': 1, 'only': '', 'dry_run': False,
-               'tables_only': False})
+               'tables_only': False}, __doc__)
     if not flags['workdir']:
       raise config_lib.ConfigError('--workdir DIR is required')
     if flags['parallel'] < 1:
@@ -332,7 +333,7 @@ def main(argv=None) -> int:
   todo = [c for c in all_cells if not only or c.name in only]
   py = sys.executable
   tfds_cli = os.path.join(os.path.dirname(py), 'tfds')
-  data = cells_lib.data_stages(config, paths, py, tfds_cli, demo.builder_dir())
+  data = cells_lib.data_stages(config, paths, py, tfds_cli, stage_runner.builder_dir())
   if flags['dry_run']:
     for name, cmd in data:
       print(f'data/{name}: {" ".join(cmd)}')

@@ -478,14 +478,25 @@ def to_steps(node: ml_collections.ConfigDict, name: str, *, batch_size: int,
 # ----------------------------------------------------------------------------- command line
 
 
-def parse_flags(argv: Sequence[str], flags: dict[str, Any]
+def usage(help_text: str, flags: Mapping[str, Any]) -> str:
+  """What -h / --help prints: the binary's docstring, then its flags and their defaults."""
+  listed = '\n'.join(f'  --{name}={value!r}' for name, value in flags.items())
+  return (f'{help_text.strip()}\n\nflags (default):\n{listed}\n'
+          '  --config.KEY=VALUE  override a config key (e.g. --config.optimizer.lr=1e-3)\n')
+
+
+def parse_flags(argv: Sequence[str], flags: dict[str, Any], help_text: str = ''
                 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
   """`--name=value` / `--name value` / bare `--bool` / `--config.a.b=v`, strictly.
 
   `flags` maps flag names to defaults (their type parses the value). Returns (every
   flag's value, the `--config.a.b=v` overrides in order, for `apply_overrides`). An
-  unknown flag raises ConfigError naming the nearest valid one.
+  unknown flag raises ConfigError naming the nearest valid one. -h / --help prints
+  `usage(help_text, flags)` and exits 0.
   """
+  if '-h' in argv or '--help' in argv:
+    sys.stdout.write(usage(help_text, flags))
+    sys.exit(0)
   values = dict(flags)
   overrides = []
   args = list(argv)
@@ -517,14 +528,14 @@ def parse_flags(argv: Sequence[str], flags: dict[str, Any]
   return values, overrides
 
 
-def parse_command_line(argv: Sequence[str], flags: dict[str, Any] | None = None
-                       ) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+def parse_command_line(argv: Sequence[str], flags: dict[str, Any] | None = None,
+                       help_text: str = '') -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
   """Parses `--config FILE[:ARG] --flag=v --config.a.b=v ...` strictly (`parse_flags`).
 
   `flags` maps the binary's other flag names to defaults (their type parses the
   value), e.g. {'workdir': ''}. Returns (config with overrides applied, flag values).
   """
-  values, overrides = parse_flags(argv, {'config': '', **(flags or {})})
+  values, overrides = parse_flags(argv, {'config': '', **(flags or {})}, help_text)
   config_spec = values.pop('config')
   if not config_spec:
     raise ConfigError('--config configs/<method>.py[:args] is required')

@@ -705,7 +705,8 @@ def main(argv) -> int:
   try:
     try:
       # --verbosity=1: every metric of a logged step and the libraries' INFO lines.
-      config, flags = config_lib.parse_command_line(argv, {'workdir': '', 'verbosity': 0})
+      config, flags = config_lib.parse_command_line(argv, {'workdir': '', 'verbosity': 0},
+                                                    __doc__)
       if not flags['workdir']:
         raise config_lib.ConfigError('--workdir DIR is required')
     except config_lib.ConfigError as e:

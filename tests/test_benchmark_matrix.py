@@ -363,3 +363,11 @@ def test_verdict_sign_test_known_answers():
   assert tables._verdict([1, 2, -0.5, 1, 2], 3.0) == 'within noise'  # p = 6/32
   assert tables._verdict([1, 2, -4, 1, 2], 3.0) == 'fails'  # pylint: disable=protected-access
   assert tables._verdict([1.0], 3.0) == 'within noise'  # pylint: disable=protected-access
+
+
+def test_help_prints_usage_and_exits_0(capsys):
+  """--help went to the strict flag parser as a flag without a value (exit 2)."""
+  with pytest.raises(SystemExit) as exit_info:
+    benchmark_matrix.main(['--help'])
+  out = capsys.readouterr().out
+  assert exit_info.value.code == 0 and 'The benchmark matrix' in out and '--parallel=1' in out

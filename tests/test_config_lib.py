@@ -117,6 +117,13 @@ def test_parse_flags_types_values_and_keeps_overrides_in_order():
   with pytest.raises(config_lib.ConfigError, match='--steps needs a value'):
     config_lib.parse_flags(['--steps'], {'steps': 0})
 
+
+def test_help_prints_the_docstring_and_the_flags(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    config_lib.parse_flags(['--steps=2', '--help'], {'steps': 3}, 'A tool.')
+  out = capsys.readouterr().out
+  assert exit_info.value.code == 0 and out.startswith('A tool.') and '--steps=3' in out
+
 BINARIES = ['m5_jax.train'] + [f'm5_jax.evaluate.{task}' for task in (
     'coarse_retrieval', 'fine_retrieval', 'classification', 'clustering')]
 

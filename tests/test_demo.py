@@ -18,6 +18,8 @@ import pytest
 
 from m5_jax import config_lib
 from m5_jax import demo
+from m5_jax import demo_results
+from m5_jax import stage_runner
 from m5_jax import train
 from m5_jax import train_logging
 from m5_jax.evaluate import report, runner
@@ -120,7 +122,7 @@ def test_a_stage_shows_command_compiling_progress_and_result_and_logs_the_rest(t
   cmd = [sys.executable, '-c', NOISY_STAGE, STEP_LINE, str(tmp_path / 'run')]
   demo.run_stage('train', cmd, str(tmp_path), {})
   out = capsys.readouterr().out.splitlines()
-  assert out[0].startswith('[demo] train: $ python -c ') and len(out[0]) <= demo.LINE_WIDTH
+  assert out[0].startswith('[demo] train: $ python -c ') and len(out[0]) <= stage_runner.LINE_WIDTH
   assert out[1] == '  compiling...'
   # Not a terminal: one progress line per 20% (every 8th of the 40 steps).
   assert out[2:7] == ['  ' + STEP_LINE.format(step=s, loss=50 - s, eta=40 - s)
@@ -146,7 +148,7 @@ def test_the_train_binary_progress_line_is_short_and_the_demo_reads_it():
   assert line == 'step 120/300  loss 31.2  52 ex/s  ETA 0:58'
   assert train_logging.progress_line(1, 300, {'loss': 40.0}) == 'step 1/300  loss 40'
   assert train_logging.format_duration(3 * 3600 + 4 * 60 + 10) == '3:04:10'
-  assert demo._progress(f'2026-12-06 01:31:52,903 INFO {line}') == ('step', line, 0.4)
+  assert stage_runner._progress(f'2026-12-06 01:31:52,903 INFO {line}') == ('step', line, 0.4)
 
 
 def test_the_train_binary_console_keeps_its_own_lines_and_library_warnings():
@@ -160,8 +162,8 @@ def test_the_train_binary_console_keeps_its_own_lines_and_library_warnings():
 
 def test_progress_is_updated_in_place_on_a_terminal():
   stream = io.StringIO()
-  view = demo.StageView(stream, tty=True)
-  view.width = demo.LINE_WIDTH
+  view = stage_runner.StageView(stream, tty=True)
+  view.width = stage_runner.LINE_WIDTH
   for segment in ('compiling the train step...\n', 'step 1/3  loss 9\n', 'noise\n',
                   '\rbar:  50%|#  | 1/2 [00:01<00:01]', '\rbar: 100%|## | 2/2 [00:02]\n'):
     view.feed(segment)
@@ -175,7 +177,7 @@ def test_progress_is_updated_in_place_on_a_terminal():
   view.tick(75.0)
   assert stream.getvalue().endswith('\r  compiling... 1:15')
   view.finish('done in 2 s')
-  assert demo._screen_lines(stream.getvalue()) == ['  done in 2 s']
+  assert stage_runner._screen_lines(stream.getvalue()) == ['  done in 2 s']
 
 
 def test_a_failing_stage_shows_its_log_tail(tmp_path, capsys):
@@ -205,7 +207,7 @@ def _fake(shift, seed=0):
   labels = np.arange(ITEMS) % 4
   clusters = np.where(good, labels, rng.integers(0, 4, ITEMS))
   out = {}
-  for _, task, metric in demo.HEADLINE:
+  for _, task, metric in demo_results.HEADLINE:
     results = out.setdefault(task, {'sets': {'I': {}, 'I+T+P': {}}, 'units': {}})
     results['sets']['I+T+P'][metric] = 100.0 * good.mean()
     units = results['units'].setdefault('I+T+P', {'unit': np.arange(ITEMS) * 2})
@@ -221,7 +223,7 @@ def test_comparison_rows_pair_each_seed_and_pool_them():
           for seed in (0, 1)}
   rows = demo.comparison_rows(runs, 'all')
   assert [(r['label'], r['seed']) for r in rows] == [
-      (label, seed) for label, _, _ in demo.HEADLINE for seed in (0, 1, 'pooled')]
+      (label, seed) for label, _, _ in demo_results.HEADLINE for seed in (0, 1, 'pooled')]
   for row in rows:
     if row['label'] == 'clustering NMI':
       assert row['difference'] > 10 and row['verdict'] == 'win'
@@ -303,7 +305,7 @@ def test_main_writes_the_comparison_and_the_claim(tmp_path, monkeypatch, capsys)
                                  demo.run_dirs(str(work), seed)):
       for task, results in _fake(0.2 if run_name == 'pretrained' else 0.0, seed).items():
         results['step'] = 300 * (run_name == 'pretrained')
-        results['sets']['I+T+P'][demo.COUNTS[task]] = ITEMS
+        results['sets']['I+T+P'][demo_results.COUNTS[task]] = ITEMS
         path = results_io.step_path(workdir, task, results['step'], variant)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         units = results.pop('units')
@@ -327,7 +329,7 @@ def test_main_writes_the_comparison_and_the_claim(tmp_path, monkeypatch, capsys)
   with open(work / 'results.json') as f:
     saved = json.load(f)
   assert saved['seeds'] == 2 and set(saved['runs']) == {'seed0', 'seed1'}
-  assert len(saved['comparison']) == 3 * len(demo.HEADLINE)
+  assert len(saved['comparison']) == 3 * len(demo_results.HEADLINE)
   assert saved['training_loss']['seed1'] == {'total': [9.0, 4.0]}
   out = capsys.readouterr().out
   assert 'Pretraining beat random weights' in out and '| total |' not in out  # timings: file only

@@ -214,7 +214,7 @@ def parse_flags(argv: Sequence[str], extra: dict[str, Any] | None = None
   """
   defaults = dataclasses.asdict(Options())
   extra = dict(extra or {})
-  values, overrides = config_lib.parse_flags(argv, {**defaults, **extra})
+  values, overrides = config_lib.parse_flags(argv, {**defaults, **extra}, __doc__)
   options = Options(**{k: v for k, v in values.items() if k in defaults})
   config_lib.validate_flags(dataclasses.asdict(options))  # --feature, --normalize, ...
   if not options.workdir:
