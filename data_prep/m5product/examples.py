@@ -8,7 +8,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import numpy as np
 
@@ -290,45 +290,3 @@ def convert(split: str, item_id: str, record: Mapping, label_vocab: Mapping[str,
     example.update(values if values is not None else fill[modality])
   tally.inc(f'{split}/items_written')
   return item_id, example
-
-
-# ---------------------------------------------------------------- the record stream
-
-@dataclasses.dataclass(frozen=True)
-class SplitPlan:
-  """What one split needs from the annotations stream (picklable for Beam)."""
-  name: str
-  ids: frozenset            # safe ids listed for the split
-  listed_unsafe: int        # listed ids rejected as unsafe
-  listed_duplicates: int    # repeated lines in the id list
-
-
-def iter_split_records(annotations_path: str, plan: SplitPlan,
-                       tally) -> Iterator[tuple[str, dict]]:
-  """Streams the annotations once, yielding the split's (item_id, record).
-
-  Counts items_in and the rejections: unsafe / duplicate / unknown ids and
-  records that are not objects. items_in = items_written + rejected, exactly.
-  """
-  s = plan.name
-  for reason, n in (('unsafe_id', plan.listed_unsafe), ('duplicate_id', plan.listed_duplicates)):
-    if n:
-      tally.inc(f'{s}/items_in', n)
-      tally.inc(f'{s}/rejected/{reason}', n)
-  seen = set()
-  for item_id, record in release.iter_annotations(annotations_path):
-    if item_id not in plan.ids:
-      continue
-    tally.inc(f'{s}/items_in')
-    if item_id in seen:
-      tally.inc(f'{s}/rejected/duplicate_id')
-      continue
-    seen.add(item_id)
-    if not isinstance(record, dict):
-      tally.inc(f'{s}/rejected/malformed_record')
-      continue
-    yield item_id, record
-  unknown = len(plan.ids) - len(seen)
-  if unknown:
-    tally.inc(f'{s}/items_in', unknown)
-    tally.inc(f'{s}/rejected/unknown_id', unknown)

@@ -8,13 +8,17 @@ or from Python: `import data_prep.m5product` then `tfds.builder('m5product',
 config='raw', data_dir=D).download_and_prepare(download_config=
 tfds.download.DownloadConfig(manual_dir=RELEASE))`.
 
-Two generation paths produce the same examples (tested):
-  * plain: one process streams the annotations and decodes media in order; fine
-    for small releases such as M5Product-mini.
+The annotations JSON is parsed once for all splits (`splits.route_annotations`:
+counts, label vocabulary, and one records file per split inside the build
+folder). Two generation paths then produce the same examples (tested):
+  * plain: one process reads each split's records and decodes media in order;
+    fine for small releases such as M5Product-mini.
   * Apache Beam, chosen when the download config carries Beam options or a
-    runner (`--beam_pipeline_options` on the CLI): one worker streams the
-    annotations (cheap), `Reshuffle` spreads the items, and media decoding - the
-    expensive part - runs in parallel on every worker (Dataflow, Spark, Flink).
+    runner (`--beam_pipeline_options` on the CLI): `ReadFromText` reads the
+    records files (splittable), `Reshuffle` spreads the items, and media
+    decoding - the expensive part - runs in parallel on every worker
+    (DirectRunner processes, Dataflow, Spark, Flink). Rates and the
+    extrapolation to the full release: benchmarks/results/conversion.md.
 
 The build report (items in / written / rejected by reason / absent modalities by
 reason, per split and total) is printed and written as JSON to
@@ -33,12 +37,14 @@ import logging
 import os
 import time
 
+from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
 from data_prep import decode
 from data_prep import release
 from data_prep.m5product import examples as ex
+from data_prep.m5product import splits as splits_lib
 from data_prep.m5product import token_ids
 
 _DESCRIPTION = """M5Product: Chinese e-commerce products with image, title, property
@@ -51,6 +57,7 @@ _CITATION = """@inproceedings{dong2022m5product,
   booktitle={CVPR}, year={2022}}"""
 
 REPORT_NAME = 'build_report.json'
+RECORDS_DIR = 'annotations_by_split.tmp'  # the one annotations pass's output, deleted after
 
 
 @dataclasses.dataclass
@@ -181,7 +188,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _download_and_prepare(self, dl_manager, download_config):
     start = time.time()
-    super()._download_and_prepare(dl_manager, download_config)
+    try:
+      super()._download_and_prepare(dl_manager, download_config)
+    finally:
+      records = epath.Path(self._records_dir())
+      if records.exists():
+        records.rmtree()
     counts = collections.Counter(self._tally.counts)
     counts.update(self._beam_counts)
     report = ex.summarize(counts, self._split_names())
@@ -220,7 +232,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                                 max_video_frames=config.max_video_frames, bounds=config.bounds(),
                                 tokenizer=self._tokenizer(root))
     plans = self._split_plans(root, layout)
-    label_vocab, writable, self._unlisted = _scan_annotations(annotations, plans)
+    routed = splits_lib.route_annotations(annotations, plans, self._records_dir(), self._tally)
+    self._unlisted = routed.unlisted
     if self._unlisted:
       logging.warning('m5product: %d annotation records are in no split list built',
                       self._unlisted)
@@ -231,22 +244,21 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       if not plan.ids and not (plan.listed_unsafe or plan.listed_duplicates):
         self._skip(split, 'empty_list', f'{layout.split_path(root, split)} lists no id')
         continue
-      if split not in writable:
+      if split not in routed.record_files:
         # TFDS refuses a split with no example and would then fail every split; this
-        # one is skipped, its listings still counted (unsafe, unknown, malformed).
-        for _ in ex.iter_split_records(annotations, plan, self._tally):
-          pass
+        # one is skipped, its listings counted by the pass (unsafe, unknown, malformed).
         self._skip(split, 'nothing_to_write', 'no listed id is an annotated item')
         continue
       split_instances = {i: instances[i] for i in plan.ids if i in instances}
-      args = (annotations, plan, label_vocab, split_instances, options)
+      args = (routed.record_files[split], split, routed.label_vocab, split_instances, options)
       generators[split] = _beam_split(*args) if self._use_beam else self._generate_examples(*args)
     if not generators:
       raise ValueError(f'm5product: nothing to build from {root}: every split list is empty or '
                        f'lists no annotated item ({self._skipped})')
     return generators
 
-  def _split_plans(self, root: str, layout: release.ReleaseLayout) -> dict[str, ex.SplitPlan]:
+  def _split_plans(self, root: str, layout: release.ReleaseLayout
+                   ) -> dict[str, splits_lib.SplitPlan]:
     """The id list of each split to build; a one-line error when none (or a named one) exists."""
     paths = {split: layout.split_path(root, split) for split in self._split_names()}
     missing = [split for split, path in paths.items() if not os.path.isfile(path)]
@@ -259,7 +271,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       if split in missing:
         self._skip(split, 'missing_list', f'no id list {path}')
       else:
-        plans[split] = _split_plan(split, release.read_id_list(path))
+        plans[split] = splits_lib.plan_split(split, release.read_id_list(path))
     return plans
 
   def _tokenizer(self, root: str) -> bytes | None:
@@ -280,68 +292,31 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     logging.warning('m5product: split %s skipped (%s): %s', split, reason, detail)
     self._skipped[split] = reason
 
-  def _generate_examples(self, annotations, plan, label_vocab, instances, options):
-    """The plain path: stream, decode and yield in this process."""
+  def _records_dir(self) -> str:
+    """Where the annotations pass writes each split's records: inside the
+    incomplete build folder (visible to Beam workers), removed after the build."""
+    return os.path.join(os.fspath(self.data_dir), RECORDS_DIR)
+
+  def _generate_examples(self, records_file, split, label_vocab, instances, options):
+    """The plain path: read the split's records, decode and yield in this process."""
     tally = self._tally
-    for item_id, record in ex.iter_split_records(annotations, plan, tally):
-      yield ex.convert(plan.name, item_id, record, label_vocab, instances.get(item_id), options, tally)
+    for item_id, record in splits_lib.iter_records(records_file):
+      yield ex.convert(split, item_id, record, label_vocab, instances.get(item_id), options, tally)
 
 
-def _scan_annotations(annotations: str, plans: dict[str, ex.SplitPlan]
-                      ) -> tuple[dict[str, int], set[str], int]:
-  """One streaming pass: (label vocabulary, splits that will write an example,
-  records listed in no split).
-
-  The vocabulary maps non-numeric string labels to their index in the sorted set.
-  """
-  names, writable, unlisted = set(), set(), 0
-  for item_id, record in release.iter_annotations(annotations):
-    listed = False
-    for split, plan in plans.items():
-      if item_id in plan.ids:
-        listed = True
-        if isinstance(record, dict):
-          writable.add(split)
-    unlisted += not listed
-    if isinstance(record, dict) and (name := ex.string_label(record.get('label'))):
-      names.add(name)
-  return {name: i for i, name in enumerate(sorted(names))}, writable, unlisted
-
-
-def _split_plan(split: str, listed: list[str]) -> ex.SplitPlan:
-  ids, unsafe, duplicates = set(), 0, 0
-  for item_id in listed:
-    try:
-      release.check_id(item_id)
-    except release.UnsafeIdError:
-      unsafe += 1
-      continue
-    if item_id in ids:
-      duplicates += 1
-    ids.add(item_id)
-  return ex.SplitPlan(split, frozenset(ids), unsafe, duplicates)
-
-
-def _beam_split(annotations, plan, label_vocab, instances, options):
-  """A PTransform: stream on one worker, Reshuffle, convert in parallel."""
+def _beam_split(records_file, split, label_vocab, instances, options):
+  """A PTransform: read the split's records (splittable), Reshuffle, convert in parallel."""
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
 
-  # Records travel as ASCII JSON: it keeps lone surrogates (bad bytes, counted
-  # later as bad_encoding) that Beam's string coder refuses.
-  def stream(_):
-    for item_id, record in ex.iter_split_records(annotations, plan, ex.BeamTally()):
-      yield item_id, json.dumps(record, ensure_ascii=True)
-
-  def convert(item):
-    item_id, record = item[0], json.loads(item[1])
-    return ex.convert(plan.name, item_id, record, label_vocab, instances.get(item_id), options,
+  def convert(line):
+    item_id, record = splits_lib.parse_line(line)
+    return ex.convert(split, item_id, record, label_vocab, instances.get(item_id), options,
                       ex.BeamTally())
 
   @beam.ptransform_fn
   def transform(pipeline):
     return (pipeline
-            | 'Start' >> beam.Create([None])
-            | 'StreamAnnotations' >> beam.FlatMap(stream)
+            | 'ReadRecords' >> beam.io.ReadFromText(records_file)
             | 'Reshuffle' >> beam.Reshuffle()
             | 'Convert' >> beam.Map(convert))
 
