@@ -17,16 +17,17 @@ configs/clip.py is the from-scratch one. What this sets from the folder
                                             pool=token, no embedding LayerNorm (form=raw)
   vocab_size                                CLIP's + 3 (m5_jax's [PAD] [UNK] [MASK])
   init_from.{path, format=hf_clip}
+  input.tokenizer = <clip>/vocab.json       CLIP's byte-level BPE (with merges.txt), ids in
+                                            m5_jax's order, when the folder has them
 
-The text ids come from config.input.tokenizer as in every config: the model
-embeds them with CLIP's token table (its pieces in order from m5_jax id 5), so
-tokenise with CLIP's own BPE vocabulary for its text tower to mean what it
-meant; m5_jax has no CLIP BPE tokenizer yet (the project's sentencepiece ids
-index CLIP's rows as if they were its own).
+Without vocab.json the text is tokenised by config.input.tokenizer (the project's
+sentencepiece model): its ids then index CLIP's token rows as if they were CLIP's.
 
 Args: clip (the folder; required unless runlocal, where --config.init_from.path
 must then name one), and those of configs/common.py.
 """
+import os
+
 from configs import common
 from m5_jax import config_lib
 
@@ -61,4 +62,7 @@ def get_config(arg=None):
         hidden=image['hidden'], heads=image['heads'], mlp_dim=image['mlp_dim'],
         encoder_layers=image['layers'], image_size=image['image_size'],
         patch_size=image['patch_size'], input_norm=True, pool='token', embed_norm=False)
+  vocab = os.path.join(path.rstrip('/'), 'vocab.json')
+  if os.path.exists(os.path.expanduser(vocab)):
+    config.input.tokenizer = vocab
   return config

@@ -86,16 +86,17 @@ def _close_live_pipelines():
 
 
 def load_tokenizer(path: str | None):
-  """The sentencepiece model at `path`, or a BERT checkpoint's WordPiece vocab.txt
-  (m5_jax/models/public_checkpoints.py); None when no path is configured."""
+  """The sentencepiece model at `path`, a BERT checkpoint's WordPiece vocab.txt or a
+  CLIP checkpoint's vocab.json (m5_jax/models/public_checkpoints/); None when no path
+  is configured."""
   if not path:
     return None
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f'tokenizer model not found: {path} (config.input.tokenizer; '
                             'train one with the data_prep tokenizer command)')
   from m5_jax.models import public_checkpoints  # pylint: disable=g-import-not-at-top
-  if public_checkpoints.is_wordpiece_vocab(path):
-    return public_checkpoints.wordpiece_tokenizer(path)
+  if public_checkpoints.is_checkpoint_vocab(path):
+    return public_checkpoints.checkpoint_tokenizer(path)
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
   with tf.io.gfile.GFile(path, 'rb') as f:
     return spm.SentencePieceProcessor(model_proto=f.read())

@@ -357,8 +357,8 @@ def _check_tokenizer(config) -> None:
   with files.open(path, 'rb') as f:
     proto = f.read()
   try:
-    if public_checkpoints.is_wordpiece_vocab(path):  # a BERT checkpoint's vocabulary
-      pieces = public_checkpoints.wordpiece_tokenizer(path).vocab_size
+    if public_checkpoints.is_checkpoint_vocab(path):  # a BERT or CLIP checkpoint's vocabulary
+      pieces = public_checkpoints.checkpoint_tokenizer(path).vocab_size
     else:
       pieces = text.SentencePieceTokenizer(proto).vocab_size
   except Exception as e:  # pylint: disable=broad-except  (sentencepiece raises RuntimeError)

@@ -191,3 +191,73 @@ def test_clip_init_config_needs_a_folder():
     config_lib.load_config('configs/clip_init.py:size=tiny')
   with pytest.raises(config_lib.ConfigError, match='no readable CLIP config.json'):
     config_lib.load_config('configs/clip_init.py:clip=/nonexistent')
+
+
+def tiny_bpe_files(path, corpus, num_merges=40):
+  """vocab.json + merges.txt as CLIP builds them (bytes, bytes + </w>, merges, specials),
+  merges learnt greedily on `corpus` so that words really merge."""
+  from m5_jax.models.public_checkpoints import clip_bpe
+  chars = clip_bpe.byte_characters()
+  words = [tuple(chars[b] for b in w.encode('utf-8')) for w in corpus.lower().split()]
+  words = [w[:-1] + (w[-1] + '</w>',) for w in words]
+  merges = []
+  for _ in range(num_merges):
+    counts = {}
+    for w in words:
+      for pair in zip(w, w[1:]):
+        counts[pair] = counts.get(pair, 0) + 1
+    if not counts:
+      break
+    best = max(counts, key=lambda p: (counts[p], p))
+    merges.append(best)
+    merged = []
+    for w in words:
+      out, i = [], 0
+      while i < len(w):
+        if i + 1 < len(w) and (w[i], w[i + 1]) == best:
+          out, i = out + [w[i] + w[i + 1]], i + 2
+        else:
+          out, i = out + [w[i]], i + 1
+      merged.append(tuple(out))
+    words = merged
+  base = list(chars.values())
+  pieces = base + [c + '</w>' for c in base] + [a + b for a, b in merges]
+  pieces += ['<|startoftext|>', '<|endoftext|>']
+  (path / 'vocab.json').write_text(json.dumps({p: i for i, p in enumerate(pieces)}))
+  (path / 'merges.txt').write_text('#version: 0.2\n' + '\n'.join(f'{a} {b}' for a, b in merges)
+                                   + '\n', encoding='utf-8')
+  return len(pieces)
+
+
+def test_clip_bpe_matches_transformers(tmp_path):
+  from m5_jax.models.public_checkpoints import clip_bpe, hf_clip
+  corpus = ('red dress redder dresses 红色 连衣裙 红色连衣裙 phone case 手机壳 '
+            "it's the reddest dress, 2024 new style") * 3
+  size = tiny_bpe_files(tmp_path, corpus)
+  reference = transformers.CLIPTokenizer(vocab=str(tmp_path / 'vocab.json'),
+                                         merges=str(tmp_path / 'merges.txt'))
+  ours = public_checkpoints.checkpoint_tokenizer(str(tmp_path / 'vocab.json'))
+  assert isinstance(ours, clip_bpe.ClipBpeTokenizer) and ours.vocab_size == size + 3
+  order = hf_clip.clip_vocab_order(size, size - 2, size - 1)
+  strings = ['Red DRESS, 红色连衣裙 2024!', "It's  the\tREDDEST dresses...", '手机壳 phone-case',
+             'ünïcode naïve café', '']
+  for s in strings:
+    want = reference(s, add_special_tokens=False)['input_ids']
+    got = ours.encode([s])[0]
+    assert [int(order[i]) for i in got] == want, s
+  assert len(ours.encode(['red dress'])[0]) < len('red dress')  # merges happened
+
+
+def test_text_preprocess_tokenises_with_the_clip_vocabulary(tmp_path):
+  """config.input.tokenizer=<clip>/vocab.json and add_eos: BOS, CLIP's BPE ids, EOS."""
+  import tensorflow as tf
+  from m5_jax import input_pipeline, modalities
+  size = tiny_bpe_files(tmp_path, 'red dress 红色 连衣裙 ' * 3)
+  tokenizer = input_pipeline.load_tokenizer(str(tmp_path / 'vocab.json'))
+  cfg = clip_config().modality.text
+  cfg.update(vocab_size=size + 3, max_len=8)
+  fields = modalities.get('text').preprocess(
+      {'title': tf.constant('Red dress 红色连衣裙'), 'present': {'text': tf.constant(1)}}, cfg,
+      tokenizer)
+  ids = fields['ids'].numpy()[:fields['mask'].numpy().sum()]
+  assert ids.tolist() == [2] + tokenizer.encode(['red dress 红色连衣裙'])[0][:6] + [3]

@@ -13,8 +13,10 @@ absent modality's tokens and [CLS] are masked keys everywhere, its pooled
 vector is zero, and rows that can attend to nothing produce zeros, not NaN.
 
 Outputs (all float32 except masks):
-  pooled[m]          [B, D]  pooled fused tokens (model.pool: mean | token): the
-                             retrieval / classification feature
+  pooled[m]          [B, D]  pooled fused tokens (model.pool: mean | token | last; the
+                             modality's own pool when set): the retrieval /
+                             classification feature; [B, P] projected when
+                             model.projection_dim = P > 0 (CLIP)
   encoder_pooled[m]  [B, D]  the same pooling after the modality encoder, before fusion
                              (what the contrastive loss aligns by default: after a
                              joint fusion an item's text and image [CLS] have seen
@@ -58,7 +60,8 @@ def encoder_depth(config, name: str) -> int:
 # ('last') and its image tower normalises the embedded tokens before the first block
 # (input_norm, the model's eps). Text and table share the word embeddings, so their
 # width is model.hidden.
-TOWER_KEYS = {'hidden': None, 'heads': None, 'mlp_dim': None, 'causal': False, 'pool': None,
+# ('token' for runs saved before model.pool existed: they pooled token 0.)
+TOWER_KEYS = {'hidden': None, 'heads': None, 'mlp_dim': None, 'causal': False, 'pool': 'token',
               'input_norm': False}
 
 
@@ -176,9 +179,7 @@ class M5Model(nn.Module):
 
     out = {'pooled': {}, 'encoder_pooled': {}, 'tokens': {}, 'token_mask': {}, 'present': present,
            'predictions': {}}
-    # Runs saved before model.pool existed pooled token 0.
-    how = {m: self.config.modality[m].get('pool', None) or mcfg.get('pool', 'token')
-           for m in self.names}
+    how = {m: tower_setting(self.config, m, 'pool') for m in self.names}
 
     def pooled(tokens, mask, m):  # f32[B, D]; 0 where modality m is absent
       vector = pool(tokens, mask, how[m])

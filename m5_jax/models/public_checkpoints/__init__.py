@@ -22,10 +22,12 @@ from m5_jax.models.public_checkpoints.big_vision_vit import big_vision_targets, 
 from m5_jax.models.public_checkpoints.common import (Report, flatten, read_hf_folder,
                                                      replace_leaves, source_shapes,
                                                      unstack_scanned)
+from m5_jax.models.public_checkpoints.clip_bpe import ClipBpeTokenizer, is_clip_vocab
 from m5_jax.models.public_checkpoints.hf_clip import clip_model_config, clip_targets
 from m5_jax.models.public_checkpoints.hf_bert import bert_model_config, bert_names, bert_targets
 from m5_jax.models.public_checkpoints.hf_vit import vit_names, vit_targets
-# bert_model_config, clip_model_config and the wordpiece names are re-exported for configs and the input pipeline.
+# bert_model_config, clip_model_config and the tokenizers are re-exported for configs and
+# the input pipeline.
 from m5_jax.models.public_checkpoints.wordpiece import (BERT_SPECIALS, WordPieceTokenizer,
                                                         is_wordpiece_vocab, project_vocab_order,
                                                         read_vocab, wordpiece_tokenizer)
@@ -117,3 +119,15 @@ def load(fmt: str, path: str, params: Mapping[str, Any], config, towers: str = '
   """`params` with the converted leaves replaced (numpy), and the Report (see `convert`)."""
   values, report = convert(fmt, path, params, config, towers, include, exclude)
   return replace_leaves(params, values), report
+
+
+def is_checkpoint_vocab(path: str) -> bool:
+  """config.input.tokenizer names a public checkpoint's vocabulary (BERT's vocab.txt,
+  CLIP's vocab.json) rather than a sentencepiece model."""
+  return is_wordpiece_vocab(path) or is_clip_vocab(path)
+
+
+def checkpoint_tokenizer(path: str):
+  """The tokenizer of that vocabulary, ids in m5_jax's order (what `load` maps the
+  embedding rows to)."""
+  return wordpiece_tokenizer(path) if is_wordpiece_vocab(path) else ClipBpeTokenizer(path)

@@ -204,3 +204,23 @@ def unstack_scanned(flat: dict[str, tuple[int, ...]]) -> dict[str, tuple[str, in
 def source_shapes(src: str, tensors) -> str:
   shapes = [tuple(tensors[n].shape) for n in src.split(' + ') if n in tensors]
   return ' + '.join(map(str, shapes))
+
+
+class PythonTokenizer:
+  """tokenize(tf.string[N]) -> tf.RaggedTensor int32 (text.SentencePieceTokenizer's contract)
+  over a subclass's encode(list[str]) -> list[list[int]], so the input pipeline can use it."""
+  op_name = 'python_encode'
+
+  def tokenize(self, strings):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    def encode_numpy(batch):
+      ids = self.encode([s.decode('utf-8', errors='replace') for s in batch.tolist()])
+      return (np.array([t for x in ids for t in x], np.int32),
+              np.array([len(x) for x in ids], np.int64))
+
+    flat, lengths = tf.numpy_function(encode_numpy, [strings], (tf.int32, tf.int64),
+                                      stateful=False, name=self.op_name)
+    flat.set_shape([None])
+    lengths.set_shape([None])
+    return tf.RaggedTensor.from_row_lengths(flat, lengths)

@@ -7,6 +7,8 @@ import unicodedata
 
 import numpy as np
 
+from m5_jax.models.public_checkpoints.common import PythonTokenizer
+
 BERT_SPECIALS = ('[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]')  # -> m5_jax ids 0..4
 
 
@@ -34,7 +36,7 @@ def project_vocab_order(pieces: list[str]) -> np.ndarray:
   return np.array(first + rest, np.int64)
 
 
-class WordPieceTokenizer:
+class WordPieceTokenizer(PythonTokenizer):
   """BERT's basic + WordPiece tokenisation over vocab.txt, ids in m5_jax's order.
 
   tokenize(tf.string[N]) -> tf.RaggedTensor int32 (the contract of
@@ -43,6 +45,8 @@ class WordPieceTokenizer:
   characters are single tokens, punctuation is split off, accents are stripped
   when lower-casing, as in BERT's BasicTokenizer.
   """
+
+  op_name = 'wordpiece_encode'
 
   def __init__(self, vocab: str | list[str], lower_case: bool = True,
                max_chars_per_word: int = 100):
@@ -96,21 +100,6 @@ class WordPieceTokenizer:
 
   def encode(self, strings: list[str]) -> list[list[int]]:
     return [[i for w in self._words(s) for i in self._wordpiece(w)] for s in strings]
-
-  def tokenize(self, strings):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-    def encode_numpy(batch):
-      ids = self.encode([s.decode('utf-8', errors='replace') for s in batch.tolist()])
-      return (np.array([t for x in ids for t in x], np.int32),
-              np.array([len(x) for x in ids], np.int64))
-
-    flat, lengths = tf.numpy_function(encode_numpy, [strings], (tf.int32, tf.int64),
-                                      stateful=False, name='wordpiece_encode')
-    flat.set_shape([None])
-    lengths.set_shape([None])
-    return tf.RaggedTensor.from_row_lengths(flat, lengths)
-
 
 def _is_space(c):
   return c in ' \t\n\r' or unicodedata.category(c) == 'Zs'
