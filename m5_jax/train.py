@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import os
@@ -62,10 +61,12 @@ from m5_jax import checkpointing
 from m5_jax import config_lib
 from m5_jax import finetune
 from m5_jax import flops as flops_lib
+from m5_jax import init_from
 from m5_jax import models
 from m5_jax import objectives
 from m5_jax import optimizer as optimizer_lib
 from m5_jax import sharding
+from m5_jax.input_checks import check_input
 
 TASKS = ('pretrain', 'classification_finetune')
 
@@ -271,132 +272,6 @@ def make_step_setup(config, mesh, total_steps: int, warmup_steps: int) -> StepSe
   return StepSetup(config, mesh, rules, task, tx, schedule, init_fn, abstract, shardings)
 
 
-# ------------------------------------------------------------------------ start-up checks
-
-
-class _Files:
-  """isdir / exists / listdir / open for local paths (no TensorFlow import: start-up
-  checks stay fast) and, through tf.io.gfile, for remote ones (gs://...)."""
-
-  def __init__(self, path: str):
-    if '://' in path:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      gfile = tf.io.gfile
-      self.isdir, self.exists, self.listdir, self.open = (gfile.isdir, gfile.exists,
-                                                          gfile.listdir, gfile.GFile)
-    else:
-      self.isdir, self.exists, self.listdir, self.open = (os.path.isdir, os.path.exists,
-                                                          os.listdir, open)
-
-
-def _built_versions(files: _Files, name_dir: str) -> list[str]:
-  """The complete builds (version folders with a dataset_info.json) under a config folder."""
-  if not files.isdir(name_dir):
-    return []
-  versions = []
-  for version in files.listdir(name_dir):
-    version = version.rstrip('/')
-    parts = version.split('.')
-    if (len(parts) == 3 and all(p.isdigit() for p in parts)
-        and files.exists(os.path.join(name_dir, version, 'dataset_info.json'))):
-      versions.append(version)
-  return sorted(versions, key=lambda v: tuple(int(p) for p in v.split('.')))
-
-
-def _dataset_info(config) -> tuple[str, dict]:
-  """(build directory, its dataset_info.json) of config.input.dataset
-  (`m5product/<config>[:version]`) in data_dir: that version, or the latest built
-  there. Raises ConfigError (one line, naming the builds there) when there is none."""
-  dataset, data_dir = config.input.dataset, (config.input.data_dir or '').strip()
-  name, _, version = dataset.partition(':')
-  builder_name, _, builder_config = name.partition('/')
-  build_hint = (f'build it with `tfds build data_prep/m5product --config {builder_config} '
-                '--file_format array_record --data_dir DIR`')
-  if not data_dir:
-    raise config_lib.ConfigError(f"config key 'input.data_dir' is empty; give the --data_dir "
-                                 f'that holds {dataset} ({build_hint})')
-  data_dir = os.path.expanduser(data_dir)
-  files = _Files(data_dir)
-  if not files.isdir(data_dir):
-    raise config_lib.ConfigError(f"config key 'input.data_dir': {data_dir} does not exist; "
-                                 f'give the directory that holds {dataset} ({build_hint})')
-  versions = _built_versions(files, os.path.join(data_dir, builder_name, builder_config))
-  if version:
-    versions = [v for v in versions if v == version]
-  if not versions:
-    builder_dir = os.path.join(data_dir, builder_name)
-    there = [f'{builder_name}/{c.rstrip("/")}' for c in (
-        sorted(files.listdir(builder_dir)) if files.isdir(builder_dir) else [])
-             if _built_versions(files, os.path.join(builder_dir, c.rstrip('/')))]
-    raise config_lib.ConfigError(
-        f"config key 'input.dataset': no complete build of {dataset} in {data_dir} "
-        f'(config.input.data_dir; builds there: {", ".join(there) or "none"}); give one of '
-        f'them, or {build_hint}')
-  build_dir = os.path.join(data_dir, builder_name, builder_config, versions[-1])
-  with files.open(os.path.join(build_dir, 'dataset_info.json')) as f:
-    return build_dir, json.load(f)
-
-
-def _check_tokenizer(config) -> None:
-  """The tokenizer exists, is a sentencepiece model with the project's special ids, and
-  every vocabulary of the config holds all of its pieces."""
-  text_like = [m for m in config.modalities if 'vocab_size' in config.modality.get(m, {})]
-  if not text_like:
-    return
-  path = (config.input.tokenizer or '').strip()
-  hint = 'train one with `python -m data_prep.tokenizer --manual_dir RELEASE --out FILE`'
-  if not path:
-    raise config_lib.ConfigError(f"config key 'input.tokenizer' is empty, but {', '.join(text_like)} "
-                                 f'need a sentencepiece model; {hint}')
-  path = os.path.expanduser(path)
-  files = _Files(path)
-  if not files.exists(path) or files.isdir(path):
-    raise config_lib.ConfigError(f"config key 'input.tokenizer': {path} not found; {hint}")
-  from m5_jax.modalities import text  # pylint: disable=g-import-not-at-top
-  from m5_jax.models import public_checkpoints  # pylint: disable=g-import-not-at-top
-  with files.open(path, 'rb') as f:
-    proto = f.read()
-  try:
-    if public_checkpoints.is_checkpoint_vocab(path):  # a BERT or CLIP checkpoint's vocabulary
-      pieces = public_checkpoints.checkpoint_tokenizer(path).vocab_size
-    else:
-      pieces = text.SentencePieceTokenizer(proto).vocab_size
-  except Exception as e:  # pylint: disable=broad-except  (sentencepiece raises RuntimeError)
-    reason = ' '.join(str(e).split())[:200]
-    raise config_lib.ConfigError(f"config key 'input.tokenizer': {path} is not a sentencepiece "
-                                 f'model of this project ({reason}); {hint}') from None
-  sizes = {'model.vocab_size': config.model.vocab_size}
-  sizes.update({f'modality.{m}.vocab_size': config.modality[m].vocab_size for m in text_like})
-  small = {k: v for k, v in sizes.items() if v < pieces}
-  if small:
-    raise config_lib.ConfigError(
-        f'{", ".join(f"{k}={v}" for k, v in small.items())} is smaller than the tokenizer\'s '
-        f'vocabulary ({pieces} pieces in {path}): its ids past the table would have no '
-        f'embedding (non-finite loss); set the config argument vocab_size={pieces} '
-        f'(--config configs/<method>.py:...,vocab_size={pieces})')
-
-
-def check_input(config) -> None:
-  """What the input needs, checked from metadata before any data is read or anything
-  compiled (each a one-line ConfigError): data_dir holds a build of config.input.dataset
-  in ArrayRecord with the train split, and the tokenizer fits the model."""
-  if config.input.dataset == 'synthetic':
-    return
-  build_dir, info = _dataset_info(config)
-  splits = [s.get('name') for s in info.get('splits', [])]
-  split = config.input.train_split
-  if split.partition('[')[0] not in splits:
-    raise config_lib.ConfigError(f"config key 'input.train_split': {split!r} is not a split of "
-                                 f'{config.input.dataset} in {build_dir}; its splits are '
-                                 f'{", ".join(splits)}')
-  if info.get('fileFormat', 'array_record') != 'array_record':
-    raise config_lib.ConfigError(
-        f'{build_dir} is in {info["fileFormat"]}, but training reads examples by index: build '
-        'with --file_format array_record, or run `tfds convert_format --out_file_format '
-        f'array_record` on it')
-  _check_tokenizer(config)
-
-
 # ------------------------------------------------------------------------ the loop
 
 
@@ -457,59 +332,6 @@ def create_input(config, mesh):
   return input_pipeline.create_iterator(config, config.input.train_split, mesh, train=True)
 
 
-def _maybe_init_from(config, state, shardings):
-  """Fine-tuning: copy parameters from another run's checkpoint, or from a public
-  checkpoint's folder (config.init_from.format; m5_jax/models/public_checkpoints.py)."""
-  init = config.init_from
-  target, target_shardings = state['params'], shardings['params']
-  for key in filter(None, init.into.split('/')):
-    target, target_shardings = target[key], target_shardings[key]
-  if init.get('format', 'm5_jax') == 'm5_jax':
-    loaded, copied = checkpointing.init_params_from(
-        init.path, target, target_shardings, step=init.step if init.step >= 0 else None,
-        include=init.include, exclude=init.exclude)
-  else:
-    loaded, copied = _init_from_public(config, target, target_shardings)
-  logging.info('init_from %s: copied %d parameters into %r', init.path, len(copied),
-               init.into or '<root>')
-  params = loaded
-  if init.into:  # put the subtree back
-    keys = init.into.split('/')
-    params = dict(state['params'])
-    node = params
-    for key in keys[:-1]:
-      node[key] = dict(node[key])
-      node = node[key]
-    node[keys[-1]] = loaded
-  return dict(state, params=params)
-
-
-def _init_from_public(config, params, params_shardings):
-  """(params with a public checkpoint's tensors placed by `params_shardings`, their paths);
-  logs every parameter left new and every source tensor skipped, with why."""
-  from m5_jax.models import public_checkpoints  # pylint: disable=g-import-not-at-top
-  init = config.init_from
-  try:
-    values, report = public_checkpoints.convert(
-        init.format, init.path, params, config, towers=init.towers, include=init.include,
-        exclude=init.exclude)
-  except (ValueError, OSError, ImportError) as e:  # a bad path or a mismatch: one line
-    raise config_lib.ConfigError(f'init_from ({init.format}): {e}') from None
-  logging.info('init_from %s (%s): %s', init.path, init.format, report.summary())
-  new_by_module: dict[str, int] = {}
-  for path in report.new:
-    module = path.split('/')[0]
-    new_by_module[module] = new_by_module.get(module, 0) + 1
-  logging.info('  new (left at init), parameters per module: %s',
-               ', '.join(f'{m} {n}' for m, n in new_by_module.items()) or 'none')
-  for source, why in report.skipped.items():
-    logging.info('  skipped %s: %s', source, why)
-  paths = optimizer_lib.param_paths(params)
-  place = lambda p, x, s: (jax.make_array_from_callback(  # noqa: E731
-      x.shape, s, lambda index, v=values[p]: v[index]) if p in values else x)
-  return jax.tree.map(place, paths, params, params_shardings), sorted(values)
-
-
 _COMPILED: dict[str, Any] = {}
 
 
@@ -556,7 +378,8 @@ def _durations_in_steps(config, data) -> tuple[int, int, int, int]:
   return total_steps, warmup_steps, checkpoint_every, max(log_every, 1)
 
 
-def _restore_or_init(config, setup: StepSetup, checkpointer, data, workdir: str) -> tuple[int, dict]:
+def _restore_or_init(config, setup: StepSetup, checkpointer, data,
+                     workdir: str) -> tuple[int, dict]:
   """(start step, state): the latest checkpoint in `workdir` (and `data`'s position in
   it), else step 0 with the initial state, or config.init_from's parameters."""
   try:
@@ -569,8 +392,9 @@ def _restore_or_init(config, setup: StepSetup, checkpointer, data, workdir: str)
     data.restore(data_state)
     return start_step, state
   state = setup.init_state()
+  # A public checkpoint's format counts even without a path (its loader says what is missing).
   if config.init_from.path or config.init_from.get('format', 'm5_jax') != 'm5_jax':
-    state = _maybe_init_from(config, state, setup.shardings)  # a public format needs its path
+    state = init_from.load_into_state(config, state, setup.shardings)
   return 0, state
 
 
