@@ -1,6 +1,8 @@
 r"""Conversion speed of the m5product builder on M5Product-mini: products/s per core.
 
     python -m benchmarks.conversion --num_products 200 [--configs raw,features] [--beam]
+    python -m benchmarks.conversion --num_products 4000 --replicate 5 --release_out DIR \
+        --configs features --beam_workers 1,2 --rounds 2 --split_builds   # Beam scaling, 20k items
 
 Generates mini (data_prep.make_mini, with --features) into a temporary folder
 unless --manual_dir is given, then builds each config from scratch with the
@@ -9,6 +11,24 @@ plain path (one Python process) or, with --beam, the DirectRunner on all cores.
 and its children), so it does not depend on how busy the machine is; wall-clock
 rates are printed too. A listing is one example written (an item listed in two
 splits is converted twice); a product is a distinct item_id.
+
+--beam_workers 1,2 builds each config on Beam's DirectRunner
+(multi_processing) once per worker count and round, rotating the order of the
+counts between rounds, and times the build's one serial part, the annotations
+pass (`splits.route_annotations`), alone on the same release. From these it
+prints the time a 6.3M-product release would take on N workers: the pass at its
+measured MB per CPU-second over the full 5.8 GB, plus the rest of the build at
+its measured CPU seconds per product divided by N (the 1 -> 2 worker ratio shows
+how far that division holds). --split_builds builds each split alone and sums
+them: the DirectRunner keeps a whole build's output in its own memory (a 20k-item
+features build passed 9 GB), which a distributed runner does not.
+
+--replicate K makes a K times larger release for scale runs without K times the
+generation cost: copy c of every item gets the id id + c * 10^8 (its instance
+'<instance>r<c>'), the same annotation record (bytes kept, bad ones too) and
+hard links to the same media and feature files, in every split list of the
+original. Decode cost per item is unchanged; the files stay in the page cache
+either way on a machine whose memory holds the release.
 
 With --profile the build runs under cProfile and its time is grouped into
 stages (`profile_buckets`): decode (JPEG/H.264/MP3 demux+decode), resample
@@ -49,9 +69,9 @@ def _peak_rss_mib() -> float:
     return next(int(l.split()[1]) for l in f if l.startswith('VmHWM:')) / 1024
 
 
-def _unique_written(builder) -> int:
+def _unique_written(builders) -> int:
   ids = set()
-  for split in builder.info.splits:
+  for builder, split in ((b, s) for b in builders for s in b.info.splits):
     source = builder.as_dataset(split=split, decoders={'image': _skip(), 'video': _skip()}
                                 if builder.builder_config.form == 'raw' else None)
     ids.update(e['item_id'].numpy() for e in source)
@@ -93,21 +113,99 @@ def profile_buckets(profile: cProfile.Profile, top: int = 3) -> dict:
   return dict(sorted(buckets.items(), key=lambda kv: -kv[1]['seconds']))
 
 
+def replicate_release(source: str, out: str, copies: int) -> int:
+  """Writes `copies` copies of the release `source` under `out` (see the module
+  docstring); returns the number of annotation records written."""
+  from data_prep import release  # pylint: disable=g-import-not-at-top
+  layout = release.ReleaseLayout()
+  if os.path.exists(out):
+    raise FileExistsError(f'--release_out {out} exists: remove it or pick another folder')
+  step = 10 ** 8
+
+  def copy_id(item_id: str, c: int) -> str:
+    if not item_id.isdigit():
+      raise ValueError(f'--replicate needs numeric ids (make_mini writes them), got {item_id!r}')
+    return str(int(item_id) + c * step) if c else item_id
+
+  folders = [layout.image_dir, layout.video_dir, layout.audio_dir, *dict(layout.feature_dirs).values()]
+  for folder in folders:
+    src = os.path.join(source, folder)
+    if not os.path.isdir(src):
+      continue
+    os.makedirs(os.path.join(out, folder))
+    for name in os.listdir(src):
+      stem, ext = name.split('.', 1)
+      for c in range(copies):
+        os.link(os.path.join(src, name), os.path.join(out, folder, f'{copy_id(stem, c)}.{ext}'))
+  records = list(release.iter_annotations(os.path.join(source, layout.annotations)))
+  if len(records) >= step:
+    raise ValueError(f'--replicate: {len(records)} items would collide with their copies')
+  with open(os.path.join(out, layout.annotations), 'w', encoding='utf-8',
+            errors='surrogateescape') as f:  # bad bytes go back out as they came in
+    f.write('{\n' + ',\n'.join(
+        f'{json.dumps(copy_id(i, c))}: {json.dumps(r, ensure_ascii=False)}'
+        for c in range(copies) for i, r in records) + '\n}\n')
+  os.makedirs(os.path.join(out, layout.split_dir))
+  for split in release.SPLIT_FILES:
+    path = layout.split_path(source, split)
+    if os.path.isfile(path):
+      ids = release.read_id_list(path)
+      with open(layout.split_path(out, split), 'w', encoding='utf-8') as f:
+        f.writelines(f'{copy_id(i, c)}\n' for c in range(copies) for i in ids)
+  instances = os.path.join(source, layout.instances)
+  if os.path.isfile(instances):
+    pairs = release.read_instances(instances).items()
+    with open(os.path.join(out, layout.instances), 'w', encoding='utf-8') as f:
+      f.writelines(f'{copy_id(i, c)}\t{g}{f"r{c}" if c else ""}\n'
+                   for c in range(copies) for i, g in pairs)
+  return len(records) * copies
+
+
+def annotations_pass(manual_dir: str, workdir: str) -> dict:
+  """The build's serial part alone: one `route_annotations` over every split."""
+  from data_prep import release  # pylint: disable=g-import-not-at-top
+  from data_prep.m5product import examples as ex  # pylint: disable=g-import-not-at-top
+  from data_prep.m5product import splits as splits_lib  # pylint: disable=g-import-not-at-top
+  layout = release.ReleaseLayout()
+  cpu0, wall0 = time.process_time(), time.time()
+  plans = {s: splits_lib.plan_split(s, release.read_id_list(layout.split_path(manual_dir, s)))
+           for s in release.SPLIT_FILES if os.path.isfile(layout.split_path(manual_dir, s))}
+  tally = ex.Tally()
+  out = os.path.join(workdir, 'annotations_pass')
+  annotations = os.path.join(manual_dir, layout.annotations)
+  splits_lib.route_annotations(annotations, plans, out, tally)
+  cpu, wall = time.process_time() - cpu0, time.time() - wall0
+  shutil.rmtree(out, ignore_errors=True)
+  records = sum(n for name, n in tally.counts.items() if name.endswith('/items_in'))
+  return {'listings': records, 'cpu_s': cpu, 'wall_s': wall,
+          'cpu_ms_per_listing': 1000 * cpu / max(records, 1),
+          'mb_per_cpu_s': os.path.getsize(annotations) / 1e6 / cpu}
+
+
 def measure(manual_dir: str, config: str, beam: bool, workdir: str,
-            profile: bool = False) -> dict:
+            profile: bool = False, workers: int | None = None, split_builds: bool = False) -> dict:
+  """One build of every split, or with split_builds one build per split (summed)."""
   import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   import data_prep.m5product  # pylint: disable=g-import-not-at-top,unused-import
   # TFDS imports TensorFlow lazily while writing: import it first so that the
   # one-off import (several CPU seconds) is not counted as conversion time.
+  workers = workers if beam else 1
   data_dir = os.path.join(workdir, f'data_{config}_{"beam" if beam else "plain"}')
   shutil.rmtree(data_dir, ignore_errors=True)
-  builder = tfds.builder('m5product', config=config, data_dir=data_dir)
+  configs = [config]
+  if split_builds:
+    from data_prep import release  # pylint: disable=g-import-not-at-top
+    from data_prep.m5product import M5ProductConfig  # pylint: disable=g-import-not-at-top
+    layout = release.ReleaseLayout()
+    configs = [M5ProductConfig(name=f'{config}_{split}', form=config, splits=(split,))
+               for split in release.SPLIT_FILES
+               if os.path.isfile(layout.split_path(manual_dir, split))]
+  builders = [tfds.builder('m5product', config=c, data_dir=data_dir) for c in configs]
   download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-  workers = 1
   if beam:
     import apache_beam as beam_lib  # pylint: disable=g-import-not-at-top
-    workers = os.cpu_count() or 1
+    workers = workers or os.cpu_count() or 1
     download_config.beam_options = beam_lib.options.pipeline_options.PipelineOptions(flags=[
         '--runner=DirectRunner', f'--direct_num_workers={workers}',
         '--direct_running_mode=multi_processing'])
@@ -117,20 +215,59 @@ def measure(manual_dir: str, config: str, beam: bool, workdir: str,
   cpu0, wall0 = _cpu_seconds(), time.time()
   if profiler:
     profiler.enable()
-  builder.download_and_prepare(download_config=download_config)
+  for builder in builders:
+    builder.download_and_prepare(download_config=download_config)
   if profiler:
     profiler.disable()
   cpu, wall = _cpu_seconds() - cpu0, time.time() - wall0
-  with open(os.path.join(builder.data_dir, 'build_report.json')) as f:
-    report = json.load(f)
-  listings = report['total']['items_written']
-  products = _unique_written(builder)
+  listings = 0
+  for builder in builders:
+    with open(os.path.join(builder.data_dir, 'build_report.json')) as f:
+      listings += json.load(f)['total']['items_written']
+  products = _unique_written(builders)
+  shutil.rmtree(data_dir, ignore_errors=True)
   return {'config': config, 'path': 'beam' if beam else 'plain', 'workers': workers,
+          'builds': len(builders),
           'products': products, 'listings': listings, 'wall_s': wall, 'cpu_s': cpu,
           'products_per_cpu_s': products / cpu, 'listings_per_cpu_s': listings / cpu,
           'products_per_wall_s': products / wall, 'profiled': profile,
           'load_avg_start': load_start, 'load_avg_end': round(os.getloadavg()[0], 2),
           'stages': profile_buckets(profiler) if profiler else None}
+
+
+FULL_RELEASE = 6_313_067
+FULL_ANNOTATIONS_MB = 5800  # ../shared/DESIGN.md: ~5.8 GB (mini's records are ~3x shorter)
+
+
+def extrapolate(rows: list[dict], passes: list[dict]) -> list[str]:
+  """The scaling rows and the full release's time on N workers (see the module docstring)."""
+  pass_ms = sorted(p['cpu_ms_per_listing'] for p in passes)[len(passes) // 2]  # median
+  pass_mb_s = sorted(p['mb_per_cpu_s'] for p in passes)[len(passes) // 2]
+  serial_h = FULL_ANNOTATIONS_MB / pass_mb_s / 3600  # the pass is linear in bytes parsed
+  lines = [f'Annotations pass (serial, in the planning process): {pass_ms:.3f} CPU-ms per listing, '
+           f'{pass_mb_s:.1f} MB per CPU-s (median of {len(passes)}); the full release\'s '
+           f'{FULL_ANNOTATIONS_MB / 1000:.1f} GB: {serial_h:.2f} h.']
+  for config in dict.fromkeys(r['config'] for r in rows):
+    mine = [r for r in rows if r['config'] == config]
+    by_workers = {}
+    for r in mine:
+      by_workers.setdefault(r['workers'], []).append(r)
+    mean = {w: sum(r['products_per_wall_s'] for r in rs) / len(rs) for w, rs in by_workers.items()}
+    one = mean.get(1)
+    for w, rs in sorted(by_workers.items()):
+      rates = ', '.join(f"{r['products_per_wall_s']:.1f}" for r in rs)
+      ratio = f' (mean {mean[w] / one:.2f}x the 1-worker mean)' if one and w != 1 else ''
+      lines.append(f'{config}, {w} worker(s): {rates} products/s wall{ratio}')
+    # Decode CPU per product: the build's CPU less its annotations passes (one per
+    # build; a product is one listing here), median over runs.
+    decode = sorted(r['cpu_s'] / r['products'] - r['builds'] * pass_ms / 1000
+                    for r in mine)[len(mine) // 2]
+    hours = ', '.join(f'{n}: {serial_h + FULL_RELEASE * decode / n / 3600:.1f} h'
+                      for n in (1, 2, 16, 64, 256))
+    lines.append(f'{config}: {1000 * decode:.2f} CPU-ms per product besides the pass; '
+                 f'{FULL_RELEASE:,} products on N workers (serial pass {serial_h:.2f} h + '
+                 f'decode / N): {hours}')
+  return lines
 
 
 def main(argv=None) -> int:
@@ -140,6 +277,14 @@ def main(argv=None) -> int:
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--configs', default='raw,features')
   parser.add_argument('--beam', action='store_true', help='DirectRunner, all cores')
+  parser.add_argument('--beam_workers', default='',
+                      help='comma-separated DirectRunner worker counts (multi_processing), e.g. 1,2')
+  parser.add_argument('--rounds', type=int, default=1, help='repeats of --beam_workers, order rotated')
+  parser.add_argument('--split_builds', action='store_true',
+                      help='one build per split (summed): the DirectRunner holds a whole build\'s '
+                      'output in its memory (20k features examples: about 6 GB)')
+  parser.add_argument('--replicate', type=int, default=1, help='copies of the release (see above)')
+  parser.add_argument('--release_out', help='where --replicate writes (kept); default: temporary')
   parser.add_argument('--profile', action='store_true', help='cProfile, grouped into stages')
   parser.add_argument('--json', action='store_true', help='print one JSON object per config')
   parser.add_argument('--record', action='store_true', help='append to benchmarks/results/conversion.md')
@@ -151,31 +296,51 @@ def main(argv=None) -> int:
     subprocess.run([sys.executable, '-m', 'data_prep.make_mini', '--out', manual_dir,
                     '--num_products', str(args.num_products), '--seed', str(args.seed),
                     '--features'], check=True)
-  rows = []
-  for config in args.configs.split(','):
-    row = measure(manual_dir, config, args.beam, workdir, args.profile)
+  if args.replicate > 1:
+    out = args.release_out or os.path.join(workdir, 'replicated')
+    items = replicate_release(manual_dir, out, args.replicate)
+    print(f'replicated {manual_dir} x{args.replicate} -> {out}: {items} items', flush=True)
+    manual_dir = out
+  worker_counts = [int(w) for w in args.beam_workers.split(',') if w]
+  configs = args.configs.split(',')
+  rounds = [[(config, args.beam, None) for config in configs]]
+  if worker_counts:  # each round rotates the order of the worker counts
+    rounds = [[(config, True, w) for w in worker_counts[r:] + worker_counts[:r] for config in configs]
+              for r in (i % len(worker_counts) for i in range(args.rounds))]
+  rows, passes = [], []
+  for config, beam, workers in (run for runs in rounds for run in runs):
+    if worker_counts and len(rows) % len(rounds[0]) == 0:  # a round starts
+      passes.append(annotations_pass(manual_dir, workdir))
+      print(f"annotations pass: {passes[-1]['listings']} listings, "
+            f"{passes[-1]['cpu_ms_per_listing']:.3f} CPU-ms per listing", flush=True)
+    row = measure(manual_dir, config, beam, workdir, args.profile, workers, args.split_builds)
     rows.append(row)
     if args.json:
       row['peak_rss_mib'] = _peak_rss_mib()
       print(json.dumps(row), flush=True)
       continue
-    print(f"{config:9s} {row['path']:5s} products {row['products']}, listings {row['listings']}: "
+    print(f"{config:9s} {row['path']:5s} x{row['workers']} products {row['products']}, "
+          f"listings {row['listings']}: "
           f"{row['products_per_cpu_s']:.1f} products/s per core ({row['listings_per_cpu_s']:.1f} "
-          f"listings/s), wall {row['wall_s']:.1f}s = {row['products_per_wall_s']:.1f} products/s",
-          flush=True)
+          f"listings/s), wall {row['wall_s']:.1f}s = {row['products_per_wall_s']:.1f} products/s, "
+          f"load {row['load_avg_start']}-{row['load_avg_end']}", flush=True)
     for stage, b in (row['stages'] or {}).items():
       print(f"  {stage:9s} {100 * b['share']:5.1f}%  {b['seconds']:6.2f} s  "
             + ', '.join(f'{f} {t:.2f}s' for f, t in b['top']))
+  scale_lines = extrapolate(rows, passes) if worker_counts else []
+  print('\n'.join(scale_lines), flush=True)
   if args.record:
     command = 'python -m benchmarks.conversion ' + ' '.join(argv if argv is not None else sys.argv[1:])
     machine = f'{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.system()}'
     lines = [f'\n### {datetime.date.today()} - `{command}`\n', f'Machine: {machine}.\n',
              '| config | path | products | listings | products/s per core | listings/s per core '
-             '| wall s | products/s wall |', '|---|---|---|---|---|---|---|---|']
+             '| wall s | products/s wall | load avg (start-end) |', '|---|---|---|---|---|---|---|---|---|']
     for r in rows:
       lines.append(f"| {r['config']} | {r['path']} ({r['workers']} worker) | {r['products']} "
                    f"| {r['listings']} | {r['products_per_cpu_s']:.1f} | {r['listings_per_cpu_s']:.1f} "
-                   f"| {r['wall_s']:.1f} | {r['products_per_wall_s']:.1f} |")
+                   f"| {r['wall_s']:.1f} | {r['products_per_wall_s']:.1f} "
+                   f"| {r['load_avg_start']}-{r['load_avg_end']} |")
+    lines += [''] + scale_lines
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', 'conversion.md')
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'a', encoding='utf-8') as f:
