@@ -120,12 +120,12 @@ def clip_targets(tensors: Mapping[str, np.ndarray], hf_config, config, path: str
     raise ValueError("the CLIP checkpoint's towers differ in hidden_act or layer_norm_eps; "
                      'm5_jax has one of each per model')
   order = clip_vocab_order(text['vocab_size'], *special_ids(text))
+  fields = {'model.pre_ln': True, 'model.layer_norm_eps': float(text['layer_norm_eps']),
+            'model.projection_dim': hf_config.get('projection_dim', 512)}
+  if 'text' in towers:
+    fields['model.vocab_size'] = len(order)
   check_architecture('clip', {'model_type': hf_config.get('model_type'),
-                              'hidden_act': text['hidden_act']}, config, {
-      'model.pre_ln': True,
-      'model.layer_norm_eps': float(text['layer_norm_eps']),
-      'model.projection_dim': hf_config.get('projection_dim', 512),
-      'model.vocab_size': len(order)})
+                              'hidden_act': text['hidden_act']}, config, fields)
   wanted = {}
   if 'text' in towers:
     wanted.update({('text', 'hidden'): text['hidden_size'],
