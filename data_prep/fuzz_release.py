@@ -59,9 +59,9 @@ import sys
 
 import numpy as np
 
+from data_prep import fuzz_reconcile
 from data_prep import release
 
-MANIFEST = 'fuzz_manifest.json'
 CONFIGS = ('raw', 'features')
 CLONE_ID_BASE = 900_000_000_000
 UNKNOWN_ID_BASE = 800_000_000_000
@@ -446,7 +446,7 @@ def fuzz(source: str, out: str, num_faults: int, seed: int = 0) -> dict:
       'clones': fuzzer.clones,
       'expected': {c: fuzzer.expected(c) for c in CONFIGS},
   }
-  with open(os.path.join(out, MANIFEST), 'w', encoding='utf-8') as f:
+  with open(os.path.join(out, fuzz_reconcile.MANIFEST), 'w', encoding='utf-8') as f:
     json.dump(manifest, f, indent=1, ensure_ascii=True)
   return manifest
 
@@ -468,10 +468,9 @@ def main(argv=None) -> int:
     return 2
   counts = manifest['counts']
   print(f"fuzz_release: injected {counts['faults']} faults of {len(counts['by_kind'])} kinds "
-        f"({counts['clones']} clones) into {args.out}; manifest {MANIFEST}")
+        f"({counts['clones']} clones) into {args.out}; manifest {fuzz_reconcile.MANIFEST}")
   if not args.check:
     return 0
-  from data_prep import fuzz_reconcile  # pylint: disable=g-import-not-at-top
   failed = False
   for config in CONFIGS:
     result = fuzz_reconcile.build_and_reconcile(args.out, args.check, config)
