@@ -1,5 +1,11 @@
 """What every benchmark records next to its numbers: the machine, its load, peak memory,
-and this machine's fp32 matmul peak measured through the same XLA (jit) as the model.
+and this machine's matmul peak, measured in the same run.
+
+The MFU denominator (`best_matmul_peak`) is the best fp32 matmul rate that any of
+XLA (jax.jit, the model's own backend), numpy's BLAS and torch reach at several
+shapes, so an MFU cannot look good only because one library's GEMM is slow.
+`matmul_rates` also times bf16 where a library offers it on CPU: bf16 is measured
+against fp32, never assumed faster (python -m benchmarks.machine prints both).
 
 The numbers of a shared machine move with the other jobs on it, so each
 measurement carries the load average at its start and end, and the suite reports
@@ -31,11 +37,30 @@ def cpu_model() -> str:
   return platform.processor() or platform.machine()
 
 
+# The SIMD features that decide matmul speed on x86 (from /proc/cpuinfo's flags).
+SIMD_FLAGS = ('avx2', 'fma', 'avx512f', 'avx512bw', 'avx512vl', 'avx512_vnni', 'avx512_bf16',
+              'amx_bf16', 'amx_tile')
+
+
+def cpu_flags() -> list[str]:
+  """The SIMD_FLAGS this CPU has (AVX-512 and its bf16 dot products on Zen 4)."""
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      for line in f:
+        if line.startswith('flags'):
+          have = set(line.split(':', 1)[1].split())
+          return [flag for flag in SIMD_FLAGS if flag in have]
+  except OSError:
+    pass
+  return []
+
+
 def describe() -> dict:
   """The machine in one dict: where and when the numbers were taken."""
   return {
       'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
       'cpu': cpu_model(),
+      'simd': cpu_flags(),
       'cores': os.cpu_count(),
       'memory_gib': round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30, 1),
       'python': platform.python_version(),
@@ -92,3 +117,116 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 5, dtype: str = 'float32',
     best_wall = min(best_wall, time.perf_counter() - wall)
     best_cpu = min(best_cpu, time.process_time() - cpu)
   return 2 * n**3 / best_wall, 2 * n**3 / best_cpu
+
+
+# (M, K, N) of the timed products: squares, and the model's own tall-skinny shapes
+# (base's fusion over batch 8: 1584 tokens x 768 into the 3072-wide MLP, and back).
+MATMUL_SHAPES = ((1024, 1024, 1024), (2048, 2048, 2048), (1584, 768, 3072), (1584, 3072, 768))
+
+
+def _best_rate(run, flops: float, repeats: int) -> tuple[float, float]:
+  run()  # warm-up (compiles, allocates)
+  best_wall = best_cpu = float('inf')
+  for _ in range(repeats):
+    wall, cpu = time.perf_counter(), time.process_time()
+    run()
+    best_wall = min(best_wall, time.perf_counter() - wall)
+    best_cpu = min(best_cpu, max(time.process_time() - cpu, 1e-9))
+  return flops / best_wall, flops / best_cpu
+
+
+def _matmul_runner(library: str, shape, dtype: str):
+  """A no-argument function running one (M, K) x (K, N) product, or None where the
+  library has no such dtype on this machine."""
+  m, k, n = shape
+  if library == 'xla':
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    a = jax.random.normal(jax.random.key(0), (m, k), dtype)
+    b = jax.random.normal(jax.random.key(1), (k, n), dtype)
+    fn = jax.jit(lambda x, y: jnp.dot(x, y, precision='highest'))
+    return lambda: jax.block_until_ready(fn(a, b))
+  if library == 'numpy':
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    if dtype != 'float32':
+      return None
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
+    return lambda: a @ b
+  if library == 'torch':
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      return None
+    a = torch.randn(m, k, dtype=getattr(torch, dtype))
+    b = torch.randn(k, n, dtype=getattr(torch, dtype))
+    return lambda: a @ b
+  raise ValueError(f'unknown matmul library {library!r}')
+
+
+def library_rates(library: str, shapes, dtypes, repeats: int = 3) -> list[dict]:
+  """One row per (dtype, shape) of `library` in this process: best GFLOP/s per wall
+  and per CPU-second."""
+  rows = []
+  for dtype in dtypes:
+    for shape in shapes:
+      run = _matmul_runner(library, shape, dtype)
+      if run is None:
+        continue
+      wall, cpu = _best_rate(run, 2.0 * shape[0] * shape[1] * shape[2], repeats)
+      rows.append({'library': library, 'dtype': dtype, 'shape': list(shape),
+                   'gflops': wall / 1e9, 'gflop_per_cpu_s': cpu / 1e9})
+  return rows
+
+
+def matmul_rates(shapes=MATMUL_SHAPES, dtypes=('float32',), libraries=('xla', 'numpy', 'torch'),
+                 repeats: int = 3) -> list[dict]:
+  """library_rates of each library, each in its own child process: three thread pools
+  (XLA's, OpenBLAS's, torch's OpenMP) in one process spin against each other on a
+  small machine and slow one another by 10-100x. A library that is not installed
+  gives no rows."""
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  rows = []
+  for library in libraries:
+    code = ('import json; from benchmarks import machine; print(json.dumps(machine.library_rates('
+            f'{library!r}, {[tuple(s) for s in shapes]!r}, {tuple(dtypes)!r}, {repeats})))')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          check=False, cwd=os.path.dirname(os.path.dirname(__file__)) or '.',
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', OMP_WAIT_POLICY='PASSIVE'))
+    if proc.returncode != 0:
+      raise RuntimeError(f'matmul rates of {library} failed: {proc.stderr.strip()[-500:]}')
+    rows += json.loads(proc.stdout.strip().splitlines()[-1])
+  return rows
+
+
+def best_matmul_peak(dtype: str = 'float32', shapes=MATMUL_SHAPES,
+                     libraries=('xla', 'numpy', 'torch')) -> dict:
+  """The MFU denominator: the best `dtype` rate over libraries and shapes, measured now.
+
+  {'flops', 'flops_per_cpu_s', 'by': 'library MxKxN', 'rows'}.
+  """
+  rows = matmul_rates(shapes, (dtype,), libraries)
+  best = max(rows, key=lambda r: r['gflops'])
+  return {'flops': best['gflops'] * 1e9,
+          'flops_per_cpu_s': max(r['gflop_per_cpu_s'] for r in rows) * 1e9,
+          'by': f"{best['library']} {'x'.join(map(str, best['shape']))}", 'rows': rows}
+
+
+def main() -> None:
+  """python -m benchmarks.machine: the machine, and fp32 vs bf16 matmul rates per library."""
+  import json  # pylint: disable=g-import-not-at-top
+  print(json.dumps(describe()))
+  load = load_average()
+  rows = matmul_rates(dtypes=('float32', 'bfloat16'))
+  print('| library | dtype | M x K x N | GFLOP/s | GFLOP per CPU-s |')
+  print('|---|---|---|---:|---:|')
+  for r in rows:
+    print(f"| {r['library']} | {r['dtype']} | {'x'.join(map(str, r['shape']))} | "
+          f"{r['gflops']:.0f} | {r['gflop_per_cpu_s']:.0f} |")
+  print(f'load average {load}-{load_average()}')
+
+
+if __name__ == '__main__':
+  main()

@@ -12,7 +12,9 @@ parameters and FLOPs match (the benchmark checks both within 3%):
   encoders    per modality, pre-LN blocks (m5_jax's default) and a final LN
   fusion      modality-type embeddings, all tokens concatenated, pre-LN blocks
   heads       MLM with logits tied to the word embeddings (text, table); masked
-              feature regression Dense-GELU-LN-Dense (image, video, audio)
+              feature regression Dense-GELU-LN-Dense (image, video, audio); with
+              `head_rows` only at the masked positions, gathered first (as
+              UNITER's code does; m5_jax's model.heads_at='masked', same bound)
   losses      masked modeling, InfoNCE over every pair of mean-pooled encoder
               vectors, and the m5_mmt preset's instance terms (the masked view
               against a second, clean pass of the embedders and encoders)

@@ -215,16 +215,22 @@ def check_match(jax_info, torch_info) -> dict:
   return ratios
 
 
-def run(size, batch_size, rounds, steps, jax_arms: dict, torch_arms=TORCH_ARMS) -> dict:
+def run(size, batch_size, rounds, steps, jax_arms: dict, torch_arms=TORCH_ARMS,
+        peer_of: str | None = None) -> dict:
+  """The A/B. The torch arms take the config overrides of jax arm `peer_of` (default
+  the first): the same activation and heads, so the same model and objective."""
   load_start = machine.load_average()
-  arms = [Arm(f'jax:{n}', 'jax', size, batch_size, o) for n, o in jax_arms.items()]
-  base_overrides = next(iter(jax_arms.values()))
-  arms += [Arm(t, t, size, batch_size, base_overrides) for t in torch_arms]
+  peer_overrides = jax_arms[peer_of or next(iter(jax_arms))]
+  specs = [(f'jax:{n}', 'jax', o) for n, o in jax_arms.items()]
+  specs += [(t, t, peer_overrides) for t in torch_arms]
+  arms = []
   try:
-    for arm in arms:  # one at a time: compiling is the heaviest part
-      arm.info = arm.read()
-      print(f'{arm.name}: ready {arm.info}', file=sys.stderr, flush=True)
-    match = {t.name: check_match(arms[0].info, t.info) for t in arms if t.kind != 'jax'}
+    for name, kind, overrides in specs:  # one at a time: building and compiling is the
+      arms.append(Arm(name, kind, size, batch_size, overrides))  # heaviest part
+      arms[-1].info = arms[-1].read()
+      print(f'{name}: ready {arms[-1].info}', file=sys.stderr, flush=True)
+    reference = arms[[o for _, _, o in specs].index(peer_overrides)]  # the jax arm they copy
+    match = {t.name: check_match(reference.info, t.info) for t in arms if t.kind != 'jax'}
     for r in range(rounds):
       order = arms[r % len(arms):] + arms[:r % len(arms)]
       for arm in order:
@@ -237,6 +243,7 @@ def run(size, batch_size, rounds, steps, jax_arms: dict, torch_arms=TORCH_ARMS) 
       arm.close()
   result = {'size': size, 'form': 'features', 'dtype': 'float32', 'batch_size': batch_size,
             'rounds': rounds, 'steps_per_round': steps, 'match': match,
+            'peer_overrides': peer_overrides,
             'machine': machine.describe(), 'load_avg_start': load_start,
             'load_avg_end': machine.load_average(), 'arms': {}, 'ratios': {}}
   for arm in arms:
@@ -289,6 +296,8 @@ def main(argv=None) -> int:
   parser.add_argument('--jax', action='append', metavar='NAME=KEY=VALUE,...',
                       help='an m5_jax arm and its config overrides (default: default=)')
   parser.add_argument('--torch', default=','.join(TORCH_ARMS), help='torch arms to run')
+  parser.add_argument('--peer_of', default=None,
+                      help='the jax arm whose overrides the torch arms take (default: first)')
   parser.add_argument('--json', action='store_true')
   parser.add_argument('--worker', choices=('jax',) + TORCH_ARMS, help=argparse.SUPPRESS)
   parser.add_argument('--set', action='append', default=[], help=argparse.SUPPRESS)
@@ -302,7 +311,10 @@ def main(argv=None) -> int:
   unknown = set(torch_arms) - set(TORCH_ARMS)
   if unknown:
     parser.error(f'unknown torch arm(s) {sorted(unknown)}; choose from {",".join(TORCH_ARMS)}')
-  r = run(args.size, args.batch_size, args.rounds, args.steps, jax_arms, torch_arms)
+  if args.peer_of and args.peer_of not in jax_arms:
+    parser.error(f'--peer_of {args.peer_of!r} is not a --jax arm ({", ".join(jax_arms)})')
+  r = run(args.size, args.batch_size, args.rounds, args.steps, jax_arms, torch_arms,
+          args.peer_of)
   print(json.dumps(r) if args.json else table(r))
   return 0
 

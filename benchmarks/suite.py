@@ -17,6 +17,9 @@ memory, VmHWM, is its own; the load average is recorded at its start and end):
               time ratio, id agreement outside ties (benchmarks/retrieval.py)
   conversion  products/s per core of the raw-media builder on mini, profiled into
               stages (benchmarks/conversion.py)
+  peer        m5_jax against the same model in PyTorch (eager and torch.compile),
+              timed A/B in one run per size; prints m5_jax's examples/s over
+              torch's (benchmarks/peer_torch.py)
   gpu         bf16 MFU of base and large against a bf16 matmul peak, only when JAX
               sees a GPU (the issue's H100 target); otherwise recorded as not run
 
@@ -34,7 +37,7 @@ import time
 from benchmarks import machine
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARTS = ('train', 'input', 'retrieval', 'conversion', 'gpu')
+PARTS = ('train', 'input', 'retrieval', 'conversion', 'peer', 'gpu')
 
 
 
@@ -54,6 +57,7 @@ MODES = {
         'retrieval': {'num_queries': 64, 'gallery': 4096, 'dim': 64, 'k': 10,
                       'query_block': 32, 'gallery_block': 1024},
         'conversion': {'products': 24},
+        'peer': [dict(size='tiny', rounds=1, steps=1)],
     },
     'quick': {
         'train': [_train('tiny', 'features', 8, 3), _train('small', 'features', 4, 2)],
@@ -61,6 +65,7 @@ MODES = {
         'retrieval': {'num_queries': 512, 'gallery': 32768, 'dim': 768, 'k': 100,
                       'query_block': 256},
         'conversion': {'products': 40},
+        'peer': [dict(size='small', rounds=3, steps=2)],
     },
     'full': {
         # The issue's target first: base at the paper's lengths.
@@ -73,6 +78,7 @@ MODES = {
         'retrieval': {'num_queries': 10_000, 'gallery': 1_000_000, 'dim': 768, 'k': 100,
                       'query_block': 1024},
         'conversion': {'products': 200},
+        'peer': [dict(size='small', rounds=3, steps=3), dict(size='base', rounds=3, steps=2)],
     },
 }
 
@@ -180,6 +186,25 @@ def run_conversion(spec, work: str) -> list[dict]:
   return [row]
 
 
+# m5_jax's arms in the peer A/B: its defaults; heads at the masked rows only (what the
+# torch peer runs, as the official UNITER-style code gathers masked tokens before its
+# heads); and every speed option on (configs/common.py).
+PEER_JAX_ARMS = ('default=', 'masked=model.heads_at=masked',
+                 'fast=model.activation=gelu_tanh,model.dropout_rng=rbg,'
+                 'model.heads_at=masked,model.attention=dot_product')
+
+
+def run_peer(spec) -> list[dict]:
+  """One A/B per size; the torch arms build the model of the 'masked' arm."""
+  rows = []
+  for run in spec:
+    args = [f'--{k}={v}' for k, v in run.items()] + ['--json', '--peer_of', 'masked']
+    for arm in PEER_JAX_ARMS:
+      args += ['--jax', arm]
+    rows += run_json('benchmarks.peer_torch', args)
+  return rows
+
+
 # The large batch first (the MFU figure), then the small one (how MFU falls with batch).
 # Each run compiles its own step: about a minute each on an H200, so the four fit one call.
 GPU_RUNS = [dict(size='base', form='features', batch_size=256, steps=10, dtype='bfloat16',
@@ -236,6 +261,11 @@ def table(results: dict) -> str:
              f"{r['untied_mismatches']} untied diff" if 'faiss_qps' in r else 'no faiss')
     add('retrieval', f"{r['num_queries']} x {r['gallery']} d{r['dim']} top{r['k']}",
         f"ours {r['ours_qps']:.1f} q/s; {faiss}", r)
+  for r in results.get('peer', []):
+    for name, q in r['ratios'].items():
+      add('peer', f"{r['size']} fp32 b{r['batch_size']} {name}",
+          f"m5_jax/torch examples/s {q['median']:.2f} "
+          f"({', '.join(f'{x:.2f}' for x in q['per_round'])})", r)
   for r in results.get('conversion', []):
     top = max(r['stages'].items(), key=lambda kv: kv[1]['seconds'])[0] if r['stages'] else '-'
     add('conversion', f"{r['config']} builder, {r['products']} products",
@@ -298,6 +328,9 @@ def main(argv=None) -> int:
     save()
   if 'conversion' in parts:
     results['conversion'] = run_conversion(spec['conversion'], args.work)
+    save()
+  if 'peer' in parts:
+    results['peer'] = run_peer(spec['peer'])
     save()
   if 'gpu' in parts:
     run_gpu(results, save)

@@ -11,9 +11,10 @@ its jitted train step with AdamW, on synthetic batches of the configured schema
                 layer). XLA's cost analysis of the compiled step (what the train
                 binary logs) is reported beside it as xla_gflop: it also counts
                 elementwise work, and counts a scanned layer stack only once
-  MFU           model FLOPs / step time / peak, where peak is the best FLOP/s of
-                large fp32 jax.jit matmuls measured in this process just before
-                and just after the steps (benchmarks/machine.py)
+  MFU           model FLOPs / step time / peak, where peak is the best fp32 matmul
+                FLOP/s of XLA, numpy's BLAS and torch at several shapes, measured
+                in this process just before and just after the steps
+                (benchmarks/machine.py; on an accelerator, XLA's in its dtype)
   MFU per CPU-second   the same with CPU seconds of this process instead of wall
                 seconds, for the step and for the peak: on a shared machine the
                 wall MFU moves with the share of the cores we get between the
@@ -97,8 +98,17 @@ def build_step(size: str, form: str, batch_size: int, modalities: str = 'itpva',
 
 
 def matmul_peak(matmul_n: int = 2048, dtype: str = 'float32') -> tuple[float, float]:
-  """(per wall second, per CPU-second): the best `dtype` matmul FLOP/s of two sizes,
-  measured now (machine.matmul_peak_flops)."""
+  """(per wall second, per CPU-second): the best `dtype` matmul FLOP/s, measured now.
+
+  On CPU in fp32, the best of XLA, numpy's BLAS and torch at n/2 and n squares and,
+  for n >= 2048, base's MLP shapes (machine.best_matmul_peak); elsewhere XLA's at
+  the two squares (machine.matmul_peak_flops)."""
+  if dtype == 'float32' and jax.devices()[0].platform == 'cpu':
+    shapes = [(n, n, n) for n in (matmul_n // 2, matmul_n)]
+    if matmul_n >= 2048:
+      shapes += [s for s in machine.MATMUL_SHAPES if len(set(s)) > 1]
+    best = machine.best_matmul_peak('float32', shapes)
+    return best['flops'], best['flops_per_cpu_s']
   peaks = [machine.matmul_peak_flops(n, dtype=dtype) for n in (matmul_n // 2, matmul_n)]
   return max(wall for wall, _ in peaks), max(cpu for _, cpu in peaks)
 
