@@ -133,7 +133,8 @@ class M5Model(nn.Module):
     plugins = {m: modalities.get(m) for m in self.names}
     self.embedders = {m: plugins[m].embedder(cfg.modality[m], specs[m].hidden, shared)
                       for m in self.names}
-    self.owners = {m: encoder_owners(cfg).get(m, m) for m in self.names}
+    owners = encoder_owners(cfg)
+    self.owners = {m: owners.get(m, m) for m in self.names}
     self.encoders = {m: encoder_lib.ModalityEncoder(
         specs[m], encoder_depth(cfg, m), mcfg.cls_token,
         input_norm=tower_setting(cfg, m, 'input_norm')) for m in self.names if self.owners[m] == m}
