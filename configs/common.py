@@ -100,9 +100,10 @@ def get_config(method_name: str | None, arg: str | None, **extra_args) -> ml_col
       peak_flops_per_device=0.0,       # e.g. 989e12 (H100 bf16) for an MFU estimate
       profile_steps=(0, 0),            # (first step, number of steps) to trace
       **duration('every', steps=100)))
-  # path: another run's workdir (format m5_jax), or a public checkpoint's folder:
-  # format hf_bert | hf_vit fills `towers` (comma-separated; '' = text and table | image)
-  # from a Hugging Face BERT or ViT folder (m5_jax/models/public_checkpoints.py).
+  # path: another run's workdir (format m5_jax), or a public checkpoint: format hf_bert |
+  # hf_vit | big_vision_vit | hf_clip fills `towers` (comma-separated; '' = text and table |
+  # image | image | text and image) from a Hugging Face BERT, ViT or CLIP folder or a
+  # big_vision .npz (m5_jax/models/public_checkpoints/).
   config.init_from = ml_collections.ConfigDict(dict(
       path='', step=-1, include='.*', exclude='', into='', format='m5_jax', towers=''))
 
