@@ -16,7 +16,7 @@ from m5_jax import optimizer as optimizer_lib
 
 def load_into_state(config, state, shardings):
   """Fine-tuning: copy parameters from another run's checkpoint, or from a public
-  checkpoint's folder (config.init_from.format; m5_jax/models/public_checkpoints.py)."""
+  checkpoint's folder (config.init_from.format; m5_jax/models/public_checkpoints/)."""
   init = config.init_from
   target, target_shardings = state['params'], shardings['params']
   for key in filter(None, init.into.split('/')):
