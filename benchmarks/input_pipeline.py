@@ -13,12 +13,25 @@ excluded), through `InputPipeline` (host numpy batches) and through
 `create_iterator` (global jax.Arrays on the local devices).
 
 Per example it reports CPU-ms (this process's user + system CPU over the timed
-host batches only) and, with --gil_profiler (a py-spy binary: `pip install
-py-spy`), GIL-held ms: a second pass of the same batches is sampled by
-`py-spy record --gil --nonblocking`, which records a sample only when a thread
-of the process holds the GIL, so samples / rate is the time the GIL was held
-(Python on the hot path: it bounds one process's rate whatever its cores). The
-leaf functions holding it most are listed. Appends a table row per run to --results.
+host batches only) and the time Python holds the GIL on the hot path (it bounds
+one process's rate whatever its cores), two ways:
+  * callback CPU-ms: the thread CPU time spent inside the graph's Python callbacks
+    (every `tf.numpy_function`: the record fetch, the tokenizer), timed around each
+    call. CPU time, so load on the machine does not inflate it; C++ inside a
+    callback that releases the GIL counts too (an upper bound there), TF's
+    conversion of a callback's outputs does not.
+  * with --gil_profiler (a py-spy binary: `pip install py-spy`), GIL-held ms: a
+    second pass of the same batches sampled by `py-spy record --gil --nonblocking`,
+    which records a sample only when a thread of the process holds the GIL, so
+    samples / rate is the wall time the GIL was held. All of it, but wall time: a
+    holder waiting for a core on a loaded machine counts. The leaf functions holding
+    it most are listed.
+  * record read CPU-ms: the process CPU time of reading one batch of random records
+    through the data source alone (`__getitems__`, one thread). ArrayRecord 0.8.6
+    holds the GIL while its reader threads read (the profile shows `read_records`
+    holding it), so on an idle machine this is the GIL-held floor of the record
+    fetch, whatever the rest of the pipeline does.
+Appends a table row per run to --results.
 """
 from __future__ import annotations
 
@@ -36,6 +49,8 @@ import time
 
 import jax
 import ml_collections
+import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from benchmarks import machine
@@ -81,14 +96,50 @@ def make_config(codes: str, dataset: str, data_dir: str, tokenizer: str, batch_s
   return config
 
 
-def time_iterator(it, warmup: int, steps: int, batch_size: int) -> tuple[float, float]:
-  """(examples/s, CPU seconds of this process) over `steps` batches after `warmup`."""
+def time_iterator(it, warmup: int, steps: int, batch_size: int,
+                  callbacks: CallbackTimer | None = None) -> tuple[float, float, dict]:
+  """(examples/s, CPU seconds of this process, callback CPU seconds by name) over
+  `steps` batches after `warmup` (the prefetched batches' callbacks are counted too:
+  a few batches' worth, the same on both sides of an A/B)."""
   for _ in range(warmup):
     jax.block_until_ready(next(it))
   start, cpu0 = time.perf_counter(), machine.cpu_seconds()
+  callbacks and callbacks.take()
   for _ in range(steps):
     jax.block_until_ready(next(it))
-  return steps * batch_size / (time.perf_counter() - start), machine.cpu_seconds() - cpu0
+  seconds = callbacks.take() if callbacks else {}
+  return (steps * batch_size / (time.perf_counter() - start), machine.cpu_seconds() - cpu0,
+          seconds)
+
+
+class CallbackTimer:
+  """Thread CPU seconds inside every tf.numpy_function callback built while active."""
+
+  def __init__(self):
+    self.seconds: dict[str, float] = {}
+    self._original = tf.numpy_function
+
+  def __enter__(self):
+    def timed(func, inp, Tout, stateful=True, name=None):  # pylint: disable=invalid-name
+      key = name or getattr(func, '__name__', 'callback')
+
+      def call(*args):
+        start = time.thread_time()
+        try:
+          return func(*args)
+        finally:
+          self.seconds[key] = self.seconds.get(key, 0.0) + time.thread_time() - start
+      return self._original(call, inp, Tout, stateful=stateful, name=name)
+    tf.numpy_function = timed
+    return self
+
+  def __exit__(self, *exc):
+    tf.numpy_function = self._original
+
+  def take(self) -> dict[str, float]:
+    """The seconds so far, per callback, and reset."""
+    seconds, self.seconds = self.seconds, {}
+    return seconds
 
 
 class GilSampler:
@@ -101,8 +152,8 @@ class GilSampler:
         [py_spy, 'record', '--pid', str(os.getpid()), '--gil', '--nonblocking', '--rate',
          str(rate_hz), '--format', 'raw', '--output', self._out],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)  # attach before the timed window
     self._start = time.perf_counter()
+    time.sleep(2.0)  # attach before the timed batches (the prefetch runs meanwhile: counted)
 
   def stop(self) -> dict:
     """{'gil_s', 'window_s', 'top': [(leaf function, share of GIL samples)]}."""
@@ -124,6 +175,18 @@ class GilSampler:
             'top': [(leaf, round(n / samples, 3)) for leaf, n in top]}
 
 
+def record_read_cpu(host, batch_size: int, repeats: int = 3) -> float:
+  """Best CPU seconds per record of reading a batch of random records (data source only)."""
+  rng = np.random.default_rng(0)
+  best = float('inf')
+  for _ in range(repeats):
+    indices = rng.integers(0, host.num_examples, batch_size).tolist()
+    cpu0 = machine.cpu_seconds()
+    host._source.__getitems__(indices)  # pylint: disable=protected-access
+    best = min(best, (machine.cpu_seconds() - cpu0) / batch_size)
+  return best
+
+
 def measure(release: str, work: str, codes: str = 'itpva', form: str = 'raw',
             batch_size: int = 32, steps: int = 30, warmup: int = 3,
             tokenizer: str | None = None, vocab_size: int = 1000,
@@ -139,22 +202,27 @@ def measure(release: str, work: str, codes: str = 'itpva', form: str = 'raw',
   config = make_config(codes, dataset, data_dir, tokenizer, batch_size, form)
   load_start = machine.load_average()
   examples = steps * batch_size
-  host = input_pipeline.create_host_iterator(config, 'pretrain', train=True)
-  host_rate, host_cpu = time_iterator(host, warmup, steps, batch_size)
+  with CallbackTimer() as callbacks:
+    host = input_pipeline.create_host_iterator(config, 'pretrain', train=True)
+    host_rate, host_cpu, callback_s = time_iterator(host, warmup, steps, batch_size, callbacks)
   gil = None
   if gil_profiler:
     sampler = GilSampler(gil_profiler)
     time_iterator(host, 0, steps, batch_size)
     gil = sampler.stop()
-  host.close()
+  host.close()  # its workers stop: the reads below are timed alone
+  read_cpu = record_read_cpu(host, batch_size)
   device = input_pipeline.create_iterator(config, 'pretrain', mesh, train=True)
-  device_rate, _ = time_iterator(device, warmup, steps, batch_size)
+  device_rate, _, _ = time_iterator(device, warmup, steps, batch_size)
   device.host.close()
   row = {'dataset': dataset, 'modalities': codes, 'batch_size': batch_size, 'steps': steps,
          'pretrain_examples': host.num_examples, 'build_s': build_s,
          'host_examples_per_s': host_rate, 'device_examples_per_s': device_rate,
          'host_cpu_s_per_example': host_cpu / examples,
          'host_cpu_ms_per_example': 1e3 * host_cpu / examples,
+         'record_read_cpu_ms_per_example': 1e3 * read_cpu,
+         'callback_cpu_ms_per_example': 1e3 * sum(callback_s.values()) / examples,
+         'callback_cpu_ms': {k: 1e3 * v / examples for k, v in callback_s.items()},
          'load_avg_start': load_start, 'load_avg_end': machine.load_average(),
          'peak_rss_mib': machine.peak_rss_mib()}
   if gil:
@@ -203,8 +271,10 @@ def main(argv=None):
                 f"{r['pretrain_examples']} | {r['host_examples_per_s']:.0f} | "
                 f"{r['device_examples_per_s']:.0f} | "
                 f'{os.cpu_count()} cores, {platform.processor() or platform.machine()} |')
-    gil = (f", GIL held {r['gil_ms_per_example']:.3f} ms/example (top: {r['gil_top'][:3]})"
-           if 'gil_ms_per_example' in r else '')
+    gil = (f", Python callbacks {r['callback_cpu_ms_per_example']:.3f} CPU-ms/example, record "
+           f"read {r['record_read_cpu_ms_per_example']:.3f} CPU-ms/example")
+    if 'gil_ms_per_example' in r:
+      gil += f", GIL held {r['gil_ms_per_example']:.3f} ms/example (top: {r['gil_top'][:3]})"
     print(f"{codes}: host {r['host_examples_per_s']:.0f} examples/s, "
           f"{r['host_cpu_ms_per_example']:.2f} CPU-ms/example{gil}, to devices "
           f"{r['device_examples_per_s']:.0f} examples/s ({r['pretrain_examples']} pretrain "
