@@ -40,7 +40,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from m5_jax import batch as batch_lib
 from m5_jax import checkpointing
 from m5_jax import config_lib
 from m5_jax.evaluate import features as features_lib
@@ -49,7 +48,6 @@ from m5_jax.evaluate import model_features
 from m5_jax.evaluate import plots
 from m5_jax.evaluate import results_io
 from m5_jax.evaluate import runner
-from m5_jax.evaluate import search
 from m5_jax.evaluate import tables
 
 TASK = 'classification'
@@ -222,17 +220,9 @@ def run(options: runner.Options, config, extra) -> list[int]:
   def train_labels() -> np.ndarray:  # read once, not at every step evaluated
     return model_features.read_labels(config, 'cls_train')
 
-  forward = jax.jit(embedder.apply)  # one jitted function for every step evaluated
-
   def evaluate_finetuned(step: int) -> None:
     embedder.restore(step)
-    predictions, labels = [], []
-    for batch in embedder.iterator('cls_test', exact_ids=True):
-      logits = forward(embedder.params, batch)
-      mask = search.fetch(batch['example_mask']).astype(bool)
-      predictions.append(np.argmax(search.fetch(logits), -1)[mask])
-      labels.append(batch_lib.join_int64(search.fetch(batch[batch_lib.EXACT_IDS]['label']))[mask])
-    predictions, labels = np.concatenate(predictions), np.concatenate(labels)
+    predictions, labels = embedder.classify('cls_test')
     label = 'finetuned ' + features_lib.subset_label(available)
     metrics, units = scored_accuracy(predictions, labels, np.arange(len(labels)))
     # The head's classes are the label values themselves (finetune.py): a label

@@ -12,15 +12,9 @@ from __future__ import annotations
 import sys
 
 from m5_jax.evaluate import retrieval
-from m5_jax.evaluate import runner
 
 TASK = 'coarse_retrieval'
-
-
-def main(argv):
-  runner.main(TASK, argv, lambda options, config, _: retrieval.run_task(
-      TASK, 'coarse_query', 'coarse_gallery', 'label', options, config))
-
+main = retrieval.binary_main(TASK, 'coarse_query', 'coarse_gallery', 'label')
 
 if __name__ == '__main__':
   main(sys.argv[1:])

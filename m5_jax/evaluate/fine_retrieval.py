@@ -11,15 +11,9 @@ from __future__ import annotations
 import sys
 
 from m5_jax.evaluate import retrieval
-from m5_jax.evaluate import runner
 
 TASK = 'fine_retrieval'
-
-
-def main(argv):
-  runner.main(TASK, argv, lambda options, config, _: retrieval.run_task(
-      TASK, 'fine_query', 'fine_gallery', 'instance', options, config))
-
+main = retrieval.binary_main(TASK, 'fine_query', 'fine_gallery', 'instance')
 
 if __name__ == '__main__':
   main(sys.argv[1:])

@@ -24,6 +24,7 @@ from m5_jax import checkpointing
 from m5_jax import models
 from m5_jax import sharding as sharding_lib
 from m5_jax.evaluate import features as features_lib
+from m5_jax.evaluate import search
 
 FEATURE_CHOICES = ('pooled', 'encoder_pooled')
 FINETUNE_TASK = 'classification_finetune'
@@ -75,6 +76,7 @@ class Embedder:
     self.step: int | None = None
     self.params: Any = None
     self._forward = self._make_forward()
+    self._logits = None  # `classify`'s jitted forward, made on first use
 
   def _param_shardings(self):
     init_batch = batch_lib.zeros_batch(self.config, sharding_lib.batch_shards(self.mesh))
@@ -116,6 +118,21 @@ class Embedder:
     from m5_jax import input_pipeline  # pylint: disable=g-import-not-at-top
     return input_pipeline.create_iterator(self.config, split, self.mesh, train=False,
                                           batch_size=self.batch_size, exact_ids=exact_ids)
+
+  def classify(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(top-1 class, exact int64 label) of every item of `split`, in split order, by
+    the fine-tuned classifier's own head (padding rows dropped)."""
+    if self.params is None:
+      raise RuntimeError('Embedder.classify before restore()')
+    if self._logits is None:  # one jitted function for every step evaluated
+      self._logits = jax.jit(self.apply)
+    predictions, labels = [], []
+    for batch in self.iterator(split, exact_ids=True):
+      logits = self._logits(self.params, batch)
+      mask = search.fetch(batch['example_mask']).astype(bool)
+      predictions.append(np.argmax(search.fetch(logits), -1)[mask])
+      labels.append(batch_lib.join_int64(search.fetch(batch[batch_lib.EXACT_IDS]['label']))[mask])
+    return np.concatenate(predictions), np.concatenate(labels)
 
   def _check_embeddable(self) -> None:
     if is_finetuned(self.config):

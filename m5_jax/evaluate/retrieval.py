@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -153,6 +153,15 @@ def evaluate_sets(query_split: features_lib.SplitFeatures,
 
 
 # ----------------------------------------------------------------------------- the binaries
+
+
+def binary_main(task: str, query_split: str, gallery_split: str, key: str
+                ) -> Callable[[Sequence[str]], None]:
+  """The `main(argv)` of a retrieval binary (runner.main over `run_task`)."""
+  def main(argv: Sequence[str]) -> None:
+    runner.main(task, argv, lambda options, config, _: run_task(
+        task, query_split, gallery_split, key, options, config))
+  return main
 
 
 def run_task(task: str, query_split: str, gallery_split: str, key: str,
