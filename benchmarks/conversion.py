@@ -26,9 +26,11 @@ features build passed 9 GB), which a distributed runner does not.
 --replicate K makes a K times larger release for scale runs without K times the
 generation cost: copy c of every item gets the id id + c * 10^8 (its instance
 '<instance>r<c>'), the same annotation record (bytes kept, bad ones too) and
-hard links to the same media and feature files, in every split list of the
-original. Decode cost per item is unchanged; the files stay in the page cache
-either way on a machine whose memory holds the release.
+hard links to the same media and feature files. The split lists are the
+original's, copied, then dealt round-robin over the seven splits so that each
+holds a seventh of the items (a one-split build's memory, --split_builds).
+Decode cost per item is unchanged; the files stay in the page cache either way
+on a machine whose memory holds the release.
 
 With --profile the build runs under cProfile and its time is grouped into
 stages (`profile_buckets`): decode (JPEG/H.264/MP3 demux+decode), resample
@@ -146,12 +148,12 @@ def replicate_release(source: str, out: str, copies: int) -> int:
         f'{json.dumps(copy_id(i, c))}: {json.dumps(r, ensure_ascii=False)}'
         for c in range(copies) for i, r in records) + '\n}\n')
   os.makedirs(os.path.join(out, layout.split_dir))
-  for split in release.SPLIT_FILES:
-    path = layout.split_path(source, split)
-    if os.path.isfile(path):
-      ids = release.read_id_list(path)
-      with open(layout.split_path(out, split), 'w', encoding='utf-8') as f:
-        f.writelines(f'{copy_id(i, c)}\n' for c in range(copies) for i in ids)
+  listed = [copy_id(i, c) for c in range(copies) for split in release.SPLIT_FILES
+            if os.path.isfile(layout.split_path(source, split))
+            for i in release.read_id_list(layout.split_path(source, split))]
+  for k, split in enumerate(release.SPLIT_FILES):
+    with open(layout.split_path(out, split), 'w', encoding='utf-8') as f:
+      f.writelines(f'{i}\n' for i in listed[k::len(release.SPLIT_FILES)])
   instances = os.path.join(source, layout.instances)
   if os.path.isfile(instances):
     pairs = release.read_instances(instances).items()
