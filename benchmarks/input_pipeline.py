@@ -244,7 +244,8 @@ def main(argv=None):
   parser.add_argument('--steps', type=int, default=30)
   parser.add_argument('--warmup', type=int, default=3)
   parser.add_argument('--gil_profiler', default=None,
-                      help="py-spy binary (or 'py-spy' on PATH): also measure GIL-held ms per example")
+                      help="py-spy binary (or 'py-spy' on PATH): also measure GIL-held ms "
+                      'per example')
   parser.add_argument('--json', action='store_true', help='print one JSON object per set')
   parser.add_argument('--build_only', action='store_true',
                       help='only build the dataset and tokenizer (so that a later run\'s '

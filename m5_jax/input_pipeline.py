@@ -136,7 +136,7 @@ TOKENIZER_METADATA = 'tokenizer'
 def use_token_ids(info, tokenizer_path: str | None) -> bool:
   """Whether text and table read the build's token ids: it stores them, and they are
   those of the sentencepiece model at tokenizer_path (same sha256; another sha256 is
-  a one-line ValueError). None (no tokenizer, or not a sentencepiece one, e.g. a
+  a one-line ConfigError). None (no tokenizer, or not a sentencepiece one, e.g. a
   BERT vocabulary): the text is tokenised per example."""
   if not all(name in info.features for name in TOKEN_ID_FIELDS):
     return False  # built before token ids were stored
@@ -149,9 +149,10 @@ def use_token_ids(info, tokenizer_path: str | None) -> bool:
   with tf.io.gfile.GFile(tokenizer_path, 'rb') as f:
     digest = hashlib.sha256(f.read()).hexdigest()
   if digest != recorded['sha256']:
-    raise ValueError(
-        f"config.input.tokenizer {tokenizer_path} (sha256 {digest[:12]}) is not the tokenizer "
-        f"whose ids {info.full_name} stores ({recorded['file']}, sha256 "
+    from m5_jax import config_lib  # pylint: disable=g-import-not-at-top
+    raise config_lib.ConfigError(  # one line from the binaries, before anything compiles
+        f"config key 'input.tokenizer': {tokenizer_path} (sha256 {digest[:12]}) is not the "
+        f"tokenizer whose ids {info.full_name} stores ({recorded['file']}, sha256 "
         f"{recorded['sha256'][:12]}): point config.input.tokenizer at that model, or rebuild "
         f"with this one as <release>/{recorded['file']} (tfds build ... --overwrite)")
   return True

@@ -385,8 +385,8 @@ def test_stored_token_ids_are_what_tokenising_the_text_gives(mini):
 def test_another_tokenizer_than_the_builds_is_a_one_line_error(mini, tmp_path):
   from data_prep import tokenizer  # pylint: disable=g-import-not-at-top
   data_dir, _ = mini
-  other = tokenizer.train([f'红色 连衣裙 {i}' for i in range(300)], str(tmp_path / 'other.model'),
-                          vocab_size=300)
+  other = tokenizer.train([f'红色 连衣裙 {i}' for i in range(300)],
+                          str(tmp_path / 'other.model'), vocab_size=300)
   with pytest.raises(ValueError, match=r'other.model .* is not the tokenizer whose ids '
                      r'm5product/raw/1.0.0 stores \(spm.model,') as e:
     _pipeline(_mini_config(data_dir, other, ('text',)), 'pretrain')

@@ -28,7 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
-from data_prep.tokenizer import DEFAULT_FILE  # pylint: disable=unused-import (the builder's default)
+# The builder's default model file, re-exported.
+from data_prep.tokenizer import DEFAULT_FILE  # pylint: disable=unused-import
 
 FIELDS = ('title_ids', 'pv_ids', 'pv_lengths')
 METADATA_KEY = 'tokenizer'
