@@ -43,7 +43,6 @@ from typing import Any, Mapping
 
 import jax
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 
 from m5_jax import config_lib
@@ -529,11 +528,3 @@ def _select(params, selected, shardings):
   if not selected:
     return None
   return jax.ShapeDtypeStruct(params.shape, params.dtype, sharding=shardings)
-
-
-def tree_equal(a: Any, b: Any) -> bool:
-  """Bitwise equality of two pytrees of arrays (used by resume tests)."""
-  leaves_a, tree_a = jax.tree.flatten(a)
-  leaves_b, tree_b = jax.tree.flatten(b)
-  return tree_a == tree_b and all(
-      np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(leaves_a, leaves_b))

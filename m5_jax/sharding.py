@@ -12,7 +12,7 @@ Config (see configs/common.py):
 The model annotates parameters and activations with logical axes (batch, length,
 embed, mlp, heads, kv, vocab; see m5_jax/models/layers.py). The rules below map
 them to mesh axes. Batches are split over ('data', 'fsdp') and replicated over
-'tensor'; each process contributes its own slice (`global_batch`).
+'tensor'; each process contributes its own slice (input_pipeline.make_global_batch).
 
 FSDP weights are gathered for compute (`compute_shardings`): the train step
 constrains each parameter to its sharding without the 'fsdp' axis before the
@@ -145,13 +145,6 @@ def init_sharded(init_fn: Callable[[], Any], shardings: Any) -> Any:
   return jax.jit(lambda: nn.unbox(init_fn()), out_shardings=shardings)()
 
 
-def create_sharded(init_fn: Callable[[], Any], mesh: Mesh, rules) -> tuple[Any, Any]:
-  """(state, shardings): `init_fn`'s result created directly sharded on `mesh`."""
-  _, shardings = state_shardings(init_fn, mesh, rules)
-  with nn.logical_axis_rules(rules):
-    return init_sharded(init_fn, shardings), shardings
-
-
 def without_axis(shardings: Any, axis: str) -> Any:
   """`shardings` with mesh axis `axis` dropped from every spec (replicated over it)."""
   def drop(s: NamedSharding) -> NamedSharding:
@@ -220,13 +213,6 @@ def process_batch_size(global_batch_size: int, mesh: Mesh) -> int:
         f'global batch size {global_batch_size} is not divisible by the {jax.process_count()} '
         f'processes; set --config.input.batch_size to a multiple of {jax.process_count()}')
   return global_batch_size // jax.process_count()
-
-
-def global_batch(local_batch: Any, mesh: Mesh) -> Any:
-  """Per-process numpy batch -> global jax.Arrays split on the batch dim over the mesh."""
-  sharding = batch_sharding(mesh)
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-                      local_batch)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ import pytest
 
 from m5_jax import checkpointing
 from m5_jax import sharding
+from tests import state_testlib
 from tests import toy_state
 
 RULES = sharding.RULE_PRESETS['fsdp_tensor']
@@ -32,7 +33,7 @@ def saved(tmp_path_factory):
   """A toy state saved on mesh (fsdp=8, tensor=1) at step 5, with an iterator state."""
   workdir = str(tmp_path_factory.mktemp('ckpt'))
   tx = toy_state.make_tx()
-  state, _ = sharding.create_sharded(toy_state.init_fn(tx, seed=3), _mesh(8, 1), RULES)
+  state, _ = state_testlib.create_sharded(toy_state.init_fn(tx, seed=3), _mesh(8, 1), RULES)
   state = jax.tree.map(lambda x: x + 1 if x.dtype == np.float32 else x, state)  # not the init
   ckpt = checkpointing.Checkpointer(workdir, _ckpt_config())
   ckpt.save(5, state, {'step': 5, 'seed': 0})
@@ -50,7 +51,7 @@ def test_restore_onto_another_mesh(saved, fsdp, tensor, num_devices):
   state, data_state = ckpt.restore(5, sharding.abstract_with_shardings(abstract, shardings))
   ckpt.close()
   assert data_state == {'step': 5, 'seed': 0}
-  assert checkpointing.tree_equal(state, expected)
+  assert state_testlib.tree_equal(state, expected)
   kernel = state['params']['up']['kernel']
   assert kernel.sharding == shardings['params']['up']['kernel']
   assert len(kernel.sharding.device_set) == num_devices
@@ -60,7 +61,7 @@ def test_restore_params_only(saved):
   workdir, expected, _ = saved
   assert checkpointing.list_steps(workdir) == [5]
   step, params = checkpointing.restore_params(workdir)
-  assert step == 5 and checkpointing.tree_equal(params, expected['params'])
+  assert step == 5 and state_testlib.tree_equal(params, expected['params'])
   with pytest.raises(FileNotFoundError, match='no checkpoint at step 4'):
     checkpointing.restore_params(workdir, step=4)
   with pytest.raises(FileNotFoundError, match='no checkpoints under'):
@@ -69,7 +70,7 @@ def test_restore_params_only(saved):
 
 def test_init_params_from_with_include_exclude(saved):
   workdir, expected, tx = saved
-  state, shardings = sharding.create_sharded(toy_state.init_fn(tx, seed=9), _mesh(4, 2), RULES)
+  state, shardings = state_testlib.create_sharded(toy_state.init_fn(tx, seed=9), _mesh(4, 2), RULES)
   params, copied = checkpointing.init_params_from(
       workdir, state['params'], shardings['params'], include=r'^(up|embed)/', exclude='bias$')
   assert sorted(copied) == ['embed/embedding', 'up/kernel']

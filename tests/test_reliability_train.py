@@ -16,6 +16,7 @@ import pytest
 
 from m5_jax import checkpointing
 from m5_jax import train
+from tests import state_testlib
 pytest.register_assert_rewrite('train_fixtures')
 from train_fixtures import REFERENCE, REFERENCE_STEPS, TINY, parse  # pylint: disable=g-import-not-at-top
 
@@ -95,7 +96,7 @@ def test_sigterm_at_three_random_steps_and_during_an_async_save(reference_run, t
   assert max(checkpointing.list_steps(workdir)) == REFERENCE_STEPS
   _, expected = checkpointing.restore_params(reference_run)
   _, resumed = checkpointing.restore_params(workdir)
-  assert checkpointing.tree_equal(resumed, expected)
+  assert state_testlib.tree_equal(resumed, expected)
 
 
 # ----------------------------------------------------------------------------- non-finite loss
@@ -159,7 +160,7 @@ def _resume_from_reference(reference_run, workdir, step=4):
 def _assert_checkpoint_equals_reference(workdir, reference_run, step):
   _, got = checkpointing.restore_params(workdir, step=step)
   _, want = checkpointing.restore_params(reference_run, step=step)
-  assert checkpointing.tree_equal(got, want), f'checkpoint {step} differs from the reference'
+  assert state_testlib.tree_equal(got, want), f'checkpoint {step} differs from the reference'
 
 
 def test_nonfinite_loss_stop_names_the_step_and_keeps_the_checkpoint_before(
@@ -181,7 +182,7 @@ def test_nonfinite_loss_skip_leaves_the_state_unchanged_and_goes_on(
                               '--config.nonfinite=skip'])
   _resume_from_reference(reference_run, str(tmp_path), step=20)
   before, after = _run_poisoned(config, str(tmp_path), monkeypatch, NONFINITE_SKIP_STEP)
-  assert checkpointing.tree_equal(before, after)   # the poisoned update was not applied
+  assert state_testlib.tree_equal(before, after)   # the poisoned update was not applied
   rows = {r['step']: r for r in train_logging.read_metrics(str(tmp_path))}
   assert rows[NONFINITE_SKIP_STEP]['skipped'] == 1.0
   assert all(rows[s]['skipped'] == 0.0 for s in rows if s != NONFINITE_SKIP_STEP)

@@ -7,6 +7,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from m5_jax import sharding
+from tests import state_testlib
 from tests import toy_state
 
 
@@ -38,7 +39,7 @@ def test_mesh_axes_are_auto():
 def test_state_created_sharded_by_rule_preset(rules, kernel, embed_table):
   mesh = _mesh(data=2, fsdp=2, tensor=2)
   tx = toy_state.make_tx()
-  state, shardings = sharding.create_sharded(
+  state, shardings = state_testlib.create_sharded(
       toy_state.init_fn(tx), mesh, sharding.axis_rules(ml_collections.ConfigDict({'rules': rules})))
   params = state['params']
   assert params['up']['kernel'].sharding.spec == kernel
@@ -56,8 +57,8 @@ def test_state_created_sharded_by_rule_preset(rules, kernel, embed_table):
 def test_sharded_init_equals_single_device_init():
   tx = toy_state.make_tx()
   rules = sharding.RULE_PRESETS['fsdp_tensor']
-  sharded, _ = sharding.create_sharded(toy_state.init_fn(tx), _mesh(data=2, fsdp=2, tensor=2), rules)
-  single, _ = sharding.create_sharded(toy_state.init_fn(tx), _mesh(devices=jax.devices()[:1]), rules)
+  sharded, _ = state_testlib.create_sharded(toy_state.init_fn(tx), _mesh(data=2, fsdp=2, tensor=2), rules)
+  single, _ = state_testlib.create_sharded(toy_state.init_fn(tx), _mesh(devices=jax.devices()[:1]), rules)
   for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(single)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -65,7 +66,7 @@ def test_sharded_init_equals_single_device_init():
 def test_global_batch_splits_rows_over_data_and_fsdp():
   mesh = _mesh(data=2, fsdp=2, tensor=2)
   batch = {'x': np.arange(8 * 3).reshape(8, 3), 'm': {'y': np.ones(8, bool)}}
-  out = sharding.global_batch(batch, mesh)
+  out = state_testlib.global_batch(batch, mesh)
   assert out['x'].shape == (8, 3) and out['x'].sharding.spec == P(('data', 'fsdp'))
   shard_rows = {s.index[0].start for s in out['x'].addressable_shards}
   assert shard_rows == {0, 2, 4, 6}  # 4 batch shards, replicated over tensor

@@ -14,6 +14,7 @@ from m5_jax import sharding
 from m5_jax import synthetic_input
 from m5_jax import train
 from m5_jax import train_logging
+from tests import state_testlib
 pytest.register_assert_rewrite('train_fixtures')
 from train_fixtures import (MINI_TRAINED_STEPS, REFERENCE, REFERENCE_STEPS, TINY, parse,
                             start_binary)
@@ -40,7 +41,7 @@ def _run_steps_uncached(config, num_steps, devices):
   task = train.make_task(config)
   tx, schedule = optimizer_lib.make_optimizer(config, 100, 2)
   init_fn = train.init_state_fn(config, task, tx)
-  state, shardings = sharding.create_sharded(init_fn, mesh, rules)
+  state, shardings = state_testlib.create_sharded(init_fn, mesh, rules)
   step_fn = jax.jit(train.make_train_step(config, task, tx, schedule, mesh),
                     in_shardings=(shardings, sharding.batch_sharding(mesh)),
                     out_shardings=(shardings, None), donate_argnums=(0,))
@@ -125,7 +126,7 @@ def test_sigterm_then_restart_is_bitwise_equal_to_uninterrupted(reference_run, t
   assert checkpointing.list_steps(workdir) == [saved, REFERENCE_STEPS]
   _, expected = checkpointing.restore_params(reference_run)
   _, resumed = checkpointing.restore_params(workdir)
-  assert checkpointing.tree_equal(resumed, expected)
+  assert state_testlib.tree_equal(resumed, expected)
   assert 'resuming from' in (tmp_path / 'restart.log').read_text()
 
 
@@ -156,10 +157,10 @@ def test_total_steps_zero_saves_the_initial_state_without_compiling(tmp_path, mo
   tx, _ = optimizer_lib.make_optimizer(config, 1, 0)
   mesh, rules = sharding.make_mesh(config.mesh), sharding.axis_rules(config.sharding)
   with sharding.activation_context(mesh, rules, config.sharding.activation_constraints):
-    expected, _ = sharding.create_sharded(train.init_state_fn(config, task, tx), mesh, rules)
+    expected, _ = state_testlib.create_sharded(train.init_state_fn(config, task, tx), mesh, rules)
   expected = expected['params']
   _, params = checkpointing.restore_params(str(tmp_path))
-  assert checkpointing.tree_equal(params, expected)
+  assert state_testlib.tree_equal(params, expected)
   # Run again (already checkpointed): still exits 0, nothing new.
   assert train.main(args) == 0
   assert checkpointing.list_steps(str(tmp_path)) == [0]
