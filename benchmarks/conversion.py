@@ -19,9 +19,11 @@ pass (`splits.route_annotations`), alone on the same release. From these it
 prints the time a 6.3M-product release would take on N workers: the pass at its
 measured MB per CPU-second over the full 5.8 GB, plus the rest of the build at
 its measured CPU seconds per product divided by N (the 1 -> 2 worker ratio shows
-how far that division holds). --split_builds builds each split alone and sums
-them: the DirectRunner keeps a whole build's output in its own memory (a 20k-item
-features build passed 9 GB), which a distributed runner does not.
+how far that division holds). --split_builds builds each split alone, once per
+worker count, interleaved (split k runs the worker counts in an order rotated by
+k, so both see the same load) and sums per worker count: the DirectRunner keeps
+a build's whole output in its own memory (a 20k-item features build passed 9 GB,
+a 2.9k-item one 6 GB), which a distributed runner does not.
 
 --replicate K makes a K times larger release for scale runs without K times the
 generation cost: copy c of every item gets the id id + c * 10^8 (its instance
@@ -185,8 +187,8 @@ def annotations_pass(manual_dir: str, workdir: str) -> dict:
 
 
 def measure(manual_dir: str, config: str, beam: bool, workdir: str,
-            profile: bool = False, workers: int | None = None, split_builds: bool = False) -> dict:
-  """One build of every split, or with split_builds one build per split (summed)."""
+            profile: bool = False, workers: int | None = None, split: str | None = None) -> dict:
+  """One build of every split, or of `split` alone."""
   import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   import data_prep.m5product  # pylint: disable=g-import-not-at-top,unused-import
@@ -196,13 +198,9 @@ def measure(manual_dir: str, config: str, beam: bool, workdir: str,
   data_dir = os.path.join(workdir, f'data_{config}_{"beam" if beam else "plain"}')
   shutil.rmtree(data_dir, ignore_errors=True)
   configs = [config]
-  if split_builds:
-    from data_prep import release  # pylint: disable=g-import-not-at-top
+  if split:
     from data_prep.m5product import M5ProductConfig  # pylint: disable=g-import-not-at-top
-    layout = release.ReleaseLayout()
-    configs = [M5ProductConfig(name=f'{config}_{split}', form=config, splits=(split,))
-               for split in release.SPLIT_FILES
-               if os.path.isfile(layout.split_path(manual_dir, split))]
+    configs = [M5ProductConfig(name=f'{config}_{split}', form=config, splits=(split,))]
   builders = [tfds.builder('m5product', config=c, data_dir=data_dir) for c in configs]
   download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
   if beam:
@@ -235,6 +233,31 @@ def measure(manual_dir: str, config: str, beam: bool, workdir: str,
           'products_per_wall_s': products / wall, 'profiled': profile,
           'load_avg_start': load_start, 'load_avg_end': round(os.getloadavg()[0], 2),
           'stages': profile_buckets(profiler) if profiler else None}
+
+
+def measure_split_builds(manual_dir: str, config: str, worker_counts: list[int], workdir: str,
+                         first: int = 0) -> list[dict]:
+  """One Beam build per split and worker count, interleaved; rows summed per count."""
+  from data_prep import release  # pylint: disable=g-import-not-at-top
+  layout = release.ReleaseLayout()
+  splits = [s for s in release.SPLIT_FILES if os.path.isfile(layout.split_path(manual_dir, s))]
+  parts = {w: [] for w in worker_counts}
+  for k, split in enumerate(splits):
+    r = (first + k) % len(worker_counts)
+    for w in worker_counts[r:] + worker_counts[:r]:
+      part = measure(manual_dir, config, True, workdir, workers=w, split=split)
+      print(f"  {split} x{w}: {part['products']} products, wall {part['wall_s']:.1f} s, "
+            f"CPU {part['cpu_s']:.1f} s, load {part['load_avg_start']}", flush=True)
+      parts[w].append(part)
+  rows = []
+  for w, ps in parts.items():
+    products, cpu, wall = (sum(p[k] for p in ps) for k in ('products', 'cpu_s', 'wall_s'))
+    listings = sum(p['listings'] for p in ps)
+    rows.append({**ps[0], 'builds': len(ps), 'products': products, 'listings': listings,
+                 'cpu_s': cpu, 'wall_s': wall, 'products_per_cpu_s': products / cpu,
+                 'listings_per_cpu_s': listings / cpu, 'products_per_wall_s': products / wall,
+                 'load_avg_end': ps[-1]['load_avg_end']})
+  return rows
 
 
 FULL_RELEASE = 6_313_067
@@ -283,8 +306,8 @@ def main(argv=None) -> int:
                       help='comma-separated DirectRunner worker counts (multi_processing), e.g. 1,2')
   parser.add_argument('--rounds', type=int, default=1, help='repeats of --beam_workers, order rotated')
   parser.add_argument('--split_builds', action='store_true',
-                      help='one build per split (summed): the DirectRunner holds a whole build\'s '
-                      'output in its memory (20k features examples: about 6 GB)')
+                      help='with --beam_workers: one build per split and worker count, interleaved '
+                      '(the DirectRunner holds a whole build\'s output in its memory)')
   parser.add_argument('--replicate', type=int, default=1, help='copies of the release (see above)')
   parser.add_argument('--release_out', help='where --replicate writes (kept); default: temporary')
   parser.add_argument('--profile', action='store_true', help='cProfile, grouped into stages')
@@ -309,14 +332,22 @@ def main(argv=None) -> int:
   if worker_counts:  # each round rotates the order of the worker counts
     rounds = [[(config, True, w) for w in worker_counts[r:] + worker_counts[:r] for config in configs]
               for r in (i % len(worker_counts) for i in range(args.rounds))]
+  split_builds = args.split_builds and worker_counts
+  if split_builds:  # the rotation happens per split, inside measure_split_builds
+    rounds = [[(config, True, None) for config in configs]] * args.rounds
   rows, passes = [], []
-  for config, beam, workers in (run for runs in rounds for run in runs):
-    if worker_counts and len(rows) % len(rounds[0]) == 0:  # a round starts
+  for r, runs in enumerate(rounds):
+    if worker_counts:  # a round starts: the serial pass, timed alone
       passes.append(annotations_pass(manual_dir, workdir))
       print(f"annotations pass: {passes[-1]['listings']} listings, "
             f"{passes[-1]['cpu_ms_per_listing']:.3f} CPU-ms per listing", flush=True)
-    row = measure(manual_dir, config, beam, workdir, args.profile, workers, args.split_builds)
-    rows.append(row)
+    for config, beam, workers in runs:
+      if split_builds:
+        rows += measure_split_builds(manual_dir, config, worker_counts, workdir, first=r)
+      else:
+        rows.append(measure(manual_dir, config, beam, workdir, args.profile, workers))
+  for row in rows:
+    config = row['config']
     if args.json:
       row['peak_rss_mib'] = _peak_rss_mib()
       print(json.dumps(row), flush=True)
