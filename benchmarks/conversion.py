@@ -223,7 +223,11 @@ def measure(manual_dir: str, config: str, beam: bool, workdir: str,
   listings = 0
   for builder in builders:
     with open(os.path.join(builder.data_dir, 'build_report.json')) as f:
-      listings += json.load(f)['total']['items_written']
+      written = json.load(f)['total']['items_written']
+    stored = sum(split.num_examples for split in builder.info.splits.values())
+    if stored != written:  # a runner that drops examples (ReadFromText did, on this one)
+      raise RuntimeError(f'{builder.info.full_name}: converted {written} examples, stored {stored}')
+    listings += written
   products = _unique_written(builders)
   shutil.rmtree(data_dir, ignore_errors=True)
   return {'config': config, 'path': 'beam' if beam else 'plain', 'workers': workers,

@@ -10,8 +10,8 @@ The annotations JSON is the build's one big serial input (about 5.8 GB for
   * writes each split's accepted (item_id, record) pairs, in file order, to one
     JSON-lines file per split (a split with no line writes no example).
 Both generation paths then read those files: the plain path streams one per
-split; the Beam path reads them with the splittable `ReadFromText` and decodes
-media on every worker. Records travel as ASCII JSON: it keeps lone surrogates
+split; the Beam path reads a split's file on one worker (cheap: JSON lines),
+reshuffles, and decodes media on every worker. Records travel as ASCII JSON: it keeps lone surrogates
 (bad bytes, counted later as bad_encoding) that Beam's string coder refuses.
 """
 from __future__ import annotations
@@ -127,9 +127,14 @@ def parse_line(line: str) -> tuple[str, dict]:
   return item_id, record
 
 
-def iter_records(path: str) -> Iterator[tuple[str, dict]]:
-  """A split's records file -> (item_id, record), in annotations order."""
+def iter_lines(path: str) -> Iterator[str]:
+  """A split's records file, line by line (ASCII: safe for Beam's string coder)."""
   from etils import epath  # pylint: disable=g-import-not-at-top
   with epath.Path(path).open() as f:
-    for line in f:
-      yield parse_line(line)
+    yield from f
+
+
+def iter_records(path: str) -> Iterator[tuple[str, dict]]:
+  """A split's records file -> (item_id, record), in annotations order."""
+  for line in iter_lines(path):
+    yield parse_line(line)
