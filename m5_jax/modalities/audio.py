@@ -21,8 +21,6 @@ existed used).
 """
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
@@ -69,20 +67,15 @@ def normalize_utterance(mel, mask, how: str):
   return tf.where(valid > 0, (mel - mean) * tf.math.rsqrt(var + 1e-5), 0.0)
 
 
-class MelEmbedder(nn.Module):
+class MelEmbedder(base.Embedder):
   """Projection of mel rows (features) or time patches (raw), + positions."""
-  cfg: ml_collections.ConfigDict
-  hidden: int
-  shared: Any
 
   @nn.compact
   def __call__(self, inputs, *, deterministic: bool):
     dtype = base.compute_dtype(self.shared)
     tokens, mask = PLUGIN.content_features(inputs, self.cfg), PLUGIN.content_mask(inputs, self.cfg)
     x = base.dense(self.hidden, (None, 'embed'), dtype, name='project')(tokens.astype(dtype))
-    return base.FinishTokens(add_cls=True, dtype=dtype, name='finish',
-                             dropout_rate=self.shared.get('dropout_rate', 0.0))(
-                                 x, mask, inputs['present'], deterministic=deterministic)
+    return self.finish(x, mask, inputs['present'], deterministic=deterministic)
 
 
 class Audio(base.MaskedFeatureModality):

@@ -195,6 +195,22 @@ class FinishTokens(nn.Module):
     return constrain(tokens), jnp.logical_and(mask, present[:, None])
 
 
+class Embedder(nn.Module):
+  """Base of the built-in embedders: the modality's config, the model width, the
+  model's `shared` pieces, and `finish`, the one place their tail is built."""
+  cfg: ml_collections.ConfigDict
+  hidden: int
+  shared: Any
+
+  def finish(self, tokens, mask, present, *, deterministic: bool, add_cls: bool = True,
+             **options):
+    """FinishTokens (named 'finish': checkpoints' parameter paths) in the compute dtype
+    with the model's embedding dropout; `options` are its add_positions and norm."""
+    return FinishTokens(add_cls=add_cls, dtype=compute_dtype(self.shared), name='finish',
+                        dropout_rate=self.shared.get('dropout_rate', 0.0), **options)(
+                            tokens, mask, present, deterministic=deterministic)
+
+
 def round_half_up(x):
   """The one rounding rule for 'how many tokens to mask' (python and jnp alike)."""
   if isinstance(x, (int, float)):
@@ -286,10 +302,13 @@ class MaskedFeatureModality:
     content_features(inputs, cfg) -> f32[B, N, F]  what a masked token must predict
     zero_content(inputs, selected [B, N], cfg) -> inputs with those tokens zeroed
     feature_dim(cfg) -> F
-  and may override should_normalize_target(cfg) (default: cfg.normalize_target).
+  and may override should_normalize_target(cfg) (default: cfg.normalize_target,
+  where None means normalise raw-form tokens (pixels, frames, mel patches) only).
   """
 
   def should_normalize_target(self, cfg) -> bool:
+    if cfg.normalize_target is None:
+      return cfg.get('form') == 'raw'
     return bool(cfg.normalize_target)
 
   def mask_for_pretraining(self, inputs, rng, cfg):

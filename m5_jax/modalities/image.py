@@ -10,8 +10,6 @@ form 'features': 36 regions x 2048 + 5-d boxes (bottom-up attention) -> region
 """
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
@@ -40,29 +38,20 @@ def pixels_to_float(pixels):
   return pixels.astype(jnp.float32) / 127.5 - 1.0
 
 
-class PatchEmbedder(nn.Module):
+class PatchEmbedder(base.Embedder):
   """ViT patch embedding (a Dense on flattened patches: a 2-D kernel shards cleanly)."""
-  cfg: ml_collections.ConfigDict
-  hidden: int
-  shared: Any
 
   @nn.compact
   def __call__(self, inputs, *, deterministic: bool):
     dtype = base.compute_dtype(self.shared)
     patches = patchify(pixels_to_float(inputs['pixels']), self.cfg.patch_size)
     tokens = base.dense(self.hidden, (None, 'embed'), dtype, name='patch')(patches.astype(dtype))
-    mask = jnp.ones(tokens.shape[:2], bool)
-    return base.FinishTokens(add_cls=True, dtype=dtype, name='finish',
-                             norm=self.cfg.get('embed_norm', True),
-                             dropout_rate=self.shared.get('dropout_rate', 0.0))(
-                                 tokens, mask, inputs['present'], deterministic=deterministic)
+    return self.finish(tokens, jnp.ones(tokens.shape[:2], bool), inputs['present'],
+                       deterministic=deterministic, norm=self.cfg.get('embed_norm', True))
 
 
-class RegionEmbedder(nn.Module):
+class RegionEmbedder(base.Embedder):
   """UNITER's image embedder: LN(W r) + LN(W box), no learned order positions."""
-  cfg: ml_collections.ConfigDict
-  hidden: int
-  shared: Any
 
   @nn.compact
   def __call__(self, inputs, *, deterministic: bool):
@@ -73,10 +62,8 @@ class RegionEmbedder(nn.Module):
         inputs['boxes'].astype(dtype))
     tokens = (base.layer_norm(dtype, name='region_norm')(regions)
               + base.layer_norm(dtype, name='box_norm')(boxes))
-    return base.FinishTokens(add_cls=True, add_positions=False, dtype=dtype, name='finish',
-                             dropout_rate=self.shared.get('dropout_rate', 0.0))(
-                                 tokens, inputs['mask'], inputs['present'],
-                                 deterministic=deterministic)
+    return self.finish(tokens, inputs['mask'], inputs['present'], deterministic=deterministic,
+                       add_positions=False)
 
 
 class Image(base.MaskedFeatureModality):
@@ -151,11 +138,6 @@ class Image(base.MaskedFeatureModality):
     return RegionEmbedder(cfg, hidden, shared)
 
   # --- base.MaskedFeatureModality hooks ---------------------------------------
-
-  def should_normalize_target(self, cfg) -> bool:
-    if cfg.normalize_target is None:
-      return cfg.form == 'raw'
-    return cfg.normalize_target
 
   def feature_dim(self, cfg) -> int:
     return cfg.patch_size ** 2 * 3 if cfg.form == 'raw' else cfg.region_dim

@@ -8,8 +8,6 @@ alone is too long). Masking selects whole spans and replaces all their tokens wi
 """
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -19,11 +17,8 @@ from m5_jax.modalities import base
 from m5_jax.modalities import text
 
 
-class TableEmbedder(nn.Module):
+class TableEmbedder(base.Embedder):
   """Shared word embeddings + positions + key/value type embeddings."""
-  cfg: ml_collections.ConfigDict
-  hidden: int
-  shared: Any
 
   @nn.compact
   def __call__(self, inputs, *, deterministic: bool):
@@ -31,10 +26,8 @@ class TableEmbedder(nn.Module):
     tokens = self.shared['word_embed'](inputs['ids']).astype(dtype)
     types = base.embedding_param(self, 'key_value_types', (2, self.hidden))
     tokens = tokens + jnp.take(types, inputs['is_value'].astype(jnp.int32), axis=0).astype(dtype)
-    return base.FinishTokens(add_cls=False, dtype=dtype, name='finish',
-                             dropout_rate=self.shared.get('dropout_rate', 0.0))(
-                                 tokens, inputs['mask'], inputs['present'],
-                                 deterministic=deterministic)
+    return self.finish(tokens, inputs['mask'], inputs['present'], deterministic=deterministic,
+                       add_cls=False)
 
 
 def pack_spans(span_ids, max_len: int, max_span_len: int):
@@ -64,10 +57,11 @@ def pack_spans(span_ids, max_len: int, max_span_len: int):
   return ids, span, is_value, keep
 
 
-class Table:
+class Table(text.WordModality):
   """The table modality plugin (see base.Modality)."""
   name = 'table'
   code = 'p'
+  embedder_class = TableEmbedder
 
   def default_config(self) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
@@ -82,9 +76,6 @@ class Table:
     length = (cfg.max_len,)
     return {'present': ((), 'bool'), 'ids': (length, 'int32'), 'mask': (length, 'bool'),
             'span': (length, 'int32'), 'is_value': (length, 'bool')}
-
-  def num_tokens(self, cfg) -> int:
-    return cfg.max_len
 
   def preprocess(self, example, cfg, tokenizer):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -104,10 +95,6 @@ class Table:
     return {'present': present, 'ids': zero(ids), 'mask': keep, 'span': zero(span),
             'is_value': zero(is_value)}
 
-  def embedder(self, cfg, hidden, shared):
-    text.check_vocab(self.name, cfg, shared)
-    return TableEmbedder(cfg, hidden, shared)
-
   def mask_for_pretraining(self, inputs, rng, cfg):
     """Masked entity modeling: whole spans replaced by [MASK]."""
     span = inputs['span']
@@ -119,13 +106,6 @@ class Table:
     selected = real & jnp.take_along_axis(chosen, span, axis=1)
     masked = dict(inputs, ids=jnp.where(selected, text.MASK_ID, inputs['ids']))
     return masked, {'ids': inputs['ids'], 'weights': selected.astype(jnp.float32)}
-
-  def head(self, cfg, hidden, shared):
-    text.check_vocab(self.name, cfg, shared)
-    return text.MlmHead(hidden, shared)
-
-  def masked_loss(self, predictions, targets, cfg):
-    return text.mlm_loss(predictions, targets)
 
 
 PLUGIN = Table()

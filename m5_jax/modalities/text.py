@@ -94,25 +94,19 @@ def as_tokenizer(tokenizer: Any):
   return SentencePieceTokenizer(tokenizer)
 
 
-class TextEmbedder(nn.Module):
+class TextEmbedder(base.Embedder):
   """Shared word embeddings + learned positions, LayerNorm, dropout (BERT's embedder).
 
   BERT also adds token_type_embeddings[0] to every token; to load BERT weights,
   add that row to `positions`.
   """
-  cfg: ml_collections.ConfigDict
-  hidden: int
-  shared: Any
 
   @nn.compact
   def __call__(self, inputs, *, deterministic: bool):
     dtype = base.compute_dtype(self.shared)
     tokens = self.shared['word_embed'](inputs['ids']).astype(dtype)
-    return base.FinishTokens(add_cls=False, dtype=dtype, name='finish',
-                             norm=self.cfg.get('embed_norm', True),
-                             dropout_rate=self.shared.get('dropout_rate', 0.0))(
-                                 tokens, inputs['mask'], inputs['present'],
-                                 deterministic=deterministic)
+    return self.finish(tokens, inputs['mask'], inputs['present'], deterministic=deterministic,
+                       add_cls=False, norm=self.cfg.get('embed_norm', True))
 
 
 class MlmHead(nn.Module):
@@ -162,10 +156,31 @@ def bert_corrupt(ids, selected, rng, cfg):
   return jnp.where(selected, corrupted, ids)
 
 
-class Text:
+class WordModality:
+  """What text and table share: `max_len` ids over the model's word embedding,
+  predicted back by the tied MLM head. Subclasses name their `embedder_class`."""
+  embedder_class: type[nn.Module]
+
+  def num_tokens(self, cfg) -> int:
+    return cfg.max_len
+
+  def embedder(self, cfg, hidden, shared):
+    check_vocab(self.name, cfg, shared)
+    return self.embedder_class(cfg, hidden, shared)
+
+  def head(self, cfg, hidden, shared):
+    check_vocab(self.name, cfg, shared)
+    return MlmHead(hidden, shared)
+
+  def masked_loss(self, predictions, targets, cfg):
+    return mlm_loss(predictions, targets)
+
+
+class Text(WordModality):
   """The text modality plugin (see base.Modality)."""
   name = 'text'
   code = 't'
+  embedder_class = TextEmbedder
 
   def default_config(self) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
@@ -182,9 +197,6 @@ class Text:
   def batch_spec(self, cfg):
     return {'present': ((), 'bool'), 'ids': ((cfg.max_len,), 'int32'),
             'mask': ((cfg.max_len,), 'bool')}
-
-  def num_tokens(self, cfg) -> int:
-    return cfg.max_len
 
   def preprocess(self, example, cfg, tokenizer):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -204,10 +216,6 @@ class Text:
     ids.set_shape([cfg.max_len])
     return {'present': present, 'ids': ids, 'mask': tf.range(cfg.max_len) < length}
 
-  def embedder(self, cfg, hidden, shared):
-    check_vocab(self.name, cfg, shared)
-    return TextEmbedder(cfg, hidden, shared)
-
   def mask_for_pretraining(self, inputs, rng, cfg):
     ids = inputs['ids']
     candidates = inputs['mask'] & inputs['present'][:, None] & (ids != BOS_ID) & (ids != PAD_ID)
@@ -215,13 +223,6 @@ class Text:
     selected = base.select_random(candidates, select_rng, cfg.mask_prob)
     masked = dict(inputs, ids=bert_corrupt(ids, selected, corrupt_rng, cfg))
     return masked, {'ids': ids, 'weights': selected.astype(jnp.float32)}
-
-  def head(self, cfg, hidden, shared):
-    check_vocab(self.name, cfg, shared)
-    return MlmHead(hidden, shared)
-
-  def masked_loss(self, predictions, targets, cfg):
-    return mlm_loss(predictions, targets)
 
   def max_masked_tokens(self, cfg) -> int:
     return base.num_to_mask(cfg.max_len - 1, cfg.mask_prob)  # BOS is never selected

@@ -10,8 +10,6 @@ form 'features': S3D [T, 1024] -> one token per row (the paper's input). Masked
 """
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
@@ -20,11 +18,8 @@ from m5_jax.modalities import base
 from m5_jax.modalities import image
 
 
-class FrameEmbedder(nn.Module):
+class FrameEmbedder(base.Embedder):
   """Per-frame patch embedding + spatial positions, pooled to one token per frame."""
-  cfg: ml_collections.ConfigDict
-  hidden: int
-  shared: Any
 
   @nn.compact
   def __call__(self, inputs, *, deterministic: bool):
@@ -36,24 +31,17 @@ class FrameEmbedder(nn.Module):
     x = base.dense(self.hidden, (None, 'embed'), dtype, name='patch')(patches.astype(dtype))
     spatial = base.embedding_param(self, 'spatial_positions', (patches.shape[1], self.hidden))
     x = jnp.mean(x + spatial.astype(dtype)[None], axis=1).reshape(b, t, self.hidden)
-    return base.FinishTokens(add_cls=True, dtype=dtype, name='finish',
-                             dropout_rate=self.shared.get('dropout_rate', 0.0))(
-                                 x, inputs['mask'], inputs['present'], deterministic=deterministic)
+    return self.finish(x, inputs['mask'], inputs['present'], deterministic=deterministic)
 
 
-class S3dEmbedder(nn.Module):
+class S3dEmbedder(base.Embedder):
   """Projection of pre-extracted S3D clip features + temporal positions."""
-  cfg: ml_collections.ConfigDict
-  hidden: int
-  shared: Any
 
   @nn.compact
   def __call__(self, inputs, *, deterministic: bool):
     dtype = base.compute_dtype(self.shared)
     x = base.dense(self.hidden, (None, 'embed'), dtype, name='s3d')(inputs['s3d'].astype(dtype))
-    return base.FinishTokens(add_cls=True, dtype=dtype, name='finish',
-                             dropout_rate=self.shared.get('dropout_rate', 0.0))(
-                                 x, inputs['mask'], inputs['present'], deterministic=deterministic)
+    return self.finish(x, inputs['mask'], inputs['present'], deterministic=deterministic)
 
 
 class Video(base.MaskedFeatureModality):
@@ -120,11 +108,6 @@ class Video(base.MaskedFeatureModality):
     return S3dEmbedder(cfg, hidden, shared)
 
   # --- base.MaskedFeatureModality hooks ---------------------------------------
-
-  def should_normalize_target(self, cfg) -> bool:
-    if cfg.normalize_target is None:
-      return cfg.form == 'raw'
-    return cfg.normalize_target
 
   def feature_dim(self, cfg) -> int:
     if cfg.form == 'raw':

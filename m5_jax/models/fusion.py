@@ -40,15 +40,24 @@ class ModalityTypeEmbedding(nn.Module):
     return {m: (x + table[self.names.index(m)], mask) for m, (x, mask) in streams.items()}
 
 
-class JointFusion(nn.Module):
+class TransformerFusion(nn.Module):
+  """What the transformer fusions share: their fields and the modality-type embedding."""
   spec: layers.TransformerSpec
   num_layers: int
   names: tuple[str, ...]
 
+  def typed_streams(self, streams: Mapping[str, tuple]) -> tuple[dict, list[str]]:
+    """(streams plus their modality-type embedding, the present modalities in `names` order)."""
+    streams = ModalityTypeEmbedding(self.names, name='type_embedding')(streams)
+    return streams, [m for m in self.names if m in streams]
+
+
+class JointFusion(TransformerFusion):
+  """One transformer over every modality's tokens, concatenated."""
+
   @nn.compact
   def __call__(self, streams: Mapping[str, tuple], *, deterministic: bool = True):
-    streams = ModalityTypeEmbedding(self.names, name='type_embedding')(streams)
-    order = [m for m in self.names if m in streams]
+    streams, order = self.typed_streams(streams)
     lengths = [streams[m][0].shape[1] for m in order]
     x = jnp.concatenate([streams[m][0] for m in order], axis=1)
     mask = jnp.concatenate([streams[m][1] for m in order], axis=1)
@@ -61,26 +70,22 @@ class JointFusion(nn.Module):
     return out
 
 
-class CoAttentionFusion(nn.Module):
+class CoAttentionFusion(TransformerFusion):
   """Per-modality streams exchanging information through cross-attention only."""
-  spec: layers.TransformerSpec
-  num_layers: int
-  names: tuple[str, ...]
 
   @nn.compact
   def __call__(self, streams: Mapping[str, tuple], *, deterministic: bool = True):
-    streams = ModalityTypeEmbedding(self.names, name='type_embedding')(streams)
-    order = [m for m in self.names if m in streams]
+    streams, order = self.typed_streams(streams)
     xs = {m: streams[m][0] for m in order}
     masks = {m: streams[m][1] for m in order}
     block = nn.remat(layers.Block) if self.spec.remat else layers.Block
     for i in range(self.num_layers):
       new = {}
       for m in order:
-        others = [o for o in order if o != m]
+        others = [other for other in order if other != m]
         if others:
-          context = jnp.concatenate([xs[o] for o in others], axis=1)
-          context_mask = jnp.concatenate([masks[o] for o in others], axis=1)
+          context = jnp.concatenate([xs[other] for other in others], axis=1)
+          context_mask = jnp.concatenate([masks[other] for other in others], axis=1)
         else:  # one stream: nothing to attend to (the safe softmax gives zeros)
           context, context_mask = xs[m], jnp.zeros_like(masks[m])
         new[m] = block(self.spec, cross=True, deterministic=deterministic, name=f'{m}_layer_{i}')(
