@@ -94,7 +94,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 
 # OpenBLAS helper threads spin for up to ~0.1 s after each threaded call (the
 # log-mel matmul, once per item) before they sleep: on a busy 2-core machine that
@@ -151,10 +150,7 @@ def generate(out: str, num_products: int = DEFAULT_NUM_PRODUCTS, seed: int = 0,
     args['split_weights'] = dict(split_weights)
   manifest = plan_lib.build_manifest(plan, world, args, features)
   release_writer.write_manifest(os.path.join(out, MANIFEST), manifest)
-  if progress:
-    print(f'make_mini: wrote {len(plan.items)} items to {out} in {meter.elapsed:.1f}s '
-          f'({len(plan.items) / max(meter.elapsed, 1e-9):.1f} items/s, {workers} workers); '
-          f'absent (raw): {manifest["counts"]["raw"]["by_reason"]}', file=sys.stderr)
+  meter.summary(out, workers, f'absent (raw): {manifest["counts"]["raw"]["by_reason"]}')
   return manifest
 
 
@@ -179,32 +175,21 @@ def parse_split_weights(text: str) -> tuple:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m data_prep.make_mini',
-                                   description=__doc__.split('\n\n')[0])
-  parser.add_argument('--out', required=True, help='release folder to write (empty or new)')
-  parser.add_argument('--num_products', type=int, default=DEFAULT_NUM_PRODUCTS,
-                      help='number of items (listings)')
-  parser.add_argument('--seed', type=int, default=0)
+  rate_fields = dataclasses.fields(plan_lib.DefectRates)
+  parser = release_writer.generator_parser('make_mini', __doc__, DEFAULT_NUM_PRODUCTS,
+                                           len(world_lib.CATEGORIES), rate_fields)
   parser.add_argument('--features', action='store_true', help='also write features/*.npy')
-  parser.add_argument('--workers', type=int, default=None, help='processes (default: all cores)')
   parser.add_argument('--cue_noise', type=float, default=0.15,
                       help='per-listing probability that a modality shows a random category cue')
   parser.add_argument('--instance_rate', type=float, default=0.25,
                       help='fraction of products with 2-4 listings')
-  parser.add_argument('--num_categories', type=int, default=len(world_lib.CATEGORIES))
   parser.add_argument('--split_weights', default=None, type=parse_split_weights,
                       help='how single-listing products spread over the splits, e.g. '
                            'pretrain=0.25,coarse_query=0.2,coarse_gallery=0.2,fine_gallery=0.05,'
                            'cls_train=0.1,cls_test=0.2 (default: '
                            + ','.join(f'{k}={w}' for k, w in plan_lib.SINGLETON_SPLITS) + ')')
-  parser.add_argument('--overwrite', action='store_true', help='replace an existing mini release')
-  parser.add_argument('--quiet', action='store_true', help='no progress output')
-  for field in dataclasses.fields(plan_lib.DefectRates):
-    parser.add_argument(f'--{field.name}_rate', type=float, default=field.default,
-                        dest=f'rate_{field.name}', help=f'default {field.default}')
   args = parser.parse_args(argv)
-  rates = plan_lib.DefectRates(**{f.name: getattr(args, f'rate_{f.name}')
-                                  for f in dataclasses.fields(plan_lib.DefectRates)})
+  rates = release_writer.parsed_rates(args, rate_fields, plan_lib.DefectRates())
   try:
     generate(args.out, args.num_products, args.seed, args.features, args.workers, rates,
              args.cue_noise, args.instance_rate, args.num_categories, args.overwrite,

@@ -75,10 +75,8 @@ own RNG; single-threaded codecs, bit-exact muxing; espeak-ng is deterministic).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
-import sys
 
 from data_prep import release
 from data_prep import release_writer
@@ -135,31 +133,16 @@ def generate(out: str, num_products: int = DEFAULT_NUM_PRODUCTS, seed: int = 0,
   manifest = plan_lib.build_manifest(plan, world, args, with_features=False,
                                      label_names=world.label_names, manifest_format=MANIFEST_FORMAT)
   release_writer.write_manifest(os.path.join(out, MANIFEST), manifest)
-  if progress:
-    print(f'make_realistic: wrote {len(plan.items)} items to {out} in {meter.elapsed:.1f}s '
-          f'({len(plan.items) / max(meter.elapsed, 1e-9):.1f} items/s, {workers} workers); '
-          f'splits {manifest["split_sizes"]}', file=sys.stderr)
+  meter.summary(out, workers, f'splits {manifest["split_sizes"]}')
   return manifest
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m data_prep.make_realistic',
-                                   description=__doc__.split('\n\n')[0])
-  parser.add_argument('--out', required=True, help='release folder to write (empty or new)')
-  parser.add_argument('--num_products', type=int, default=DEFAULT_NUM_PRODUCTS,
-                      help='number of items (listings)')
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--workers', type=int, default=None, help='processes (default: all cores)')
-  parser.add_argument('--num_categories', type=int, default=len(world_lib.CATEGORIES))
-  parser.add_argument('--overwrite', action='store_true', help='replace an existing release')
-  parser.add_argument('--quiet', action='store_true', help='no progress output')
   rate_fields = [f for f in dataclasses.fields(plan_lib.DefectRates) if f.name != 'bad_features']
-  for field in rate_fields:
-    parser.add_argument(f'--{field.name}_rate', type=float, default=field.default,
-                        dest=f'rate_{field.name}', help=f'default {field.default}')
+  parser = release_writer.generator_parser('make_realistic', __doc__, DEFAULT_NUM_PRODUCTS,
+                                           len(world_lib.CATEGORIES), rate_fields)
   args = parser.parse_args(argv)
-  rates = dataclasses.replace(DEFAULT_RATES, **{f.name: getattr(args, f'rate_{f.name}')
-                                                for f in rate_fields})
+  rates = release_writer.parsed_rates(args, rate_fields, DEFAULT_RATES)
   try:
     generate(args.out, args.num_products, args.seed, args.workers, rates, args.num_categories,
              args.overwrite, progress=not args.quiet)

@@ -8,6 +8,8 @@ module.
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -50,6 +52,39 @@ class Progress:
   @property
   def elapsed(self) -> float:
     return time.monotonic() - self.start
+
+  def summary(self, out: str, workers: int, detail: str) -> None:
+    """The closing line: items written to `out`, time, rate and workers, then `detail`."""
+    if self.enabled:
+      print(f'{self.prog}: wrote {self.total} items to {out} in {self.elapsed:.1f}s '
+            f'({self.total / max(self.elapsed, 1e-9):.1f} items/s, {workers} workers); '
+            f'{detail}', file=sys.stderr)
+
+
+def generator_parser(prog: str, doc: str, default_num_products: int, num_categories: int,
+                     rate_fields: Sequence[dataclasses.Field]) -> argparse.ArgumentParser:
+  """The flags both generators take (`prog` is make_mini or make_realistic), with one
+  --<defect>_rate per field of `rate_fields`; the caller adds its own flags."""
+  parser = argparse.ArgumentParser(prog=f'python -m data_prep.{prog}',
+                                   description=doc.split('\n\n')[0])
+  parser.add_argument('--out', required=True, help='release folder to write (empty or new)')
+  parser.add_argument('--num_products', type=int, default=default_num_products,
+                      help='number of items (listings)')
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--workers', type=int, default=None, help='processes (default: all cores)')
+  parser.add_argument('--num_categories', type=int, default=num_categories)
+  parser.add_argument('--overwrite', action='store_true', help='replace an existing release')
+  parser.add_argument('--quiet', action='store_true', help='no progress output')
+  for field in rate_fields:
+    parser.add_argument(f'--{field.name}_rate', type=float, default=field.default,
+                        dest=f'rate_{field.name}', help=f'default {field.default}')
+  return parser
+
+
+def parsed_rates(args: argparse.Namespace, rate_fields: Sequence[dataclasses.Field], defaults):
+  """`defaults` (a DefectRates) with the --<defect>_rate flags of `rate_fields` applied."""
+  return dataclasses.replace(defaults, **{f.name: getattr(args, f'rate_{f.name}')
+                                          for f in rate_fields})
 
 
 def prepare_out(out: str, owned: Sequence[str], dirs: Sequence[str], overwrite: bool) -> None:
