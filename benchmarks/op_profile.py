@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.op_profile --size base --batch_size 8 --steps 2 \
         --set model.scan_layers=true [--json]
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m benchmarks.op_profile --peer --size small
 
 Builds the real train step exactly as benchmarks/train_step.py does, runs
 `--steps` steps under `jax.profiler.trace`, and reads the trace with XProf
@@ -177,7 +178,56 @@ def profile(size: str, form: str, batch_size: int, steps: int, modalities: str =
   return result
 
 
+# The torch peer's ops (benchmarks/peer_model.py) in the same categories, by aten name.
+_TORCH_CATEGORIES = (
+    ('matmul', ('mm', 'addmm', 'bmm', 'baddbmm', 'linear', 'matmul', 'scaled_dot_product',
+                'flash_attention', 'convolution')),
+    ('rng', ('bernoulli', 'rand', 'randint', 'dropout', 'native_dropout')),
+    ('exp', ('softmax', 'log_softmax', 'exp', 'cross_entropy', 'nll_loss')),
+    ('reduce', ('layer_norm', 'native_layer_norm', 'linalg_vector_norm', 'sum', 'mean', 'var', 'norm', 'amax', 'any', 'topk', 'sort')),
+    ('layout', ('copy', 'cat', 'transpose', 'permute', 'view', 'reshape', 'clone', 'contiguous',
+                'gather', 'index', 'pad', 'expand', 'slice', 'select', 'stack', 'scatter',
+                'repeat', 'embedding')),
+)
+
+
+def torch_category(op_name: str) -> str:
+  name = op_name.split('::')[-1].lstrip('_')
+  for category, keys in _TORCH_CATEGORIES:
+    if any(name == k or name.startswith(k + '_') for k in keys):
+      return category
+  return 'elementwise'
+
+
+def profile_peer(size: str, batch_size: int, steps: int, overrides: dict | None = None) -> dict:
+  """The torch peer's eager step under torch.profiler: self CPU time per category (the
+  kernels' own time, as XLA's thunks are), to set beside m5_jax's table."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import peer_torch  # pylint: disable=g-import-not-at-top
+  worker = peer_torch.TorchWorker(size, batch_size, overrides or {}, compiled=False)
+  with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    start = time.perf_counter()
+    for _ in range(steps):
+      worker.step()
+    wall = time.perf_counter() - start
+  totals = collections.Counter()
+  for event in prof.key_averages():
+    if event.key.startswith('aten::') and event.self_cpu_time_total > 0:
+      totals[torch_category(event.key)] += event.self_cpu_time_total
+  total = sum(totals.values())
+  return {'size': size, 'batch_size': batch_size, 'steps': steps, 'peer': 'torch eager',
+          'wall_s_per_step': wall / steps, 'op_s_per_step': total / 1e6 / steps,
+          'shares': {c: totals[c] / total if total else 0.0 for c in CATEGORIES},
+          'load_avg': machine.load_average()}
+
+
 def table(r: dict) -> str:
+  if r.get('peer'):
+    lines = [f"torch peer ({r['peer']}) {r['size']} batch {r['batch_size']}: "
+             f"{r['wall_s_per_step']:.2f} s/step wall, {r['op_s_per_step']:.2f} s of aten ops "
+             f"per step (load {r['load_avg']})", '| category | share of op time |', '|---|---:|']
+    lines += [f"| {c} | {100 * r['shares'][c]:.1f}% |" for c in CATEGORIES]
+    return '\n'.join(lines)
   lines = [f"{r['size']}/{r['form']} batch {r['batch_size']}: {r['wall_s_per_step']:.2f} s/step "
            f"wall, {r['cpu_s_per_step']:.2f} CPU s/step, {r['thunk_s_per_step']:.2f} s of thunks "
            f"per step; MFU {100 * r['mfu_wall']:.1f}% of {r['matmul_peak_gflops']:.0f} GFLOP/s",
@@ -201,9 +251,15 @@ def main(argv=None) -> int:
   parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                       help='config override, e.g. model.scan_layers=true')
   parser.add_argument('--json', action='store_true')
+  parser.add_argument('--peer', action='store_true',
+                      help='profile the torch peer (benchmarks/peer_model.py, eager, features '
+                      'form) instead, by aten op')
   args = parser.parse_args(argv)
   overrides = train_step_lib.parse_overrides(args.set)
-  r = profile(args.size, args.form, args.batch_size, args.steps, args.modalities, overrides)
+  if args.peer:
+    r = profile_peer(args.size, args.batch_size, args.steps, overrides)
+  else:
+    r = profile(args.size, args.form, args.batch_size, args.steps, args.modalities, overrides)
   print(json.dumps(r) if args.json else table(r))
   return 0
 

@@ -216,11 +216,14 @@ def check_match(jax_info, torch_info) -> dict:
 
 
 def run(size, batch_size, rounds, steps, jax_arms: dict, torch_arms=TORCH_ARMS,
-        peer_of: str | None = None) -> dict:
+        peer_of: str | None = None, peer_set: dict | None = None) -> dict:
   """The A/B. The torch arms take the config overrides of jax arm `peer_of` (default
-  the first): the same activation and heads, so the same model and objective."""
+  the first): the same heads, so the same model and objective; `peer_set` changes
+  what does not move FLOPs (e.g. the peer keeps the exact GELU: model.activation=gelu)."""
   load_start = machine.load_average()
   peer_overrides = jax_arms[peer_of or next(iter(jax_arms))]
+  reference_arm = [o for o in jax_arms.values()].index(peer_overrides)
+  peer_overrides = dict(peer_overrides, **(peer_set or {}))
   specs = [(f'jax:{n}', 'jax', o) for n, o in jax_arms.items()]
   specs += [(t, t, peer_overrides) for t in torch_arms]
   arms = []
@@ -229,7 +232,7 @@ def run(size, batch_size, rounds, steps, jax_arms: dict, torch_arms=TORCH_ARMS,
       arms.append(Arm(name, kind, size, batch_size, overrides))  # heaviest part
       arms[-1].info = arms[-1].read()
       print(f'{name}: ready {arms[-1].info}', file=sys.stderr, flush=True)
-    reference = arms[[o for _, _, o in specs].index(peer_overrides)]  # the jax arm they copy
+    reference = arms[reference_arm]  # the jax arm whose model they build
     match = {t.name: check_match(reference.info, t.info) for t in arms if t.kind != 'jax'}
     for r in range(rounds):
       order = arms[r % len(arms):] + arms[:r % len(arms)]
@@ -298,6 +301,9 @@ def main(argv=None) -> int:
   parser.add_argument('--torch', default=','.join(TORCH_ARMS), help='torch arms to run')
   parser.add_argument('--peer_of', default=None,
                       help='the jax arm whose overrides the torch arms take (default: first)')
+  parser.add_argument('--peer_set', action='append', default=[], metavar='KEY=VALUE',
+                      help='a config override for the torch arms only, e.g. '
+                      'model.activation=gelu (the official code\'s exact GELU)')
   parser.add_argument('--json', action='store_true')
   parser.add_argument('--worker', choices=('jax',) + TORCH_ARMS, help=argparse.SUPPRESS)
   parser.add_argument('--set', action='append', default=[], help=argparse.SUPPRESS)
@@ -313,8 +319,9 @@ def main(argv=None) -> int:
     parser.error(f'unknown torch arm(s) {sorted(unknown)}; choose from {",".join(TORCH_ARMS)}')
   if args.peer_of and args.peer_of not in jax_arms:
     parser.error(f'--peer_of {args.peer_of!r} is not a --jax arm ({", ".join(jax_arms)})')
+  from benchmarks import train_step  # pylint: disable=g-import-not-at-top
   r = run(args.size, args.batch_size, args.rounds, args.steps, jax_arms, torch_arms,
-          args.peer_of)
+          args.peer_of, train_step.parse_overrides(args.peer_set))
   print(json.dumps(r) if args.json else table(r))
   return 0
 
