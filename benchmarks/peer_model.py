@@ -197,17 +197,17 @@ class M5Peer(nn.Module):
 
   def __init__(self, config, head_rows=None):
     super().__init__()
-    mcfg, mod = config.model, config.modality
+    model_config, mod = config.model, config.modality
     self.names, self.config, self.head_rows = tuple(config.modalities), config, head_rows or {}
-    d = mcfg.hidden
-    act = mcfg.get('activation', 'gelu')
-    self.word_embed = nn.Embedding(mcfg.vocab_size, d)
+    d = model_config.hidden
+    act = model_config.get('activation', 'gelu')
+    self.word_embed = nn.Embedding(model_config.vocab_size, d)
     self.embedders = Embedders(config, self.word_embed)
-    layers = lambda n: Encoder(n, d, mcfg.heads, mcfg.mlp_dim, mcfg.dropout,  # noqa: E731
-                               mcfg.layer_norm_eps, act)
-    self.encoders = nn.ModuleDict({m: layers(mcfg.encoder_layers) for m in self.names})
+    layers = lambda n: Encoder(n, d, model_config.heads, model_config.mlp_dim,  # noqa: E731
+                               model_config.dropout, model_config.layer_norm_eps, act)
+    self.encoders = nn.ModuleDict({m: layers(model_config.encoder_layers) for m in self.names})
     self.type_embedding = nn.Parameter(0.02 * torch.randn(len(self.names), d))
-    self.fusion = layers(mcfg.fusion_layers)
+    self.fusion = layers(model_config.fusion_layers)
     n_audio = mod.audio.patch_frames * mod.audio.mel_bins
     out_dims = {'image': mod.image.region_dim, 'video': mod.video.s3d_dim, 'audio': n_audio}
     self.heads = nn.ModuleDict({m: MlmHead(d, self.word_embed, act) if m in ('text', 'table')

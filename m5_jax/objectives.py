@@ -232,15 +232,17 @@ def _stacked(vectors: dict, present: dict, names):
 def losses(outputs, targets, batch, config):
   """{term: (numerator, denominator)}, fp32 sums over the global batch."""
   del batch  # presence (incl. example_mask and modality dropout) comes from outputs
-  lcfg, names = config.loss, tuple(config.modalities)
+  loss_config, names = config.loss, tuple(config.modalities)
   present = outputs['present']
   terms = {}
-  contrastive_vectors = outputs['encoder_pooled' if lcfg.contrastive_on == 'encoder' else 'pooled']
-  if lcfg.contrastive_on not in ('encoder', 'fusion'):
-    raise ValueError(f"loss.contrastive_on must be 'encoder' or 'fusion', got {lcfg.contrastive_on!r}")
+  on_encoder = loss_config.contrastive_on == 'encoder'
+  contrastive_vectors = outputs['encoder_pooled' if on_encoder else 'pooled']
+  if loss_config.contrastive_on not in ('encoder', 'fusion'):
+    raise ValueError("loss.contrastive_on must be 'encoder' or 'fusion', "
+                     f'got {loss_config.contrastive_on!r}')
 
   g_masked = g_pairs = None
-  if lcfg.scale_weighting:
+  if loss_config.scale_weighting:
     g_pairs = jax.lax.stop_gradient(self_harmonised_weights(
         *_stacked(contrastive_vectors, present, names)))
     g_masked = jax.lax.stop_gradient(self_harmonised_weights(
@@ -268,17 +270,18 @@ def losses(outputs, targets, batch, config):
     if term_weight(config, name) == 0:
       continue
     logits = pair_logits(contrastive_vectors[a], contrastive_vectors[b],
-                         outputs['contrastive']['log_scale'], lcfg.max_log_scale)
+                         outputs['contrastive']['log_scale'], loss_config.max_log_scale)
     valid = present[a] & present[b]
     ia, ib = names.index(a), names.index(b)
     scale_ab = g_pairs[:, ia, ib] if g_pairs is not None else None
     scale_ba = g_pairs[:, ib, ia] if g_pairs is not None else None
-    if lcfg.contrastive == 'softmax':
+    if loss_config.contrastive == 'softmax':
       terms[name] = softmax_contrastive(logits, valid, scale_ab, scale_ba)
-    elif lcfg.contrastive == 'sigmoid':
+    elif loss_config.contrastive == 'sigmoid':
       terms[name] = sigmoid_contrastive(logits, outputs['contrastive']['bias'], valid, scale_ab)
     else:
-      raise ValueError(f"loss.contrastive must be 'softmax' or 'sigmoid', got {lcfg.contrastive!r}")
+      raise ValueError("loss.contrastive must be 'softmax' or 'sigmoid', "
+                       f'got {loss_config.contrastive!r}')
 
   for m in names:
     name = f'instance_{m}'
@@ -289,7 +292,7 @@ def losses(outputs, targets, batch, config):
     # Both views from the modality encoder (the feature the evaluators use by default),
     # whatever loss.contrastive_on says for the cross-modal pairs.
     logits = pair_logits(outputs['encoder_pooled'][m], outputs['clean_encoder_pooled'][m],
-                         outputs['contrastive']['log_scale'], lcfg.max_log_scale)
+                         outputs['contrastive']['log_scale'], loss_config.max_log_scale)
     terms[name] = softmax_contrastive(logits, present[m])
 
   if term_weight(config, 'itm') > 0 and 'itm' in outputs:

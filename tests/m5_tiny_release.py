@@ -81,25 +81,26 @@ def _write_audio(path, seconds=2.0, rate=22050, hz=440.0):
 
 def write(root: str) -> None:
   """Writes the tiny release (raw media and features) under root."""
-  L = release.ReleaseLayout()
-  for sub in (L.image_dir, L.video_dir, L.audio_dir, L.split_dir, *dict(L.feature_dirs).values()):
+  layout = release.ReleaseLayout()
+  for sub in (layout.image_dir, layout.video_dir, layout.audio_dir, layout.split_dir,
+              *dict(layout.feature_dirs).values()):
     os.makedirs(os.path.join(root, sub), exist_ok=True)
   rng = np.random.default_rng(0)
   for item_id in ITEMS:
     if item_id == 'no_media':
       continue
-    image_path = L.media_path(root, 'image', item_id)
+    image_path = layout.media_path(root, 'image', item_id)
     img = Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8))
     img.save(image_path, quality=90)
     if item_id == 'trunc_jpg':
       data = open(image_path, 'rb').read()
       open(image_path, 'wb').write(data[: len(data) // 2])
-    video_path = L.media_path(root, 'video', item_id)
+    video_path = layout.media_path(root, 'video', item_id)
     if item_id == 'not_video':
       open(video_path, 'wb').write(b'<html>this is not a video</html>' * 10)
     else:
       _write_video(video_path)
-    audio_path = L.media_path(root, 'audio', item_id)
+    audio_path = layout.media_path(root, 'audio', item_id)
     if item_id == 'empty_mp3':
       open(audio_path, 'wb').close()
     else:
@@ -110,7 +111,7 @@ def write(root: str) -> None:
         array = array[:5]  # 5 seconds of video: 5 valid rows
       if name == 'image_regions' and item_id == 'trunc_jpg':
         array[0, 0] = np.nan
-      path = L.feature_path(root, name, item_id)
+      path = layout.feature_path(root, name, item_id)
       if name == 'video_s3d' and item_id == 'not_video':
         open(path, 'wb').write(b'\x93NUMPY garbage')
       elif name == 'audio_mel' and item_id == 'empty_mp3':
@@ -126,7 +127,7 @@ def write(root: str) -> None:
     parts.append(json.dumps(item_id).encode() + b': ' + text)
   parts.append(b'"not_object": [1, 2]')
   parts.append(b'"good0": {"title": "dup", "pv": "", "label": 0}')
-  with open(os.path.join(root, L.annotations), 'wb') as f:
+  with open(os.path.join(root, layout.annotations), 'wb') as f:
     f.write(b'{\n' + b',\n'.join(parts) + b'\n}\n')
   ids = list(ITEMS)
   lists = {
@@ -136,9 +137,9 @@ def write(root: str) -> None:
       'cls_train': ids[:6], 'cls_test': ids[6:],
   }
   for split, listed in lists.items():
-    with open(L.split_path(root, split), 'w') as f:
+    with open(layout.split_path(root, split), 'w') as f:
       f.write('\n'.join(listed) + '\n')
-  with open(os.path.join(root, L.instances), 'w') as f:
+  with open(os.path.join(root, layout.instances), 'w') as f:
     f.write(''.join(f'{k}\t{v}\n' for k, v in INSTANCES.items()))
   LISTS.update(lists)
 

@@ -7,7 +7,7 @@ import pytest
 
 from data_prep import release
 from data_prep.m5product import M5ProductConfig
-from data_prep.m5product import examples as ex
+from data_prep.m5product import examples
 from data_prep.m5product import splits as splits_lib
 import m5_tiny_release as tiny
 from m5_fixtures import build, read_split
@@ -39,7 +39,7 @@ def test_one_pass_routes_each_split_as_a_per_split_filter(tiny_release, tmp_path
   annotations = str(tiny_release / LAYOUT.annotations)
   records = list(release.iter_annotations(annotations))  # the reference
   parses = parse_count[annotations]
-  tally = ex.Tally()
+  tally = examples.Tally()
   routed = splits_lib.route_annotations(annotations, _plans(tiny_release), str(tmp_path), tally)
   assert parse_count[annotations] == parses + 1
   for split, listed in tiny.LISTS.items():

@@ -48,30 +48,32 @@ def tiny_config(vocab_size, form='raw'):
 
 def example(present=True, frames=2, audio_frames=7, form='raw'):
   rng = np.random.default_rng(0)
-  ex = {'present': {n: tf.constant(present) for n in NAMES},
-        'title': tf.constant('红色连衣裙 Nike 跑步鞋' if present else ''),
-        'pv_keys': tf.constant(['颜色', '材质', '品牌'] if present else [], tf.string),
-        'pv_values': tf.constant(['红色', '纯棉', '耐克'] if present else [], tf.string),
-        'audio_mel': tf.constant(rng.normal(size=(4, 10)), tf.float16),
-        'audio_frames': tf.constant(audio_frames, tf.int32)}
+  decoded = {'present': {n: tf.constant(present) for n in NAMES},
+             'title': tf.constant('红色连衣裙 Nike 跑步鞋' if present else ''),
+             'pv_keys': tf.constant(['颜色', '材质', '品牌'] if present else [], tf.string),
+             'pv_values': tf.constant(['红色', '纯棉', '耐克'] if present else [], tf.string),
+             'audio_mel': tf.constant(rng.normal(size=(4, 10)), tf.float16),
+             'audio_frames': tf.constant(audio_frames, tf.int32)}
   if form == 'raw':
-    ex['image'] = tf.constant(rng.integers(0, 255, (24, 24, 3)), tf.uint8)
-    ex['video'] = tf.constant(rng.integers(0, 255, (frames, 20, 20, 3)), tf.uint8)
+    decoded['image'] = tf.constant(rng.integers(0, 255, (24, 24, 3)), tf.uint8)
+    decoded['video'] = tf.constant(rng.integers(0, 255, (frames, 20, 20, 3)), tf.uint8)
   else:
-    ex['image_regions'] = tf.constant(np.pad(rng.normal(size=(3, 6)), [(0, 1), (0, 0)]), tf.float16)
-    ex['image_boxes'] = tf.constant(rng.uniform(size=(4, 5)), tf.float32)
-    ex['video_s3d'] = tf.constant(rng.normal(size=(3, 5)), tf.float16)
-    ex['video_frames'] = tf.constant(frames, tf.int32)
-  return ex
+    regions = np.pad(rng.normal(size=(3, 6)), [(0, 1), (0, 0)])
+    decoded['image_regions'] = tf.constant(regions, tf.float16)
+    decoded['image_boxes'] = tf.constant(rng.uniform(size=(4, 5)), tf.float32)
+    decoded['video_s3d'] = tf.constant(rng.normal(size=(3, 5)), tf.float16)
+    decoded['video_frames'] = tf.constant(frames, tf.int32)
+  return decoded
 
 
 def preprocess_all(config, examples, sp):
   """Runs every plugin's preprocess inside one tf.data map (graph mode) -> a numpy batch."""
-  def one(ex):
-    return {n: modalities.get(n).preprocess(ex, config.modality[n], sp) for n in config.modalities}
+  def one(decoded):
+    return {n: modalities.get(n).preprocess(decoded, config.modality[n], sp)
+            for n in config.modalities}
   ds = tf.data.Dataset.from_tensors(examples[0])
-  for ex in examples[1:]:
-    ds = ds.concatenate(tf.data.Dataset.from_tensors(ex))
+  for decoded in examples[1:]:
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(decoded))
   outs = list(ds.map(one).as_numpy_iterator())
   return jax.tree.map(lambda *xs: np.stack(xs), *outs)
 

@@ -28,8 +28,8 @@ def test_preprocess_batch_spec_and_masked_loss():
   config = rating_config()
   cfg = config.modality.rating
   plugin = modalities.get('rating')
-  ex = {'present': {'rating': tf.constant(True)}, 'rating_values': tf.constant([4.5, 2.0])}
-  fields = next(iter(tf.data.Dataset.from_tensors(ex).map(
+  decoded = {'present': {'rating': tf.constant(True)}, 'rating_values': tf.constant([4.5, 2.0])}
+  fields = next(iter(tf.data.Dataset.from_tensors(decoded).map(
       lambda e: plugin.preprocess(e, cfg, None)))).items()
   fields = {k: v.numpy() for k, v in fields}
   np.testing.assert_array_equal(fields['values'], [4.5, 2.0, 0.0])

@@ -197,49 +197,51 @@ def table_of(record: Mapping) -> list[tuple[str, str]]:
 
 # ---------------------------------------------------------------- the example
 
-def _media(item_id: str, o: ConvertOptions) -> dict:
+def _media(item_id: str, options: ConvertOptions) -> dict:
   """Decoded media (raw) or loaded features, per modality; raises Absent."""
-  L, root = o.layout, o.root
-  if o.form == 'raw':
+  layout, root = options.layout, options.root
+  if options.form == 'raw':
     def image():
-      return {'image': decode.decode_image(L.media_path(root, 'image', item_id), o.image_size, o.bounds)}
+      return {'image': decode.decode_image(layout.media_path(root, 'image', item_id),
+                                           options.image_size, options.bounds)}
 
     def video():
-      return {'video': decode.decode_video(L.media_path(root, 'video', item_id), o.video_size,
-                                           o.max_video_frames, o.video_fps, o.bounds)}
+      return {'video': decode.decode_video(layout.media_path(root, 'video', item_id),
+                                           options.video_size, options.max_video_frames,
+                                           options.video_fps, options.bounds)}
 
     def audio():
-      samples = decode.decode_audio(L.media_path(root, 'audio', item_id))
+      samples = decode.decode_audio(layout.media_path(root, 'audio', item_id))
       mel, frames = decode.log_mel(samples)
       return {'audio_mel': mel.astype(np.float16), 'audio_frames': np.int32(frames)}
   else:
     shapes = release.FEATURE_SHAPES
 
     def image():
-      regions, _ = decode.load_feature(L.feature_path(root, 'image_regions', item_id),
-                                       shapes['image_regions'], bounds=o.bounds)
-      boxes, _ = decode.load_feature(L.feature_path(root, 'image_boxes', item_id),
-                                     shapes['image_boxes'], bounds=o.bounds)
+      regions, _ = decode.load_feature(layout.feature_path(root, 'image_regions', item_id),
+                                       shapes['image_regions'], bounds=options.bounds)
+      boxes, _ = decode.load_feature(layout.feature_path(root, 'image_boxes', item_id),
+                                     shapes['image_boxes'], bounds=options.bounds)
       return {'image_regions': regions.astype(np.float16), 'image_boxes': boxes}
 
     def video():
-      s3d, rows = decode.load_feature(L.feature_path(root, 'video_s3d', item_id),
-                                      shapes['video_s3d'], variable_axis=0, bounds=o.bounds)
+      s3d, rows = decode.load_feature(layout.feature_path(root, 'video_s3d', item_id),
+                                      shapes['video_s3d'], variable_axis=0, bounds=options.bounds)
       return {'video_s3d': s3d.astype(np.float16), 'video_frames': np.int32(rows)}
 
     def audio():
-      mel, frames = decode.load_feature(L.feature_path(root, 'audio_mel', item_id),
-                                        shapes['audio_mel'], variable_axis=1, bounds=o.bounds)
+      mel, frames = decode.load_feature(layout.feature_path(root, 'audio_mel', item_id),
+                                        shapes['audio_mel'], variable_axis=1, bounds=options.bounds)
       return {'audio_mel': mel.astype(np.float16), 'audio_frames': np.int32(frames)}
   return {'image': image, 'video': video, 'audio': audio}
 
 
-def absent_media(o: ConvertOptions) -> dict:
+def absent_media(options: ConvertOptions) -> dict:
   """The fill values of an absent modality, per modality."""
-  if o.form == 'raw':
+  if options.form == 'raw':
     return {
-        'image': {'image': np.zeros((o.image_size, o.image_size, 3), np.uint8)},
-        'video': {'video': np.zeros((0, o.video_size, o.video_size, 3), np.uint8)},
+        'image': {'image': np.zeros((options.image_size, options.image_size, 3), np.uint8)},
+        'video': {'video': np.zeros((0, options.video_size, options.video_size, 3), np.uint8)},
         'audio': {'audio_mel': np.zeros((decode.N_MELS, decode.MEL_FRAMES), np.float16),
                   'audio_frames': np.int32(0)},
     }
@@ -255,7 +257,7 @@ def absent_media(o: ConvertOptions) -> dict:
 
 
 def convert(split: str, item_id: str, record: Mapping, label_vocab: Mapping[str, int],
-            instance_id: str | None, o: ConvertOptions, tally) -> tuple[str, dict]:
+            instance_id: str | None, options: ConvertOptions, tally) -> tuple[str, dict]:
   """(item_id, annotation record) -> (key, example). Never raises for bad data.
 
   Each absent modality increments '<split>/absent/<modality>/<reason>'.
@@ -283,9 +285,9 @@ def convert(split: str, item_id: str, record: Mapping, label_vocab: Mapping[str,
   if pairs is not None:
     example['pv_keys'] = [k for k, _ in pairs]
     example['pv_values'] = [v for _, v in pairs]
-  example.update(token_ids.encode(o.tokenizer, example['title'], pairs or ()))
-  fill = absent_media(o)
-  for modality, fn in _media(item_id, o).items():
+  example.update(token_ids.encode(options.tokenizer, example['title'], pairs or ()))
+  fill = absent_media(options)
+  for modality, fn in _media(item_id, options).items():
     values = attempt(modality, fn)
     example.update(values if values is not None else fill[modality])
   tally.inc(f'{split}/items_written')

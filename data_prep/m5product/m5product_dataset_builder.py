@@ -43,7 +43,7 @@ import tensorflow_datasets as tfds
 
 from data_prep import decode
 from data_prep import release
-from data_prep.m5product import examples as ex
+from data_prep.m5product import examples
 from data_prep.m5product import splits as splits_lib
 from data_prep.m5product import token_ids
 
@@ -180,7 +180,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   # return a PTransform or a generator, so remember it here.
   def _generate_splits(self, dl_manager, download_config):
     self._use_beam = bool(download_config.beam_runner or download_config.beam_options)
-    self._tally = ex.Tally()  # the plain path's counts, and on both paths skipped splits'
+    self._tally = examples.Tally()  # the plain path's counts, and on both paths skipped splits'
     self._beam_counts = {}
     self._skipped: dict[str, str] = {}
     self._unlisted = 0
@@ -196,14 +196,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         records.rmtree()
     counts = collections.Counter(self._tally.counts)
     counts.update(self._beam_counts)
-    report = ex.summarize(counts, self._split_names())
+    report = examples.summarize(counts, self._split_names())
     report.update(config=self.builder_config.name, beam=self._use_beam,
                   skipped_splits=dict(self._skipped), unlisted_records=self._unlisted,
                   seconds=round(time.time() - start, 2))
     path = os.path.join(self.data_dir, REPORT_NAME)
     with open(path, 'w', encoding='utf-8') as f:
       json.dump(report, f, indent=1, sort_keys=True)
-    message = ex.format_report(report)
+    message = examples.format_report(report)
     final_dir = os.path.join(os.fspath(self.data_dir_root), self.info.full_name)
     print(f'{message}\n  report: {os.path.join(final_dir, REPORT_NAME)}', flush=True)
 
@@ -213,7 +213,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _process_pipeline_result(self, pipeline_result):
     import apache_beam as beam  # pylint: disable=g-import-not-at-top
     query = pipeline_result.metrics().query(
-        beam.metrics.MetricsFilter().with_namespace(ex.BeamTally.NAMESPACE))
+        beam.metrics.MetricsFilter().with_namespace(examples.BeamTally.NAMESPACE))
     counts = collections.Counter()
     for counter in query['counters']:
       counts[counter.key.metric.name] += counter.committed
@@ -227,10 +227,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     if not os.path.isfile(annotations):
       raise FileNotFoundError(f'm5product: no annotations file {annotations} '
                               '(set the config field `annotations` for other release versions)')
-    options = ex.ConvertOptions(root=root, form=config.form, layout=layout,
-                                image_size=config.image_size, video_size=config.video_size,
-                                max_video_frames=config.max_video_frames, bounds=config.bounds(),
-                                tokenizer=self._tokenizer(root))
+    options = examples.ConvertOptions(
+        root=root, form=config.form, layout=layout, image_size=config.image_size,
+        video_size=config.video_size, max_video_frames=config.max_video_frames,
+        bounds=config.bounds(), tokenizer=self._tokenizer(root))
     plans = self._split_plans(root, layout)
     routed = splits_lib.route_annotations(annotations, plans, self._records_dir(), self._tally)
     self._unlisted = routed.unlisted
@@ -301,7 +301,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     """The plain path: read the split's records, decode and yield in this process."""
     tally = self._tally
     for item_id, record in splits_lib.iter_records(records_file):
-      yield ex.convert(split, item_id, record, label_vocab, instances.get(item_id), options, tally)
+      yield examples.convert(split, item_id, record, label_vocab, instances.get(item_id), options,
+                             tally)
 
 
 def _beam_split(records_file, split, label_vocab, instances, options):
@@ -315,8 +316,8 @@ def _beam_split(records_file, split, label_vocab, instances, options):
 
   def convert(line):
     item_id, record = splits_lib.parse_line(line)
-    return ex.convert(split, item_id, record, label_vocab, instances.get(item_id), options,
-                      ex.BeamTally())
+    return examples.convert(split, item_id, record, label_vocab, instances.get(item_id), options,
+                            examples.BeamTally())
 
   @beam.ptransform_fn
   def transform(pipeline):

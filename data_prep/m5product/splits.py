@@ -22,7 +22,7 @@ import os
 from typing import Iterator, Mapping
 
 from data_prep import release
-from data_prep.m5product import examples as ex
+from data_prep.m5product import examples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +82,7 @@ def route_annotations(annotations: str, plans: Mapping[str, SplitPlan], out_dir:
   names, unlisted = set(), 0
   try:
     for item_id, record in release.iter_annotations(annotations):
-      if isinstance(record, dict) and (name := ex.string_label(record.get('label'))):
+      if isinstance(record, dict) and (name := examples.string_label(record.get('label'))):
         names.add(name)
       entry = entry_of.get(item_id)
       if entry is None:

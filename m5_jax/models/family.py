@@ -112,38 +112,41 @@ class M5Model(nn.Module):
   config: ml_collections.FrozenConfigDict
 
   def setup(self):
-    cfg, mcfg = self.config, self.config.model
+    cfg, model_config = self.config, self.config.model
     self.names = tuple(cfg.modalities)
     if not self.names:
       raise ValueError('config.modalities is empty')
-    spec = layers.make_spec(mcfg)
+    spec = layers.make_spec(model_config)
     specs = {m: tower_spec(cfg, m, spec) for m in self.names}
     for m in self.names:
-      if specs[m].hidden != mcfg.hidden and (m in ('text', 'table') or mcfg.fusion != 'none'):
+      shares_width = m in ('text', 'table') or model_config.fusion != 'none'
+      if specs[m].hidden != model_config.hidden and shares_width:
         raise ValueError(f'modality.{m}.hidden={specs[m].hidden} differs from model.hidden='
-                         f'{mcfg.hidden}: only towers with no fusion (model.fusion=none) and no '
-                         'shared word embeddings (not text, table) may have their own width')
+                         f'{model_config.hidden}: only towers with no fusion (model.fusion=none) '
+                         'and no shared word embeddings (not text, table) may have their own width')
     self.word_embed = nn.Embed(
-        mcfg.vocab_size, mcfg.hidden, param_dtype=jnp.float32,
+        model_config.vocab_size, model_config.hidden, param_dtype=jnp.float32,
         embedding_init=layers.partitioned(layers.dense_init(), (layers.VOCAB, layers.EMBED)),
         name='word_embed')
     # What the plugins share (see m5_jax/modalities/base.py).
     shared = {'word_embed': self.word_embed, 'dtype': spec.compute_dtype,
-              'dropout_rate': mcfg.dropout, 'activation': layers.activation(spec.activation)}
+              'dropout_rate': model_config.dropout,
+              'activation': layers.activation(spec.activation)}
     plugins = {m: modalities.get(m) for m in self.names}
     self.embedders = {m: plugins[m].embedder(cfg.modality[m], specs[m].hidden, shared)
                       for m in self.names}
     owners = encoder_owners(cfg)
     self.owners = {m: owners.get(m, m) for m in self.names}
     self.encoders = {m: encoder_lib.ModalityEncoder(
-        specs[m], encoder_depth(cfg, m), mcfg.cls_token,
+        specs[m], encoder_depth(cfg, m), model_config.cls_token,
         input_norm=tower_setting(cfg, m, 'input_norm')) for m in self.names if self.owners[m] == m}
-    self.fusion = fusion_lib.make(mcfg.fusion, spec, mcfg.fusion_layers, self.names)
+    self.fusion = fusion_lib.make(model_config.fusion, spec, model_config.fusion_layers, self.names)
     self.heads = {m: plugins[m].head(cfg.modality[m], specs[m].hidden, shared)
                   for m in self.names}
-    if mcfg.get('projection_dim', 0):  # CLIP: each tower's vector into one shared space
+    if model_config.get('projection_dim', 0):  # CLIP: each tower's vector into one shared space
       self.projection = {m: nn.Dense(
-          mcfg.projection_dim, use_bias=False, dtype=spec.compute_dtype, param_dtype=jnp.float32,
+          model_config.projection_dim, use_bias=False, dtype=spec.compute_dtype,
+          param_dtype=jnp.float32,
           kernel_init=layers.partitioned(layers.dense_init(), (layers.EMBED, None)),
           name=f'projection_{m}') for m in self.names}
     self.log_scale = self.param(
@@ -167,12 +170,12 @@ class M5Model(nn.Module):
     """`clean_batch` (training only): the same items unmasked. Its modality encoders'
     pooled vectors come back as `clean_encoder_pooled` (the second view of the
     instance term, objectives.py); the fusion never sees it."""
-    mcfg = self.config.model
+    model_config = self.config.model
     deterministic = not train
     example_mask = batch['example_mask'].astype(jnp.bool_)
     present = {m: batch[m]['present'].astype(jnp.bool_) & example_mask for m in self.names}
-    if train and mcfg.modality_dropout > 0:
-      present = drop_modalities(self.make_rng('dropout'), present, mcfg.modality_dropout)
+    if train and model_config.modality_dropout > 0:
+      present = drop_modalities(self.make_rng('dropout'), present, model_config.modality_dropout)
 
     streams = {m: self._encode(m, batch[m], present[m], deterministic) for m in self.names}
     num_prefix = {m: self.encoders[self.owners[m]].num_prefix for m in self.names}
@@ -184,7 +187,7 @@ class M5Model(nn.Module):
 
     def pooled(tokens, mask, m):  # f32[B, D]; 0 where modality m is absent
       vector = pool(tokens, mask, how[m])
-      if mcfg.get('projection_dim', 0):
+      if model_config.get('projection_dim', 0):
         vector = self.projection[m](vector)
       return jnp.where(present[m][:, None], vector, 0.0).astype(jnp.float32)
 
