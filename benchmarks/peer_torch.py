@@ -222,9 +222,9 @@ def run(size, batch_size, rounds, steps, jax_arms: dict, torch_arms=TORCH_ARMS,
   what does not move FLOPs (e.g. the peer keeps the exact GELU: model.activation=gelu)."""
   load_start = machine.load_average()
   peer_overrides = jax_arms[peer_of or next(iter(jax_arms))]
-  reference_arm = [o for o in jax_arms.values()].index(peer_overrides)
+  reference_arm = list(jax_arms.values()).index(peer_overrides)
   peer_overrides = dict(peer_overrides, **(peer_set or {}))
-  specs = [(f'jax:{n}', 'jax', o) for n, o in jax_arms.items()]
+  specs = [(f'jax:{name}', 'jax', overrides) for name, overrides in jax_arms.items()]
   specs += [(t, t, peer_overrides) for t in torch_arms]
   arms = []
   try:
