@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+from typing import Iterable
 
 import av
 import numpy as np
@@ -297,27 +298,39 @@ def log_mel(wave: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------ encoders
 
-def encode_mp4(frames: np.ndarray) -> bytes:
-  """H.264 in MP4 from luma frames [T, H, W]: 24 fps, single-threaded x264, bit-exact muxing."""
+def encode_h264(width: int, height: int, frames: Iterable[av.VideoFrame]) -> bytes:
+  """MP4 of yuv420p `frames` (numbered here): 24 fps, single-threaded x264, bit-exact
+  muxing, so the same pictures give the same bytes (mini's and realistic's videos)."""
   buf = io.BytesIO()
   with av.open(buf, 'w', format='mp4', options={'fflags': '+bitexact'}) as out:
     stream = out.add_stream('libx264', rate=VIDEO_FPS, options={
         'preset': 'ultrafast', 'crf': '26', 'threads': '1', 'x264-params': 'threads=1'})
-    stream.width, stream.height = frames.shape[2], frames.shape[1]
+    stream.width, stream.height = width, height
     stream.pix_fmt = 'yuv420p'
     stream.codec_context.thread_count = 1
-    # One frame, refilled in place: x264 copies each picture on encode.
-    frame = av.VideoFrame(frames.shape[2], frames.shape[1], 'yuv420p')
-    for chroma in frame.planes[1:]:
-      chroma.update(np.full(chroma.buffer_size, 128, np.uint8))
-    luma = frame.planes[0]
-    pad = ((0, 0), (0, luma.line_size - frames.shape[2]))
-    for t, image in enumerate(frames):
-      luma.update(np.ascontiguousarray(np.pad(image, pad)) if pad[1][1] else image)
+    for t, frame in enumerate(frames):
       frame.pts = t
       out.mux(stream.encode(frame))
     out.mux(stream.encode())
   return buf.getvalue()
+
+
+def encode_mp4(frames: np.ndarray) -> bytes:
+  """H.264 in MP4 from luma frames [T, H, W] (grey: chroma 128)."""
+  height, width = frames.shape[1], frames.shape[2]
+
+  def pictures():
+    # One frame, refilled in place: x264 copies each picture on encode.
+    frame = av.VideoFrame(width, height, 'yuv420p')
+    for chroma in frame.planes[1:]:
+      chroma.update(np.full(chroma.buffer_size, 128, np.uint8))
+    luma = frame.planes[0]
+    pad = ((0, 0), (0, luma.line_size - width))
+    for image in frames:
+      luma.update(np.ascontiguousarray(np.pad(image, pad)) if pad[1][1] else image)
+      yield frame
+
+  return encode_h264(width, height, pictures())
 
 
 def encode_mp3(wave: np.ndarray) -> bytes:

@@ -7,16 +7,15 @@ stream: as in mini, audios/{id}.mp3 is the track "extracted" from it.
 """
 from __future__ import annotations
 
-import io
-
 import av
 import numpy as np
 from PIL import Image
 
+from data_prep.mini import render as mini_render
 from data_prep.realistic import image as image_lib
 from data_prep.realistic import world as W
 
-VIDEO_FPS = 24
+VIDEO_FPS = mini_render.VIDEO_FPS  # the encoder's rate
 VIDEO_SIZE = 112        # the builder's default video_size
 STAGE_SIZE = 160        # camera windows of 72-160 px, shown at 112
 
@@ -57,18 +56,6 @@ def _yuv420(rgb: np.ndarray) -> np.ndarray:
 
 
 def encode_mp4(video: np.ndarray) -> bytes:
-  """H.264 in MP4 from RGB frames [T, H, W, 3]: 24 fps, single-threaded x264,
-  bit-exact muxing (data_prep/mini/render.py's settings, in colour)."""
-  buf = io.BytesIO()
-  with av.open(buf, 'w', format='mp4', options={'fflags': '+bitexact'}) as out:
-    stream = out.add_stream('libx264', rate=VIDEO_FPS, options={
-        'preset': 'ultrafast', 'crf': '26', 'threads': '1', 'x264-params': 'threads=1'})
-    stream.width, stream.height = video.shape[2], video.shape[1]
-    stream.pix_fmt = 'yuv420p'
-    stream.codec_context.thread_count = 1
-    for t, yuv in enumerate(_yuv420(video)):
-      frame = av.VideoFrame.from_ndarray(yuv, format='yuv420p')
-      frame.pts = t
-      out.mux(stream.encode(frame))
-    out.mux(stream.encode())
-  return buf.getvalue()
+  """H.264 in MP4 from RGB frames [T, H, W, 3] (mini's encoder settings, in colour)."""
+  frames = (av.VideoFrame.from_ndarray(yuv, format='yuv420p') for yuv in _yuv420(video))
+  return mini_render.encode_h264(video.shape[2], video.shape[1], frames)
