@@ -23,7 +23,10 @@ how far that division holds). --split_builds builds each split alone, once per
 worker count, interleaved (split k runs the worker counts in an order rotated by
 k, so both see the same load) and sums per worker count: the DirectRunner keeps
 a build's whole output in its own memory (a 20k-item features build passed 9 GB,
-a 2.9k-item one 6 GB), which a distributed runner does not.
+a 2.9k-item one 6 GB), which a distributed runner does not. Every build must
+store as many examples as it converted: its multi_processing mode at times
+stored fewer (results/conversion.md); such a split is left out of every count's
+sum, and printed.
 
 --replicate K makes a K times larger release for scale runs without K times the
 generation cost: copy c of every item gets the id id + c * 10^8 (its instance
