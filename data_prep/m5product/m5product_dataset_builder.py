@@ -306,11 +306,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
 
 def _beam_split(records_file, split, label_vocab, instances, options):
-  """A PTransform: read the split's records, Reshuffle, convert in parallel.
+  """A PTransform: read the split's records on one worker (JSON lines: cheap
+  next to decoding), Reshuffle, convert in parallel.
 
-  Not `ReadFromText`: on the DirectRunner's multi_processing mode (Beam 2.77) a
-  build through it wrote 2318 of 2858 examples, and 2664 of 2857 with one
-  worker; Create + FlatMap, as here, wrote them all.
+  The DirectRunner's multi_processing mode (Beam 2.77) has at times stored fewer
+  examples than this converted, on ~2.9k-item features builds, with this shape
+  and with ReadFromText (benchmarks/results/conversion.md); the build report's
+  items_written is the converted count, TFDS's split info the stored one.
   """
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
 
