@@ -131,3 +131,21 @@ def _has_faiss():
     return True
   except ImportError:
     return False
+
+
+def test_faiss_index_ranks_like_the_sharded_search(exported, tmp_path, capsys):
+  faiss = pytest.importorskip('faiss')  # in requirements-test.txt; optional for users
+  out, _, table, _, _ = exported
+  path = str(tmp_path / 'gallery.faiss')
+  item = table.column('item_id')[0].as_py()
+  assert search.main(['--embeddings', out, '--query-id', item, '--k', '5',
+                      '--faiss-index', path]) == 0
+  assert path in capsys.readouterr().out
+  results, row, (_, _, gallery) = search.search(out, query_id=item, k=5)
+  index = faiss.read_index(path)
+  assert index.ntotal == int(gallery.has_any.sum())
+  scores, ids = index.search(gallery.features[row][None].astype(np.float32), 6)
+  # faiss does not know the query is excluded: drop its own id, keep the first five.
+  kept = [(s, i) for s, i in zip(scores[0], ids[0]) if i != row][:5]
+  assert [int(i) for _, i in kept] == [r['index'] for r in results]
+  np.testing.assert_allclose([s for s, _ in kept], [r['score'] for r in results], atol=1e-4)
