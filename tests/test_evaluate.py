@@ -88,6 +88,30 @@ def test_subsets_sum_present_modalities_and_count_missing():
   np.testing.assert_allclose(unit.features[0], [1, 0, 1, 0])
 
 
+def test_concat_fusion_scores_the_sum_of_per_modality_similarities():
+  rng = np.random.default_rng(0)
+  vectors = {'text': rng.normal(size=(4, 3)), 'image': rng.normal(size=(4, 3))}
+  present = {'text': np.array([1, 1, 1, 0], bool), 'image': np.array([1, 0, 1, 1], bool)}
+  split = fake_split(np.arange(4), vectors, present=present)
+  cat = split.combine(('text', 'image'), normalize='modality', fusion='concat')
+  assert cat.features.shape == (4, 6)
+  np.testing.assert_array_equal(cat.has_any, [True, True, True, True])
+  unit = {m: v / np.linalg.norm(v, axis=1, keepdims=True) for m, v in vectors.items()}
+  count = present['text'].astype(int) + present['image']
+  for a in range(4):
+    for b in range(4):
+      expected = sum(unit[m][a] @ unit[m][b] for m in unit if present[m][a] and present[m][b])
+      expected /= np.sqrt(count[a] * count[b])
+      assert cat.features[a] @ cat.features[b] == pytest.approx(expected, abs=1e-6)
+  # The sum keeps the cross-modal products that concat drops (items 0 and 2 have both).
+  total = split.combine(('text', 'image'), normalize='modality')
+  cross = unit['text'][0] @ unit['image'][2] + unit['image'][0] @ unit['text'][2]
+  assert total.features[0] @ total.features[2] == pytest.approx(
+      2 * cat.features[0] @ cat.features[2] + cross, abs=1e-5)
+  with pytest.raises(ValueError, match='fusion'):
+    split.combine(('text',), fusion='mean')
+
+
 def test_centering_removes_the_common_component_that_hides_content():
   # Two modalities whose vectors share a large offset (like transformer outputs);
   # class c is a small direction on top of it. Half the items lack the image.

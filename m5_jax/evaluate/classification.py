@@ -157,7 +157,7 @@ def scored_accuracy(predictions: np.ndarray, labels: np.ndarray, rows: np.ndarra
 
 
 def probe_set(train: features_lib.SplitFeatures, test: features_lib.SplitFeatures,
-              subset, classes: ClassIndex, *, normalize: str, seed: int
+              subset, classes: ClassIndex, *, normalize: str, seed: int, fusion: str = 'sum'
               ) -> tuple[dict, dict, dict[str, np.ndarray]]:
   """(metrics, per-class accuracy, per-item units) of a linear probe on one modality set.
 
@@ -165,7 +165,8 @@ def probe_set(train: features_lib.SplitFeatures, test: features_lib.SplitFeature
   accuracy are in the original labels.
   """
   means = train.modality_means()  # 'center': both splits centred on the training split
-  tr, te = train.combine(subset, normalize, means), test.combine(subset, normalize, means)
+  tr = train.combine(subset, normalize, means, fusion)
+  te = test.combine(subset, normalize, means, fusion)
   rows = tr.has_any & (train.label >= 0)
   probe = linear_probe(tr.features[rows], classes.encode(train.label[rows]),
                        classes.num_classes, seed=seed)
@@ -209,7 +210,8 @@ def run(options: runner.Options, config, extra) -> list[int]:
     for subset in subsets:
       label = features_lib.subset_label(subset)
       metrics, per_class, units = probe_set(train, test, subset, classes,
-                                            normalize=options.normalize, seed=options.seed)
+                                            normalize=options.normalize, seed=options.seed,
+                                            fusion=options.fusion)
       results['sets'][label], results['per_class'][label] = metrics, per_class
       results['units'][label] = units
       logging.info('%s linear probe: accuracy %.2f %s', label, metrics['accuracy'],

@@ -70,7 +70,7 @@ def run(options: runner.Options, config, extra) -> list[int]:
                'bootstrap': metrics_lib.bootstrap_settings(f'{split} item')}
     for subset in subsets:
       label = features_lib.subset_label(subset)
-      combined = items.combine(subset, options.normalize)
+      combined = items.combine(subset, options.normalize, fusion=options.fusion)
       metrics, results['units'][label] = cluster(combined, items.label, seed=options.seed)
       results['sets'][label] = metrics
       logging.info('%s: NMI %.2f %s purity %.2f ARI %.2f', label, metrics['nmi'],

@@ -37,6 +37,7 @@ from m5_jax.evaluate import search
 CACHE_DIR = 'eval_cache'
 BUILTIN_CODES = {'t': 'text', 'p': 'table', 'i': 'image', 'v': 'video', 'a': 'audio'}
 NORMALIZE_CHOICES = ('center', 'modality', 'none')
+FUSION_CHOICES = ('sum', 'concat')
 
 
 # ----------------------------------------------------------------------------- subsets
@@ -105,7 +106,7 @@ def subset_label(subset: Sequence[str]) -> str:
 @dataclasses.dataclass
 class Combined:
   """A modality subset's features for every item of a split."""
-  features: np.ndarray     # f32[N, D]: sum of the present modalities' vectors
+  features: np.ndarray     # f32[N, D] (sum) or f32[N, M*D] (concat), see combine
   has_any: np.ndarray      # bool[N]: at least one modality of the subset present
   missing: dict[str, int]  # per modality of the subset: items without it
 
@@ -133,8 +134,17 @@ class SplitFeatures:
             .astype(np.float32) for m in self.modalities}
 
   def combine(self, subset: Sequence[str], normalize: str = 'center',
-              means: Mapping[str, np.ndarray] | None = None) -> Combined:
+              means: Mapping[str, np.ndarray] | None = None, fusion: str = 'sum') -> Combined:
     """Sum over the present modalities of `subset`, each vector normalised first.
+
+    fusion='sum' is the M5Product paper's multi-modality feature. fusion='concat'
+    stacks the normalised vectors (zeros for absent ones) and divides by
+    sqrt(#present), so the dot product of two items is the sum of their
+    per-modality similarities over the modalities both have, divided by
+    sqrt(n_a * n_b): the sum's cross-modal products (text of one item against image
+    of the other) drop out. At tiny width those are noise for random weights and
+    the shared category for pretrained ones; on mini's fine retrieval concat scores
+    ~20 mAP@10 points above sum for both (benchmarks/results/learning.md section 6).
 
     normalize='center' subtracts the modality's mean vector (`means`, taken from
     a reference split such as the gallery or the probe's training split; default:
@@ -148,24 +158,30 @@ class SplitFeatures:
     """
     if normalize not in NORMALIZE_CHOICES:
       raise ValueError(f'normalize must be one of {NORMALIZE_CHOICES}, got {normalize!r}')
+    if fusion not in FUSION_CHOICES:
+      raise ValueError(f'fusion must be one of {FUSION_CHOICES}, got {fusion!r}')
     missing_names = [m for m in subset if m not in self.pooled]
     if missing_names:
       raise ValueError(f'modalities {missing_names} were not embedded (have {self.modalities})')
     if normalize == 'center' and means is None:
       means = self.modality_means()
-    dim = self.pooled[subset[0]].shape[1]
-    total = np.zeros((self.num_items, dim), np.float32)
-    has_any = np.zeros((self.num_items,), bool)
-    missing = {}
+    blocks, has_any, missing = [], np.zeros((self.num_items,), bool), {}
     for m in subset:
       vectors, present = np.asarray(self.pooled[m], np.float32), self.present[m]
       if normalize == 'center':
         vectors = vectors - means[m]
       if normalize in ('center', 'modality'):
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-6)
-      total += np.where(present[:, None], vectors, 0.0)
+      blocks.append(np.where(present[:, None], vectors, 0.0).astype(np.float32))
       has_any |= present
       missing[m] = int((~present).sum())
+    if fusion == 'sum':
+      total = np.zeros((self.num_items, blocks[0].shape[1]), np.float32)
+      for block in blocks:  # in subset order, as the evaluators always summed
+        total += block
+    else:
+      num_present = np.sum([self.present[m] for m in subset], axis=0)
+      total = np.concatenate(blocks, axis=1) / np.sqrt(np.maximum(num_present, 1))[:, None]
     return Combined(total, has_any, missing)
 
   # --- cache files ---------------------------------------------------------

@@ -111,6 +111,7 @@ def evaluate_sets(query_split: features_lib.SplitFeatures,
                   pairs: Iterable[tuple[tuple[str, ...], tuple[str, ...]]], *,
                   exclude: np.ndarray | None = None,
                   ks: Sequence[int] = metrics_lib.DEFAULT_KS, normalize: str = 'center',
+                  fusion: str = 'sum',
                   mesh=None, gallery_block: int = search.GALLERY_BLOCK) -> dict[str, Any]:
   """Results for every (query subset, gallery subset): {'sets', 'curves', 'missing',
   'units' (per-query values, see `evaluate_pair`), 'bootstrap'}."""
@@ -126,11 +127,11 @@ def evaluate_sets(query_split: features_lib.SplitFeatures,
   for query_subset, gallery_subset in pairs:
     label = pair_label(query_subset, gallery_subset)
     if gallery_subset not in galleries:
-      combined = gallery_split.combine(gallery_subset, normalize, means)
+      combined = gallery_split.combine(gallery_subset, normalize, means, fusion)
       galleries[gallery_subset] = (combined, search.ShardedGallery(
           combined.features, valid=combined.has_any, mesh=mesh, gallery_block=gallery_block))
     gallery, index = galleries[gallery_subset]
-    query = query_split.combine(query_subset, normalize, means)
+    query = query_split.combine(query_subset, normalize, means, fusion)
     metrics, curve, units = evaluate_pair(query, index, gallery.has_any, query_keys,
                                           gallery_keys, exclude, ks)
     metrics['gallery_without_features'] = int((~gallery.has_any).sum())
@@ -178,9 +179,11 @@ def run_task(task: str, query_split: str, gallery_split: str, key: str,
     embedder.restore(step)
     store = embedder.store()
     results = evaluate_sets(store.get(query_split), store.get(gallery_split), key, pairs,
-                            exclude=exclude, normalize=options.normalize, mesh=None)
+                            exclude=exclude, normalize=options.normalize,
+                            fusion=options.fusion, mesh=None)
     results['queries_in_gallery'] = int((exclude >= 0).sum())
     results['options'] = {'feature': options.feature, 'normalize': options.normalize,
+                          'fusion': options.fusion,
                           'query_split': query_split, 'gallery_split': gallery_split}
     results = results_io.with_saved_rows(options.workdir, task, step, results, options.variant)
     results_io.write_step(options.workdir, task, step, results, tables.retrieval_tables(results),

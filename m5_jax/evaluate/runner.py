@@ -3,6 +3,7 @@
     python -m m5_jax.evaluate.<task> --workdir DIR [--config FILE[:ARG]]
         [--step N | --all | --watch] [--subsets T,I,IT,T:I,all] [--force]
         [--batch_size B] [--feature pooled|encoder_pooled] [--normalize center|modality|none]
+        [--fusion sum|concat]
         [--config.x=y ...]
 
 Modes (the t5x eval convention):
@@ -61,6 +62,7 @@ class Options:
   batch_size: int = 0         # 0: config.input.batch_size
   feature: str = 'pooled'     # model output used as the feature: pooled | encoder_pooled
   normalize: str = 'center'   # center | modality | none (features.SplitFeatures.combine)
+  fusion: str = 'sum'         # sum (the paper's) | concat (features.SplitFeatures.combine)
   poll_s: float = 30.0
   watch_timeout_s: float = 3600.0
   seed: int = 0
@@ -68,7 +70,7 @@ class Options:
   variant: str = ''           # set by main(): the non-default choices (see `variant_of`)
 
   def signature(self, task: str) -> str:
-    return f'{task}|{self.subsets}|{self.feature}|{self.normalize}|{self.variant}'
+    return f'{task}|{self.subsets}|{self.feature}|{self.normalize}|{self.variant}'  # variant has --fusion
 
 
 def variant_of(options: Options, extra: dict[str, Any] | None = None,
@@ -82,7 +84,8 @@ def variant_of(options: Options, extra: dict[str, Any] | None = None,
   """
   defaults = Options()
   chosen = {'feature': (options.feature, defaults.feature),
-            'normalize': (options.normalize, defaults.normalize)}
+            'normalize': (options.normalize, defaults.normalize),
+            'fusion': (options.fusion, defaults.fusion)}
   for name, value in (extra or {}).items():
     if name != 'finetuned':  # a mode of the workdir, not a variant
       chosen[name] = (value, (extra_defaults or {}).get(name))
