@@ -120,7 +120,7 @@ class MlmHead(nn.Module):
     dtype = base.compute_dtype(self.shared)
     word_embed = self.shared['word_embed']
     x = base.dense(self.hidden, ('embed', 'mlp'), dtype, name='transform')(base.constrain(tokens))
-    x = base.layer_norm(dtype, name='norm')(nn.gelu(x, approximate=False))
+    x = base.layer_norm(dtype, name='norm')(base.head_activation(self.shared)(x))
     # attend() uses the embedding table in the embed module's dtype; cast to ours.
     logits = jnp.einsum('bld,vd->blv', x.astype(dtype),
                         word_embed.embedding.astype(dtype))
