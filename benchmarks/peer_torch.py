@@ -66,7 +66,7 @@ def jax_counts(config, batch_size) -> dict:
   def loss(params, batch, rng):
     masked, targets = objectives.mask_batch(batch, rng, config)
     outputs = objectives.pretraining_outputs(model, {'params': params}, masked, batch, rng, config)
-    return objectives.total_loss(objectives.losses(outputs, targets, batch, config), config)
+    return objectives.total_loss(objectives.losses(outputs, targets, config), config)
 
   return {'params': sum(x.size for x in jax.tree.leaves(params)),
           'flops': flops_lib.matmul_flops(jax.grad(loss), params, batch, rng)}

@@ -1,7 +1,7 @@
 """Pretraining objectives: masking, masked modeling, contrastive, matching, SCALE.
 
   mask_batch(batch, rng, config) -> (masked_batch, targets)
-  losses(outputs, targets, batch, config) -> {term: (numerator, denominator)}
+  losses(outputs, targets, config) -> {term: (numerator, denominator)}
   total_loss(terms, config) -> scalar = sum_k weight_k * num_k / max(den_k, 1)
 
 Terms (fp32 sums over the GLOBAL batch; under jit with batch-sharded global
@@ -229,9 +229,9 @@ def _stacked(vectors: dict, present: dict, names):
 
 
 # -------------------------------------------------------------------- losses
-def losses(outputs, targets, batch, config):
-  """{term: (numerator, denominator)}, fp32 sums over the global batch."""
-  del batch  # presence (incl. example_mask and modality dropout) comes from outputs
+def losses(outputs, targets, config):
+  """{term: (numerator, denominator)}, fp32 sums over the global batch. Which items
+  have a modality (example_mask, modality dropout included) comes from outputs['present']."""
   loss_config, names = config.loss, tuple(config.modalities)
   present = outputs['present']
   terms = {}

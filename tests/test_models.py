@@ -25,7 +25,7 @@ def loss_and_grads(model, config, params, batch):
   def loss_fn(params):
     masked, targets = objectives.mask_batch(batch, rng, config)
     out = objectives.pretraining_outputs(model, {'params': params}, masked, batch, rng, config)
-    terms = objectives.losses(out, targets, masked, config)
+    terms = objectives.losses(out, targets, config)
     return objectives.total_loss(terms, config), (terms, out)
   return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
@@ -52,7 +52,7 @@ def test_preset_builds_and_computes_loss(method):
   masked, targets = objectives.mask_batch(batch, jax.random.key(1), config)
   out = jax.jit(lambda p, m, b: objectives.pretraining_outputs(
       model, {'params': p}, m, b, jax.random.key(2), config))(params, masked, batch)
-  terms = objectives.losses(out, targets, masked, config)
+  terms = objectives.losses(out, targets, config)
   loss = objectives.total_loss(terms, config)
   assert loss.dtype == jnp.float32 and np.isfinite(loss) and loss > 0
   assert all(num.dtype == jnp.float32 and den.dtype == jnp.float32 for num, den in terms.values())

@@ -136,7 +136,7 @@ def test_mlm_with_nothing_masked_is_zero_and_finite():
 
   def loss_fn(p):
     out = model.apply({'params': p}, batch)
-    terms = objectives.losses(out, targets, batch, config)
+    terms = objectives.losses(out, targets, config)
     return objectives.total_loss(terms, config), terms
 
   (loss, terms), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
@@ -180,7 +180,7 @@ def test_sharded_loss_equals_single_device():
   def loss_fn(params, batch, rng):
     masked, targets = objectives.mask_batch(batch, rng, config)
     out = objectives.pretraining_outputs(model, {'params': params}, masked, batch, rng, config)
-    return objectives.total_loss(objectives.losses(out, targets, masked, config), config)
+    return objectives.total_loss(objectives.losses(out, targets, config), config)
 
   rng = jax.random.key(7)
   single = jax.jit(loss_fn)(jax.device_put(params, jax.devices()[0]),
@@ -229,7 +229,7 @@ def test_losses_pairs_and_scale_weighting_match_numpy(kind):
   outputs = {'present': present, 'encoder_pooled': encoder,
              'pooled': {m: rng.normal(size=(b, 8)).astype(np.float32) for m in names},
              'contrastive': {'log_scale': jnp.float32(2.0), 'bias': jnp.float32(-1.0)}}
-  terms = objectives.losses(outputs, {}, None, config)
+  terms = objectives.losses(outputs, {}, config)
   assert set(terms) == {'contrastive_image_text', 'contrastive_image_table',
                         'contrastive_text_table'}
   g = np_scale_weights(np.stack([encoder[m] for m in names], 1).astype(np.float64),
@@ -265,7 +265,7 @@ def test_instance_terms_match_numpy_and_need_the_clean_view():
   outputs = {'present': present, 'encoder_pooled': masked, 'clean_encoder_pooled': clean,
              'pooled': masked,
              'contrastive': {'log_scale': jnp.float32(1.5), 'bias': jnp.float32(0.0)}}
-  terms = objectives.losses(outputs, {}, None, config)
+  terms = objectives.losses(outputs, {}, config)
   assert set(terms) == {'instance_image', 'instance_text'}
   for m in config.modalities:
     num, den = terms[f'instance_{m}']
@@ -274,4 +274,4 @@ def test_instance_terms_match_numpy_and_need_the_clean_view():
     assert den == ref_den
   del outputs['clean_encoder_pooled']
   with pytest.raises(ValueError, match='clean view'):
-    objectives.losses(outputs, {}, None, config)
+    objectives.losses(outputs, {}, config)

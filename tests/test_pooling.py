@@ -42,7 +42,7 @@ def _contrastive_grad_norm(pool_kind):
 
   def loss(p):
     out = model.apply({'params': p}, batch)
-    num, den = objectives.losses(out, {}, batch, config)['contrastive_text_table']
+    num, den = objectives.losses(out, {}, config)['contrastive_text_table']
     return num / den
 
   grads = jax.jit(jax.grad(loss))(params)

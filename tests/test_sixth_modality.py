@@ -74,7 +74,7 @@ def test_model_forward_and_losses_with_the_new_modality():
     masked, targets = objectives.mask_batch(batch, rng, config)
     out = objectives.pretraining_outputs(model, {**variables, 'params': params}, masked, batch,
                                          jax.random.key(1), config)
-    terms = objectives.losses(out, targets, masked, config)
+    terms = objectives.losses(out, targets, config)
     return objectives.total_loss(terms, config), (terms, out)
 
   (loss, (terms, out)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

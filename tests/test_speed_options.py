@@ -62,7 +62,7 @@ def _loss(config, params, batch, rng):
   def loss(params, batch):
     masked, targets = objectives.mask_batch(batch, rng, config)
     outputs = model.apply({'params': params}, masked, train=False)
-    return objectives.total_loss(objectives.losses(outputs, targets, batch, config), config)
+    return objectives.total_loss(objectives.losses(outputs, targets, config), config)
 
   return loss(params, batch)
 
