@@ -64,6 +64,18 @@ def reference(model, ids, mask, token_types=None):
   return out.hidden_states[-1].numpy(), out.prediction_logits.numpy()
 
 
+def assert_tokens_are_berts(hf_model, out, batch, m, token_types=None):
+  """Modality m's valid m5_jax tokens equal BERT's last hidden states at 1e-5 (m5_jax
+  ids mapped to BERT's order). -> (BERT's hidden, logits, the order, the valid mask)."""
+  order = public_checkpoints.project_vocab_order(list(PIECES))
+  mask = batch[m]['mask']
+  hidden, logits = reference(hf_model, order[batch[m]['ids']], mask, token_types)
+  valid = mask[..., None]
+  np.testing.assert_allclose(np.where(valid, out['tokens'][m], 0), np.where(valid, hidden, 0),
+                             atol=1e-5, rtol=1e-5, err_msg=m)
+  return hidden, logits, order, valid
+
+
 def test_bert_text_tower_matches_transformers(bert_dir):
   path, hf_model = bert_dir
   config = m5_config()
@@ -72,12 +84,7 @@ def test_bert_text_tower_matches_transformers(bert_dir):
   params, report = public_checkpoints.load('hf_bert', str(path), params, config)
   out = jax.jit(lambda p, b: model.apply({'params': p}, b))(params, batch)
 
-  order = public_checkpoints.project_vocab_order(list(PIECES))
-  ids, mask = batch['text']['ids'], batch['text']['mask']
-  hidden, logits = reference(hf_model, order[ids], mask)
-  valid = mask[..., None]
-  np.testing.assert_allclose(np.where(valid, out['tokens']['text'], 0), np.where(valid, hidden, 0),
-                             atol=1e-5, rtol=1e-5)
+  hidden, logits, order, valid = assert_tokens_are_berts(hf_model, out, batch, 'text')
   # The MLM head too: m5_jax's logit column j is BERT's column order[j].
   np.testing.assert_allclose(np.where(valid, out['predictions']['text'], 0),
                              np.where(valid, logits[..., order], 0), atol=1e-4, rtol=1e-5)
@@ -100,12 +107,8 @@ def test_bert_table_tower_keys_and_values_are_segments(bert_dir):
   params, report = public_checkpoints.load('hf_bert', str(path), params, config)
   assert 'encoders_table/transformer/layer_1/attention/query/kernel' in report.mapped
   out = jax.jit(lambda p, b: model.apply({'params': p}, b, heads=False))(params, batch)
-  order = public_checkpoints.project_vocab_order(list(PIECES))
-  t = batch['table']
-  hidden, _ = reference(hf_model, order[t['ids']], t['mask'], t['is_value'].astype(np.int64))
-  valid = t['mask'][..., None]
-  np.testing.assert_allclose(np.where(valid, out['tokens']['table'], 0),
-                             np.where(valid, hidden, 0), atol=1e-5, rtol=1e-5)
+  segments = batch['table']['is_value'].astype(np.int64)
+  assert_tokens_are_berts(hf_model, out, batch, 'table', segments)
 
 
 def test_table_tower_can_share_the_text_encoder(bert_dir):
@@ -119,12 +122,8 @@ def test_table_tower_can_share_the_text_encoder(bert_dir):
   params, report = public_checkpoints.load('hf_bert', str(path), params, config)
   assert not any(t.startswith('encoders_table') for t in report.mapped)
   out = jax.jit(lambda p, b: model.apply({'params': p}, b, heads=False))(params, batch)
-  order = public_checkpoints.project_vocab_order(list(PIECES))
   for m, types in (('text', None), ('table', batch['table']['is_value'].astype(np.int64))):
-    hidden, _ = reference(hf_model, order[batch[m]['ids']], batch[m]['mask'], types)
-    valid = batch[m]['mask'][..., None]
-    np.testing.assert_allclose(np.where(valid, out['tokens'][m], 0), np.where(valid, hidden, 0),
-                               atol=1e-5, rtol=1e-5, err_msg=m)
+    assert_tokens_are_berts(hf_model, out, batch, m, types)
   with pytest.raises(ValueError, match='model.shared_encoders=.table=image.: each pair'):
     models.build(m5_config(('text', 'table'), shared_encoders='table=image')).init(
         jax.random.key(0), batch)
@@ -408,9 +407,4 @@ def test_single_stream_takes_bert_as_its_fusion_transformer(bert_dir):
   params['fusion']['type_embedding']['embedding'] = np.zeros_like(
       params['fusion']['type_embedding']['embedding'])
   out = jax.jit(lambda p, b: model.apply({'params': p}, b, heads=False))(params, batch)
-  order = public_checkpoints.project_vocab_order(list(PIECES))
-  ids, mask = batch['text']['ids'], batch['text']['mask']
-  hidden, _ = reference(hf_model, order[ids], mask)
-  valid = mask[..., None]
-  np.testing.assert_allclose(np.where(valid, out['tokens']['text'], 0), np.where(valid, hidden, 0),
-                             atol=1e-5, rtol=1e-5)
+  assert_tokens_are_berts(hf_model, out, batch, 'text')
