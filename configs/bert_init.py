@@ -22,25 +22,17 @@ Args: method (default text_only), bert (the folder; required unless runlocal, wh
 --config.init_from.path must then name one), and those of configs/common.py.
 """
 from configs import common
-from m5_jax import config_lib
 
 
 def get_config(arg=None):
   config = common.get_config(None, arg, method='text_only', bert='')
-  bert = config.args.bert
-  config.init_from.format = 'hf_bert'
-  config.init_from.path = bert
   config.model.update(pre_ln=False, activation='gelu')
-  if not bert:
-    if not config.args.runlocal:
-      raise config_lib.ConfigError('configs/bert_init.py needs bert=DIR, a BERT folder in the '
-                                   'Hugging Face layout (config.json, model.safetensors, vocab.txt)')
+  bert_config = common.public_checkpoint(config, 'hf_bert', 'BERT',
+                                         'config.json, model.safetensors, vocab.txt',
+                                         'bert_model_config')
+  if bert_config is None:
     return config
-  from m5_jax.models import public_checkpoints  # pylint: disable=g-import-not-at-top
-  try:
-    bert_config = public_checkpoints.bert_model_config(bert)
-  except (OSError, KeyError, ValueError) as e:
-    raise config_lib.ConfigError(f'bert={bert}: no readable BERT config.json ({e})') from None
+  bert = config.args.bert
   config.model.update(hidden=bert_config['hidden'], heads=bert_config['heads'],
                       mlp_dim=bert_config['mlp_dim'],
                       layer_norm_eps=bert_config['layer_norm_eps'],

@@ -29,24 +29,15 @@ must then name one), and those of configs/common.py.
 import os
 
 from configs import common
-from m5_jax import config_lib
 
 
 def get_config(arg=None):
   config = common.get_config('clip', arg, clip='')
-  path = config.args.clip
-  config.init_from.format = 'hf_clip'
-  config.init_from.path = path
-  if not path:
-    if not config.args.runlocal:
-      raise config_lib.ConfigError('configs/clip_init.py needs clip=DIR, a CLIP folder in the '
-                                   'Hugging Face layout (config.json, model.safetensors)')
+  clip = common.public_checkpoint(config, 'hf_clip', 'CLIP', 'config.json, model.safetensors',
+                                  'clip_model_config')
+  if clip is None:
     return config
-  from m5_jax.models import public_checkpoints  # pylint: disable=g-import-not-at-top
-  try:
-    clip = public_checkpoints.clip_model_config(path)
-  except (OSError, KeyError, ValueError) as e:
-    raise config_lib.ConfigError(f'clip={path}: no readable CLIP config.json ({e})') from None
+  path = config.args.clip
   text, image = clip['text'], clip['image']
   config.model.update(hidden=text['hidden'], heads=text['heads'], mlp_dim=text['mlp_dim'],
                       pre_ln=True, activation=clip['activation'],

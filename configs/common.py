@@ -36,6 +36,29 @@ def duration(prefix: str, steps=None, epochs=None, examples=None) -> dict:
   return {f'{prefix}_steps': steps, f'{prefix}_epochs': epochs, f'{prefix}_examples': examples}
 
 
+def public_checkpoint(config: ml_collections.ConfigDict, init_format: str, name: str,
+                      files: str, reader: str) -> dict | None:
+  """configs/<arg>_init.py's start: points config.init_from at the public checkpoint
+  folder config.args.<arg> (arg = name.lower(), e.g. bert) and returns
+  public_checkpoints.<reader>(folder), its config.json's dims; None with no folder
+  under runlocal (--config.init_from.path then names one). A missing or unreadable
+  folder is a one-line ConfigError naming the Hugging Face `files` it needs."""
+  arg = name.lower()
+  path = config.args[arg]
+  config.init_from.format = init_format
+  config.init_from.path = path
+  if not path:
+    if not config.args.runlocal:
+      raise config_lib.ConfigError(f'configs/{arg}_init.py needs {arg}=DIR, a {name} folder in '
+                                   f'the Hugging Face layout ({files})')
+    return None
+  from m5_jax.models import public_checkpoints  # pylint: disable=g-import-not-at-top
+  try:
+    return getattr(public_checkpoints, reader)(path)
+  except (OSError, KeyError, ValueError) as e:
+    raise config_lib.ConfigError(f'{arg}={path}: no readable {name} config.json ({e})') from None
+
+
 def get_config(method_name: str | None, arg: str | None, **extra_args) -> ml_collections.ConfigDict:
   """The full config of `method_name` (a models.presets name) for the config args `arg`.
 
