@@ -157,6 +157,7 @@ def test_schema_choices_agree_with_the_code():
   assert sharding.RULE_PRESETS['data_parallel'] is sharding.RULE_PRESETS['dp']
   assert tuple(model_features.FEATURE_CHOICES) == config_lib.EVAL_FEATURES
   assert tuple(features.NORMALIZE_CHOICES) == config_lib.EVAL_NORMALIZE
+  assert tuple(features.FUSION_CHOICES) == config_lib.EVAL_FUSION
 
 
 def test_validate_replaces_aliases_and_checks_only_present_keys():

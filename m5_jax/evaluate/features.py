@@ -165,24 +165,25 @@ class SplitFeatures:
       raise ValueError(f'modalities {missing_names} were not embedded (have {self.modalities})')
     if normalize == 'center' and means is None:
       means = self.modality_means()
-    blocks, has_any, missing = [], np.zeros((self.num_items,), bool), {}
-    for m in subset:
+    # One output array filled in place (a 1M-item gallery must not hold every
+    # modality's copy): the sum adds each modality into it, concat writes its columns.
+    width = self.pooled[subset[0]].shape[1]
+    total = np.zeros((self.num_items, width * (len(subset) if fusion == 'concat' else 1)),
+                     np.float32)
+    num_present, missing = np.zeros((self.num_items,), np.int64), {}
+    for i, m in enumerate(subset):
       vectors, present = np.asarray(self.pooled[m], np.float32), self.present[m]
       if normalize == 'center':
         vectors = vectors - means[m]
       if normalize in ('center', 'modality'):
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-6)
-      blocks.append(np.where(present[:, None], vectors, 0.0).astype(np.float32))
-      has_any |= present
+      columns = slice(i * width, (i + 1) * width) if fusion == 'concat' else slice(None)
+      total[:, columns] += np.where(present[:, None], vectors, 0.0)
+      num_present += present
       missing[m] = int((~present).sum())
-    if fusion == 'sum':
-      total = np.zeros((self.num_items, blocks[0].shape[1]), np.float32)
-      for block in blocks:  # in subset order, as the evaluators always summed
-        total += block
-    else:
-      num_present = np.sum([self.present[m] for m in subset], axis=0)
-      total = np.concatenate(blocks, axis=1) / np.sqrt(np.maximum(num_present, 1))[:, None]
-    return Combined(total, has_any, missing)
+    if fusion == 'concat':
+      total /= np.sqrt(np.maximum(num_present, 1))[:, None]
+    return Combined(total, num_present > 0, missing)
 
   # --- cache files ---------------------------------------------------------
   def save(self, directory: str, dataset: Mapping[str, str] | None = None) -> None:
