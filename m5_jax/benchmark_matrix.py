@@ -77,10 +77,9 @@ def run_stage(name: str, cmd: list[str], directory: str, timings: dict, env: dic
   """m5_jax.stage_runner.run_stage (same done-markers, same skip), with CPU seconds measured per
   child (os.wait4): the demo's RUSAGE_CHILDREN delta is process-wide, so cells running
   in threads side by side would count each other's stages. Raises RuntimeError on failure."""
-  marker = os.path.join(directory, '.done', name)
-  if os.path.exists(marker):
-    with open(marker) as f:
-      timings[name] = {**json.load(f)['timing'], 'skipped': True}
+  done_before = stage_runner.done_timing(directory, name)
+  if done_before is not None:
+    timings[name] = {**done_before, 'skipped': True}
     return
   log(f'{os.path.basename(directory)}/{name}: $ {shlex.join(cmd)}')
   wall0 = time.perf_counter()
@@ -94,9 +93,7 @@ def run_stage(name: str, cmd: list[str], directory: str, timings: dict, env: dic
   timings[name] = timing
   log(f'{os.path.basename(directory)}/{name}: done in {timing["wall_s"]:.0f} s '
       f'({timing["cpu_s"]:.0f} CPU s)')
-  os.makedirs(os.path.dirname(marker), exist_ok=True)
-  with open(marker, 'w') as f:
-    json.dump({'command': shlex.join(cmd), 'timing': timing}, f)
+  stage_runner.mark_done(directory, name, cmd, timing)
 
 
 # ----------------------------------------------------------------------------- one cell
@@ -216,10 +213,8 @@ def _partial_result(config, cell: cells_lib.Cell, paths: cells_lib.Paths) -> dic
   if not os.path.isfile(os.path.join(paths.run(cell, 'pretrained'), 'metrics.jsonl')):
     return None
   done = os.path.join(paths.cell(cell), '.done')
-  timings = {}
-  for name in sorted(os.listdir(done)) if os.path.isdir(done) else []:
-    with open(os.path.join(done, name)) as f:
-      timings[name] = json.load(f)['timing']
+  timings = {name: stage_runner.done_timing(paths.cell(cell), name)
+             for name in (sorted(os.listdir(done)) if os.path.isdir(done) else [])}
   result = collect_cell(config, cell, paths, timings)
   if 'pretrained' not in result:
     return None
@@ -273,13 +268,9 @@ def export_backbone(argv) -> int:
 
 def _data_timings(work: str) -> dict:
   """{stage: timing} of the data stages, from their done-markers."""
-  out = {}
-  for name in ('make_mini', 'tfds_build', 'tokenizer'):
-    marker = os.path.join(work, 'data', '.done', name)
-    if os.path.isfile(marker):
-      with open(marker) as f:
-        out[name] = json.load(f)['timing']
-  return out
+  timings = {name: stage_runner.done_timing(os.path.join(work, 'data'), name)
+             for name in ('make_mini', 'tfds_build', 'tokenizer')}
+  return {name: timing for name, timing in timings.items() if timing is not None}
 
 
 def write_tables(config, work: str, results: dict, errors: dict, command: str) -> str:

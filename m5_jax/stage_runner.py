@@ -175,6 +175,23 @@ def _follow(process: subprocess.Popen, log, view: StageView | None, start: float
     view.feed(pending)
 
 
+def done_timing(workdir: str, name: str) -> dict | None:
+  """The timing recorded when stage `name` finished (its done-marker), None if it has not."""
+  marker = os.path.join(workdir, '.done', name)
+  if not os.path.isfile(marker):
+    return None
+  with open(marker) as f:
+    return json.load(f)['timing']
+
+
+def mark_done(workdir: str, name: str, cmd: list[str], timing: dict) -> None:
+  """Records that stage `name` finished: WORKDIR/.done/<name> holds its command and timing."""
+  marker = os.path.join(workdir, '.done', name)
+  os.makedirs(os.path.dirname(marker), exist_ok=True)
+  with open(marker, 'w') as f:
+    json.dump({'command': shlex.join(cmd), 'timing': timing}, f)
+
+
 def run_stage(name: str, cmd: list[str], workdir: str, timings: dict, *,
               env: dict | None = None, rerun: bool = False, verbose: bool = False,
               describe=None) -> None:
@@ -187,10 +204,9 @@ def run_stage(name: str, cmd: list[str], workdir: str, timings: dict, *,
   and timings) is skipped unless `rerun`; a failing stage shows its log's last lines
   and ends the demo with its exit status and command.
   """
-  marker = os.path.join(workdir, '.done', name)
-  if not rerun and os.path.exists(marker):
-    with open(marker) as f:
-      timings[name] = {**json.load(f)['timing'], 'skipped': True}
+  done_before = None if rerun else done_timing(workdir, name)
+  if done_before is not None:
+    timings[name] = {**done_before, 'skipped': True}
     print(f'[demo] {name}: done before, skipped', flush=True)
     return
   work = os.path.abspath(workdir)
@@ -227,9 +243,7 @@ def run_stage(name: str, cmd: list[str], workdir: str, timings: dict, *,
     view.finish(f'{done}: {result}' if result else done)
   else:
     print(f'[demo] {name}: {done} ({timing["cpu_s"]:.0f} CPU s)', flush=True)
-  os.makedirs(os.path.dirname(marker), exist_ok=True)
-  with open(marker, 'w') as f:
-    json.dump({'command': shlex.join(cmd), 'timing': timing}, f)
+  mark_done(workdir, name, cmd, timing)
 
 
 def builder_dir() -> str:
