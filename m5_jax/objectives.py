@@ -182,15 +182,30 @@ def pair_logits(za, zb, log_scale, max_log_scale=None):
   return jnp.exp(log_scale.astype(jnp.float32)) * sim
 
 
-def softmax_contrastive(logits, valid, row_scale_ab=None, row_scale_ba=None):
-  """InfoNCE over valid items, both directions averaged. -> (sum over valid rows, count)."""
+def softmax_contrastive(logits, valid, row_scale_ab=None, row_scale_ba=None,
+                        hard_negatives=0.0):
+  """InfoNCE over valid items, both directions averaged. -> (sum over valid rows, count).
+
+  hard_negatives = beta > 0 re-weights each row's negatives by exp(beta * logit),
+  normalised to mean 1 over the row's valid negatives and held constant
+  (Robinson et al. 2021, "Contrastive learning with hard negative samples"): the
+  negatives most like the anchor (on mini and in real batches: the same
+  category) weigh most, so the term cannot be met by category alone."""
   valid = valid.astype(jnp.bool_)
   pair_valid = valid[:, None] & valid[None, :]
+  negative = pair_valid & ~jnp.eye(logits.shape[0], dtype=jnp.bool_)
+  lowest = jnp.finfo(jnp.float32).min
 
   def direction(l, scale):
     if scale is not None:
       l = l * scale[:, None]
-    l = jnp.where(pair_valid, l, jnp.finfo(jnp.float32).min)
+    if hard_negatives:
+      hardness = jax.lax.stop_gradient(hard_negatives * l)
+      log_count = jnp.log(jnp.maximum(jnp.sum(negative, -1, keepdims=True), 1).astype(l.dtype))
+      log_weight = hardness - jax.nn.logsumexp(jnp.where(negative, hardness, lowest), -1,
+                                               keepdims=True) + log_count
+      l = jnp.where(negative, l + log_weight, l)
+    l = jnp.where(pair_valid, l, lowest)
     return -jnp.diagonal(jax.nn.log_softmax(l, axis=-1))
 
   per_row = 0.5 * (direction(logits, row_scale_ab) + direction(logits.T, row_scale_ba))
@@ -293,7 +308,8 @@ def losses(outputs, targets, config):
     # whatever loss.contrastive_on says for the cross-modal pairs.
     logits = pair_logits(outputs['encoder_pooled'][m], outputs['clean_encoder_pooled'][m],
                          outputs['contrastive']['log_scale'], loss_config.max_log_scale)
-    terms[name] = softmax_contrastive(logits, present[m])
+    terms[name] = softmax_contrastive(logits, present[m],
+                                      hard_negatives=loss_config.get('instance_hard_negatives', 0.0))
 
   if term_weight(config, 'itm') > 0 and 'itm' in outputs:
     itm = outputs['itm']

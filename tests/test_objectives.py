@@ -91,6 +91,35 @@ def test_infonce_row_scaling_matches_numpy(pair_inputs):
   np.testing.assert_allclose(num, np_infonce(za, zb, valid, 1.5, sab, sba)[0], rtol=1e-5)
 
 
+def np_hard_negative_infonce(logits, beta):
+  """Robinson et al.'s re-weighted denominator, by hand: negatives j of row i weigh
+  n * exp(beta l_ij) / sum_k exp(beta l_ik), the positive weighs 1."""
+  def rows(l):
+    out = []
+    for i in range(len(l)):
+      neg = np.delete(l[i], i)
+      w = len(neg) * np.exp(beta * neg) / np.exp(beta * neg).sum()
+      out.append(np.log(np.exp(l[i, i]) + (w * np.exp(neg)).sum()) - l[i, i])
+    return np.array(out)
+  return 0.5 * (rows(logits) + rows(logits.T)).sum()
+
+
+def test_hard_negative_infonce_matches_numpy_and_beta_zero_is_infonce(pair_inputs):
+  za, zb, valid = pair_inputs
+  logits = objectives.pair_logits(za, zb, jnp.float32(1.5))
+  plain, _ = objectives.softmax_contrastive(logits, valid)
+  np.testing.assert_allclose(objectives.softmax_contrastive(logits, valid, hard_negatives=0.0)[0],
+                             plain, rtol=1e-6)
+  keep = np.flatnonzero(valid)
+  kept = np.asarray(logits)[np.ix_(keep, keep)]
+  hard, den = objectives.softmax_contrastive(logits, valid, hard_negatives=0.8)
+  np.testing.assert_allclose(hard, np_hard_negative_infonce(kept, 0.8), rtol=1e-5)
+  assert den == 5 and hard > plain    # the hardest negatives weigh more: a larger loss
+  # The weights are held constant: the gradient is InfoNCE's with re-weighted negatives.
+  grad = jax.grad(lambda l: objectives.softmax_contrastive(l, valid, hard_negatives=0.8)[0])(logits)
+  assert np.all(np.asarray(grad)[~valid] == 0) and np.all(np.isfinite(grad))
+
+
 def test_sigmoid_matches_numpy(pair_inputs):
   za, zb, valid = pair_inputs
   logits = objectives.pair_logits(za, zb, jnp.float32(np.log(10.0)))

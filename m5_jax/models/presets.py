@@ -70,6 +70,7 @@ def loss_defaults() -> ml_collections.ConfigDict:
   l.contrastive_weight = 1.0      # every pair term (contrastive_<a>_<b>)
   l.itm_weight = 0.0              # image-text matching (single/dual stream)
   l.instance_weight = 0.0         # in-modality instance terms (instance_<m>, objectives.py)
+  l.instance_hard_negatives = 0.0 # beta: instance terms weigh negatives by exp(beta * logit)
   l.weights = ml_collections.ConfigDict()  # per-term overrides, e.g. weights.masked_text
   l.contrastive = 'softmax'       # softmax (InfoNCE) | sigmoid (SigLIP)
   l.contrastive_on = 'encoder'    # encoder ([CLS] before fusion) | fusion (pooled)
