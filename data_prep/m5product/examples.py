@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 from typing import Mapping
 
-import numpy as np
-
 from data_prep import decode
+from data_prep import modalities
 from data_prep import release
 from data_prep.m5product import token_ids
-
-MEDIA = ('image', 'video', 'audio')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +29,8 @@ class ConvertOptions:
   video_fps: float = 1.0
   bounds: decode.Bounds = decode.Bounds()
   tokenizer: bytes | None = None  # sentencepiece model: store token ids (token_ids.py)
+  # Modules of the modalities stored beyond the built-in ones (data_prep/modalities).
+  extra_modalities: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------- counting
@@ -54,11 +54,12 @@ class BeamTally:
     beam.metrics.Metrics.counter(self.NAMESPACE, name).inc(n)
 
 
-def summarize(counts: Mapping[str, int], splits) -> dict:
+def summarize(counts: Mapping[str, int], splits,
+              modality_names: tuple[str, ...] = release.MODALITIES) -> dict:
   """Flat counter names -> the build report (per split and totals)."""
   def empty():
     return {'items_in': 0, 'items_written': 0, 'rejected': {},
-            'absent': {m: {} for m in release.MODALITIES}}
+            'absent': {m: {} for m in modality_names}}
 
   report = {s: empty() for s in splits}
   for name, n in sorted(counts.items()):
@@ -197,65 +198,6 @@ def table_of(record: Mapping) -> list[tuple[str, str]]:
 
 # ---------------------------------------------------------------- the example
 
-def _media(item_id: str, options: ConvertOptions) -> dict:
-  """Decoded media (raw) or loaded features, per modality; raises Absent."""
-  layout, root = options.layout, options.root
-  if options.form == 'raw':
-    def image():
-      return {'image': decode.decode_image(layout.media_path(root, 'image', item_id),
-                                           options.image_size, options.bounds)}
-
-    def video():
-      return {'video': decode.decode_video(layout.media_path(root, 'video', item_id),
-                                           options.video_size, options.max_video_frames,
-                                           options.video_fps, options.bounds)}
-
-    def audio():
-      samples = decode.decode_audio(layout.media_path(root, 'audio', item_id))
-      mel, frames = decode.log_mel(samples)
-      return {'audio_mel': mel.astype(np.float16), 'audio_frames': np.int32(frames)}
-  else:
-    shapes = release.FEATURE_SHAPES
-
-    def image():
-      regions, _ = decode.load_feature(layout.feature_path(root, 'image_regions', item_id),
-                                       shapes['image_regions'], bounds=options.bounds)
-      boxes, _ = decode.load_feature(layout.feature_path(root, 'image_boxes', item_id),
-                                     shapes['image_boxes'], bounds=options.bounds)
-      return {'image_regions': regions.astype(np.float16), 'image_boxes': boxes}
-
-    def video():
-      s3d, rows = decode.load_feature(layout.feature_path(root, 'video_s3d', item_id),
-                                      shapes['video_s3d'], variable_axis=0, bounds=options.bounds)
-      return {'video_s3d': s3d.astype(np.float16), 'video_frames': np.int32(rows)}
-
-    def audio():
-      mel, frames = decode.load_feature(layout.feature_path(root, 'audio_mel', item_id),
-                                        shapes['audio_mel'], variable_axis=1, bounds=options.bounds)
-      return {'audio_mel': mel.astype(np.float16), 'audio_frames': np.int32(frames)}
-  return {'image': image, 'video': video, 'audio': audio}
-
-
-def absent_media(options: ConvertOptions) -> dict:
-  """The fill values of an absent modality, per modality."""
-  if options.form == 'raw':
-    return {
-        'image': {'image': np.zeros((options.image_size, options.image_size, 3), np.uint8)},
-        'video': {'video': np.zeros((0, options.video_size, options.video_size, 3), np.uint8)},
-        'audio': {'audio_mel': np.zeros((decode.N_MELS, decode.MEL_FRAMES), np.float16),
-                  'audio_frames': np.int32(0)},
-    }
-  shapes = release.FEATURE_SHAPES
-  return {
-      'image': {'image_regions': np.zeros(shapes['image_regions'], np.float16),
-                'image_boxes': np.zeros(shapes['image_boxes'], np.float32)},
-      'video': {'video_s3d': np.zeros(shapes['video_s3d'], np.float16),
-                'video_frames': np.int32(0)},
-      'audio': {'audio_mel': np.zeros(shapes['audio_mel'], np.float16),
-                'audio_frames': np.int32(0)},
-  }
-
-
 def convert(split: str, item_id: str, record: Mapping, label_vocab: Mapping[str, int],
             instance_id: str | None, options: ConvertOptions, tally) -> tuple[str, dict]:
   """(item_id, annotation record) -> (key, example). Never raises for bad data.
@@ -286,9 +228,8 @@ def convert(split: str, item_id: str, record: Mapping, label_vocab: Mapping[str,
     example['pv_keys'] = [k for k, _ in pairs]
     example['pv_values'] = [v for _, v in pairs]
   example.update(token_ids.encode(options.tokenizer, example['title'], pairs or ()))
-  fill = absent_media(options)
-  for modality, fn in _media(item_id, options).items():
-    values = attempt(modality, fn)
-    example.update(values if values is not None else fill[modality])
+  for side in modalities.of_build(options.extra_modalities):
+    values = attempt(side.name, functools.partial(side.read, item_id, record, options))
+    example.update(values if values is not None else side.absent(options))
   tally.inc(f'{split}/items_written')
   return item_id, example

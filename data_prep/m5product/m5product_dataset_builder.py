@@ -1,5 +1,10 @@
 """TFDS builder for the M5Product release: five modalities, two forms.
 
+A further modality is stored by naming its module (one file defining `DATA`, see
+data_prep/modalities) in the config field `extra_modalities`, under a config name
+of its own, e.g. `--config '{"name": "features_rating", "form": "features",
+"extra_modalities": ["toy_rating_modality"]}'`.
+
     tfds build data_prep/m5product --manual_dir RELEASE --data_dir D --config raw
     tfds build data_prep/m5product --manual_dir RELEASE --data_dir D --config features \
         --file_format array_record --beam_pipeline_options=runner=DirectRunner,direct_num_workers=2
@@ -42,6 +47,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_prep import decode
+from data_prep import modalities
 from data_prep import release
 from data_prep.m5product import examples
 from data_prep.m5product import splits as splits_lib
@@ -87,10 +93,15 @@ class M5ProductConfig(tfds.core.BuilderConfig):
   # release; without the file the build stores text only.
   tokenizer: str = token_ids.DEFAULT_FILE
   splits: tuple[str, ...] = ()  # splits to build; () = every id list the release has
+  # Modalities stored beyond the five: import paths of modules defining DATA, their
+  # data side (data_prep/modalities), e.g. ('toy_rating_modality',).
+  extra_modalities: tuple[str, ...] = ()
 
   def __post_init__(self):
     if self.form not in ('raw', 'features'):
       raise ValueError(f"M5ProductConfig.form must be 'raw' or 'features', got {self.form!r}")
+    self.extra_modalities = tuple(self.extra_modalities)  # a JSON config gives a list
+    modalities.of_build(self.extra_modalities)  # a one-line error for an unknown one, now
     unknown = set(self.splits) - set(release.SPLIT_FILES)
     if unknown:
       raise ValueError(f'M5ProductConfig.splits: unknown {sorted(unknown)}; '
@@ -113,43 +124,23 @@ class M5ProductConfig(tfds.core.BuilderConfig):
 
 
 def features_dict(config: M5ProductConfig) -> tfds.features.FeaturesDict:
-  """The example features (both configs share the first block)."""
+  """The example features: ids and labels, the text and table fields, then what each
+  stored modality declares for config.form (data_prep/modalities)."""
   f = tfds.features
-  common = {
+  features = {
       'item_id': f.Text(),
       'label': f.Scalar(dtype=np.int64, doc='category class (-1 unknown)'),
       'label_name': f.Text(doc="the release's label as text"),
       'instance': f.Scalar(dtype=np.int64, doc='product instance (-1 unknown)'),
-      'present': {m: f.Scalar(dtype=np.bool_) for m in release.MODALITIES},
+      'present': {m: f.Scalar(dtype=np.bool_) for m in modalities.names(config.extra_modalities)},
       'title': f.Text(),
       'pv_keys': f.Sequence(f.Text()),
       'pv_values': f.Sequence(f.Text()),
       **token_ids.features(),
   }
-  mel = (decode.N_MELS, decode.MEL_FRAMES)
-  # Large float tensors are stored as their raw bytes: half the size of a
-  # float_list for float16, and about 30x faster to serialize.
-  as_bytes = f.Encoding.BYTES
-  if config.form == 'raw':
-    s, sv = config.image_size, config.video_size
-    media = {
-        'image': f.Image(shape=(s, s, 3), encoding_format='jpeg'),
-        'video': f.Video(shape=(None, sv, sv, 3), encoding_format='jpeg'),
-        'audio_mel': f.Tensor(shape=mel, dtype=np.float16, encoding=as_bytes),
-        'audio_frames': f.Scalar(dtype=np.int32),
-    }
-  else:
-    shapes = release.FEATURE_SHAPES
-    media = {
-        'image_regions': f.Tensor(shape=shapes['image_regions'], dtype=np.float16,
-                                  encoding=as_bytes),
-        'image_boxes': f.Tensor(shape=shapes['image_boxes'], dtype=np.float32),
-        'video_s3d': f.Tensor(shape=shapes['video_s3d'], dtype=np.float16, encoding=as_bytes),
-        'video_frames': f.Scalar(dtype=np.int32),
-        'audio_mel': f.Tensor(shape=shapes['audio_mel'], dtype=np.float16, encoding=as_bytes),
-        'audio_frames': f.Scalar(dtype=np.int32),
-    }
-  return f.FeaturesDict({**common, **media})
+  for side in modalities.of_build(config.extra_modalities):
+    features.update(side.features(config))
+  return f.FeaturesDict(features)
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -196,7 +187,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         records.rmtree()
     counts = collections.Counter(self._tally.counts)
     counts.update(self._beam_counts)
-    report = examples.summarize(counts, self._split_names())
+    report = examples.summarize(counts, self._split_names(),
+                                modalities.names(self.builder_config.extra_modalities))
     report.update(config=self.builder_config.name, beam=self._use_beam,
                   skipped_splits=dict(self._skipped), unlisted_records=self._unlisted,
                   seconds=round(time.time() - start, 2))
@@ -230,7 +222,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     options = examples.ConvertOptions(
         root=root, form=config.form, layout=layout, image_size=config.image_size,
         video_size=config.video_size, max_video_frames=config.max_video_frames,
-        bounds=config.bounds(), tokenizer=self._tokenizer(root))
+        bounds=config.bounds(), tokenizer=self._tokenizer(root),
+        extra_modalities=config.extra_modalities)
     plans = self._split_plans(root, layout)
     routed = splits_lib.route_annotations(annotations, plans, self._records_dir(), self._tally)
     self._unlisted = routed.unlisted
