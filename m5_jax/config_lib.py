@@ -238,7 +238,26 @@ class Rule:
     return self.aliases.get(value, value)
 
 
-MODALITY_LETTERS = {'t': 'text', 'p': 'table', 'i': 'image', 'v': 'video', 'a': 'audio'}
+class _ModalityCodes(Mapping):
+  """The plugins' one-letter codes (m5_jax.modalities.codes), read when a value is
+  checked: no copy of the letters here, and no flax import until one is."""
+
+  def _codes(self) -> dict[str, str]:
+    from m5_jax import modalities  # pylint: disable=g-import-not-at-top
+    return modalities.codes()
+
+  def __getitem__(self, code: str) -> str:
+    return self._codes()[code]
+
+  def __iter__(self):
+    return iter(self._codes())
+
+  def __len__(self) -> int:
+    return len(self._codes())
+
+
+MODALITY_LETTERS = _ModalityCodes()
+
 MODEL_SIZES = ('tiny', 'small', 'base', 'large')   # m5_jax/models/sizes.py (a test checks)
 # Logical-axis rule presets (m5_jax/sharding.py); the long names are older aliases.
 SHARDING_PRESETS = ('dp', 'fsdp', 'fsdp_tp')

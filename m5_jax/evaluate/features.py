@@ -35,7 +35,6 @@ from m5_jax import batch as batch_lib
 from m5_jax.evaluate import search
 
 CACHE_DIR = 'eval_cache'
-BUILTIN_CODES = {'t': 'text', 'p': 'table', 'i': 'image', 'v': 'video', 'a': 'audio'}
 NORMALIZE_CHOICES = ('center', 'modality', 'none')
 FUSION_CHOICES = ('sum', 'concat')
 
@@ -44,15 +43,9 @@ FUSION_CHOICES = ('sum', 'concat')
 
 
 def modality_codes(names: Iterable[str]) -> dict[str, str]:
-  """{one-letter code: modality name} for `names` (plugins define their code)."""
-  out = {}
-  for name in names:
-    code = next((c for c, n in BUILTIN_CODES.items() if n == name), None)
-    if code is None:
-      from m5_jax import modalities  # pylint: disable=g-import-not-at-top
-      code = modalities.get(name).code
-    out[code] = name
-  return out
+  """{one-letter code: modality name} for `names` (each plugin's `code`)."""
+  from m5_jax import modalities  # pylint: disable=g-import-not-at-top
+  return {modalities.get(name).code: name for name in names}
 
 
 def parse_subset(text: str, available: Sequence[str]) -> tuple[str, ...]:
@@ -96,8 +89,7 @@ def parse_subsets(text: str, available: Sequence[str]) -> list[tuple[str, ...]]:
 
 def subset_label(subset: Sequence[str]) -> str:
   """('image', 'text') -> 'I+T' (the paper's row names)."""
-  inverse = {n: c for c, n in BUILTIN_CODES.items()}
-  return '+'.join((inverse.get(m) or m).upper() for m in subset)
+  return '+'.join(code.upper() for code in modality_codes(subset))
 
 
 # ----------------------------------------------------------------------------- features

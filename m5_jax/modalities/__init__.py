@@ -8,6 +8,10 @@
      'my_project.rating'): a plugin outside this package. It is then registered
      under its own `PLUGIN.name`, which is the key to use in config.modalities
      and config.modality.
+
+`codes()` is the one map of one-letter codes (config args `modalities=itpva`,
+eval subsets `IT`): each plugin's `code`. A module's `DATA` (if any) is its data
+side, what the TFDS build stores for it (data_prep/modalities).
 """
 from __future__ import annotations
 
@@ -58,3 +62,15 @@ def get(name: str) -> Modality:
     raise ValueError(f'unknown modality {name!r}: no file m5_jax/modalities/{name}.py and no '
                      f'importable module {name!r} (built in: {", ".join(BUILTIN)})') from None
   return register(_plugin_of(module, f'module {name}'))
+
+
+def codes() -> dict[str, str]:
+  """{one-letter code: name} of the built-in modalities, then of every plugin
+  registered since (a plugin outside the package has its letter once reached)."""
+  out: dict[str, str] = {}
+  for plugin in [get(name) for name in BUILTIN] + list(_registry.values()):
+    known = out.setdefault(plugin.code, plugin.name)
+    if known != plugin.name:
+      raise ValueError(f'modalities {known!r} and {plugin.name!r} both have the code '
+                       f'{plugin.code!r}')
+  return out

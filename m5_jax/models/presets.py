@@ -23,18 +23,19 @@ import ml_collections
 
 from m5_jax.models import sizes
 
-LETTERS = {'t': 'text', 'p': 'table', 'i': 'image', 'v': 'video', 'a': 'audio'}
 ALL_FIVE = ('image', 'text', 'table', 'video', 'audio')
 
 
 def parse_modalities(spec) -> tuple[str, ...]:
-  """'itpva' (one-letter codes) or a sequence of names -> tuple of names."""
+  """'itpva' (one-letter codes: the plugins' `code`) or a sequence of names -> tuple of names."""
   if isinstance(spec, str):
-    unknown = [c for c in spec if c not in LETTERS]
+    from m5_jax import modalities as modality_plugins  # pylint: disable=g-import-not-at-top
+    letters = modality_plugins.codes()
+    unknown = [c for c in spec if c not in letters]
     if unknown:
       raise ValueError(f'unknown modality letter(s) {unknown} in {spec!r}; known: '
-                       + ', '.join(f'{k}={v}' for k, v in LETTERS.items()))
-    return tuple(LETTERS[c] for c in spec)
+                       + ', '.join(f'{k}={v}' for k, v in letters.items()))
+    return tuple(letters[c] for c in spec)
   return tuple(spec)
 
 
