@@ -1,14 +1,38 @@
-"""A sixth modality is one new file (tests/toy_rating_modality.py) plus config lines."""
+"""A sixth modality is one new file (tests/toy_rating_modality.py) plus config lines.
+
+The file declares its model side (PLUGIN) and its data side (DATA); nothing else
+knows about 'rating'. The end-to-end test goes from a release carrying rating
+files through the TFDS build, the input pipeline, training and an eval binary.
+"""
+import json
+import os
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import tensorflow as tf
 
+from data_prep import modalities as data_modalities
+from data_prep import release
+from data_prep import tokenizer as tokenizer_lib
 from m5_jax import batch as batch_lib
+from m5_jax import input_pipeline
 from m5_jax import models
 from m5_jax import modalities
 from m5_jax import objectives
+from m5_jax import train
+from m5_jax import train_logging
+from m5_jax.evaluate import coarse_retrieval
+from m5_jax.evaluate import results_io
 from m5_jax.models import presets
+import m5_tiny_release as tiny
+from m5_fixtures import build, read_split
+import toy_rating_modality
+from train_fixtures import REPO, parse
+
+pytest_plugins = ['m5_fixtures', 'train_fixtures']
 
 
 def rating_config():
@@ -88,3 +112,106 @@ def test_model_forward_and_losses_with_the_new_modality():
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
   rating_grads = jax.tree.leaves(grads['embedders_rating'])
   assert any(np.abs(g).sum() > 0 for g in rating_grads)             # the new modality learns
+
+
+# ---------------------------------------------------------------- end to end
+
+# The rating file of each tiny-release item ('no_media' has none; NaN is a bad feature).
+RATINGS = {item_id: [1.0 + i, 0.5 * i + 0.25, 2.0] for i, item_id in enumerate(tiny.ITEMS)}
+RATINGS['good1'] = [3.0, 1.5]  # two numbers: one token short
+RATINGS['trunc_jpg'] = [float('nan'), 1.0, 2.0]
+del RATINGS['no_media']
+RATING_ABSENT = {'no_media': 'missing_file', 'trunc_jpg': 'bad_features'}
+VOCAB = 320
+
+
+@pytest.fixture(scope='module')
+def rating_build(tiny_release, tmp_path_factory):
+  """(data_dir, tokenizer, report): the tiny release plus rating files, built as
+  m5product/features_rating with the toy modality, token ids of its own tokenizer."""
+  from data_prep.m5product import M5ProductConfig  # pylint: disable=g-import-not-at-top
+  base = tmp_path_factory.mktemp('rating')
+  root = str(base / 'release')
+  shutil.copytree(tiny_release, root)
+  os.makedirs(os.path.join(root, toy_rating_modality.FOLDER))
+  for item_id, values in RATINGS.items():
+    np.save(release.safe_path(root, toy_rating_modality.FOLDER, item_id, '.npy'),
+            np.asarray(values, np.float32))
+  spm = tokenizer_lib.train(tokenizer_lib.iter_training_text(root),
+                            os.path.join(root, 'spm.model'), vocab_size=VOCAB)
+  config = M5ProductConfig(name='features_rating', form='features',
+                           extra_modalities=('toy_rating_modality',))
+  builder, report = build(root, base / 'data', config, file_format='array_record')
+  return str(base / 'data'), spm, report, builder
+
+
+def test_build_stores_the_new_modality_and_counts_its_absences(rating_build):
+  _, _, report, builder = rating_build
+  assert data_modalities.names(('toy_rating_modality',))[-1] == 'rating'
+  expected = tiny.expected_pretrain('features')
+  expected['absent']['rating'] = {r: 1 for r in RATING_ABSENT.values()}
+  assert report['splits']['pretrain'] == expected
+  examples = read_split(builder, 'pretrain')
+  for item_id, example in examples.items():
+    assert example['present']['rating'] == (item_id not in RATING_ABSENT), item_id
+    want = RATINGS[item_id] if item_id not in RATING_ABSENT else []
+    np.testing.assert_array_equal(example['rating_values'], want)
+  # The five built-in modalities are stored as in a build without it.
+  assert examples['good1']['video_frames'] == 5
+  assert not examples['no_media']['present']['image']
+
+
+def rating_train_args(data_dir, spm, steps=3):
+  modalities.get('toy_rating_modality')  # config lines reach it by module path once...
+  return ['--config', 'configs/m5_mmt.py:runlocal,modalities=tr,form=features',  # ...then 'r'
+          '--config.input.dataset=m5product/features_rating',
+          f'--config.input.data_dir={data_dir}', f'--config.input.tokenizer={spm}',
+          f'--config.model.vocab_size={VOCAB}', f'--config.modality.text.vocab_size={VOCAB}',
+          '--config.modality.text.max_len=16', '--config.model.dropout=0.0',
+          '--config.model.encoder_layers=0', f'--config.total_steps={steps}',
+          f'--config.checkpoint.every_steps={steps}']
+
+
+def test_input_pipeline_reads_the_new_modality(rating_build):
+  data_dir, spm, _, builder = rating_build
+  config = parse(rating_train_args(data_dir, spm))
+  assert config.modalities == ('text', 'rating')
+  item_ids = list(read_split(builder, 'pretrain'))  # in split order: row `index`
+  with input_pipeline.create_host_iterator(config, 'pretrain', train=False,
+                                           batch_size=16) as pipeline:
+    batch = next(pipeline)
+  for row, index in enumerate(batch['index']):
+    rating = {k: v[row] for k, v in batch['rating'].items()}
+    if index < 0:  # padding
+      assert not rating['present'] and not rating['mask'].any()
+      continue
+    item_id = item_ids[index]
+    values = RATINGS[item_id] if item_id not in RATING_ABSENT else []
+    assert rating['present'] == (item_id not in RATING_ABSENT), item_id
+    np.testing.assert_array_equal(rating['mask'], np.arange(3) < len(values))
+    np.testing.assert_array_equal(rating['values'], np.pad(values, (0, 3 - len(values))))
+  assert batch['text']['present'][:len(item_ids)].sum() == 7  # bad_bytes, no_title: no title
+
+
+def test_train_then_eval_binary_with_the_new_modality(rating_build, tmp_path, capsys):
+  data_dir, spm, _, _ = rating_build
+  workdir = str(tmp_path / 'run')
+  cwd = os.getcwd()
+  os.chdir(REPO)
+  try:
+    train.train(parse(rating_train_args(data_dir, spm)), workdir)
+  finally:
+    os.chdir(cwd)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['modalities'] == ['text', 'rating']
+  rows = train_logging.read_metrics(workdir)
+  assert [r['step'] for r in rows] == [1, 2, 3]
+  assert all(np.isfinite(r['loss']) and r['count/masked_rating'] > 0 for r in rows)
+  coarse_retrieval.main(['--workdir', workdir, '--subsets', 'R,TR,T:R'])
+  assert '| R |' in capsys.readouterr().out
+  with open(results_io.step_path(workdir, 'coarse_retrieval', 3)) as f:
+    results = json.load(f)
+  assert set(results['sets']) == {'R', 'T+R', 'T->R'}
+  # Coarse query good0 and trunc_jpg; only good0 has a rating (trunc_jpg's is NaN).
+  assert results['sets']['R']['num_query_items'] == 2
+  assert results['sets']['R']['queries_without_features'] == 1

@@ -1,16 +1,26 @@
 """A toy sixth modality, 'rating': a few numbers per product (log price, star rating, log sales).
 
 It exists to show that a new modality is one file plus config lines: nothing else
-in m5_jax knows about it. tests/test_sixth_modality.py drives it through the batch
-schema, the embedder, masking, the masked loss and the model.
-Each number is one token (its value times a learned direction, plus a learned
-embedding saying which number it is); masking regresses the hidden value.
+in m5_jax or data_prep knows about it. `PLUGIN` is its model side (m5_jax/modalities):
+each number is one token (its value times a learned direction, plus a learned
+embedding saying which number it is); masking regresses the hidden value. `DATA` is
+its data side (data_prep/modalities): the release holds `features/rating/{id}.npy`,
+float32 [1..3], and the TFDS build (config field extra_modalities=
+('toy_rating_modality',)) stores it as `rating_values`. tests/test_sixth_modality.py
+drives it from a release through the build, the input pipeline, training and
+embedding.
 """
 import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
+from data_prep import decode
+from data_prep import release
 from m5_jax.modalities import base
+
+NUM_VALUES = 3
+FOLDER = 'features/rating'  # under the release root: {item_id}.npy
 
 
 class RatingEmbedder(nn.Module):
@@ -32,7 +42,7 @@ class Rating(base.MaskedFeatureModality):
   code = 'r'
 
   def default_config(self):
-    return ml_collections.ConfigDict({'num_values': 3, 'mask_prob': 0.34, 'target': 'regression',
+    return ml_collections.ConfigDict({'num_values': NUM_VALUES, 'mask_prob': 0.34, 'target': 'regression',
                                       'normalize_target': False, 'nce_temperature': 0.1,
                                       'encoder_layers': None})
 
@@ -72,4 +82,26 @@ class Rating(base.MaskedFeatureModality):
     return inputs
 
 
+class RatingData:
+  """The data side: the same numbers in both forms, without the zero padding."""
+  name = 'rating'
+
+  def features(self, sizes):
+    del sizes
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    return {'rating_values': tfds.features.Tensor(shape=(None,), dtype=np.float32)}
+
+  def read(self, item_id, record, options):
+    del record
+    path = release.safe_path(options.root, FOLDER, item_id, '.npy')
+    values, count = decode.load_feature(path, (NUM_VALUES,), variable_axis=0,
+                                        bounds=options.bounds)
+    return {'rating_values': values[:count].astype(np.float32)}
+
+  def absent(self, options):
+    del options
+    return {'rating_values': np.zeros((0,), np.float32)}
+
+
 PLUGIN = Rating()
+DATA = RatingData()
