@@ -268,7 +268,7 @@ SHARDING_ALIASES = {'data_parallel': 'dp', 'fsdp_tensor': 'fsdp_tp'}
 DATASET_PATTERN = r'synthetic|m5product/[A-Za-z0-9_]+(:\d+\.\d+\.\d+)?'
 EVAL_FEATURES = ('pooled', 'encoder_pooled')        # m5_jax/evaluate/model_features.py
 EVAL_NORMALIZE = ('center', 'modality', 'none')      # m5_jax/evaluate/features.py
-EVAL_FUSION = ('sum', 'concat')                      # m5_jax/evaluate/features.py
+EVAL_FUSION = ('sum', 'concat', 'sum_dot')           # m5_jax/evaluate/features.py
 # init_from.format: m5_jax/models/public_checkpoints.FORMATS (a test checks)
 INIT_FORMATS = ('m5_jax', 'hf_bert', 'hf_vit', 'big_vision_vit', 'hf_clip')
 # Speed options of the model (configs/common.py says what each does; a test checks

@@ -84,8 +84,34 @@ def test_subsets_sum_present_modalities_and_count_missing():
   np.testing.assert_allclose(both.features[2], [0, 0, 1, 0])
   np.testing.assert_array_equal(both.has_any, [True, False, True])
   assert both.missing == {'text': 1, 'image': 2}
-  unit = split.combine(('text', 'image'), normalize='modality')
+  unit = split.combine(('text', 'image'), normalize='modality', fusion='sum_dot')
   np.testing.assert_allclose(unit.features[0], [1, 0, 1, 0])
+  cosine = split.combine(('text', 'image'), normalize='modality')   # 'sum': unit norm
+  np.testing.assert_allclose(cosine.features[0], np.array([1, 0, 1, 0]) / np.sqrt(2))
+  np.testing.assert_allclose(cosine.features[2], [0, 0, 1, 0])
+  np.testing.assert_allclose(cosine.features[1], 0)                 # nothing present: zero
+
+
+def test_sum_fusion_is_a_cosine_so_agreeing_modalities_do_not_make_hubs():
+  # Query q has text and image pointing at direction 0 plus a private detail.
+  # Gallery: the true match m (same details, its image off the shared direction)
+  # and a hub h whose two modalities both sit exactly on the shared direction: its
+  # sum is longer, so the unnormalised dot product ranks it first.
+  e = np.eye(4)
+  text = np.stack([e[0] + e[1], e[0] + e[1], e[0]])
+  image = np.stack([e[0] + e[2], e[2] + 0.5 * e[3], e[0]])
+  query = fake_split(np.array([0]), {'text': text[:1], 'image': image[:1]})
+  gallery = fake_split(np.array([0, 1]), {'text': text[1:], 'image': image[1:]})
+  def scores(fusion):
+    q = query.combine(('text', 'image'), normalize='modality', fusion=fusion).features
+    g = gallery.combine(('text', 'image'), normalize='modality', fusion=fusion).features
+    return (q @ g.T)[0]
+  unit = {m: v / np.linalg.norm(v, axis=1, keepdims=True) for m, v in (('text', text), ('image', image))}
+  sums = unit['text'] + unit['image']
+  np.testing.assert_allclose(scores('sum_dot'), sums[1:] @ sums[0], rtol=1e-5)
+  cosines = (sums[1:] @ sums[0]) / np.linalg.norm(sums[1:], axis=1) / np.linalg.norm(sums[0])
+  np.testing.assert_allclose(scores('sum'), cosines, rtol=1e-5)
+  assert scores('sum_dot').argmax() == 1 and scores('sum').argmax() == 0
 
 
 def test_concat_fusion_scores_the_sum_of_per_modality_similarities():
@@ -104,7 +130,7 @@ def test_concat_fusion_scores_the_sum_of_per_modality_similarities():
       expected /= np.sqrt(count[a] * count[b])
       assert cat.features[a] @ cat.features[b] == pytest.approx(expected, abs=1e-6)
   # The sum keeps the cross-modal products that concat drops (items 0 and 2 have both).
-  total = split.combine(('text', 'image'), normalize='modality')
+  total = split.combine(('text', 'image'), normalize='modality', fusion='sum_dot')
   cross = unit['text'][0] @ unit['image'][2] + unit['image'][0] @ unit['text'][2]
   assert total.features[0] @ total.features[2] == pytest.approx(
       2 * cat.features[0] @ cat.features[2] + cross, abs=1e-5)

@@ -36,7 +36,7 @@ from m5_jax.evaluate import search
 
 CACHE_DIR = 'eval_cache'
 NORMALIZE_CHOICES = ('center', 'modality', 'none')
-FUSION_CHOICES = ('sum', 'concat')
+FUSION_CHOICES = ('sum', 'concat', 'sum_dot')
 
 
 # ----------------------------------------------------------------------------- subsets
@@ -129,7 +129,15 @@ class SplitFeatures:
               means: Mapping[str, np.ndarray] | None = None, fusion: str = 'sum') -> Combined:
     """Sum over the present modalities of `subset`, each vector normalised first.
 
-    fusion='sum' is the M5Product paper's multi-modality feature. fusion='concat'
+    fusion='sum' is the M5Product paper's multi-modality feature, the sum then
+    L2-normalised: items are compared by the cosine of their sums. fusion='sum_dot'
+    leaves the sum's norm (m5_jax before 2026-12-06): the dot product of two sums
+    then grows with how many modalities a gallery item has and how much its
+    modalities agree, so after pretraining (which aligns the modalities) the
+    gallery items whose modalities agree most rank high for every query of their
+    category (hubness). On mini that cost fine retrieval ~10 mAP@10 points for
+    pretrained weights and ~3 for random ones (benchmarks/results/learning.md
+    section 8). fusion='concat'
     stacks the normalised vectors (zeros for absent ones) and divides by
     sqrt(#present), so the dot product of two items is the sum of their
     per-modality similarities over the modalities both have, divided by
@@ -173,8 +181,10 @@ class SplitFeatures:
       total[:, columns] += np.where(present[:, None], vectors, 0.0)
       num_present += present
       missing[m] = int((~present).sum())
-    if fusion == 'concat':
+    if fusion == 'concat':   # unit norm already: each present block has norm 1
       total /= np.sqrt(np.maximum(num_present, 1))[:, None]
+    elif fusion == 'sum' and normalize != 'none':
+      total /= np.maximum(np.linalg.norm(total, axis=1, keepdims=True), 1e-6)
     return Combined(total, num_present > 0, missing)
 
   # --- cache files ---------------------------------------------------------

@@ -3,7 +3,7 @@
     python -m m5_jax.evaluate.<task> --workdir DIR [--config FILE[:ARG]]
         [--step N | --all | --watch] [--subsets T,I,IT,T:I,all] [--force]
         [--batch_size B] [--feature pooled|encoder_pooled] [--normalize center|modality|none]
-        [--fusion sum|concat]
+        [--fusion sum|concat|sum_dot]
         [--config.x=y ...]
 
 Modes (the t5x eval convention):
@@ -47,6 +47,7 @@ from m5_jax import checkpointing
 from m5_jax import config_lib
 
 EVAL_DIR = 'eval'
+SCORING_VERSION = 2  # 2: fusion 'sum' is L2-normalised (features.SplitFeatures.combine)
 
 
 @dataclasses.dataclass
@@ -62,7 +63,7 @@ class Options:
   batch_size: int = 0         # 0: config.input.batch_size
   feature: str = 'pooled'     # model output used as the feature: pooled | encoder_pooled
   normalize: str = 'center'   # center | modality | none (features.SplitFeatures.combine)
-  fusion: str = 'sum'         # sum (the paper's) | concat (features.SplitFeatures.combine)
+  fusion: str = 'sum'         # sum (the paper's, unit norm) | concat | sum_dot (features.combine)
   poll_s: float = 30.0
   watch_timeout_s: float = 3600.0
   seed: int = 0
@@ -70,7 +71,10 @@ class Options:
   variant: str = ''           # set by main(): the non-default choices (see `variant_of`)
 
   def signature(self, task: str) -> str:
-    return f'{task}|{self.subsets}|{self.feature}|{self.normalize}|{self.variant}'  # variant has --fusion
+    # SCORING_VERSION: a result scored before the fused sum was L2-normalised
+    # (2026-12-06) is not taken as done.
+    return (f'{task}|{self.subsets}|{self.feature}|{self.normalize}|{self.variant}'
+            f'|scoring{SCORING_VERSION}')  # variant has --fusion
 
 
 def variant_of(options: Options, extra: dict[str, Any] | None = None,
