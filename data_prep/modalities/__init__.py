@@ -32,10 +32,10 @@ there); the built-in release layout (data_prep/release.py) is unchanged.
 from __future__ import annotations
 
 import functools
-import importlib
 from typing import Any, Mapping, Protocol
 
 from data_prep import release
+from m5_jax import plugin_import  # standard library only: no jax here
 
 FROM_ANNOTATIONS = ('text', 'table')  # read by data_prep/m5product/examples.py
 BUILTIN = tuple(m for m in release.MODALITIES if m not in FROM_ANNOTATIONS)
@@ -58,13 +58,10 @@ class DataSide(Protocol):
 def get(name: str) -> DataSide:
   """DATA of data_prep/modalities/<name>.py for a built-in, else of the module `name`."""
   path = f'data_prep.modalities.{name}' if name in BUILTIN else name
-  try:
-    module = importlib.import_module(path)
-  except ModuleNotFoundError as e:
-    if e.name is None or not path.startswith(e.name):
-      raise
+  module = plugin_import.import_if_exists(path)
+  if module is None:
     raise ValueError(f'modality {name!r}: no importable module {path!r} defining DATA '
-                     f'(built in: {", ".join(BUILTIN)})') from None
+                     f'(built in: {", ".join(BUILTIN)})')
   data = getattr(module, 'DATA', None)
   if data is None:
     raise ValueError(f'modality {name!r}: module {path} defines no DATA (its data side)')

@@ -13,9 +13,9 @@ class Video:
   def features(self, sizes):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     f = tfds.features
-    if sizes.form == 'raw':
-      s = sizes.video_size
-      return {'video': f.Video(shape=(None, s, s, 3), encoding_format='jpeg')}
+    if sizes.form == 'raw':  # frames at 1 fps, as many as the video has (<= max_video_frames)
+      frame = (sizes.video_size, sizes.video_size, 3)
+      return {'video': f.Video(shape=(None, *frame), encoding_format='jpeg')}
     return {'video_s3d': f.Tensor(shape=release.FEATURE_SHAPES['video_s3d'], dtype=np.float16,
                                   encoding=f.Encoding.BYTES),
             'video_frames': f.Scalar(dtype=np.int32)}

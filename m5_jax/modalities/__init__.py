@@ -15,8 +15,7 @@ side, what the TFDS build stores for it (data_prep/modalities).
 """
 from __future__ import annotations
 
-import importlib
-
+from m5_jax import plugin_import
 from m5_jax.modalities.base import Modality
 
 BUILTIN = ('text', 'table', 'image', 'video', 'audio')
@@ -43,24 +42,16 @@ def _plugin_of(module, where: str) -> Modality:
 def get(name: str) -> Modality:
   if name in _registry:
     return _registry[name]
-  builtin_path = f'm5_jax.modalities.{name}'
-  try:
-    module = importlib.import_module(builtin_path)
-  except ModuleNotFoundError as e:
-    if e.name != builtin_path:
-      raise
-  else:
+  module = plugin_import.import_if_exists(f'm5_jax.modalities.{name}')
+  if module is not None:
     plugin = _plugin_of(module, f'm5_jax/modalities/{name}.py')
     if plugin.name != name:
       raise ValueError(f'm5_jax/modalities/{name}.py: PLUGIN.name is {plugin.name!r}, not {name!r}')
     return register(plugin)
-  try:
-    module = importlib.import_module(name)
-  except ModuleNotFoundError as e:
-    if e.name is None or not name.startswith(e.name):
-      raise
+  module = plugin_import.import_if_exists(name)
+  if module is None:
     raise ValueError(f'unknown modality {name!r}: no file m5_jax/modalities/{name}.py and no '
-                     f'importable module {name!r} (built in: {", ".join(BUILTIN)})') from None
+                     f'importable module {name!r} (built in: {", ".join(BUILTIN)})')
   return register(_plugin_of(module, f'module {name}'))
 
 
