@@ -46,6 +46,17 @@ def rating_config():
 def test_plugin_found_by_module_path_then_by_name():
   plugin = modalities.get('toy_rating_modality')
   assert modalities.get('rating') is plugin and plugin.code == 'r'
+  assert modalities.codes()['r'] == 'rating' and presets.parse_modalities('tr') == ('text', 'rating')
+  assert data_modalities.get('toy_rating_modality') is toy_rating_modality.DATA
+  # A dotted path to a module without the attribute, and no module at all: one-line errors.
+  with pytest.raises(ValueError, match='module data_prep.release defines no PLUGIN'):
+    modalities.get('data_prep.release')
+  with pytest.raises(ValueError, match='module data_prep.release defines no DATA'):
+    data_modalities.get('data_prep.release')
+  with pytest.raises(ValueError, match="unknown modality 'no_such.rating'"):
+    modalities.get('no_such.rating')
+  with pytest.raises(ValueError, match="no importable module 'no_such.rating'"):
+    data_modalities.get('no_such.rating')
 
 
 def test_preprocess_batch_spec_and_masked_loss():
