@@ -27,7 +27,8 @@ define `DATA`. So a new modality is one file that defines both its model side
 (`PLUGIN`) and its data side (`DATA`), e.g. tests/toy_rating_modality.py, built
 with `M5ProductConfig(..., extra_modalities=('toy_rating_modality',))`. Its files
 sit in a folder of its own under the release root (release.safe_path keeps them
-there); the built-in release layout (data_prep/release.py) is unchanged.
+there); the built-in release layout (data_prep/release.py) is unchanged. Beam
+workers import the module by the same path, so it must be importable there too.
 """
 from __future__ import annotations
 
@@ -73,8 +74,8 @@ def of_build(extra: tuple[str, ...] = ()) -> tuple[DataSide, ...]:
   """The data sides a build stores, in order: the built-in ones, then `extra`'s
   (looked up once per process: `examples.convert` asks for every item)."""
   sides = tuple(get(name) for name in (*BUILTIN, *extra))
-  names = [*FROM_ANNOTATIONS, *(side.name for side in sides)]
-  repeated = sorted({n for n in names if names.count(n) > 1})
+  stored = [*FROM_ANNOTATIONS, *(side.name for side in sides)]
+  repeated = sorted({n for n in stored if stored.count(n) > 1})
   if repeated:
     raise ValueError(f'extra_modalities {tuple(extra)}: modality {", ".join(repeated)} is '
                      'stored twice')
