@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from data_prep import decode
 from data_prep import release
-from data_prep.mini import world as W
+from data_prep.mini import world as world_lib
 
 IMAGE_SIZE = 128
 VIDEO_SIZE = 64
@@ -40,16 +40,16 @@ def item_rng(seed: int, index: int, stream: str) -> np.random.Generator:
 
 # ------------------------------------------------------------------ text / table
 
-def render_title(world: W.World, product: W.Product, rng, cue_noise: float) -> str:
+def render_title(world: world_lib.World, product: world_lib.Product, rng, cue_noise: float) -> str:
   """Brand + selling points (product) + category cue + filler + spec (listing)."""
-  words = [W.SELLING_POINTS[s] for s in product.selling_points if rng.random() < 0.85]
-  words.append(W.TITLE_CUES[world.cue('text', product.category, rng, cue_noise)])
-  words += [W.TITLE_FILLERS[k] for k in
-            rng.choice(len(W.TITLE_FILLERS), int(rng.integers(1, 4)), replace=False)]
+  words = [world_lib.SELLING_POINTS[s] for s in product.selling_points if rng.random() < 0.85]
+  words.append(world_lib.TITLE_CUES[world.cue('text', product.category, rng, cue_noise)])
+  words += [world_lib.TITLE_FILLERS[k] for k in
+            rng.choice(len(world_lib.TITLE_FILLERS), int(rng.integers(1, 4)), replace=False)]
   if rng.random() < 0.5:
-    words.append(W.SPEC_TOKENS[int(rng.integers(len(W.SPEC_TOKENS)))])
+    words.append(world_lib.SPEC_TOKENS[int(rng.integers(len(world_lib.SPEC_TOKENS)))])
   words = [words[k] for k in rng.permutation(len(words))]
-  brand = W.BRANDS[product.brand]
+  brand = world_lib.BRANDS[product.brand]
   words.insert(0 if rng.random() < 0.8 else int(rng.integers(len(words) + 1)), brand)
   title = words[0]
   for w in words[1:]:
@@ -58,11 +58,13 @@ def render_title(world: W.World, product: W.Product, rng, cue_noise: float) -> s
   return title
 
 
-def render_pv(world: W.World, product: W.Product, rng, cue_noise: float) -> list[tuple[str, str]]:
+def render_pv(world: world_lib.World, product: world_lib.Product, rng,
+              cue_noise: float) -> list[tuple[str, str]]:
   """风格 (category cue) and 材质 (material, product-level) among listing filler keys."""
-  pairs = [(W.STYLE_KEY, W.STYLE_CUES[world.cue('table', product.category, rng, cue_noise)]),
-           (W.MATERIAL_KEY, W.MATERIALS[product.material])]
-  keys = list(W.PV_FILLERS) + list(W.PV_GENERATED)
+  style = world_lib.STYLE_CUES[world.cue('table', product.category, rng, cue_noise)]
+  pairs = [(world_lib.STYLE_KEY, style),
+           (world_lib.MATERIAL_KEY, world_lib.MATERIALS[product.material])]
+  keys = list(world_lib.PV_FILLERS) + list(world_lib.PV_GENERATED)
   for k in rng.choice(len(keys), int(rng.integers(4, 9)), replace=False):
     key = keys[k]
     if key == '货号':
@@ -70,7 +72,7 @@ def render_pv(world: W.World, product: W.Product, rng, cue_noise: float) -> list
     elif key == '重量':
       value = f'{rng.integers(50, 950)}g' if rng.random() < 0.6 else f'{rng.integers(1, 9)}.{rng.integers(10)}kg'
     else:
-      values = W.PV_FILLERS[key]
+      values = world_lib.PV_FILLERS[key]
       value = values[int(rng.integers(len(values)))]
     pairs.append((key, value))
   return [pairs[k] for k in rng.permutation(len(pairs))]
@@ -129,9 +131,11 @@ class ImageScene:
   logo: tuple[int, int] | None     # corner shop logo (listing noise)
 
 
-def image_scene(world: W.World, product: W.Product, rng, cue_noise: float) -> ImageScene:
+def image_scene(world: world_lib.World, product: world_lib.Product, rng,
+                cue_noise: float) -> ImageScene:
   shape = world.cue('image', product.category, rng, cue_noise)
-  colour = tuple(int(np.clip(c + rng.integers(-12, 13), 0, 255)) for c in W.COLOURS[product.colour])
+  colour = tuple(int(np.clip(c + rng.integers(-12, 13), 0, 255))
+                 for c in world_lib.COLOURS[product.colour])
   s = IMAGE_SIZE
   return ImageScene(
       shape=shape, colour=colour, colour_index=product.colour, pattern=product.pattern,
@@ -159,7 +163,7 @@ def draw_image(scene: ImageScene) -> bytes:
   img = Image.new('RGB', (s, s), scene.background)
   mask = Image.new('L', (s, s), 0)
   cx, cy, r = scene.center[0], scene.center[1], scene.radius
-  shape = W.SHAPES[scene.shape]
+  shape = world_lib.SHAPES[scene.shape]
   if shape == 'circle':
     ImageDraw.Draw(mask).ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
   else:
@@ -167,10 +171,10 @@ def draw_image(scene: ImageScene) -> bytes:
   fill = Image.new('RGB', (s, s), scene.colour)
   dark = tuple(int(c * 0.55) for c in scene.colour)
   draw = ImageDraw.Draw(fill)
-  if W.PATTERNS[scene.pattern] == 'stripes':
+  if world_lib.PATTERNS[scene.pattern] == 'stripes':
     for x in range(-s, s, 10):
       draw.line([(x, 0), (x + s, s)], fill=dark, width=4)
-  elif W.PATTERNS[scene.pattern] == 'dots':
+  elif world_lib.PATTERNS[scene.pattern] == 'dots':
     for y in range(4, s, 12):
       for x in range(4 + (y // 12 % 2) * 6, s, 12):
         draw.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], fill=dark)
@@ -183,13 +187,13 @@ def draw_image(scene: ImageScene) -> bytes:
   return buf.getvalue()
 
 
-def image_features(world: W.World, scene: ImageScene, rng) -> tuple[np.ndarray, np.ndarray]:
+def image_features(world: world_lib.World, scene: ImageScene, rng) -> tuple[np.ndarray, np.ndarray]:
   """([36, 2048] float16 regions, [36, 5] float32 boxes): object regions project
   the image latent (shape, colour, pattern); the others are background noise."""
   regions, dim = release.FEATURE_SHAPES['image_regions']
-  z = np.zeros(W.IMAGE_LATENT, np.float32)
-  z[[scene.shape, len(W.SHAPES) + scene.colour_index,
-     len(W.SHAPES) + len(W.COLOURS) + scene.pattern]] = 1.0
+  z = np.zeros(world_lib.IMAGE_LATENT, np.float32)
+  z[[scene.shape, len(world_lib.SHAPES) + scene.colour_index,
+     len(world_lib.SHAPES) + len(world_lib.COLOURS) + scene.pattern]] = 1.0
   num_obj = int(rng.integers(6, 16))
   feats = 0.5 * rng.standard_normal((regions, dim), dtype=np.float32)
   feats[:num_obj] += rng.uniform(0.7, 1.3, (num_obj, 1)).astype(np.float32) * (z @ world.image_proj) / np.sqrt(3.0)
@@ -223,7 +227,8 @@ class Clip:
   noise: float
 
 
-def clip_scene(world: W.World, product: W.Product, seed: int, index: int, cue_noise: float) -> Clip:
+def clip_scene(world: world_lib.World, product: world_lib.Product, seed: int, index: int,
+               cue_noise: float) -> Clip:
   rng_clip, rng_v, rng_a = (item_rng(seed, index, s) for s in ('clip', 'video', 'audio'))
   return Clip(
       seconds=int(rng_clip.integers(MIN_SECONDS, MAX_SECONDS + 1)),
@@ -242,7 +247,7 @@ def video_frames(clip: Clip) -> np.ndarray:
   straight from this luma plane with neutral chroma.
   """
   n, s = clip.seconds * VIDEO_FPS, VIDEO_SIZE
-  angle = 2 * np.pi * clip.direction / W.DIRECTIONS
+  angle = 2 * np.pi * clip.direction / world_lib.DIRECTIONS
   t = np.arange(n, dtype=np.float32) / VIDEO_FPS
   speed = SPEEDS_PX_PER_S[clip.tempo]
   cx = clip.start[0] + speed * np.cos(angle) * t
@@ -266,8 +271,8 @@ def video_frames(clip: Clip) -> np.ndarray:
 def audio_wave(clip: Clip, rng_noise) -> np.ndarray:
   """float32 [seconds * 16000]: a pulsing tone (pitch, timbre, beat rate) + noise."""
   t = np.arange(clip.seconds * AUDIO_RATE, dtype=np.float32) / AUDIO_RATE
-  f0 = W.PITCHES_HZ[clip.pitch] * (1.0 + clip.detune)
-  harmonics = HARMONICS[W.TIMBRES[clip.timbre]]
+  f0 = world_lib.PITCHES_HZ[clip.pitch] * (1.0 + clip.detune)
+  harmonics = HARMONICS[world_lib.TIMBRES[clip.timbre]]
   tone = sum(np.float32(a) * np.sin(np.float32(2 * np.pi * f0 * (h + 1)) * t)
              for h, a in enumerate(harmonics) if a)
   beat = 0.5 - 0.5 * np.cos(np.float32(2 * np.pi * BEATS_PER_S[clip.tempo]) * t
@@ -277,11 +282,11 @@ def audio_wave(clip: Clip, rng_noise) -> np.ndarray:
   return np.clip(wave, -1.0, 1.0)
 
 
-def video_features(world: W.World, clip: Clip, rng) -> np.ndarray:
+def video_features(world: world_lib.World, clip: Clip, rng) -> np.ndarray:
   """float16 [12, 1024], one S3D-like row per second; rows past the video are 0."""
   rows, dim = release.FEATURE_SHAPES['video_s3d']
-  z = np.zeros(W.VIDEO_LATENT, np.float32)
-  z[[clip.direction, W.DIRECTIONS + clip.tempo]] = 1.0
+  z = np.zeros(world_lib.VIDEO_LATENT, np.float32)
+  z[[clip.direction, world_lib.DIRECTIONS + clip.tempo]] = 1.0
   out = np.zeros((rows, dim), np.float32)
   n = min(clip.seconds, rows)
   out[:n] = np.maximum((z @ world.video_proj) / np.sqrt(2.0) + 0.5 * rng.standard_normal((n, dim)), 0.0)

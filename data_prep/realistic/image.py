@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from data_prep.realistic import sources
-from data_prep.realistic import world as W
+from data_prep.realistic import world as world_lib
 
 IMAGE_SIZE = 224        # the builder's default image_size: no resampling there
 BADGES = ('HOT', 'NEW', 'SALE', '-20%', '-50%', 'TOP', '2024')
@@ -38,7 +38,7 @@ def glyph(char: str) -> Image.Image:
 def product_picture(char: str, colour: int) -> Image.Image:
   """The picture in the product's colour variant (RGBA)."""
   picture = glyph(char)
-  tint = W.COLOURS[colour][1]
+  tint = world_lib.COLOURS[colour][1]
   if tint is None:
     return picture
   grey = picture.convert('L')
@@ -68,7 +68,7 @@ def _badge_font():
   return ImageFont.load_default(size=15)
 
 
-def compose(world: W.World, product: W.Product, rng, size: int = IMAGE_SIZE,
+def compose(world: world_lib.World, product: world_lib.Product, rng, size: int = IMAGE_SIZE,
             scale=(0.5, 0.9), badge_prob: float = 0.3) -> Image.Image:
   """The product picture on a listing background (RGB, size x size)."""
   canvas = _background(rng, size)
@@ -95,7 +95,7 @@ def compose(world: W.World, product: W.Product, rng, size: int = IMAGE_SIZE,
   return canvas
 
 
-def listing_jpeg(world: W.World, product: W.Product, rng) -> bytes:
+def listing_jpeg(world: world_lib.World, product: world_lib.Product, rng) -> bytes:
   image = compose(world, product, rng)
   buf = io.BytesIO()
   image.save(buf, format='JPEG', quality=int(rng.integers(60, 96)))

@@ -7,7 +7,7 @@ order, shop name, promotional filler and the listing-only pv keys.
 """
 from __future__ import annotations
 
-from data_prep.realistic import world as W
+from data_prep.realistic import world as world_lib
 
 TITLE_FILLERS = ('新款', '2024新款', '包邮', '官方旗舰店', '热卖', '特价', '促销', '现货', '顺丰',
                  '送礼', '男女通用', '学生', '情侣', '春夏', '秋冬', '亲测好用', '厂家直销', '爆款',
@@ -34,15 +34,15 @@ def _join(words: list[str], rng) -> str:
   return out
 
 
-def product_name(world: W.World, product: W.Product) -> str:
+def product_name(world: world_lib.World, product: world_lib.Product) -> str:
   return world.pictures[product.picture].name
 
 
-def colour_name(product: W.Product) -> str | None:
-  return W.COLOURS[product.colour][0] if product.colour else None
+def colour_name(product: world_lib.Product) -> str | None:
+  return world_lib.COLOURS[product.colour][0] if product.colour else None
 
 
-def title(world: W.World, product: W.Product, rng) -> str:
+def title(world: world_lib.World, product: world_lib.Product, rng) -> str:
   """Brand first (mostly), then product words and listing filler, shuffled."""
   words = []
   if colour_name(product) and rng.random() < 0.7:
@@ -67,7 +67,7 @@ def title(world: W.World, product: W.Product, rng) -> str:
   return _join(words, rng)
 
 
-def pv_pairs(world: W.World, product: W.Product, rng) -> list[tuple[str, str]]:
+def pv_pairs(world: world_lib.World, product: world_lib.Product, rng) -> list[tuple[str, str]]:
   """Product keys (each shown with some probability) among listing-only keys."""
   pairs = [('品牌', product.brand)]
   optional = [('品名', product_name(world, product), 0.6), ('货号', product.model, 0.7),
@@ -90,7 +90,7 @@ def pv_pairs(world: W.World, product: W.Product, rng) -> list[tuple[str, str]]:
   return [pairs[k] for k in rng.permutation(len(pairs))]
 
 
-def speech_script(world: W.World, product: W.Product, rng) -> str:
+def speech_script(world: world_lib.World, product: world_lib.Product, rng) -> str:
   """What the listing's narrator says: [intro,] brand [colour] product name."""
   words = [product.brand]
   if colour_name(product) and rng.random() < 0.5:

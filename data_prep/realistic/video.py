@@ -13,14 +13,14 @@ from PIL import Image
 
 from data_prep.mini import render as mini_render
 from data_prep.realistic import image as image_lib
-from data_prep.realistic import world as W
+from data_prep.realistic import world as world_lib
 
 VIDEO_FPS = mini_render.VIDEO_FPS  # the encoder's rate
 VIDEO_SIZE = 112        # the builder's default video_size
 STAGE_SIZE = 160        # camera windows of 72-160 px, shown at 112
 
 
-def frames(world: W.World, product: W.Product, seconds: int, rng) -> np.ndarray:
+def frames(world: world_lib.World, product: world_lib.Product, seconds: int, rng) -> np.ndarray:
   """uint8 [seconds * 24, 112, 112, 3]: the camera window eases from start to end."""
   stage = image_lib.compose(world, product, rng, STAGE_SIZE, scale=(0.55, 0.85), badge_prob=0.0)
   windows = []
