@@ -98,3 +98,27 @@ def test_a_missing_list_is_skipped_unless_named(tmp_path):
   with pytest.raises(FileNotFoundError, match=r'splits/cls_test\.txt \(') as e:
     build_faults.build(root, str(tmp_path / 'tfds_named'), named)
   assert 'cls_train' not in str(e.value) and '\n' not in str(e.value)
+
+
+def test_examples_lost_by_the_writer_fail_the_build(tmp_path, monkeypatch):
+  """A runner that stores fewer examples than were converted (Beam's DirectRunner
+  multi_processing did, benchmarks/results/conversion.md) fails the build loudly."""
+  from data_prep.m5product import m5product_dataset_builder as builder_lib  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path / 'release')
+  build_faults.write_base(root)
+  convert = examples.convert
+
+  def convert_and_count_twice(split, *args, **kwargs):   # 'converted' one more than stored
+    out = convert(split, *args, **kwargs)
+    if split == 'pretrain' and not getattr(convert_and_count_twice, 'done', False):
+      convert_and_count_twice.done = True
+      args[-1].inc(f'{split}/items_written')
+    return out
+
+  monkeypatch.setattr(examples, 'convert', convert_and_count_twice)
+  with pytest.raises(RuntimeError, match=r'^m5product build stored fewer .*\(pretrain: 1 lost\)') as e:
+    build_faults.build(root, str(tmp_path / 'tfds'))
+  assert '\n' not in str(e.value)
+  # The incomplete build is not kept (TFDS removes it): nothing to read by mistake.
+  assert not list((tmp_path / 'tfds').rglob(builder_lib.REPORT_NAME))
+  assert not list((tmp_path / 'tfds').rglob('dataset_info.json'))

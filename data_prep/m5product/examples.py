@@ -97,6 +97,9 @@ def format_report(report: dict) -> str:
     lines.append(f"  split {s}: in {e['items_in']}, written {e['items_written']}, "
                  f"rejected {sum(e['rejected'].values())}"
                  + (f' (SKIPPED: {skipped[s]})' if s in skipped else ''))
+  if report.get('lost_by_writer'):
+    lines.append('  LOST by the writer (converted, not stored): '
+                 + ', '.join(f'{s} {n}' for s, n in report['lost_by_writer'].items()))
   if report.get('unlisted_records'):
     lines.append(f"  annotation records in no split list: {report['unlisted_records']}")
   return '\n'.join(lines)

@@ -189,15 +189,33 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     counts.update(self._beam_counts)
     report = examples.summarize(counts, self._split_names(),
                                 modalities.names(self.builder_config.extra_modalities))
+    lost = self._lost_examples(report)
     report.update(config=self.builder_config.name, beam=self._use_beam,
                   skipped_splits=dict(self._skipped), unlisted_records=self._unlisted,
-                  seconds=round(time.time() - start, 2))
+                  lost_by_writer=lost, seconds=round(time.time() - start, 2))
     path = os.path.join(self.data_dir, REPORT_NAME)
     with open(path, 'w', encoding='utf-8') as f:
       json.dump(report, f, indent=1, sort_keys=True)
     message = examples.format_report(report)
     final_dir = os.path.join(os.fspath(self.data_dir_root), self.info.full_name)
+    if lost:   # TFDS removes the incomplete folder, report included, when this raises
+      print(message, flush=True)
+      raise RuntimeError(
+          'm5product build stored fewer examples than it converted ('
+          + ', '.join(f'{s}: {n} lost' for s, n in lost.items())
+          + '): the runner dropped them (seen with Beam\'s DirectRunner multi_processing, '
+          'benchmarks/results/conversion.md); the incomplete build is not kept: build again')
     print(f'{message}\n  report: {os.path.join(final_dir, REPORT_NAME)}', flush=True)
+
+  def _lost_examples(self, report) -> dict[str, int]:
+    """{split: converted - stored} where the writer stored fewer examples than converted."""
+    lost = {}
+    for split, entry in report['splits'].items():
+      if split in self.info.splits:
+        stored = self.info.splits[split].num_examples
+        if stored < entry['items_written']:
+          lost[split] = entry['items_written'] - stored
+    return lost
 
   def _split_names(self):
     return self.builder_config.splits or tuple(release.SPLIT_FILES)
@@ -305,7 +323,8 @@ def _beam_split(records_file, split, label_vocab, instances, options):
   The DirectRunner's multi_processing mode (Beam 2.77) has at times stored fewer
   examples than this converted, on ~2.9k-item features builds, with this shape
   and with ReadFromText (benchmarks/results/conversion.md); the build report's
-  items_written is the converted count, TFDS's split info the stored one.
+  items_written is the converted count, TFDS's split info the stored one, and a
+  build whose writer stored fewer fails (`_lost_examples`) instead of losing them.
   """
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
 
