@@ -105,19 +105,22 @@ def _prepare_out(out: str, layout: release.ReleaseLayout, overwrite: bool):
 
 
 def make_plan(world: world_lib.World, num_products: int, seed: int,
-              rates: plan_lib.DefectRates = DEFAULT_RATES) -> plan_lib.Plan:
+              rates: plan_lib.DefectRates = DEFAULT_RATES,
+              fine_share: float = FINE_SHARE) -> plan_lib.Plan:
   return plan_lib.make_plan(world, num_products, seed, rates, INSTANCE_RATE, SINGLETON_SPLITS,
-                            FINE_SHARE, GROUP_SIZE_PROBS)
+                            fine_share, GROUP_SIZE_PROBS)
 
 
 def generate(out: str, num_products: int = DEFAULT_NUM_PRODUCTS, seed: int = 0,
              workers: int | None = None, rates: plan_lib.DefectRates = DEFAULT_RATES,
              num_categories: int = len(world_lib.CATEGORIES), overwrite: bool = False,
-             progress: bool = True) -> dict:
+             progress: bool = True, fine_share: float = FINE_SHARE) -> dict:
   """Writes the release to `out`; returns the manifest (also in out/mini_manifest.json)."""
+  if not 0.0 <= fine_share <= 1.0:
+    raise ValueError(f'--fine_share must be in [0, 1], got {fine_share}')
   layout = release.ReleaseLayout()
   world = world_lib.World.create(num_categories)
-  plan = make_plan(world, num_products, seed, rates)
+  plan = make_plan(world, num_products, seed, rates, fine_share)
   _prepare_out(out, layout, overwrite)
   ctx = item_lib.Context(root=os.path.abspath(out), seed=seed, world=world, layout=layout)
 
@@ -128,7 +131,7 @@ def generate(out: str, num_products: int = DEFAULT_NUM_PRODUCTS, seed: int = 0,
 
   args = {'generator': 'data_prep.make_realistic', 'seed': seed, 'num_products': num_products,
           'num_categories': num_categories, 'instance_rate': INSTANCE_RATE,
-          'group_size_probs': list(GROUP_SIZE_PROBS), 'fine_share': FINE_SHARE,
+          'group_size_probs': list(GROUP_SIZE_PROBS), 'fine_share': fine_share,
           'singleton_splits': dict(SINGLETON_SPLITS), 'rates': dataclasses.asdict(rates)}
   manifest = plan_lib.build_manifest(plan, world, args, with_features=False,
                                      label_names=world.label_names, manifest_format=MANIFEST_FORMAT)
@@ -141,11 +144,14 @@ def main(argv=None):
   rate_fields = [f for f in dataclasses.fields(plan_lib.DefectRates) if f.name != 'bad_features']
   parser = release_writer.generator_parser('make_realistic', __doc__, DEFAULT_NUM_PRODUCTS,
                                            len(world_lib.CATEGORIES), rate_fields)
+  parser.add_argument('--fine_share', type=float, default=FINE_SHARE,
+                      help='share of the multi-listing products that go to fine-grained '
+                           'retrieval (the rest to pretraining); default %(default)s')
   args = parser.parse_args(argv)
   rates = release_writer.parsed_rates(args, rate_fields, DEFAULT_RATES)
   try:
     generate(args.out, args.num_products, args.seed, args.workers, rates, args.num_categories,
-             args.overwrite, progress=not args.quiet)
+             args.overwrite, progress=not args.quiet, fine_share=args.fine_share)
   except (ValueError, sources.MissingSource) as e:
     raise SystemExit(f'make_realistic: {e}') from None
 
