@@ -40,3 +40,14 @@ def test_fit_rejects_a_bad_mesh(tmp_path):
                     '--mesh', 'data=3')
   assert proc.returncode != 0
   assert proc.stderr.strip().splitlines()[-1].startswith('m5_jax')
+
+
+def test_compile_shows_elapsed_time(capsys):
+  import time  # pylint: disable=g-import-not-at-top
+  from m5_jax.tools import fit  # pylint: disable=g-import-not-at-top
+  with fit._elapsed_ticker('compiling', every_s=0.05):  # pylint: disable=protected-access
+    time.sleep(0.3)
+  lines = capsys.readouterr().err.splitlines()
+  assert len(lines) >= 2 and all(line == '  compiling: 0:00 elapsed' for line in lines)
+  time.sleep(0.15)                                      # the ticker stopped with the body
+  assert capsys.readouterr().err == ''

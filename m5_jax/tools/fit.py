@@ -21,13 +21,36 @@ exact. A target's usable HBM leaves headroom for the runtime (--reserve_gib).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import threading
+import time
 
 # HBM per device (GiB) of common targets.
 TARGETS = {'v4': 32.0, 'v5e': 16.0, 'v5p': 95.0, 'v6e': 32.0, 'a100-40g': 40.0, 'a100-80g': 80.0,
            'h100': 80.0, 'h200': 141.0}
+
+
+@contextlib.contextmanager
+def _elapsed_ticker(what: str, every_s: float = 30.0):
+  """Prints '<what>: M:SS elapsed' to stderr every `every_s` seconds while the body runs
+  (XLA's compile of a deep unscanned model on many fake devices is silent for minutes)."""
+  done, start = threading.Event(), time.monotonic()
+
+  def tick():
+    while not done.wait(every_s):
+      minutes, seconds = divmod(int(time.monotonic() - start), 60)
+      print(f'  {what}: {minutes}:{seconds:02d} elapsed', file=sys.stderr, flush=True)
+
+  thread = threading.Thread(target=tick, daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    done.set()
+    thread.join()
 
 
 def parse_mesh(text: str) -> dict[str, int]:
@@ -94,8 +117,11 @@ def main(argv=None) -> int:
     return sum(leaf.size for leaf in jax.tree.leaves(tree))
 
   print(f'compiling the train step for mesh {dict(mesh.shape)} on {args.devices} fake CPU '
-        f'devices ...', file=sys.stderr, flush=True)
-  compiled = setup.lower()[1].compile()
+        f'devices (base/large on 256 devices: 5-10 min on 2 cores; '
+        f'--config.model.scan_layers=True compiles one layer per stack, much faster) ...',
+        file=sys.stderr, flush=True)
+  with _elapsed_ticker('compiling'):
+    compiled = setup.lower()[1].compile()
   memory = compiled.memory_analysis()
 
   params = shard_bytes(abstract_state['params'])
