@@ -28,28 +28,11 @@ Top level (always present):
   exact_ids     {label, instance: int32[B, 2]}  (high, low) 32-bit words of the
                 int64 id (`split_int64` / `join_int64`). Not a model input.
 
-One sub-dict per configured modality (only the modalities in config.modalities):
-
-  text    present bool[B]; ids int32[B, Lt]; mask bool[B, Lt]
-          Lt = config.modality.text.max_len (paper: 36). ids start with the
-          tokenizer's BOS, padded with 0.
-  table   present bool[B]; ids int32[B, Lp]; mask bool[B, Lp];
-          span int32[B, Lp]   1-based index of the key or value span a token belongs
-                              to (keys odd, values even; 0 = BOS or padding), so a
-                              whole key or value is masked.
-          is_value bool[B, Lp] True for value tokens, False for key tokens and BOS.
-          Lp = config.modality.table.max_len (paper: 64). ids = BOS, key_1 tokens,
-          value_1 tokens, ...; cut between two (key, value) pairs.
-  image   form 'raw':      present; pixels uint8[B, S, S, 3] (S = image_size)
-          form 'features': present; regions float32[B, R, 2048]; boxes float32[B, R, 5];
-                           mask bool[B, R]   (R = 36 regions)
-  video   form 'raw':      present; frames uint8[B, T, S, S, 3]; mask bool[B, T]
-          form 'features': present; s3d float32[B, T, 1024]; mask bool[B, T]
-                           (T = 12: one frame per second, 12 s)
-  audio   both forms:      present; mel float32[B, 80, 751] log-mel (bins x frames,
-                           16 kHz, n_fft 1024, hop 256, 12 s); mask bool[B, 751] valid
-                           frames. form 'features' embeds the 80 rows as 751-d
-                           tokens (the paper); form 'raw' embeds time patches.
+One sub-dict per configured modality (only the modalities in config.modalities),
+holding the fields its plugin's `batch_spec(cfg)` declares; each plugin's file
+(m5_jax/modalities/<name>.py) documents them, e.g. text: present bool[B], ids
+int32[B, Lt], mask bool[B, Lt]; image in form 'features': present, regions
+float32[B, 36, 2048], boxes float32[B, 36, 5], mask bool[B, 36].
 
 An absent modality has present=False and all-False masks; its other fields are
 zeros. The model never attends to it.
