@@ -32,7 +32,9 @@ One sub-dict per configured modality (only the modalities in config.modalities),
 holding the fields its plugin's `batch_spec(cfg)` declares; each plugin's file
 (m5_jax/modalities/<name>.py) documents them, e.g. text: present bool[B], ids
 int32[B, Lt], mask bool[B, Lt]; image in form 'features': present, regions
-float32[B, 36, 2048], boxes float32[B, 36, 5], mask bool[B, 36].
+float16[B, 36, 2048], boxes float32[B, 36, 5], mask bool[B, 36]. Dense media
+features (regions, S3D, mel) stay float16 on the host and on the way to the
+devices; the model casts them to its compute dtype.
 
 An absent modality has present=False and all-False masks; its other fields are
 zeros. The model never attends to it.

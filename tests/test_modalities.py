@@ -321,6 +321,65 @@ def test_media_masking_zeroes_inputs_and_targets_originals(setup):
       assert np.isfinite(float(num)) and (num > 0) == (target == 'regression' or den > 1), name
 
 
+MEDIA_FEATURES = {'image': 'regions', 'video': 's3d', 'audio': 'mel'}
+
+
+def reference_mel(decoded, cfg):
+  """The mel as the float32 pipeline made it: stored float16 -> float32, invalid frames
+  zeroed, standardised over the valid ones in float64 (numpy)."""
+  mel = np.asarray(decoded['audio_mel'], np.float32)
+  valid = np.arange(cfg.mel_frames) < int(decoded['audio_frames'])
+  values = mel[:, valid].astype(np.float64)
+  out = np.where(valid[None], (mel - values.mean()) / np.sqrt(values.var() + 1e-5), 0.0)
+  return out.astype(np.float32)
+
+
+def test_features_travel_in_float16_and_the_model_matches_float32(setup):
+  """Features form: regions, S3D and mel leave preprocess in float16 (no host cast),
+  masking keeps them float16, the targets are float32, and the model's tokens, heads
+  and losses on that batch equal those on the float32 batch the pipeline sent before
+  (exactly where the stored float16 was only widened; within float16 rounding for the
+  standardised mel)."""
+  config, batch, apply_fn, variables = setup
+  if config.modality.image.form != 'features':
+    pytest.skip('raw pixels and frames are uint8')
+  for name, key in MEDIA_FEATURES.items():
+    assert batch[name][key].dtype == np.float16, name
+  got_mel = batch['audio']['mel'][0].astype(np.float32)
+  want_mel = reference_mel(example(form='features'), config.modality.audio)
+  np.testing.assert_allclose(got_mel, want_mel, rtol=2.0**-11, atol=1e-7)
+  assert np.abs(got_mel - want_mel).max() > 0  # float16 really rounded it
+  wide = jax.tree.map(lambda x: x.astype(np.float32) if x.dtype == np.float16 else x, batch)
+  old = dict(wide, audio=dict(wide['audio'], mel=np.stack([want_mel, wide['audio']['mel'][1]])))
+
+  def run(inputs):
+    masked, targets = {}, {}
+    for name in MEDIA_FEATURES:
+      plugin, cfg = modalities.get(name), config.modality[name]
+      masked[name], targets[name] = plugin.mask_for_pretraining(inputs[name], jax.random.key(2),
+                                                                cfg)
+    out = apply_fn(variables, masked)
+    losses = {n: modalities.get(n).masked_loss(out[n][2], targets[n], config.modality[n])
+              for n in MEDIA_FEATURES}
+    return masked, targets, out, losses
+
+  masked16, targets16, out16, losses16 = run(batch)
+  _, targets32, out32, losses32 = run(wide)
+  _, targets_old, _, losses_old = run(old)
+  for name, key in MEDIA_FEATURES.items():
+    assert masked16[name][key].dtype == jnp.float16, name
+    assert targets16[name]['features'].dtype == jnp.float32, name
+    np.testing.assert_array_equal(targets16[name]['features'], targets32[name]['features'])
+    for got, want in zip(out16[name], out32[name]):
+      np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(losses16[name], losses32[name], rtol=1e-6)
+    assert losses16[name][0] > 0, name
+  # Against the float32 standardisation: float16 rounding of inputs and targets only.
+  np.testing.assert_allclose(targets16['audio']['features'], targets_old['audio']['features'],
+                             rtol=1e-2, atol=2e-3)
+  np.testing.assert_allclose(losses16['audio'], losses_old['audio'], rtol=5e-3)
+
+
 def test_bf16_compute_with_fp32_params_and_logical_axes(sp):
   config = tiny_config(sp.get_piece_size())
   batch = batch_lib.zeros_batch(config, 2)

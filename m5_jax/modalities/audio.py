@@ -1,7 +1,9 @@
 """Audio (the video's soundtrack): an 80 x 751 log-mel spectrogram, two ways to embed it.
 
-Both forms read the same batch field (mel float32[80, 751] + valid-frame mask);
-frames past the valid length are zeroed before embedding and in targets.
+Both forms read the same batch field (mel float16[80, 751] + valid-frame mask);
+frames past the valid length are zeroed before embedding and in targets. The mel
+travels to the devices in float16 (half the bytes of float32); the embedder and
+the targets cast it to float32 there (`valid_mel`).
 
 form 'features': the paper's 80 tokens, one per mel bin, each its 751-d row of
                  frames. Masked audio modeling zeroes rows; target = the row.
@@ -17,7 +19,8 @@ log(1e-6) = -13.8 against padding at 0, and a mel row's projection is dominated
 by how many frames are valid (the clip's length) rather than by its spectrum:
 on mini, audio was the model's weakest vector though its pitch names the
 category. 'none' keeps raw log-mel (and is what runs saved before this key
-existed used).
+existed used). The standardisation computes in float32 and rounds its result to
+float16 once (values within float16 rounding, 2^-11 relative, of float32's).
 """
 from __future__ import annotations
 
@@ -54,17 +57,21 @@ def patch_mask(frame_mask, patch_frames: int):
 
 
 def normalize_utterance(mel, mask, how: str):
-  """tf: float32[bins, frames] with invalid frames 0 -> standardised over the valid ones."""
+  """tf: float32[bins, frames] with invalid frames 0 -> standardised over the valid ones.
+
+  Invalid frames being 0, the sum over all of mel is the valid frames' sum (no
+  [bins, frames] mask is materialised: fewer passes over the mel)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if how == 'none':
     return mel
   if how != 'utterance':
     raise ValueError(f"audio normalize_input must be 'utterance' or 'none', got {how!r}")
-  valid = tf.cast(mask, tf.float32)[None, :] * tf.ones_like(mel)
-  count = tf.maximum(tf.reduce_sum(valid), 1.0)
-  mean = tf.reduce_sum(mel * valid) / count
-  var = tf.reduce_sum(tf.square(mel - mean) * valid) / count
-  return tf.where(valid > 0, (mel - mean) * tf.math.rsqrt(var + 1e-5), 0.0)
+  count = tf.cast(tf.reduce_sum(tf.cast(mask, tf.int32)) * tf.shape(mel)[0], tf.float32)
+  count = tf.maximum(count, 1.0)
+  mean = tf.reduce_sum(mel) / count
+  centered = tf.where(mask[None, :], mel - mean, 0.0)
+  var = tf.reduce_sum(tf.square(centered)) / count
+  return centered * tf.math.rsqrt(var + 1e-5)
 
 
 class MelEmbedder(base.Embedder):
@@ -99,7 +106,7 @@ class Audio(base.MaskedFeatureModality):
 
   def batch_spec(self, cfg):
     base.check_form(self.name, cfg)
-    return {'present': ((), 'bool'), 'mel': ((cfg.mel_bins, cfg.mel_frames), 'float32'),
+    return {'present': ((), 'bool'), 'mel': ((cfg.mel_bins, cfg.mel_frames), 'float16'),
             'mask': ((cfg.mel_frames,), 'bool')}
 
   def num_tokens(self, cfg) -> int:
@@ -110,14 +117,16 @@ class Audio(base.MaskedFeatureModality):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     bins, frames = cfg.mel_bins, cfg.mel_frames
     present = tf.cast(example['present']['audio'], tf.bool)
-    mel = tf.cast(example['audio_mel'], tf.float32)[:bins, :frames]
+    mel = tf.cast(example['audio_mel'], tf.float16)[:bins, :frames]  # as stored: no pass
     shape = tf.shape(mel)
     valid = tf.minimum(tf.cast(example['audio_frames'], tf.int32), shape[1])
     present = tf.logical_and(present, valid > 0)
     mask = tf.logical_and(present, tf.range(frames) < valid)
     mel = tf.pad(mel, [[0, bins - shape[0]], [0, frames - shape[1]]])
     mel = tf.where(mask[None, :], mel, tf.zeros_like(mel))
-    mel = normalize_utterance(mel, mask, cfg.get('normalize_input', 'none'))
+    how = cfg.get('normalize_input', 'none')
+    if how != 'none':  # in float32, rounded to float16 once
+      mel = tf.cast(normalize_utterance(tf.cast(mel, tf.float32), mask, how), tf.float16)
     mel.set_shape([bins, frames])
     return {'present': present, 'mel': mel, 'mask': mask}
 

@@ -25,6 +25,9 @@ Conventions every plugin follows:
     text and table, a learned [CLS] embedding for media. It is valid exactly when
     the item has the modality, and it is never a masked-modeling target. The
     model pools it (one vector per present modality).
+  * Dense media features travel host -> device in float16, as the builds store
+    them (half the bytes); embedders cast them to the compute dtype on the
+    device, and targets and losses are float32.
   * Tokens from embedders and heads' inputs are [B, L, D] in the compute dtype;
     masked-modeling targets, token positions and weights share that L.
   * `mask_for_pretraining` returns targets with `weights` float32[B, L]: 1 at the
@@ -299,7 +302,9 @@ class MaskedFeatureModality:
   or classification (in-batch NCE), chosen by cfg.target. Subclasses provide:
 
     content_mask(inputs, cfg) -> bool[B, N]        real content tokens (no [CLS])
-    content_features(inputs, cfg) -> f32[B, N, F]  what a masked token must predict
+    content_features(inputs, cfg) -> [B, N, F]     what a masked token must predict
+                                                   (float16 as stored or float32; the
+                                                   targets are made in float32)
     zero_content(inputs, selected [B, N], cfg) -> inputs with those tokens zeroed
     feature_dim(cfg) -> F
   and may override should_normalize_target(cfg) (default: cfg.normalize_target,

@@ -3,7 +3,7 @@
 form 'raw':      pixels uint8[S, S, 3] -> (S/p)^2 patch tokens + [CLS]. Masked patch
                  modeling zeroes the patch's pixels; its target is the patch's
                  pixels, normalised per patch (MAE's norm_pix_loss).
-form 'features': 36 regions x 2048 + 5-d boxes (bottom-up attention) -> region
+form 'features': 36 regions x 2048 (float16) + 5-d boxes (bottom-up attention) -> region
                  tokens + [CLS], the box projection acting as the position.
                  Masked region modeling zeroes the region feature (the box stays,
                  as in UNITER); its target is the region feature.
@@ -98,7 +98,9 @@ class Image(base.MaskedFeatureModality):
       return {'present': ((), 'bool'),
               'pixels': ((cfg.image_size, cfg.image_size, 3), 'uint8')}
     r = cfg.num_regions
-    return {'present': ((), 'bool'), 'regions': ((r, cfg.region_dim), 'float32'),
+    # Regions stay float16 as stored (half the host bytes and host->device copy); the
+    # embedder casts them to the compute dtype, the targets are cast to float32.
+    return {'present': ((), 'bool'), 'regions': ((r, cfg.region_dim), 'float16'),
             'boxes': ((r, cfg.box_dim), 'float32'), 'mask': ((r,), 'bool')}
 
   def num_tokens(self, cfg) -> int:
@@ -118,7 +120,7 @@ class Image(base.MaskedFeatureModality):
       pixels.set_shape([size, size, 3])
       return {'present': present, 'pixels': pixels}
     r = cfg.num_regions
-    regions = tf.cast(example['image_regions'], tf.float32)[:r]
+    regions = tf.cast(example['image_regions'], tf.float16)[:r]  # as stored: no pass
     boxes = tf.cast(example['image_boxes'], tf.float32)[:r]
     rows = tf.shape(regions)[0]
     # Releases pad images with fewer detections with all-zero rows.

@@ -5,7 +5,7 @@ form 'raw':      frames uint8[T, S, S, 3]; each frame is cut into ViT patches, e
                  token count stays T + 1 ([CLS]). Masked frame modeling zeroes the
                  frame; its target is the frame shrunk to its patch grid (the
                  mean colour of each patch), normalised per frame.
-form 'features': S3D [T, 1024] -> one token per row (the paper's input). Masked
+form 'features': S3D float16[T, 1024] -> one token per row (the paper's input). Masked
                  frame modeling zeroes the row; its target is the row.
 """
 from __future__ import annotations
@@ -69,7 +69,8 @@ class Video(base.MaskedFeatureModality):
       return {'present': ((), 'bool'),
               'frames': ((t, cfg.frame_size, cfg.frame_size, 3), 'uint8'),
               'mask': ((t,), 'bool')}
-    return {'present': ((), 'bool'), 's3d': ((t, cfg.s3d_dim), 'float32'),
+    # S3D stays float16 as stored; the embedder casts it, the targets are float32.
+    return {'present': ((), 'bool'), 's3d': ((t, cfg.s3d_dim), 'float16'),
             'mask': ((t,), 'bool')}
 
   def num_tokens(self, cfg) -> int:
@@ -93,7 +94,7 @@ class Video(base.MaskedFeatureModality):
       frames.set_shape([t, size, size, 3])
       return {'present': present, 'frames': frames,
               'mask': tf.logical_and(present, tf.range(t) < rows)}
-    s3d = tf.cast(example['video_s3d'], tf.float32)[:t]
+    s3d = tf.cast(example['video_s3d'], tf.float16)[:t]  # as stored: no pass
     rows = tf.minimum(tf.shape(s3d)[0], tf.cast(example['video_frames'], tf.int32))
     present = tf.logical_and(present, rows > 0)
     mask = tf.logical_and(present, tf.range(t) < rows)
