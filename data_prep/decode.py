@@ -236,8 +236,9 @@ def _npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
 
 
 def load_feature(path: str, shape: tuple[int, ...], variable_axis: int | None = None,
-                 bounds: Bounds = Bounds()) -> tuple[np.ndarray, int]:
-  """A feature .npy -> (array zero-padded to `shape`, valid length along variable_axis).
+                 bounds: Bounds = Bounds(), store_dtype=np.float32) -> tuple[np.ndarray, int]:
+  """A feature .npy -> (array zero-padded to `shape` in `store_dtype`, valid length along
+  variable_axis).
 
   The file must have exactly `shape`, except along `variable_axis` where 1..shape
   entries are accepted (video rows, audio frames); trailing all-zero entries
@@ -245,7 +246,8 @@ def load_feature(path: str, shape: tuple[int, ...], variable_axis: int | None = 
   a non-float dtype or another shape (a header claiming huge dimensions
   included) is `bad_features`, and so are non-finite values or no valid entry;
   a file that is not a .npy, or whose data is shorter or longer than its header
-  says, is `corrupt_file`.
+  says, is `corrupt_file`. Values that `store_dtype` cannot hold (|x| past float16's
+  65504, which would be stored as inf) are `bad_features` too.
   """
   check_file(path)
   size = os.path.getsize(path)
@@ -272,6 +274,10 @@ def load_feature(path: str, shape: tuple[int, ...], variable_axis: int | None = 
         got, order='F' if fortran else 'C').astype(np.float32)
   if not np.isfinite(array).all():
     raise Absent('bad_features', f'{path}: non-finite values')
+  array = array.astype(store_dtype, copy=False)
+  if not np.isfinite(array).all():
+    raise Absent('bad_features', f'{path}: values beyond the {np.dtype(store_dtype).name} '
+                 f'range (|x| > {float(np.finfo(store_dtype).max):g})')
   valid = 0
   if variable_axis is not None:
     other_axes = tuple(a for a in range(array.ndim) if a != variable_axis)

@@ -80,6 +80,15 @@ def test_feature_checks(tmp_path):
     with pytest.raises(decode.Absent) as e:
       decode.load_feature(path, (12, 1024), variable_axis=0)
     assert e.value.reason == 'bad_features'
+  # Stored as float16: past 65504 would become inf, so it is a bad feature, not an inf.
+  np.save(path, np.full((5, 1024), 6e4, np.float32))
+  array, _ = decode.load_feature(path, (12, 1024), variable_axis=0, store_dtype=np.float16)
+  assert array.dtype == np.float16 and array.max() == np.float16(6e4)
+  np.save(path, np.full((5, 1024), 7e4, np.float32))
+  assert decode.load_feature(path, (12, 1024), variable_axis=0)[0].max() == 7e4
+  with pytest.raises(decode.Absent, match='beyond the float16 range') as e:
+    decode.load_feature(path, (12, 1024), variable_axis=0, store_dtype=np.float16)
+  assert e.value.reason == 'bad_features'
 
 
 # ---------------------------------------------------------------- the builder

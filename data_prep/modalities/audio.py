@@ -28,7 +28,7 @@ class Audio:
     else:
       mel, frames = decode.load_feature(layout.feature_path(root, 'audio_mel', item_id),
                                         release.FEATURE_SHAPES['audio_mel'], variable_axis=1,
-                                        bounds=options.bounds)
+                                        bounds=options.bounds, store_dtype=np.float16)
     return {'audio_mel': mel.astype(np.float16), 'audio_frames': np.int32(frames)}
 
   def absent(self, options):

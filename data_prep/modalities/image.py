@@ -29,10 +29,11 @@ class Image:
                                            options.image_size, options.bounds)}
     shapes = release.FEATURE_SHAPES
     regions, _ = decode.load_feature(layout.feature_path(root, 'image_regions', item_id),
-                                     shapes['image_regions'], bounds=options.bounds)
+                                     shapes['image_regions'], bounds=options.bounds,
+                                     store_dtype=np.float16)
     boxes, _ = decode.load_feature(layout.feature_path(root, 'image_boxes', item_id),
                                    shapes['image_boxes'], bounds=options.bounds)
-    return {'image_regions': regions.astype(np.float16), 'image_boxes': boxes}
+    return {'image_regions': regions, 'image_boxes': boxes}
 
   def absent(self, options):
     if options.form == 'raw':

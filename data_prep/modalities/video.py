@@ -29,8 +29,8 @@ class Video:
                                            options.video_fps, options.bounds)}
     s3d, rows = decode.load_feature(layout.feature_path(root, 'video_s3d', item_id),
                                     release.FEATURE_SHAPES['video_s3d'], variable_axis=0,
-                                    bounds=options.bounds)
-    return {'video_s3d': s3d.astype(np.float16), 'video_frames': np.int32(rows)}
+                                    bounds=options.bounds, store_dtype=np.float16)
+    return {'video_s3d': s3d, 'video_frames': np.int32(rows)}
 
   def absent(self, options):
     if options.form == 'raw':
