@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -323,7 +324,10 @@ def optimizer(model, config):
 
 
 def to_torch(batch):
-  """A numpy batch (m5_jax/synthetic_input.make_batch) -> torch tensors."""
+  """A numpy batch (m5_jax/synthetic_input.make_batch) -> torch tensors; float16 media
+  features (the batch schema's) become float32, the peer's fp32 input."""
   if isinstance(batch, dict):
     return {k: to_torch(v) for k, v in batch.items()}
+  if batch.dtype == np.float16:
+    return torch.from_numpy(batch.astype(np.float32))
   return torch.from_numpy(batch.copy())
