@@ -31,6 +31,8 @@ one process's rate whatever its cores), two ways:
     holds the GIL while its reader threads read (the profile shows `read_records`
     holding it), so on an idle machine this is the GIL-held floor of the record
     fetch, whatever the rest of the pipeline does.
+It also reports the host batch's bytes per example, all fields and per modality
+(what the host->device copy moves).
 Appends a table row per run to --results.
 """
 from __future__ import annotations
@@ -175,6 +177,15 @@ class GilSampler:
             'top': [(leaf, round(n / samples, 3)) for leaf, n in top]}
 
 
+def batch_bytes_per_example(batch, batch_size: int) -> dict[str, float]:
+  """Bytes per example of a host batch: 'all' and each modality's sub-dict."""
+  def size(tree):
+    return sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree)) / batch_size
+  out = {name: size(value) for name, value in batch.items() if isinstance(value, dict)}
+  out['all'] = size(batch)
+  return out
+
+
 def record_read_cpu(host, batch_size: int, repeats: int = 3) -> float:
   """Best CPU seconds per record of reading a batch of random records (data source only)."""
   rng = np.random.default_rng(0)
@@ -210,6 +221,7 @@ def measure(release: str, work: str, codes: str = 'itpva', form: str = 'raw',
     sampler = GilSampler(gil_profiler)
     time_iterator(host, 0, steps, batch_size)
     gil = sampler.stop()
+  batch_bytes = batch_bytes_per_example(next(host), batch_size)
   host.close()  # its workers stop: the reads below are timed alone
   read_cpu = record_read_cpu(host, batch_size)
   device = input_pipeline.create_iterator(config, 'pretrain', mesh, train=True)
@@ -223,6 +235,8 @@ def measure(release: str, work: str, codes: str = 'itpva', form: str = 'raw',
          'record_read_cpu_ms_per_example': 1e3 * read_cpu,
          'callback_cpu_ms_per_example': 1e3 * sum(callback_s.values()) / examples,
          'callback_cpu_ms': {k: 1e3 * v / examples for k, v in callback_s.items()},
+         'host_batch_bytes_per_example': batch_bytes.pop('all'),
+         'host_batch_bytes_per_example_by_modality': batch_bytes,
          'load_avg_start': load_start, 'load_avg_end': machine.load_average(),
          'peak_rss_mib': machine.peak_rss_mib()}
   if gil:
@@ -277,7 +291,8 @@ def main(argv=None):
     if 'gil_ms_per_example' in r:
       gil += f", GIL held {r['gil_ms_per_example']:.3f} ms/example (top: {r['gil_top'][:3]})"
     print(f"{codes}: host {r['host_examples_per_s']:.0f} examples/s, "
-          f"{r['host_cpu_ms_per_example']:.2f} CPU-ms/example{gil}, to devices "
+          f"{r['host_cpu_ms_per_example']:.2f} CPU-ms/example, "
+          f"{r['host_batch_bytes_per_example'] / 1e3:.0f} KB/example{gil}, to devices "
           f"{r['device_examples_per_s']:.0f} examples/s ({r['pretrain_examples']} pretrain "
           f"examples, build {r['build_s']:.0f}s, load {r['load_avg_start']})", flush=True)
   if args.results and rows:
