@@ -135,16 +135,16 @@ class SplitFeatures:
     then grows with how many modalities a gallery item has and how much its
     modalities agree, so after pretraining (which aligns the modalities) the
     gallery items whose modalities agree most rank high for every query of their
-    category (hubness). On mini that cost fine retrieval ~10 mAP@10 points for
-    pretrained weights and ~3 for random ones (benchmarks/results/learning.md
-    section 8). fusion='concat'
-    stacks the normalised vectors (zeros for absent ones) and divides by
+    category (hubness). On mini that cost fine retrieval 15-17 mAP@10 points for
+    pretrained weights and 2-5 for random ones (benchmarks/results/learning.md
+    section 8). fusion='concat' stacks the normalised vectors (zeros for absent ones) and divides by
     sqrt(#present), so the dot product of two items is the sum of their
     per-modality similarities over the modalities both have, divided by
     sqrt(n_a * n_b): the sum's cross-modal products (text of one item against image
     of the other) drop out. At tiny width those are noise for random weights and
     the shared category for pretrained ones; on mini's fine retrieval concat scores
-    ~20 mAP@10 points above sum for both (benchmarks/results/learning.md section 6).
+    ~20 mAP@10 points above the dot product of sums for both arms, and ~6
+    (pretrained) / ~16 (random) above the cosine of sums (learning.md sections 6, 8).
 
     normalize='center' subtracts the modality's mean vector (`means`, taken from
     a reference split such as the gallery or the probe's training split; default:
