@@ -32,7 +32,10 @@ one process's rate whatever its cores), two ways:
     holding it), so on an idle machine this is the GIL-held floor of the record
     fetch, whatever the rest of the pipeline does.
 It also reports the host batch's bytes per example, all fields and per modality
-(what the host->device copy moves).
+(what the host->device copy moves), and with --breakdown the CPU-ms per example of
+TFDS decode + preprocess alone (no read, no batching into numpy) on 1024 records held
+in memory: the pipeline's own per-example function, and each modality alone (the
+decode of the fields its plugin reads, TF prunes the others, and its preprocess).
 Appends a table row per run to --results.
 """
 from __future__ import annotations
@@ -186,6 +189,39 @@ def batch_bytes_per_example(batch, batch_size: int) -> dict[str, float]:
   return out
 
 
+def preprocess_cpu(host, num_records: int = 1024, repeats: int = 3) -> dict[str, float]:
+  """Best CPU-ms per example of decode + preprocess on in-memory records: 'all' (the
+  pipeline's per-example function) and each modality's plugin after the decode."""
+  # pylint: disable=protected-access
+  count = min(num_records, host.num_examples)
+  records = tf.constant(np.array(host._source.__getitems__(list(range(count))), dtype=object))
+  records = tf.data.Dataset.from_tensor_slices(records)
+
+  def best_ms(fn):
+    ds = records.map(fn, num_parallel_calls=2, deterministic=True).batch(256)
+    for _ in ds:  # traced and warm
+      pass
+    best = float('inf')
+    for _ in range(repeats):
+      cpu0 = machine.cpu_seconds()
+      for _ in ds:
+        pass
+      best = min(best, machine.cpu_seconds() - cpu0)
+    return 1e3 * best / count
+
+  def plugin(name):
+    def fn(serialized):
+      example = host._features.deserialize_example(serialized)
+      return modalities.get(name).preprocess(example, host._config.modality[name],
+                                             host._tokenizer)
+    return fn
+
+  out = {'all': best_ms(lambda s: host._preprocess(tf.constant(0, tf.int64),
+                                                   tf.constant(True), s))}
+  out.update({name: best_ms(plugin(name)) for name in host._config.modalities})
+  return out
+
+
 def record_read_cpu(host, batch_size: int, repeats: int = 3) -> float:
   """Best CPU seconds per record of reading a batch of random records (data source only)."""
   rng = np.random.default_rng(0)
@@ -201,7 +237,7 @@ def record_read_cpu(host, batch_size: int, repeats: int = 3) -> float:
 def measure(release: str, work: str, codes: str = 'itpva', form: str = 'raw',
             batch_size: int = 32, steps: int = 30, warmup: int = 3,
             tokenizer: str | None = None, vocab_size: int = 1000,
-            gil_profiler: str | None = None) -> dict:
+            gil_profiler: str | None = None, breakdown: bool = False) -> dict:
   """Examples/s, CPU-ms and GIL-held ms per example of the host pipeline, and
   examples/s of the pipeline onto the local devices."""
   data_dir = os.path.join(work, 'data')
@@ -224,6 +260,7 @@ def measure(release: str, work: str, codes: str = 'itpva', form: str = 'raw',
   batch_bytes = batch_bytes_per_example(next(host), batch_size)
   host.close()  # its workers stop: the reads below are timed alone
   read_cpu = record_read_cpu(host, batch_size)
+  decode_preprocess = preprocess_cpu(host) if breakdown else None
   device = input_pipeline.create_iterator(config, 'pretrain', mesh, train=True)
   device_rate, _, _ = time_iterator(device, warmup, steps, batch_size)
   device.host.close()
@@ -239,6 +276,8 @@ def measure(release: str, work: str, codes: str = 'itpva', form: str = 'raw',
          'host_batch_bytes_per_example_by_modality': batch_bytes,
          'load_avg_start': load_start, 'load_avg_end': machine.load_average(),
          'peak_rss_mib': machine.peak_rss_mib()}
+  if decode_preprocess:
+    row['decode_preprocess_cpu_ms_per_example'] = decode_preprocess
   if gil:
     row.update(gil_ms_per_example=1e3 * gil['gil_s'] / examples, gil_top=gil['top'],
                gil_share_of_window=gil['gil_s'] / gil['window_s'])
@@ -260,6 +299,8 @@ def main(argv=None):
   parser.add_argument('--gil_profiler', default=None,
                       help="py-spy binary (or 'py-spy' on PATH): also measure GIL-held ms "
                       'per example')
+  parser.add_argument('--breakdown', action='store_true',
+                      help='also time decode + preprocess alone, in all and per modality')
   parser.add_argument('--json', action='store_true', help='print one JSON object per set')
   parser.add_argument('--build_only', action='store_true',
                       help='only build the dataset and tokenizer (so that a later run\'s '
@@ -278,7 +319,7 @@ def main(argv=None):
   rows = []
   for codes in args.modalities.split(','):
     r = measure(args.release, args.work, codes, args.form, args.batch_size, args.steps,
-                args.warmup, args.tokenizer, args.vocab_size, gil_profiler)
+                args.warmup, args.tokenizer, args.vocab_size, gil_profiler, args.breakdown)
     if args.json:
       print(json.dumps(r), flush=True)
       continue
