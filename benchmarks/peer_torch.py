@@ -65,7 +65,8 @@ def jax_counts(config, batch_size) -> dict:
 
   def loss(params, batch, rng):
     masked, targets = objectives.mask_batch(batch, rng, config)
-    outputs = objectives.pretraining_outputs(model, {'params': params}, masked, batch, rng, config)
+    outputs = objectives.pretraining_outputs(model, {'params': params}, masked, batch, rng, config,
+                                             targets)
     return objectives.total_loss(objectives.losses(outputs, targets, config), config)
 
   return {'params': sum(x.size for x in jax.tree.leaves(params)),

@@ -15,8 +15,10 @@ arrays every reduction, including the [B, B] contrastive logits, is global):
                          missing a or b is removed from rows AND columns.
                          Denominator = number of valid rows.
   instance_<m>           in-modality instance discrimination: InfoNCE between the
-                         masked view's and the clean view's encoder vectors of
-                         modality m (rows = items with m present). Cross-modal
+                         masked view's and a second view's encoder vectors of
+                         modality m (rows = items with m present; the second view
+                         is the clean item, or with loss.instance_view='complement'
+                         only the tokens the first view's masking hid). Cross-modal
                          pairs can only align what modalities share (the
                          category); this term keeps what tells one product from
                          another inside a modality (brand, colour, material),
@@ -103,11 +105,36 @@ def dropout_key(rng, config):
   return jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl=impl)
 
 
-def pretraining_outputs(model, variables, masked, batch, rng, config):
+INSTANCE_VIEWS = ('clean', 'complement')
+
+
+def instance_view_keep(targets, config):
+  """The tokens the instance terms' second view keeps: None with
+  loss.instance_view='clean' (the whole unmasked item); with 'complement',
+  {m: bool[B, L]}: the summary token and the tokens masking hid from the first
+  view (targets' weights > 0, aligned with the embedder's tokens by the plugin
+  contract). The two views then share no content token, so they cannot be matched
+  by the listing's own per-token noise (a region's noise, a filler word): only by
+  what is repeated across the item's tokens, which is what its other listings
+  share. On the demo it lifted fine mAP@10 by 6-8 points over 'clean'
+  (benchmarks/results/learning.md section 10). A modality without targets
+  (masked weight 0) keeps its clean view."""
+  view = config.loss.get('instance_view', 'clean')
+  if view not in INSTANCE_VIEWS:
+    raise ValueError(f'loss.instance_view must be one of {INSTANCE_VIEWS}, got {view!r}')
+  if view == 'clean':
+    return None
+  return {m: (t['weights'] > 0).at[:, 0].set(True) for m, t in targets.items()}
+
+
+def pretraining_outputs(model, variables, masked, batch, rng, config, targets):
   """The training forward pass on the masked batch; the clean batch rides along as
-  the second view when the instance terms need it."""
-  clean = batch if uses_clean_view(config) else None
-  return model.apply(variables, masked, train=True, clean_batch=clean,
+  the second view when the instance terms need it (`targets` from mask_batch say
+  which of its tokens that view keeps, `instance_view_keep`)."""
+  if not uses_clean_view(config):
+    return model.apply(variables, masked, train=True, rngs={'dropout': dropout_key(rng, config)})
+  return model.apply(variables, masked, train=True, clean_batch=batch,
+                     clean_keep=instance_view_keep(targets, config),
                      rngs={'dropout': dropout_key(rng, config)})
 
 
@@ -308,7 +335,9 @@ def losses(outputs, targets, config):
     # whatever loss.contrastive_on says for the cross-modal pairs.
     logits = pair_logits(outputs['encoder_pooled'][m], outputs['clean_encoder_pooled'][m],
                          outputs['contrastive']['log_scale'], loss_config.max_log_scale)
-    terms[name] = softmax_contrastive(logits, present[m],
+    # 'complement' view: an item whose masking hid nothing of m has no second view.
+    valid = present[m] & outputs.get('clean_present', {}).get(m, True)
+    terms[name] = softmax_contrastive(logits, valid,
                                       hard_negatives=loss_config.get('instance_hard_negatives', 0.0))
 
   if term_weight(config, 'itm') > 0 and 'itm' in outputs:

@@ -95,7 +95,7 @@ def make_task(config: ml_collections.ConfigDict) -> Task:
 
     def terms(params, inputs, rng):
       outputs = objectives.pretraining_outputs(model, {'params': params}, inputs['masked'],
-                                               inputs['batch'], rng, config)
+                                               inputs['batch'], rng, config, inputs['targets'])
       return objectives.losses(outputs, inputs['targets'], config)
 
     return Task(model, prepare, terms, lambda t: objectives.total_loss(t, config))

@@ -24,7 +24,8 @@ def loss_and_grads(model, config, params, batch):
 
   def loss_fn(params):
     masked, targets = objectives.mask_batch(batch, rng, config)
-    out = objectives.pretraining_outputs(model, {'params': params}, masked, batch, rng, config)
+    out = objectives.pretraining_outputs(model, {'params': params}, masked, batch, rng, config,
+                                         targets)
     terms = objectives.losses(out, targets, config)
     return objectives.total_loss(terms, config), (terms, out)
   return jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -51,7 +52,7 @@ def test_preset_builds_and_computes_loss(method):
   params = nn.unbox(model_testlib.random_params(model, batch))
   masked, targets = objectives.mask_batch(batch, jax.random.key(1), config)
   out = jax.jit(lambda p, m, b: objectives.pretraining_outputs(
-      model, {'params': p}, m, b, jax.random.key(2), config))(params, masked, batch)
+      model, {'params': p}, m, b, jax.random.key(2), config, targets))(params, masked, batch)
   terms = objectives.losses(out, targets, config)
   loss = objectives.total_loss(terms, config)
   assert loss.dtype == jnp.float32 and np.isfinite(loss) and loss > 0
@@ -211,3 +212,38 @@ def test_param_count_sizes():
   abstract = jax.eval_shape(model.init, jax.random.key(0), model_testlib.random_batch(config, 1))
   assert tiny['total'] == sum(np.prod(x.shape) for x in jax.tree.leaves(nn.unbox(abstract)))
   assert 0.9e9 < param_count.count('m5_mmt', 'large')['total'] < 1.1e9
+
+
+def test_complement_view_sees_only_the_tokens_masking_hid():
+  """instance_view='complement' (the M5-MMT preset): the instance terms' second view
+  encodes the summary token and the tokens the first view's masking hid, nothing
+  else; an item whose masking hid nothing has no second view."""
+  config = model_testlib.tiny_config('m5_mmt', 'it')
+  assert config.loss.instance_view == 'complement'
+  model = models.build(config)
+  batch = model_testlib.random_batch(config, 4, present_prob=1.0)
+  params = nn.unbox(model_testlib.random_params(model, batch))
+  masked, targets = objectives.mask_batch(batch, jax.random.key(1), config)
+  keep = objectives.instance_view_keep(targets, config)
+  hidden = np.asarray(targets['text']['weights']) > 0
+  np.testing.assert_array_equal(keep['text'][:, 1:], hidden[:, 1:])
+  assert keep['text'][:, 0].all() and hidden.any(axis=1).all()
+
+  def second_view(clean, keep):
+    out = model.apply({'params': params}, masked, train=False, clean_batch=clean, clean_keep=keep)
+    return np.asarray(out['clean_encoder_pooled']['text']), out.get('clean_present')
+
+  base, clean_present = second_view(batch, keep)
+  assert np.asarray(clean_present['text']).all()
+  seen = np.flatnonzero(~hidden[0] & np.asarray(batch['text']['mask'][0]))[1:]   # not BOS
+  changed_seen = jax.tree.map(np.copy, batch)
+  changed_seen['text']['ids'][0, seen] = 7
+  np.testing.assert_allclose(second_view(changed_seen, keep)[0], base, atol=1e-6)
+  changed_hidden = jax.tree.map(np.copy, batch)
+  changed_hidden['text']['ids'][0, np.flatnonzero(hidden[0])] = 7
+  assert np.abs(second_view(changed_hidden, keep)[0][0] - base[0]).max() > 1e-4
+  # The clean view (no keep) sees every token.
+  assert np.abs(second_view(changed_seen, None)[0][0] - second_view(batch, None)[0][0]).max() > 1e-4
+  # Nothing hidden in item 0: no second view for it.
+  nothing = {m: k.at[0, 1:].set(False) for m, k in keep.items()}
+  assert not np.asarray(second_view(batch, nothing)[1]['text'])[0]

@@ -208,7 +208,8 @@ def test_sharded_loss_equals_single_device():
 
   def loss_fn(params, batch, rng):
     masked, targets = objectives.mask_batch(batch, rng, config)
-    out = objectives.pretraining_outputs(model, {'params': params}, masked, batch, rng, config)
+    out = objectives.pretraining_outputs(model, {'params': params}, masked, batch, rng, config,
+                                         targets)
     return objectives.total_loss(objectives.losses(out, targets, config), config)
 
   rng = jax.random.key(7)

@@ -108,7 +108,7 @@ def test_model_forward_and_losses_with_the_new_modality():
   def loss_fn(params, batch, rng):
     masked, targets = objectives.mask_batch(batch, rng, config)
     out = objectives.pretraining_outputs(model, {**variables, 'params': params}, masked, batch,
-                                         jax.random.key(1), config)
+                                         jax.random.key(1), config, targets)
     terms = objectives.losses(out, targets, config)
     return objectives.total_loss(terms, config), (terms, out)
 

@@ -166,10 +166,14 @@ class M5Model(nn.Module):
   def itm_enabled(self) -> bool:
     return self.config.loss.itm_weight > 0
 
-  def __call__(self, batch, train: bool = False, heads: bool = True, clean_batch=None):
+  def __call__(self, batch, train: bool = False, heads: bool = True, clean_batch=None,
+               clean_keep=None):
     """`clean_batch` (training only): the same items unmasked. Its modality encoders'
     pooled vectors come back as `clean_encoder_pooled` (the second view of the
-    instance term, objectives.py); the fusion never sees it."""
+    instance term, objectives.py); the fusion never sees it. `clean_keep`
+    {m: bool[B, L]} restricts that view to those embedder tokens
+    (objectives.instance_view_keep); `clean_present` then says which items keep a
+    content token."""
     model_config = self.config.model
     deterministic = not train
     example_mask = batch['example_mask'].astype(jnp.bool_)
@@ -207,16 +211,22 @@ class M5Model(nn.Module):
         out['predictions'][m] = self.heads[m](tokens)
     out['contrastive'] = {'log_scale': self.log_scale, 'bias': self.bias}
     if clean_batch is not None:
+      keep = clean_keep or {}
       out['clean_encoder_pooled'] = {
-          m: pooled(*self._encode(m, clean_batch[m], present[m], deterministic), m)
+          m: pooled(*self._encode(m, clean_batch[m], present[m], deterministic, keep.get(m)), m)
           for m in self.names}
+      if keep:
+        out['clean_present'] = {m: present[m] & jnp.any(keep[m][:, 1:], axis=1) for m in keep}
     if self.itm_enabled and (train or self.is_initializing()):
       out['itm'] = self._image_text_matching(streams, fused, present, deterministic)
     return out
 
-  def _encode(self, m: str, inputs, present, deterministic: bool):
-    """Modality m's embedder and encoder -> (tokens [B, L, D], token mask [B, L])."""
+  def _encode(self, m: str, inputs, present, deterministic: bool, keep=None):
+    """Modality m's embedder and encoder -> (tokens [B, L, D], token mask [B, L]);
+    `keep` [B, L] hides the other embedder tokens from the encoder and the pooling."""
     tokens, token_mask = self.embedders[m](inputs, deterministic=deterministic)
+    if keep is not None:
+      token_mask = token_mask.astype(jnp.bool_) & keep
     return self.encoders[self.owners[m]](tokens, token_mask.astype(jnp.bool_), present,
                                          deterministic=deterministic)
 
