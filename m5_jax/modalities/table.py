@@ -11,7 +11,6 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from m5_jax.modalities import base
 from m5_jax.modalities import text
@@ -63,14 +62,12 @@ class Table(text.WordModality):
   code = 'p'
   embedder_class = TableEmbedder
 
-  def default_config(self) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
+  def own_defaults(self) -> dict:
+    return {
         'max_len': 64,          # paper: 64 tokens including BOS
         'max_span_len': 16,     # a single key or value is cut to this many tokens first
-        'vocab_size': 8000,     # must equal the tokenizer's and config.model.vocab_size
         'mask_prob': 0.15,      # share of spans (keys and values) masked, at least one
-        'encoder_layers': None,
-    })
+    }
 
   def batch_spec(self, cfg):
     length = (cfg.max_len,)

@@ -158,8 +158,18 @@ def bert_corrupt(ids, selected, rng, cfg):
 
 class WordModality:
   """What text and table share: `max_len` ids over the model's word embedding,
-  predicted back by the tied MLM head. Subclasses name their `embedder_class`."""
+  predicted back by the tied MLM head. Subclasses name their `embedder_class`
+  and their own config keys (`own_defaults`: at least max_len and mask_prob)."""
   embedder_class: type[nn.Module]
+
+  def own_defaults(self) -> dict:
+    raise NotImplementedError
+
+  def default_config(self) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({
+        'vocab_size': 8000,        # must equal the tokenizer's and config.model.vocab_size
+        'encoder_layers': None,    # None: the model size's default
+        **self.own_defaults()})
 
   def num_tokens(self, cfg) -> int:
     return cfg.max_len
@@ -182,17 +192,15 @@ class Text(WordModality):
   code = 't'
   embedder_class = TextEmbedder
 
-  def default_config(self) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
+  def own_defaults(self) -> dict:
+    return {
         'max_len': 36,             # paper: 36 tokens including BOS
-        'vocab_size': 8000,        # must equal the tokenizer's and config.model.vocab_size
         'mask_prob': 0.15,         # share of real tokens (BOS excluded) selected for MLM
         'mask_token_prob': 0.8,    # selected -> [MASK]
         'random_token_prob': 0.1,  # selected -> random ordinary id (rest: unchanged)
-        'encoder_layers': None,    # None: the model size's default
         'embed_norm': True,        # LayerNorm on the embeddings (False: CLIP's text has none)
         'add_eos': False,          # end with EOS (CLIP pools its end token: model.pool=last)
-    })
+    }
 
   def batch_spec(self, cfg):
     return {'present': ((), 'bool'), 'ids': ((cfg.max_len,), 'int32'),
