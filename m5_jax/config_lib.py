@@ -302,7 +302,7 @@ SCHEMA: dict[str, Rule] = {
     'loss.itm_weight': Rule(minimum=0),
     'loss.instance_weight': Rule(minimum=0),
     'loss.instance_hard_negatives': Rule(minimum=0),
-    'loss.instance_view': Rule(choices=('clean', 'complement')),   # objectives.INSTANCE_VIEWS
+    'loss.instance_view': Rule(choices=('clean', 'complement', 'auto')),   # objectives.INSTANCE_VIEWS
     'loss.contrastive': Rule(choices=('softmax', 'sigmoid')),
     'loss.contrastive_on': Rule(choices=('encoder', 'fusion')),
     'input.dataset': Rule(pattern=DATASET_PATTERN, form='synthetic or m5product/<builder '

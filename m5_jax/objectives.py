@@ -105,26 +105,33 @@ def dropout_key(rng, config):
   return jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl=impl)
 
 
-INSTANCE_VIEWS = ('clean', 'complement')
+INSTANCE_VIEWS = ('clean', 'complement', 'auto')
 
 
 def instance_view_keep(targets, config):
-  """The tokens the instance terms' second view keeps: None with
-  loss.instance_view='clean' (the whole unmasked item); with 'complement',
-  {m: bool[B, L]}: the summary token and the tokens masking hid from the first
-  view (targets' weights > 0, aligned with the embedder's tokens by the plugin
-  contract). The two views then share no content token, so they cannot be matched
-  by the listing's own per-token noise (a region's noise, a filler word): only by
-  what is repeated across the item's tokens, which is what its other listings
-  share. On the demo it lifted fine mAP@10 by 6-8 points over 'clean'
-  (benchmarks/results/learning.md section 10). A modality without targets
-  (masked weight 0) keeps its clean view."""
+  """The tokens the instance terms' second view keeps, {m: bool[B, L]} for the
+  modalities whose view is 'complement' (None if none is): the summary token and
+  the tokens masking hid from the first view (targets' weights > 0, aligned with
+  the embedder's tokens by the plugin contract). The two views then share no
+  content token, so they cannot be matched by the listing's own per-token noise (a
+  region's noise): only by what is repeated across the item's tokens, which is
+  what its other listings share. 'clean' is the whole unmasked item.
+
+  loss.instance_view: 'clean' or 'complement' for every modality, or 'auto' (the
+  M5-MMT and SCALE default): each plugin's `instance_view` - complement for image,
+  video and audio, clean for text and table, whose few hidden words cannot stand
+  for the title (complement everywhere halved text's fine retrieval on both
+  releases; benchmarks/results/learning.md section 10). A modality without
+  targets (masked weight 0) keeps its clean view."""
   view = config.loss.get('instance_view', 'clean')
   if view not in INSTANCE_VIEWS:
     raise ValueError(f'loss.instance_view must be one of {INSTANCE_VIEWS}, got {view!r}')
-  if view == 'clean':
-    return None
-  return {m: (t['weights'] > 0).at[:, 0].set(True) for m, t in targets.items()}
+  keep = {}
+  for m, t in targets.items():
+    own = getattr(modalities.get(m), 'instance_view', 'clean')
+    if (own if view == 'auto' else view) == 'complement':
+      keep[m] = (t['weights'] > 0).at[:, 0].set(True)
+  return keep or None
 
 
 def pretraining_outputs(model, variables, masked, batch, rng, config, targets):

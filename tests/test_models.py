@@ -215,16 +215,22 @@ def test_param_count_sizes():
 
 
 def test_complement_view_sees_only_the_tokens_masking_hid():
-  """instance_view='complement' (the M5-MMT preset): the instance terms' second view
-  encodes the summary token and the tokens the first view's masking hid, nothing
-  else; an item whose masking hid nothing has no second view."""
+  """instance_view='complement': the instance terms' second view encodes the summary
+  token and the tokens the first view's masking hid, nothing else; an item whose
+  masking hid nothing has no second view. 'auto' (the M5-MMT preset) takes each
+  plugin's choice: complement for the image, the clean view for the text."""
   config = model_testlib.tiny_config('m5_mmt', 'it')
-  assert config.loss.instance_view == 'complement'
+  assert config.loss.instance_view == 'auto'
   model = models.build(config)
   batch = model_testlib.random_batch(config, 4, present_prob=1.0)
   params = nn.unbox(model_testlib.random_params(model, batch))
   masked, targets = objectives.mask_batch(batch, jax.random.key(1), config)
+  assert set(objectives.instance_view_keep(targets, config)) == {'image'}
+  config.loss.instance_view = 'clean'
+  assert objectives.instance_view_keep(targets, config) is None
+  config.loss.instance_view = 'complement'
   keep = objectives.instance_view_keep(targets, config)
+  assert set(keep) == {'image', 'text'}
   hidden = np.asarray(targets['text']['weights']) > 0
   np.testing.assert_array_equal(keep['text'][:, 1:], hidden[:, 1:])
   assert keep['text'][:, 0].all() and hidden.any(axis=1).all()

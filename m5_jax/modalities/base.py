@@ -77,6 +77,11 @@ class Modality(Protocol):
 
   name: str  # key in the batch and in configs, e.g. 'text'
   code: str  # one letter for modality-set strings, e.g. 't' in 'itpva'
+  # The instance terms' second view under loss.instance_view='auto' (objectives.py):
+  # 'complement' where every token repeats the item's identity (an object's regions,
+  # a clip's frames, a tone's mel rows), 'clean' where the tokens name different
+  # attributes (a title's words): the few hidden words alone cannot stand for it.
+  instance_view: str
 
   def default_config(self) -> ml_collections.ConfigDict:
     """This modality's config (lengths, input form, encoder depth, masking).
@@ -296,6 +301,9 @@ class FeatureHead(nn.Module):
 class MaskedFeatureModality:
   """Masking, head and loss for modalities whose tokens are feature vectors.
 
+  Their tokens (regions, frames, mel rows) repeat the item's content, so the
+  instance terms' second view may be the hidden tokens alone (instance_view).
+
   Subclasses (image, video, audio) describe their tokens; this class masks a
   `mask_prob` share of the real tokens of present items by zeroing their inputs
   and sets targets to the original token features: regression (per-token MSE)
@@ -310,6 +318,8 @@ class MaskedFeatureModality:
   and may override should_normalize_target(cfg) (default: cfg.normalize_target,
   where None means normalise raw-form tokens (pixels, frames, mel patches) only).
   """
+  instance_view = 'complement'
+
 
   def should_normalize_target(self, cfg) -> bool:
     if cfg.normalize_target is None:

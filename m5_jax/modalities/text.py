@@ -161,6 +161,7 @@ class WordModality:
   predicted back by the tied MLM head. Subclasses name their `embedder_class`
   and their own config keys (`own_defaults`: at least max_len and mask_prob)."""
   embedder_class: type[nn.Module]
+  instance_view = 'clean'   # base.Modality: a few hidden words cannot stand for the item
 
   def own_defaults(self) -> dict:
     raise NotImplementedError

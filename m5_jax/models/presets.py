@@ -72,7 +72,7 @@ def loss_defaults() -> ml_collections.ConfigDict:
   l.itm_weight = 0.0              # image-text matching (single/dual stream)
   l.instance_weight = 0.0         # in-modality instance terms (instance_<m>, objectives.py)
   l.instance_hard_negatives = 0.0 # beta: instance terms weigh negatives by exp(beta * logit)
-  l.instance_view = 'clean'       # instance terms' second view: clean | complement (objectives.py)
+  l.instance_view = 'clean'       # instance terms' second view: clean | complement | auto (objectives.py)
   l.weights = ml_collections.ConfigDict()  # per-term overrides, e.g. weights.masked_text
   l.contrastive = 'softmax'       # softmax (InfoNCE) | sigmoid (SigLIP)
   l.contrastive_on = 'encoder'    # encoder ([CLS] before fusion) | fusion (pooled)
@@ -144,7 +144,7 @@ def _capture(size):
 # m5_jax's recipe for the M5-MMT family (not in the paper): the in-modality instance
 # terms keep what tells products apart inside a modality; without them pretrained
 # features lost to random weights on fine-grained retrieval (benchmarks/results/learning.md).
-_INSTANCE = dict(instance_weight=1.0, instance_view='complement')
+_INSTANCE = dict(instance_weight=1.0, instance_view='auto')
 
 
 def _m5_mmt(size):
