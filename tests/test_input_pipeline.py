@@ -96,6 +96,17 @@ for _plugin in (_ToyText(), _ToyImage()):
   sys.modules[_module.__name__] = _module
 
 
+@pytest.fixture(autouse=True, scope='module')
+def _forget_toy_plugins():
+  """The toy plugins' letters (x, y) join modalities.codes() once reached; later
+  test modules expect 'x' to be unknown, so they leave the registry with this one."""
+  from m5_jax import modalities  # pylint: disable=g-import-not-at-top
+  yield
+  for plugin in (_ToyText, _ToyImage):
+    modalities._registry.pop(plugin.name, None)  # pylint: disable=protected-access
+    sys.modules.pop(f'm5_jax.modalities.{plugin.name}', None)
+
+
 @pytest.fixture(scope='session')
 def data(tmp_path_factory):
   """(data_dir, tokenizer path) of the fixture dataset, built once."""
