@@ -269,6 +269,7 @@ DATASET_PATTERN = r'synthetic|m5product/[A-Za-z0-9_]+(:\d+\.\d+\.\d+)?'
 EVAL_FEATURES = ('pooled', 'encoder_pooled')        # m5_jax/evaluate/model_features.py
 EVAL_NORMALIZE = ('center', 'modality', 'none')      # m5_jax/evaluate/features.py
 EVAL_FUSION = ('sum', 'concat', 'sum_dot')           # m5_jax/evaluate/features.py
+INSTANCE_VIEWS = ('clean', 'complement', 'auto')     # m5_jax/objectives.py
 # init_from.format: m5_jax/models/public_checkpoints.FORMATS (a test checks)
 INIT_FORMATS = ('m5_jax', 'hf_bert', 'hf_vit', 'big_vision_vit', 'hf_clip')
 # Speed options of the model (configs/common.py says what each does; a test checks
@@ -302,7 +303,7 @@ SCHEMA: dict[str, Rule] = {
     'loss.itm_weight': Rule(minimum=0),
     'loss.instance_weight': Rule(minimum=0),
     'loss.instance_hard_negatives': Rule(minimum=0),
-    'loss.instance_view': Rule(choices=('clean', 'complement', 'auto')),   # objectives.INSTANCE_VIEWS
+    'loss.instance_view': Rule(choices=INSTANCE_VIEWS),
     'loss.contrastive': Rule(choices=('softmax', 'sigmoid')),
     'loss.contrastive_on': Rule(choices=('encoder', 'fusion')),
     'input.dataset': Rule(pattern=DATASET_PATTERN, form='synthetic or m5product/<builder '

@@ -138,10 +138,10 @@ def pretraining_outputs(model, variables, masked, batch, rng, config, targets):
   """The training forward pass on the masked batch; the clean batch rides along as
   the second view when the instance terms need it (`targets` from mask_batch say
   which of its tokens that view keeps, `instance_view_keep`)."""
-  if not uses_clean_view(config):
-    return model.apply(variables, masked, train=True, rngs={'dropout': dropout_key(rng, config)})
-  return model.apply(variables, masked, train=True, clean_batch=batch,
-                     clean_keep=instance_view_keep(targets, config),
+  clean, keep = None, None
+  if uses_clean_view(config):
+    clean, keep = batch, instance_view_keep(targets, config)
+  return model.apply(variables, masked, train=True, clean_batch=clean, clean_keep=keep,
                      rngs={'dropout': dropout_key(rng, config)})
 
 
@@ -227,13 +227,13 @@ def softmax_contrastive(logits, valid, row_scale_ab=None, row_scale_ba=None,
   category) weigh most, so the term cannot be met by category alone."""
   valid = valid.astype(jnp.bool_)
   pair_valid = valid[:, None] & valid[None, :]
-  negative = pair_valid & ~jnp.eye(logits.shape[0], dtype=jnp.bool_)
   lowest = jnp.finfo(jnp.float32).min
 
   def direction(l, scale):
     if scale is not None:
       l = l * scale[:, None]
     if hard_negatives:
+      negative = pair_valid & ~jnp.eye(l.shape[0], dtype=jnp.bool_)
       hardness = jax.lax.stop_gradient(hard_negatives * l)
       log_count = jnp.log(jnp.maximum(jnp.sum(negative, -1, keepdims=True), 1).astype(l.dtype))
       log_weight = hardness - jax.nn.logsumexp(jnp.where(negative, hardness, lowest), -1,

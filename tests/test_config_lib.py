@@ -147,6 +147,7 @@ def test_binary_bad_override_is_one_clean_line(binary, tmp_path):
 
 
 def test_schema_choices_agree_with_the_code():
+  from m5_jax import objectives  # pylint: disable=g-import-not-at-top
   from m5_jax import sharding  # pylint: disable=g-import-not-at-top
   from m5_jax.evaluate import features  # pylint: disable=g-import-not-at-top
   from m5_jax.evaluate import model_features  # pylint: disable=g-import-not-at-top
@@ -158,6 +159,7 @@ def test_schema_choices_agree_with_the_code():
   assert tuple(model_features.FEATURE_CHOICES) == config_lib.EVAL_FEATURES
   assert tuple(features.NORMALIZE_CHOICES) == config_lib.EVAL_NORMALIZE
   assert tuple(features.FUSION_CHOICES) == config_lib.EVAL_FUSION
+  assert tuple(objectives.INSTANCE_VIEWS) == config_lib.INSTANCE_VIEWS
 
 
 def test_validate_replaces_aliases_and_checks_only_present_keys():

@@ -137,8 +137,8 @@ class SplitFeatures:
     gallery items whose modalities agree most rank high for every query of their
     category (hubness). On mini that cost fine retrieval 15-17 mAP@10 points for
     pretrained weights and 2-5 for random ones (benchmarks/results/learning.md
-    section 8). fusion='concat' stacks the normalised vectors (zeros for absent ones) and divides by
-    sqrt(#present), so the dot product of two items is the sum of their
+    section 8). fusion='concat' stacks the normalised vectors (zeros for absent
+    ones) and divides by sqrt(#present), so the dot product of two items is the sum of their
     per-modality similarities over the modalities both have, divided by
     sqrt(n_a * n_b): the sum's cross-modal products (text of one item against image
     of the other) drop out. At tiny width those are noise for random weights and

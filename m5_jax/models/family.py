@@ -225,9 +225,10 @@ class M5Model(nn.Module):
     """Modality m's embedder and encoder -> (tokens [B, L, D], token mask [B, L]);
     `keep` [B, L] hides the other embedder tokens from the encoder and the pooling."""
     tokens, token_mask = self.embedders[m](inputs, deterministic=deterministic)
+    token_mask = token_mask.astype(jnp.bool_)
     if keep is not None:
-      token_mask = token_mask.astype(jnp.bool_) & keep
-    return self.encoders[self.owners[m]](tokens, token_mask.astype(jnp.bool_), present,
+      token_mask = token_mask & keep
+    return self.encoders[self.owners[m]](tokens, token_mask, present,
                                          deterministic=deterministic)
 
   def _image_text_matching(self, streams, fused, present, deterministic):
