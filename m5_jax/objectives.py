@@ -118,10 +118,11 @@ def instance_view_keep(targets, config):
   what its other listings share. 'clean' is the whole unmasked item.
 
   loss.instance_view: 'clean' or 'complement' for every modality, or 'auto' (the
-  M5-MMT and SCALE default): each plugin's `instance_view` - complement for image,
-  video and audio, clean for text and table, whose few hidden words cannot stand
-  for the title (complement everywhere halved text's fine retrieval on both
-  releases; benchmarks/results/learning.md section 10). A modality without
+  M5-MMT and SCALE default): each plugin's `instance_view` - complement for image
+  and video, clean for text, table and audio, sequences whose few hidden tokens
+  cannot stand for the item (complement everywhere halved text's fine retrieval on
+  both releases, and on speech audio cost the real-media release 10 points of fine
+  mAP@10; benchmarks/results/learning.md sections 10 and 12). A modality without
   targets (masked weight 0) keeps its clean view."""
   view = config.loss.get('instance_view', 'clean')
   if view not in INSTANCE_VIEWS:

@@ -218,7 +218,12 @@ def test_complement_view_sees_only_the_tokens_masking_hid():
   """instance_view='complement': the instance terms' second view encodes the summary
   token and the tokens the first view's masking hid, nothing else; an item whose
   masking hid nothing has no second view. 'auto' (the M5-MMT preset) takes each
-  plugin's choice: complement for the image, the clean view for the text."""
+  plugin's choice: complement for image and video, the clean view for text, table
+  and audio."""
+  five = model_testlib.tiny_config('m5_mmt', 'itpva')
+  _, five_targets = objectives.mask_batch(
+      model_testlib.random_batch(five, 4, present_prob=1.0), jax.random.key(1), five)
+  assert set(objectives.instance_view_keep(five_targets, five)) == {'image', 'video'}
   config = model_testlib.tiny_config('m5_mmt', 'it')
   assert config.loss.instance_view == 'auto'
   model = models.build(config)

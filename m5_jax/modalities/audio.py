@@ -89,6 +89,9 @@ class Audio(base.MaskedFeatureModality):
   """The audio modality plugin (see base.Modality)."""
   name = 'audio'
   code = 'a'
+  # base.Modality: product soundtracks are speech and music, a sequence of different
+  # sounds like a title's words (benchmarks/results/learning.md section 12).
+  instance_view = 'clean'
 
   def default_config(self) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({

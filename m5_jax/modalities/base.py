@@ -79,8 +79,8 @@ class Modality(Protocol):
   code: str  # one letter for modality-set strings, e.g. 't' in 'itpva'
   # The instance terms' second view under loss.instance_view='auto' (objectives.py):
   # 'complement' where every token repeats the item's identity (an object's regions,
-  # a clip's frames, a tone's mel rows), 'clean' where the tokens name different
-  # attributes (a title's words): the few hidden words alone cannot stand for it.
+  # a clip's frames), 'clean' where the tokens are a sequence of different things
+  # (a title's words, speech): the few hidden ones alone cannot stand for the item.
   instance_view: str
 
   def default_config(self) -> ml_collections.ConfigDict:
@@ -301,8 +301,8 @@ class FeatureHead(nn.Module):
 class MaskedFeatureModality:
   """Masking, head and loss for modalities whose tokens are feature vectors.
 
-  Their tokens (regions, frames, mel rows) repeat the item's content, so the
-  instance terms' second view may be the hidden tokens alone (instance_view).
+  Regions and frames repeat the item's content, so the instance terms' second view
+  may be the hidden tokens alone (instance_view; audio, a sequence, overrides it).
 
   Subclasses (image, video, audio) describe their tokens; this class masks a
   `mask_prob` share of the real tokens of present items by zeroing their inputs
