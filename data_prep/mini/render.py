@@ -214,17 +214,17 @@ def image_features(world: world_lib.World, scene: ImageScene, rng) -> tuple[np.n
 @dataclasses.dataclass(frozen=True)
 class Clip:
   """The product video and its audio track (same duration, same tempo)."""
-  seconds: int
-  direction: int
-  tempo: int
-  start: tuple[float, float]
-  background: int
-  brightness: int
-  pitch: int
-  timbre: int
-  detune: float
-  phase: float
-  noise: float
+  seconds: int                # duration of both tracks
+  direction: int              # video's category cue: the disk's heading (of world_lib.DIRECTIONS)
+  tempo: int                  # the product's: the disk's speed and the beat rate
+  start: tuple[float, float]  # the disk's first position, px
+  background: int             # luma of the background, 15-69
+  brightness: int             # luma of the disk, 190-255
+  pitch: int                  # audio's category cue: index into world_lib.PITCHES_HZ
+  timbre: int                 # the product's: its harmonics (world_lib.TIMBRES)
+  detune: float               # this listing's pitch offset, within 1%
+  phase: float                # of the beat, in cycles
+  noise: float                # white-noise amplitude
 
 
 def clip_scene(world: world_lib.World, product: world_lib.Product, seed: int, index: int,

@@ -19,37 +19,40 @@ import numpy as np
 
 from data_prep.realistic import sources
 
-# (label, emoji subgroups, department), head of the long tail first.
-CATEGORIES = (
-    ('服饰鞋包', ('clothing',), 'apparel'),
-    ('手机电脑', ('phone', 'computer'), 'digital'),
-    ('家居日用', ('household',), 'home'),
-    ('零食甜点', ('food-sweet',), 'food'),
-    ('运动户外', ('sport',), 'toy'),
-    ('水果生鲜', ('food-fruit',), 'food'),
-    ('玩具游戏', ('game',), 'toy'),
-    ('酒水饮料', ('drink',), 'food'),
-    ('速食熟食', ('food-prepared',), 'food'),
-    ('五金工具', ('tool',), 'home'),
-    ('办公文具', ('office', 'writing'), 'home'),
-    ('影音摄影', ('light & video',), 'digital'),
-    ('蔬菜', ('food-vegetable',), 'food'),
-    ('中华美食', ('food-asian', 'food-marine'), 'food'),
-    ('动物公仔', ('animal-mammal',), 'toy'),
-    ('汽车单车', ('transport-ground',), 'vehicle'),
-    ('节庆礼品', ('event',), 'toy'),
-    ('图书纸品', ('book-paper',), 'home'),
-    ('乐器', ('musical-instrument',), 'toy'),
-    ('音响耳机', ('music', 'sound'), 'digital'),
-    ('鲜花', ('plant-flower',), 'plant'),
-    ('绿植盆栽', ('plant-other',), 'plant'),
-    ('鸟类摆件', ('animal-bird',), 'toy'),
-    ('医疗实验', ('medical', 'science'), 'home'),
-    ('航模船模', ('transport-air', 'transport-water'), 'vehicle'),
-    ('昆虫标本', ('animal-bug',), 'toy'),
-    ('海洋生物', ('animal-marine', 'animal-reptile', 'animal-amphibian'), 'toy'),
-    ('厨房餐具', ('dishware',), 'home'),
-)
+# label | emoji subgroups | department, the head of the long tail first.
+CATEGORY_TABLE = """
+服饰鞋包 | clothing                                        | apparel
+手机电脑 | phone, computer                                 | digital
+家居日用 | household                                       | home
+零食甜点 | food-sweet                                      | food
+运动户外 | sport                                           | toy
+水果生鲜 | food-fruit                                      | food
+玩具游戏 | game                                            | toy
+酒水饮料 | drink                                           | food
+速食熟食 | food-prepared                                   | food
+五金工具 | tool                                            | home
+办公文具 | office, writing                                 | home
+影音摄影 | light & video                                   | digital
+蔬菜     | food-vegetable                                  | food
+中华美食 | food-asian, food-marine                         | food
+动物公仔 | animal-mammal                                   | toy
+汽车单车 | transport-ground                                | vehicle
+节庆礼品 | event                                           | toy
+图书纸品 | book-paper                                      | home
+乐器     | musical-instrument                              | toy
+音响耳机 | music, sound                                    | digital
+鲜花     | plant-flower                                    | plant
+绿植盆栽 | plant-other                                     | plant
+鸟类摆件 | animal-bird                                     | toy
+医疗实验 | medical, science                                | home
+航模船模 | transport-air, transport-water                  | vehicle
+昆虫标本 | animal-bug                                      | toy
+海洋生物 | animal-marine, animal-reptile, animal-amphibian | toy
+厨房餐具 | dishware                                        | home
+"""
+CATEGORIES = tuple((label.strip(), tuple(g.strip() for g in groups.split(',')), department.strip())
+                   for label, groups, department in
+                   (line.split('|') for line in CATEGORY_TABLE.strip().splitlines()))
 
 # Department: pv keys with product-level values, and whether products come in
 # colour variants (tinted pictures, 颜色分类 in the table).

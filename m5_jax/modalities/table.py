@@ -61,13 +61,10 @@ class Table(text.WordModality):
   name = 'table'
   code = 'p'
   embedder_class = TableEmbedder
+  default_max_len = 64   # paper: 64 tokens including BOS; mask_prob: a share of spans, at least 1
 
   def own_defaults(self) -> dict:
-    return {
-        'max_len': 64,          # paper: 64 tokens including BOS
-        'max_span_len': 16,     # a single key or value is cut to this many tokens first
-        'mask_prob': 0.15,      # share of spans (keys and values) masked, at least one
-    }
+    return {'max_span_len': 16}   # a single key or value is cut to this many tokens first
 
   def batch_spec(self, cfg):
     length = (cfg.max_len,)

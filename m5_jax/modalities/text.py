@@ -158,18 +158,21 @@ def bert_corrupt(ids, selected, rng, cfg):
 
 class WordModality:
   """What text and table share: `max_len` ids over the model's word embedding,
-  predicted back by the tied MLM head. Subclasses name their `embedder_class`
-  and their own config keys (`own_defaults`: at least max_len and mask_prob)."""
+  predicted back by the tied MLM head. Subclasses name their `embedder_class`,
+  their length (`default_max_len`) and their other config keys (`own_defaults`)."""
   embedder_class: type[nn.Module]
+  default_max_len: int
   instance_view = 'clean'   # base.Modality: a few hidden words cannot stand for the item
 
   def own_defaults(self) -> dict:
-    raise NotImplementedError
+    return {}
 
   def default_config(self) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({
         'vocab_size': 8000,        # must equal the tokenizer's and config.model.vocab_size
         'encoder_layers': None,    # None: the model size's default
+        'max_len': self.default_max_len,  # tokens, BOS included
+        'mask_prob': 0.15,         # share of the masking units selected: text's tokens, table's spans
         **self.own_defaults()})
 
   def num_tokens(self, cfg) -> int:
@@ -192,11 +195,11 @@ class Text(WordModality):
   name = 'text'
   code = 't'
   embedder_class = TextEmbedder
+  default_max_len = 36   # paper: 36 tokens including BOS
 
   def own_defaults(self) -> dict:
+    # mask_prob's share of real tokens (BOS excluded) is selected for MLM, and then:
     return {
-        'max_len': 36,             # paper: 36 tokens including BOS
-        'mask_prob': 0.15,         # share of real tokens (BOS excluded) selected for MLM
         'mask_token_prob': 0.8,    # selected -> [MASK]
         'random_token_prob': 0.1,  # selected -> random ordinary id (rest: unchanged)
         'embed_norm': True,        # LayerNorm on the embeddings (False: CLIP's text has none)

@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 
-from m5_jax.models.public_checkpoints.common import (Targets, check_architecture, one_line,
-                                                     same, transformer_fields)
+from m5_jax.models.public_checkpoints.common import (Targets, check_architecture, layer_rows,
+                                                     one_line, same, transformer_fields)
 
 
 # big_vision ViT (.npz, '/'-joined flax names; big_vision/models/vit.py): the same
@@ -15,18 +15,10 @@ from m5_jax.models.public_checkpoints.common import (Targets, check_architecture
 # (flax's nn.gelu default), LayerNorm eps 1e-6, positions added to the patches only
 # and then the [CLS] prepended (pool_type 'tok'; gap / MAP-pooled models have no
 # [CLS]: it stays new, and their MAP head is skipped).
-BIG_VISION_LAYER = tuple(
-    (f'MultiHeadDotProductAttention_0/{p}/{k}', f'attention/{p}/{k}', same)
-    for p in ('query', 'key', 'value', 'out') for k in ('kernel', 'bias')) + (
-    ('LayerNorm_0/scale', 'attention_ln/scale', same),
-    ('LayerNorm_0/bias', 'attention_ln/bias', same),
-    ('LayerNorm_1/scale', 'mlp_ln/scale', same),
-    ('LayerNorm_1/bias', 'mlp_ln/bias', same),
-    ('MlpBlock_0/Dense_0/kernel', 'mlp/wi/kernel', same),
-    ('MlpBlock_0/Dense_0/bias', 'mlp/wi/bias', same),
-    ('MlpBlock_0/Dense_1/kernel', 'mlp/wo/kernel', same),
-    ('MlpBlock_0/Dense_1/bias', 'mlp/wo/bias', same),
-)
+BIG_VISION_LAYER = layer_rows(
+    [f'MultiHeadDotProductAttention_0/{p}' for p in ('query', 'key', 'value', 'out')],
+    mlp=('MlpBlock_0/Dense_0', 'MlpBlock_0/Dense_1'), norms=('LayerNorm_0', 'LayerNorm_1'),
+    layout='flax')
 BIG_VISION_SKIPPED = (
     (r'^head/', 'the classification head'),
     (r'^pre_logits/', 'the pre-logits layer (dense + tanh)'),

@@ -96,6 +96,39 @@ def same(w, shape):
   return w.reshape(shape)
 
 
+# One encoder layer's modules under transformer/layer_{i}/ in m5_jax: the order in
+# which `layer_rows` takes a checkpoint's module names.
+LAYER_DENSE = ('attention/query', 'attention/key', 'attention/value', 'attention/out',
+               'mlp/wi', 'mlp/wo')
+LAYER_NORMS = ('attention_ln', 'mlp_ln')
+
+
+def module_rows(dense=(), norms=(), layout: str = 'torch') -> tuple:
+  """(source tensor, m5_jax parameter, conversion) rows for (source module, m5_jax
+  module) pairs. layout 'torch': `name.weight` / `name.bias`, a Linear's weight
+  transposed into the Dense kernel and a LayerNorm's weight the scale; 'flax':
+  `name/kernel` / `name/scale` / `name/bias` in m5_jax's own layout."""
+  if layout == 'torch':
+    sep, kernel, scale, to_kernel = '.', 'weight', 'weight', linear
+  else:
+    sep, kernel, scale, to_kernel = '/', 'kernel', 'scale', same
+  rows = []
+  for (source, target), (weight, name, fn) in (
+      [(pair, (kernel, 'kernel', to_kernel)) for pair in dense] +
+      [(pair, (scale, 'scale', same)) for pair in norms]):
+    rows += [(f'{source}{sep}{weight}', f'{target}/{name}', fn),
+             (f'{source}{sep}bias', f'{target}/bias', same)]
+  return tuple(rows)
+
+
+def layer_rows(attention, mlp, norms, layout: str = 'torch') -> tuple:
+  """module_rows of one encoder layer: the checkpoint's module names for query, key,
+  value, out (`attention`), the MLP's two Dense layers (`mlp`) and the LayerNorms
+  before / after attention (`norms`)."""
+  return module_rows(zip(tuple(attention) + tuple(mlp), LAYER_DENSE), zip(norms, LAYER_NORMS),
+                     layout)
+
+
 def check_architecture(kind: str, hf_config: Mapping[str, Any], config,
                        wanted: Mapping[str, Any]) -> None:
   """Each config key (model.* / modality.*) has the checkpoint's value (one line naming it)."""

@@ -33,39 +33,21 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from m5_jax.models import family
-from m5_jax.models.public_checkpoints.common import (Targets, check_architecture, linear, same,
-                                                     transformer_fields)
+from m5_jax.models.public_checkpoints.common import (Targets, check_architecture, layer_rows,
+                                                     module_rows, transformer_fields)
 from m5_jax.models.public_checkpoints.wordpiece import project_vocab_order, read_vocab
 
-# Per encoder layer: (BERT name under encoder.layer.{i}., m5_jax path under
-# transformer/layer_{i}/, conversion). Reshapes split hidden into (heads, head_dim).
-BERT_LAYER = (
-    ('attention.self.query.weight', 'attention/query/kernel', linear),
-    ('attention.self.query.bias', 'attention/query/bias', same),
-    ('attention.self.key.weight', 'attention/key/kernel', linear),
-    ('attention.self.key.bias', 'attention/key/bias', same),
-    ('attention.self.value.weight', 'attention/value/kernel', linear),
-    ('attention.self.value.bias', 'attention/value/bias', same),
-    ('attention.output.dense.weight', 'attention/out/kernel', linear),
-    ('attention.output.dense.bias', 'attention/out/bias', same),
-    ('attention.output.LayerNorm.weight', 'attention_ln/scale', same),
-    ('attention.output.LayerNorm.bias', 'attention_ln/bias', same),
-    ('intermediate.dense.weight', 'mlp/wi/kernel', linear),
-    ('intermediate.dense.bias', 'mlp/wi/bias', same),
-    ('output.dense.weight', 'mlp/wo/kernel', linear),
-    ('output.dense.bias', 'mlp/wo/bias', same),
-    ('output.LayerNorm.weight', 'mlp_ln/scale', same),
-    ('output.LayerNorm.bias', 'mlp_ln/bias', same),
-)
-# Per tower (text or table): the embedding LayerNorm and the MLM head transform.
-BERT_TOWER = (
-    ('embeddings.LayerNorm.weight', 'embedders_{m}/finish/norm/scale', same),
-    ('embeddings.LayerNorm.bias', 'embedders_{m}/finish/norm/bias', same),
-    ('cls.predictions.transform.dense.weight', 'heads_{m}/transform/kernel', linear),
-    ('cls.predictions.transform.dense.bias', 'heads_{m}/transform/bias', same),
-    ('cls.predictions.transform.LayerNorm.weight', 'heads_{m}/norm/scale', same),
-    ('cls.predictions.transform.LayerNorm.bias', 'heads_{m}/norm/bias', same),
-)
+# Per encoder layer and per tower (text or table: the embedding LayerNorm and the MLM
+# head transform), BERT's modules under encoder.layer.{i}. and m5_jax's.
+BERT_ATTENTION = ('attention.self.query', 'attention.self.key', 'attention.self.value',
+                  'attention.output.dense')
+BERT_MLP = ('intermediate.dense', 'output.dense')
+BERT_LAYER = layer_rows(BERT_ATTENTION, BERT_MLP,
+                        norms=('attention.output.LayerNorm', 'output.LayerNorm'))
+BERT_TOWER = module_rows(
+    dense=[('cls.predictions.transform.dense', 'heads_{m}/transform')],
+    norms=[('embeddings.LayerNorm', 'embedders_{m}/finish/norm'),
+           ('cls.predictions.transform.LayerNorm', 'heads_{m}/norm')])
 BERT_SKIPPED = (
     (r'^pooler\.', 'BERT pooler: m5_jax pools by mean / first token without a dense layer'),
     (r'^cls\.seq_relationship\.', 'next-sentence head: not an m5_jax objective'),

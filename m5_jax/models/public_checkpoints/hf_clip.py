@@ -33,7 +33,7 @@ import numpy as np
 
 from m5_jax.models import family
 from m5_jax.models.public_checkpoints.common import (HF_ACTIVATIONS, Targets, check_architecture,
-                                                     linear, same)
+                                                     layer_rows, linear, same)
 
 # CLIPTextConfig / CLIPVisionConfig defaults, for keys a config.json leaves out.
 TEXT_DEFAULTS = dict(vocab_size=49408, hidden_size=512, intermediate_size=2048,
@@ -47,24 +47,8 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 EXTRA_IDS = 3  # m5_jax's 5 special ids take the place of CLIP's 2
 
-CLIP_LAYER = (
-    ('self_attn.q_proj.weight', 'attention/query/kernel', linear),
-    ('self_attn.q_proj.bias', 'attention/query/bias', same),
-    ('self_attn.k_proj.weight', 'attention/key/kernel', linear),
-    ('self_attn.k_proj.bias', 'attention/key/bias', same),
-    ('self_attn.v_proj.weight', 'attention/value/kernel', linear),
-    ('self_attn.v_proj.bias', 'attention/value/bias', same),
-    ('self_attn.out_proj.weight', 'attention/out/kernel', linear),
-    ('self_attn.out_proj.bias', 'attention/out/bias', same),
-    ('layer_norm1.weight', 'attention_ln/scale', same),
-    ('layer_norm1.bias', 'attention_ln/bias', same),
-    ('mlp.fc1.weight', 'mlp/wi/kernel', linear),
-    ('mlp.fc1.bias', 'mlp/wi/bias', same),
-    ('mlp.fc2.weight', 'mlp/wo/kernel', linear),
-    ('mlp.fc2.bias', 'mlp/wo/bias', same),
-    ('layer_norm2.weight', 'mlp_ln/scale', same),
-    ('layer_norm2.bias', 'mlp_ln/bias', same),
-)
+CLIP_LAYER = layer_rows([f'self_attn.{p}_proj' for p in ('q', 'k', 'v', 'out')],
+                        mlp=('mlp.fc1', 'mlp.fc2'), norms=('layer_norm1', 'layer_norm2'))
 CLIP_SKIPPED = ((r'position_ids$', 'a buffer (0..N-1), not a parameter'),)
 
 

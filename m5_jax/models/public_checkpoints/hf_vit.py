@@ -10,20 +10,15 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from m5_jax.models.public_checkpoints.common import (Targets, check_architecture, same,
-                                                     transformer_fields)
-from m5_jax.models.public_checkpoints.hf_bert import BERT_LAYER
+from m5_jax.models.public_checkpoints.common import (Targets, check_architecture, layer_rows,
+                                                     same, transformer_fields)
+from m5_jax.models.public_checkpoints.hf_bert import BERT_ATTENTION, BERT_MLP
 
 # ViT (Hugging Face ViTModel / ViTForImageClassification) into the raw image tower:
 # pre-LN layers, [CLS] + learned positions, no LayerNorm on the patch embeddings
 # (modality.image.embed_norm=False), a final LayerNorm.
-VIT_LAYER = tuple((name.replace('attention.self.', 'attention.attention.'), target, fn)
-                  for name, target, fn in BERT_LAYER if 'LayerNorm' not in name) + (
-    ('layernorm_before.weight', 'attention_ln/scale', same),
-    ('layernorm_before.bias', 'attention_ln/bias', same),
-    ('layernorm_after.weight', 'mlp_ln/scale', same),
-    ('layernorm_after.bias', 'mlp_ln/bias', same),
-)
+VIT_LAYER = layer_rows([n.replace('.self.', '.attention.') for n in BERT_ATTENTION], BERT_MLP,
+                       norms=('layernorm_before', 'layernorm_after'))
 VIT_SKIPPED = (
     (r'^pooler\.', 'ViT pooler (dense + tanh): m5_jax pools by mean / first token'),
     (r'^classifier\.', 'the ImageNet classification head'),
