@@ -1,7 +1,7 @@
 """Session fixtures for the m5product builder tests (a plugin: `pytest_plugins`).
 
 Builds are the slow part of these tests, so each (release, config, path) is
-built once per session and shared.
+built once per test run and shared (made_once: also across xdist workers).
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import os
 import pytest
 
 import m5_tiny_release
+from made_once import made_once
 
 
 def build(root, data_dir, config='raw', file_format=None, beam=False):
@@ -43,19 +44,24 @@ def read_split(builder, split):
 
 @pytest.fixture(scope='session')
 def tiny_release(tmp_path_factory):
-  root = tmp_path_factory.mktemp('tiny_release')
-  m5_tiny_release.write(str(root))
-  return root
+  return made_once(tmp_path_factory, 'tiny_release', lambda root: m5_tiny_release.write(str(root)))
+
+
+def _built_once(tmp_path_factory, release, config):
+  """build() once per run; the other workers open the finished build (a no-op prepare)."""
+  data_dir = made_once(tmp_path_factory, f'tiny_{config}',
+                       lambda path: build(release, path, config))
+  return build(release, data_dir, config)
 
 
 @pytest.fixture(scope='session')
 def tiny_raw(tiny_release, tmp_path_factory):
-  return build(tiny_release, tmp_path_factory.mktemp('tiny_raw'), 'raw')
+  return _built_once(tmp_path_factory, tiny_release, 'raw')
 
 
 @pytest.fixture(scope='session')
 def tiny_features(tiny_release, tmp_path_factory):
-  return build(tiny_release, tmp_path_factory.mktemp('tiny_features'), 'features')
+  return _built_once(tmp_path_factory, tiny_release, 'features')
 
 
 MINI_PRODUCTS = 24  # small: generation and the raw build dominate this suite's time
@@ -66,9 +72,9 @@ def mini_release(tmp_path_factory):
   """M5Product-mini from data_prep.make_mini (with features), generated once."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  root = tmp_path_factory.mktemp('mini_release')
-  subprocess.run([sys.executable, '-m', 'data_prep.make_mini', '--out', str(root),
-                  '--num_products', str(MINI_PRODUCTS), '--seed', '1', '--features'],
-                 check=True, capture_output=True, text=True)
+  root = made_once(tmp_path_factory, 'mini_release', lambda path: subprocess.run(
+      [sys.executable, '-m', 'data_prep.make_mini', '--out', str(path),
+       '--num_products', str(MINI_PRODUCTS), '--seed', '1', '--features'],
+      check=True, capture_output=True, text=True))
   with open(root / 'mini_manifest.json', encoding='utf-8') as f:
     return root, json.load(f)

@@ -23,6 +23,8 @@ import sys
 
 import pytest
 
+from made_once import made_once
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A small text+table M5-MMT on synthetic data (masked modeling + contrastive): the
@@ -68,16 +70,20 @@ def parse(args):
 @pytest.fixture(scope='session')
 def reference_run(tmp_path_factory) -> str:
   """Workdir of the in-process reference run (metrics every step, checkpoints every 4)."""
-  from m5_jax import train  # pylint: disable=g-import-not-at-top
-  workdir = str(tmp_path_factory.mktemp('reference_run'))
   config = parse(REFERENCE + [f'--config.total_steps={REFERENCE_STEPS}'])
+  return str(made_once(tmp_path_factory, 'reference_run',
+                       lambda workdir: _train_in_repo(config, workdir)))
+
+
+def _train_in_repo(config, workdir) -> None:
+  """train.train in-process from the repository root (configs/ paths are relative)."""
+  from m5_jax import train  # pylint: disable=g-import-not-at-top
   cwd = os.getcwd()
   os.chdir(REPO)
   try:
-    train.train(config, workdir)
+    train.train(config, str(workdir))
   finally:
     os.chdir(cwd)
-  return workdir
 
 
 @pytest.fixture(scope='session')
@@ -88,14 +94,17 @@ def mini_tfds(mini_release, tmp_path_factory):
   from data_prep import tokenizer  # pylint: disable=g-import-not-at-top
   import data_prep.m5product  # pylint: disable=g-import-not-at-top,unused-import
   release, _ = mini_release
-  root = tmp_path_factory.mktemp('mini_tfds')
-  tfds.builder('m5product', config='raw', data_dir=str(root / 'data'),
-               file_format='array_record').download_and_prepare(
-                   download_config=tfds.download.DownloadConfig(manual_dir=str(release)))
   vocab_size = 600
-  spm_path = tokenizer.train(tokenizer.iter_training_text(str(release)),
-                             str(root / 'spm.model'), vocab_size=vocab_size)
-  return str(root / 'data'), spm_path, vocab_size
+
+  def make(root):
+    tfds.builder('m5product', config='raw', data_dir=str(root / 'data'),
+                 file_format='array_record').download_and_prepare(
+                     download_config=tfds.download.DownloadConfig(manual_dir=str(release)))
+    tokenizer.train(tokenizer.iter_training_text(str(release)), str(root / 'spm.model'),
+                    vocab_size=vocab_size)
+
+  root = made_once(tmp_path_factory, 'mini_tfds', make)
+  return str(root / 'data'), str(root / 'spm.model'), vocab_size
 
 
 # A tiny text+image M5-MMT trained on mini (`mini_trained`): the run of the
@@ -116,12 +125,6 @@ def mini_train_args(data_dir: str, tokenizer: str, vocab: int) -> list[str]:
 def mini_trained(mini_tfds, tmp_path_factory) -> str:
   """Workdir of a tiny text+image M5-MMT trained MINI_TRAINED_STEPS steps on mini
   (in-process, 8 devices; checkpoints at 12 and 24). Read it, do not write to it."""
-  from m5_jax import train  # pylint: disable=g-import-not-at-top
-  workdir = str(tmp_path_factory.mktemp('mini_trained'))
-  cwd = os.getcwd()
-  os.chdir(REPO)
-  try:
-    train.train(parse(mini_train_args(*mini_tfds)), workdir)
-  finally:
-    os.chdir(cwd)
-  return workdir
+  config = parse(mini_train_args(*mini_tfds))
+  return str(made_once(tmp_path_factory, 'mini_trained',
+                       lambda workdir: _train_in_repo(config, workdir)))
