@@ -5,6 +5,7 @@ built once per test run and shared (made_once: also across xdist workers).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -28,6 +29,56 @@ def build(root, data_dir, config='raw', file_format=None, beam=False):
   builder.download_and_prepare(download_config=download_config)
   with open(os.path.join(builder.data_dir, 'build_report.json')) as f:
     return builder, json.load(f)
+
+
+def tree_digest(root) -> dict[str, str]:
+  """{path relative to root: sha256} of every file below root (byte-identity checks)."""
+  out = {}
+  for folder, _, files in os.walk(root):
+    for name in files:
+      path = os.path.join(folder, name)
+      with open(path, 'rb') as f:
+        out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+def observed_absences(root, item_id, record, config='raw') -> dict[str, str]:
+  """{modality: reason} found by the project's own decoders (data_prep.decode), for
+  one listing of a release at `root` as the `config` ('raw' | 'features') build sees it."""
+  from data_prep import decode, release  # pylint: disable=g-import-not-at-top
+  layout = release.ReleaseLayout()
+  out = {}
+  for modality, field in (('text', 'title'), ('table', 'pv')):
+    value = record.get(field)
+    if value is None or not value.strip():
+      out[modality] = 'missing_field'
+    elif release.has_bad_encoding(value):
+      out[modality] = 'bad_encoding'
+    elif modality == 'table':
+      try:
+        assert release.parse_pv(value)
+      except release.MalformedPV:
+        out[modality] = 'malformed_field'
+  checks = {
+      'raw': {
+          'image': lambda: decode.decode_image(layout.media_path(root, 'image', item_id), 32),
+          'video': lambda: decode.decode_video(layout.media_path(root, 'video', item_id), 32),
+          'audio': lambda: decode.decode_audio(layout.media_path(root, 'audio', item_id)),
+      },
+      'features': {
+          m: (lambda names=names: [decode.load_feature(
+              layout.feature_path(root, n, item_id), release.FEATURE_SHAPES[n],
+              variable_axis=axis) for n, axis in names])
+          for m, names in (('image', [('image_regions', None), ('image_boxes', None)]),
+                           ('video', [('video_s3d', 0)]), ('audio', [('audio_mel', 1)]))
+      },
+  }[config]
+  for modality, check in checks.items():
+    try:
+      check()
+    except decode.Absent as e:
+      out[modality] = e.reason
+  return out
 
 
 def read_split(builder, split):

@@ -1,6 +1,5 @@
 """M5Product-mini generator: determinism, layout, decodable media, exact manifest."""
 import collections
-import hashlib
 import os
 import re
 
@@ -14,20 +13,12 @@ from data_prep import make_mini
 from data_prep import release
 from data_prep.mini import plan as plan_lib
 from data_prep.mini import world as world_lib
+from m5_fixtures import observed_absences, tree_digest
 
 N = 40
 LAYOUT = release.ReleaseLayout()
 DOWNSTREAM = [s for s in release.SPLIT_FILES if s != 'pretrain']
 
-
-def _tree_digest(root):
-  out = {}
-  for dirpath, _, files in os.walk(root):
-    for name in files:
-      path = os.path.join(dirpath, name)
-      with open(path, 'rb') as f:
-        out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-  return out
 
 
 @pytest.fixture(scope='session')
@@ -43,7 +34,7 @@ def test_same_bytes_for_any_worker_count(mini, tmp_path):
   root, _, _ = mini
   make_mini.main(['--out', str(tmp_path), '--num_products', str(N), '--seed', '3',
                   '--features', '--workers', '2', '--quiet'])
-  first, second = _tree_digest(root), _tree_digest(str(tmp_path))
+  first, second = tree_digest(root), tree_digest(str(tmp_path))
   assert sorted(first) == sorted(second)
   assert [p for p in first if first[p] != second[p]] == []
 
@@ -124,42 +115,6 @@ def test_features_shapes(mini):
       assert np.isfinite(array).all()
 
 
-def _observed(root, item_id, record, config):
-  """{modality: reason} found by the project's own decoders (data_prep.decode)."""
-  out = {}
-  for modality, field in (('text', 'title'), ('table', 'pv')):
-    value = record.get(field)
-    if value is None or not value.strip():
-      out[modality] = 'missing_field'
-    elif release.has_bad_encoding(value):
-      out[modality] = 'bad_encoding'
-    elif modality == 'table':
-      try:
-        assert release.parse_pv(value)
-      except release.MalformedPV:
-        out[modality] = 'malformed_field'
-  checks = {
-      'raw': {
-          'image': lambda: decode.decode_image(LAYOUT.media_path(root, 'image', item_id), 32),
-          'video': lambda: decode.decode_video(LAYOUT.media_path(root, 'video', item_id), 32),
-          'audio': lambda: decode.decode_audio(LAYOUT.media_path(root, 'audio', item_id)),
-      },
-      'features': {
-          m: (lambda names=names: [decode.load_feature(
-              LAYOUT.feature_path(root, n, item_id), release.FEATURE_SHAPES[n],
-              variable_axis=axis) for n, axis in names])
-          for m, names in (('image', [('image_regions', None), ('image_boxes', None)]),
-                           ('video', [('video_s3d', 0)]), ('audio', [('audio_mel', 1)]))
-      },
-  }[config]
-  for modality, check in checks.items():
-    try:
-      check()
-    except decode.Absent as e:
-      out[modality] = e.reason
-  return out
-
-
 @pytest.mark.parametrize('config', ['raw', 'features'])
 def test_manifest_equals_what_decoders_find(mini, config):
   root, manifest, records = mini
@@ -167,7 +122,7 @@ def test_manifest_equals_what_decoders_find(mini, config):
   for item_id, modality, reason in manifest[f'absent_{config}']:
     assert reason in release.ABSENT_REASONS
     expected[item_id][modality] = reason
-  observed = {i: _observed(root, i, r, config) for i, r in records.items()}
+  observed = {i: observed_absences(root, i, r, config) for i, r in records.items()}
   assert {i: o for i, o in observed.items() if o} == dict(expected)
   counts = manifest['counts'][config]
   assert counts['absent_total'] == len(manifest[f'absent_{config}'])

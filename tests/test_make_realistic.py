@@ -2,7 +2,6 @@
 speech, videos), shared product attributes, and a raw build that reconciles with
 the manifest."""
 import collections
-import hashlib
 import os
 import re
 import subprocess
@@ -19,7 +18,7 @@ from data_prep.mini import plan as plan_lib
 from data_prep.realistic import sources
 from data_prep.realistic import speech as speech_lib
 from data_prep.realistic import world as world_lib
-from m5_fixtures import build
+from m5_fixtures import build, observed_absences, tree_digest
 from test_builder_mini import _check_against_manifest
 
 pytest_plugins = ['m5_fixtures']
@@ -27,15 +26,6 @@ N = 32
 LAYOUT = release.ReleaseLayout()
 RAW_DEFECTS = {k for k in plan_lib.DEFECTS if k not in plan_lib.FEATURE_DEFECTS}
 
-
-def _tree_digest(root):
-  out = {}
-  for dirpath, _, files in os.walk(root):
-    for name in files:
-      path = os.path.join(dirpath, name)
-      with open(path, 'rb') as f:
-        out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-  return out
 
 
 @pytest.fixture(scope='module')
@@ -57,7 +47,7 @@ def test_same_bytes_for_any_worker_count(realistic, tmp_path, capfd):
   make_realistic.main(['--out', str(tmp_path), '--num_products', str(N), '--seed', '3',
                        '--workers', '2'])
   assert re.search(r'make_realistic: 32/32 items, [\d.]+ items/s, ETA', capfd.readouterr().err)
-  first, second = _tree_digest(root), _tree_digest(str(tmp_path))
+  first, second = tree_digest(root), tree_digest(str(tmp_path))
   assert sorted(first) == sorted(second)
   assert [p for p in first if first[p] != second[p]] == []
 
@@ -161,37 +151,12 @@ def test_listings_of_a_product_share_its_words(realistic):
   assert sum(bool(cjk.search(t)) for t in titles) == len(titles)
 
 
-def _observed(root, item_id, record):
-  """{modality: reason} found by the project's own decoders (data_prep.decode)."""
-  out = {}
-  for modality, field in (('text', 'title'), ('table', 'pv')):
-    value = record.get(field)
-    if value is None or not value.strip():
-      out[modality] = 'missing_field'
-    elif release.has_bad_encoding(value):
-      out[modality] = 'bad_encoding'
-    elif modality == 'table':
-      try:
-        assert release.parse_pv(value)
-      except release.MalformedPV:
-        out[modality] = 'malformed_field'
-  checks = {'image': lambda: decode.decode_image(LAYOUT.media_path(root, 'image', item_id), 32),
-            'video': lambda: decode.decode_video(LAYOUT.media_path(root, 'video', item_id), 32),
-            'audio': lambda: decode.decode_audio(LAYOUT.media_path(root, 'audio', item_id))}
-  for modality, check in checks.items():
-    try:
-      check()
-    except decode.Absent as e:
-      out[modality] = e.reason
-  return out
-
-
 def test_manifest_equals_what_decoders_find(realistic):
   root, manifest, records = realistic
   expected = collections.defaultdict(dict)
   for item_id, modality, reason in manifest['absent_raw']:
     expected[item_id][modality] = reason
-  observed = {i: _observed(root, i, r) for i, r in records.items()}
+  observed = {i: observed_absences(root, i, r) for i, r in records.items()}
   assert {i: o for i, o in observed.items() if o} == dict(expected)
 
 

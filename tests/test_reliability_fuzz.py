@@ -5,7 +5,6 @@ The full-size run (1000 items, 1000 faults) is benchmarks/reliability/run.py.
 """
 import collections
 import copy
-import hashlib
 import json
 import os
 
@@ -14,28 +13,20 @@ import pytest
 from data_prep import decode
 from data_prep import fuzz_reconcile
 from data_prep import fuzz_release
+from m5_fixtures import tree_digest
 
 pytest_plugins = ['m5_fixtures']
 NUM_FAULTS = 200
 
 
-def _digest(root) -> dict:
-  out = {}
-  for folder, _, files in os.walk(root):
-    for name in files:
-      path = os.path.join(folder, name)
-      with open(path, 'rb') as f:
-        out[os.path.relpath(path, root)] = hashlib.sha1(f.read()).hexdigest()
-  return out
-
 
 @pytest.fixture(scope='module')
 def fuzzed(mini_release, tmp_path_factory):
   source, _ = mini_release
-  before = _digest(source)
+  before = tree_digest(source)
   out = str(tmp_path_factory.mktemp('fuzzed') / 'release')
   manifest = fuzz_release.fuzz(str(source), out, NUM_FAULTS, seed=0)
-  assert _digest(source) == before  # hard-linked copy: the source is never written through
+  assert tree_digest(source) == before  # hard-linked copy: the source is never written through
   return out, manifest
 
 
