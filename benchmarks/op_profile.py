@@ -46,6 +46,8 @@ _LAYOUT = ('copy', 'transpose', 'concatenate', 'slice', 'dynamic-slice', 'dynami
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\S.*?\s([a-z][\w\-]*)\(', re.M)
 _CALLS = re.compile(r'(?:calls|to_apply|body|condition)=%?([\w.\-]+)')
 _COMPUTATION = re.compile(r'^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$', re.M)
+_RESULT_SHAPE = re.compile(r'=\s*(\S+)\s')
+_OP_NAME = re.compile(r'op_name="([^"]+)"')
 
 
 def parse_hlo(text: str) -> tuple[dict[str, tuple[str, list[str]]], dict[str, list]]:
@@ -113,10 +115,26 @@ def instruction_categories(hlo_text: str) -> dict[str, str]:
   return out
 
 
+def describe_instructions(hlo_text: str) -> dict[str, str]:
+  """HLO instruction name -> 'result shape  <- the JAX op that made it' (the op_name
+  metadata's last three path parts), to tell which source line a costly thunk is."""
+  out = {}
+  for line in hlo_text.splitlines():
+    inst = _INSTRUCTION.match(line)
+    if not inst:
+      continue
+    shape = _RESULT_SHAPE.search(line)
+    op_name = _OP_NAME.search(line)
+    out[inst.group(1)] = ((shape.group(1) if shape else '?') + '  <- ' +
+                          ('/'.join(op_name.group(1).split('/')[-3:]) if op_name else '?'))
+  return out
+
+
 def thunk_times(trace_events: list[dict], categories: dict[str, str]) -> dict[str, dict]:
-  """Summed duration (us) and count of the trace's thunk events per category."""
+  """Summed duration (us) and count of the trace's thunk events per category (and,
+  under '_by_instruction', per HLO instruction)."""
   out = {c: {'us': 0.0, 'events': 0} for c in CATEGORIES}
-  unmatched = collections.Counter()
+  unmatched, by_instruction = collections.Counter(), collections.Counter()
   for event in trace_events:
     name = event.get('name', '')
     if event.get('ph') != 'X' or name.startswith('end: '):
@@ -128,18 +146,21 @@ def thunk_times(trace_events: list[dict], categories: dict[str, str]) -> dict[st
       continue
     out[category]['us'] += float(event.get('dur', 0.0))
     out[category]['events'] += 1
+    by_instruction[name] += float(event.get('dur', 0.0))
   out['_unmatched'] = dict(unmatched.most_common(10))
+  out['_by_instruction'] = dict(by_instruction)
   return out
 
 
 def profile(size: str, form: str, batch_size: int, steps: int, modalities: str = 'itpva',
-            overrides: dict | None = None) -> dict:
+            overrides: dict | None = None, top: int = 0) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from xprof.convert import raw_to_tool_data  # pylint: disable=g-import-not-at-top
 
   built = train_step_lib.build_step(size, form, batch_size, modalities, overrides)
   compiled, state, batches = built['compiled'], built['state'], built['batches']
-  categories = instruction_categories(compiled.as_text())
+  hlo_text = compiled.as_text()
+  categories = instruction_categories(hlo_text)
   state, metrics = compiled(state, batches[0])  # warm-up
   jax.block_until_ready(metrics)
   trace_dir = tempfile.mkdtemp(prefix='m5_op_profile_')
@@ -153,7 +174,7 @@ def profile(size: str, form: str, batch_size: int, steps: int, modalities: str =
   data, _ = raw_to_tool_data.xspace_to_tool_data(paths, 'trace_viewer@', {})
   events = json.loads(data)['traceEvents']
   times = thunk_times(events, categories)
-  unmatched = times.pop('_unmatched')
+  unmatched, by_instruction = times.pop('_unmatched'), times.pop('_by_instruction')
   total_us = sum(t['us'] for t in times.values())
   matmul_s = times['matmul']['us'] / 1e6
   flops = built['flops'] * steps
@@ -172,6 +193,13 @@ def profile(size: str, form: str, batch_size: int, steps: int, modalities: str =
       'load_avg': machine.load_average(), 'peak_rss_mib': machine.peak_rss_mib(),
       'trace_dir': trace_dir,
   }
+  if top:  # the costliest thunks of each non-matmul category, with the JAX op behind each
+    described = describe_instructions(hlo_text)
+    result['top'] = {
+        c: [(name, 100 * us / total_us, described.get(name, '?')) for name, us in sorted(
+            ((n, us) for n, us in by_instruction.items() if categories[n] == c),
+            key=lambda item: -item[1])[:top]]
+        for c in CATEGORIES if c != 'matmul'}
   result['matmul_efficiency_while_running'] = (
       result['matmul_gflops_while_running'] / result['matmul_peak_gflops']
       if result['matmul_gflops_while_running'] else None)
@@ -237,6 +265,9 @@ def table(r: dict) -> str:
   if r['matmul_gflops_while_running']:
     lines.append(f"matmul thunks run at {r['matmul_gflops_while_running']:.0f} GFLOP/s = "
                  f"{100 * r['matmul_efficiency_while_running']:.0f}% of the in-run peak")
+  for category, rows in r.get('top', {}).items():
+    lines.append(f'costliest {category} thunks (share of thunk time, result, JAX op):')
+    lines += [f'  {share:5.2f}%  {name}  {what}' for name, share, what in rows]
   return '\n'.join(lines)
 
 
@@ -251,6 +282,8 @@ def main(argv=None) -> int:
   parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                       help='config override, e.g. model.scan_layers=true')
   parser.add_argument('--json', action='store_true')
+  parser.add_argument('--top', type=int, default=0,
+                      help='also list the N costliest thunks of each non-matmul category')
   parser.add_argument('--peer', action='store_true',
                       help='profile the torch peer (benchmarks/peer_model.py, eager, features '
                       'form) instead, by aten op')
@@ -259,7 +292,8 @@ def main(argv=None) -> int:
   if args.peer:
     r = profile_peer(args.size, args.batch_size, args.steps, overrides)
   else:
-    r = profile(args.size, args.form, args.batch_size, args.steps, args.modalities, overrides)
+    r = profile(args.size, args.form, args.batch_size, args.steps, args.modalities, overrides,
+                args.top)
   print(json.dumps(r) if args.json else table(r))
   return 0
 

@@ -144,6 +144,9 @@ def test_op_profile_classifies_compiled_hlo_and_sums_thunk_events():
   times = op_profile.thunk_times(events, categories)
   assert times['matmul'] == {'us': 40.0, 'events': 2} and times['exp'] == {'us': 5.0, 'events': 1}
   assert sum(t['us'] for c, t in times.items() if c in op_profile.CATEGORIES) == 45.0
+  assert times['_by_instruction'] == {matmul: 40.0, exp: 5.0}
+  described = op_profile.describe_instructions(compiled.as_text())
+  assert described[matmul].startswith('f32[') and '<-' in described[matmul]
   assert op_profile.classify({'dot', 'exponential'}) == 'matmul'
   assert op_profile.classify({'xor', 'shift-right-logical', 'add'}) == 'rng'
   assert op_profile.classify({'transpose', 'parameter'}) == 'layout'
