@@ -103,7 +103,7 @@ def _forget_toy_plugins():
   from m5_jax import modalities  # pylint: disable=g-import-not-at-top
   yield
   for plugin in (_ToyText, _ToyImage):
-    modalities._registry.pop(plugin.name, None)  # pylint: disable=protected-access
+    modalities.unregister(plugin.name)
     sys.modules.pop(f'm5_jax.modalities.{plugin.name}', None)
 
 

@@ -433,3 +433,17 @@ def test_audio_utterance_normalization_known_answer():
       audio.normalize_utterance(tf.constant(mel), tf.constant(mask), 'none').numpy(), mel)
   with pytest.raises(ValueError, match='normalize_input'):
     audio.normalize_utterance(tf.constant(mel), tf.constant(mask), 'global')
+
+
+def test_register_then_unregister_forgets_the_plugin_and_its_letter():
+  class Rating:  # codes() and get() read only the name and the code
+    name, code = 'zz_rating', 'Z'
+  plugin = Rating()
+  assert modalities.register(plugin) is plugin and modalities.get('zz_rating') is plugin
+  assert modalities.codes()['Z'] == 'zz_rating'
+  with pytest.raises(ValueError, match='already registered'):
+    modalities.register(Rating())
+  modalities.unregister('zz_rating')
+  assert 'Z' not in modalities.codes()
+  with pytest.raises(ValueError, match="unknown modality 'zz_rating'"):
+    modalities.get('zz_rating')

@@ -32,6 +32,12 @@ def register(plugin: Modality) -> Modality:
   return plugin
 
 
+def unregister(name: str) -> None:
+  """Forgets the plugin registered as `name` (and its letter in codes()); a later
+  get(name) imports it afresh. For tests and notebooks that define throwaway plugins."""
+  _registry.pop(name, None)
+
+
 def _plugin_of(module, where: str) -> Modality:
   plugin = getattr(module, 'PLUGIN', None)
   if plugin is None:
