@@ -178,13 +178,20 @@ def make_train_step(config, task: Task, tx, schedule, mesh, param_shardings=None
       loss = task.combine(terms)
 
     grad_norm = optax.global_norm(grads)
-    updates, opt_state = tx.update(grads, state['opt_state'], params)
-    new_params = optax.apply_updates(params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-    new_state = {'step': step + 1, 'params': keep(new_params, params),
-                 'opt_state': keep(opt_state, state['opt_state'])}
-    metrics = {'loss': loss, 'grad_norm': grad_norm, 'param_norm': optax.global_norm(new_params),
+
+    def apply_update(params, opt_state):
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state
+
+    # A non-finite step keeps the state as it was (config.nonfinite='skip'). A cond,
+    # not a where(finite, new, old) over the state: the select reads each donated
+    # buffer twice, so XLA copied both Adam moments of every parameter each step
+    # (12% of the small model's CPU step; benchmarks/RESULTS.md section 7).
+    params, opt_state = jax.lax.cond(finite, apply_update, lambda p, o: (p, o),
+                                     params, state['opt_state'])
+    new_state = {'step': step + 1, 'params': params, 'opt_state': opt_state}
+    metrics = {'loss': loss, 'grad_norm': grad_norm, 'param_norm': optax.global_norm(params),
                'lr': schedule(step), 'skipped': 1.0 - finite.astype(jnp.float32)}
     for name, (num, den) in terms.items():
       metrics[f'loss/{name}'] = num / jnp.maximum(den, 1.0)
