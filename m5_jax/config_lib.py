@@ -277,6 +277,7 @@ INIT_FORMATS = ('m5_jax', 'hf_bert', 'hf_vit', 'big_vision_vit', 'hf_clip')
 ACTIVATIONS = ('gelu', 'gelu_tanh', 'quick_gelu')
 ATTENTION = ('einsum', 'dot_product')
 DROPOUT_RNGS = ('threefry', 'rbg', 'unsafe_rbg')
+DROPOUT_BITS = (32, 16)                              # m5_jax/dropout.py
 HEADS_AT = ('all', 'masked')
 
 # The validated fields, in one place: `validate` checks every key present in a
@@ -297,6 +298,7 @@ SCHEMA: dict[str, Rule] = {
     'model.activation': Rule(choices=ACTIVATIONS),
     'model.attention': Rule(choices=ATTENTION),
     'model.dropout_rng': Rule(choices=DROPOUT_RNGS),
+    'model.dropout_bits': Rule(choices=DROPOUT_BITS),
     'model.heads_at': Rule(choices=HEADS_AT),
     'loss.masked_weight': Rule(minimum=0),
     'loss.contrastive_weight': Rule(minimum=0),

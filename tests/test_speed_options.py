@@ -3,7 +3,8 @@
 model.activation=gelu_tanh stays within its documented distance of the exact GELU;
 model.attention=dot_product equals the einsum attention (zeros for rows with no
 key); model.heads_at=masked gives the same loss as heads at every position;
-model.dropout_rng=rbg draws real dropout masks.
+model.dropout_rng=rbg draws real dropout masks; model.dropout_bits=16 drops the
+promised share, unbiased, and 32 is flax's own dropout, stream for stream.
 """
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import flax.linen as nn
+
 from m5_jax import config_lib
+from m5_jax import dropout as dropout_lib
 from m5_jax import models
 from m5_jax import objectives
 from m5_jax.models import layers
@@ -25,6 +29,7 @@ def test_option_choices_match_the_code():
   assert config_lib.ACTIVATIONS == tuple(layers.ACTIVATIONS)
   assert config_lib.ATTENTION == layers.ATTENTION
   assert config_lib.DROPOUT_RNGS == objectives.DROPOUT_RNGS
+  assert config_lib.DROPOUT_BITS == dropout_lib.DROPOUT_BITS
 
 
 def test_tanh_gelu_close_to_exact():
@@ -95,3 +100,37 @@ def test_rbg_dropout_key():
   config.model.dropout_rng = 'philox'
   with pytest.raises(ValueError, match='dropout_rng'):
     objectives.dropout_key(jax.random.key(0), config)
+
+
+class _TwoDropouts(nn.Module):
+  """Two dropout layers in one scope, as a transformer block has them."""
+  rate: float
+  bits: int | None  # None: flax's nn.Dropout written directly (what m5_jax did before)
+
+  @nn.compact
+  def __call__(self, x):
+    make = (lambda: nn.Dropout(self.rate)) if self.bits is None else (
+        lambda: dropout_lib.dropout(self.rate, self.bits))
+    return make()(x, deterministic=False), make()(x, deterministic=False)
+
+
+def test_dropout_bits():
+  x = jnp.ones((4, 50, 1001), jnp.float32)  # an odd last axis: the last word's high half unused
+  rngs = {'dropout': jax.random.key(3)}
+  # 32 bits is flax's nn.Dropout, made in the caller's scope: the same names, the same masks.
+  for got, want in zip(_TwoDropouts(0.1, 32).apply({}, x, rngs=rngs),
+                       _TwoDropouts(0.1, None).apply({}, x, rngs=rngs)):
+    np.testing.assert_array_equal(got, want)
+  first, second = _TwoDropouts(0.1, 16).apply({}, x, rngs=rngs)
+  assert first.shape == x.shape and not np.array_equal(first, second)  # each layer its own mask
+  values = np.unique(np.asarray(first))
+  scale = 65536 / (65536 - round(0.1 * 65536))
+  np.testing.assert_allclose(values, [0.0, scale], rtol=1e-6)  # dropped, or kept and rescaled
+  kept = float(np.mean(np.asarray(first) != 0))
+  assert abs(kept - 0.9) < 0.003                                 # 200k decisions: 6 sigma
+  assert abs(float(np.mean(first)) - 1.0) < 0.004               # unbiased
+  layer = dropout_lib.Dropout16(0.1)
+  np.testing.assert_array_equal(layer.apply({}, x, deterministic=True), x)
+  np.testing.assert_array_equal(dropout_lib.Dropout16(1.0).apply({}, x, False, rngs=rngs), 0 * x)
+  with pytest.raises(ValueError, match='model.dropout_bits'):
+    dropout_lib.dropout(0.1, 8)

@@ -66,6 +66,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from m5_jax import dropout as dropout_lib
+
 # (shape without the batch dim, numpy dtype name). E.g. {'ids': ((36,), 'int32')}.
 FieldSpec = tuple[tuple[int, ...], str]
 
@@ -183,6 +185,7 @@ class FinishTokens(nn.Module):
   add_cls: bool
   dtype: Any = jnp.float32
   dropout_rate: float = 0.0
+  dropout_bits: int = 32           # model.dropout_bits (m5_jax/dropout.py)
   add_positions: bool = True
   norm: bool = True
 
@@ -199,7 +202,8 @@ class FinishTokens(nn.Module):
       tokens = tokens + positions.astype(self.dtype)[None]
     if self.norm:
       tokens = layer_norm(self.dtype, name='norm')(tokens)
-    tokens = nn.Dropout(self.dropout_rate)(tokens, deterministic=deterministic)
+    tokens = dropout_lib.dropout(self.dropout_rate, self.dropout_bits)(
+        tokens, deterministic=deterministic)
     return constrain(tokens), jnp.logical_and(mask, present[:, None])
 
 
@@ -215,7 +219,8 @@ class Embedder(nn.Module):
     """FinishTokens (named 'finish': checkpoints' parameter paths) in the compute dtype
     with the model's embedding dropout; `options` are its add_positions and norm."""
     return FinishTokens(add_cls=add_cls, dtype=compute_dtype(self.shared), name='finish',
-                        dropout_rate=self.shared.get('dropout_rate', 0.0), **options)(
+                        dropout_rate=self.shared.get('dropout_rate', 0.0),
+                        dropout_bits=self.shared.get('dropout_bits', 32), **options)(
                             tokens, mask, present, deterministic=deterministic)
 
 

@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from m5_jax.dropout import dropout
+
 Dtype = Any
 
 # Logical axis names used by this package (map them to mesh axes in training).
@@ -72,6 +74,7 @@ class TransformerSpec:
   layer_norm_eps: float = 1e-6
   activation: str = 'gelu'        # ACTIVATIONS; BERT uses the exact (erf) GELU
   attention: str = 'einsum'       # ATTENTION
+  dropout_bits: int = 32          # m5_jax/dropout.py: 32 (flax's) | 16
   dtype: str = 'float32'          # compute dtype of the matmuls
   remat: bool = False
   scan_layers: bool = False
@@ -157,7 +160,7 @@ class Attention(nn.Module):
       q = q / jnp.sqrt(s.head_dim).astype(q.dtype)
       logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
       weights = safe_masked_softmax(logits, mask)
-      weights = nn.Dropout(s.attention_dropout)(weights, deterministic=deterministic)
+      weights = dropout(s.attention_dropout, s.dropout_bits)(weights, deterministic=deterministic)
       out = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(s.compute_dtype), v)
     out = Projection((s.heads, s.head_dim), (s.hidden,), (HEADS, KV, EMBED), (EMBED,),
                      s.compute_dtype, name='out')(out)
@@ -175,7 +178,7 @@ class Mlp(nn.Module):
                  bias_init=partitioned(nn.initializers.zeros, (MLP,)), name='wi')(x)
     h = nn.with_logical_constraint(h, (BATCH, LENGTH, MLP))
     h = activation(s.activation)(h)
-    h = nn.Dropout(s.dropout)(h, deterministic=deterministic)
+    h = dropout(s.dropout, s.dropout_bits)(h, deterministic=deterministic)
     out = nn.Dense(s.hidden, dtype=s.compute_dtype, param_dtype=jnp.float32,
                    kernel_init=partitioned(dense_init(), (MLP, EMBED)),
                    bias_init=partitioned(nn.initializers.zeros, (EMBED,)), name='wo')(h)
@@ -195,7 +198,7 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x, mask, context=None, context_mask=None):
     s, deterministic = self.spec, self.deterministic
-    drop = lambda y: nn.Dropout(s.dropout)(y, deterministic=deterministic)  # noqa: E731
+    drop = lambda y: dropout(s.dropout, s.dropout_bits)(y, deterministic=deterministic)  # noqa: E731
 
     def sublayer(x, fn, name):
       if s.pre_ln:
