@@ -187,7 +187,8 @@ def make_train_step(config, task: Task, tx, schedule, mesh, param_shardings=None
     # A non-finite step keeps the state as it was (config.nonfinite='skip'). A cond,
     # not a where(finite, new, old) over the state: the select reads each donated
     # buffer twice, so XLA copied both Adam moments of every parameter each step
-    # (12% of the small model's CPU step; benchmarks/RESULTS.md section 7).
+    # (8% of the small model's profiled thunk time, 2% of its step, 5% of its host
+    # memory; benchmarks/RESULTS.md section 7).
     params, opt_state = jax.lax.cond(finite, apply_update, lambda p, o: (p, o),
                                      params, state['opt_state'])
     new_state = {'step': step + 1, 'params': params, 'opt_state': opt_state}
