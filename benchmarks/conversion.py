@@ -222,8 +222,13 @@ def measure(manual_dir: str, config: str, beam: bool, workdir: str,
   cpu0, wall0 = _cpu_seconds(), time.time()
   if profiler:
     profiler.enable()
-  for builder in builders:
-    builder.download_and_prepare(download_config=download_config)
+  from data_prep.m5product import m5product_dataset_builder  # pylint: disable=g-import-not-at-top
+  try:
+    for builder in builders:
+      builder.download_and_prepare(download_config=download_config)
+  except m5product_dataset_builder.ExamplesLost as e:  # the builder's own check caught it
+    shutil.rmtree(data_dir, ignore_errors=True)
+    raise LostExamples(str(e)) from e
   if profiler:
     profiler.disable()
   cpu, wall = _cpu_seconds() - cpu0, time.time() - wall0

@@ -116,7 +116,7 @@ def test_examples_lost_by_the_writer_fail_the_build(tmp_path, monkeypatch):
     return out
 
   monkeypatch.setattr(examples, 'convert', convert_and_count_twice)
-  with pytest.raises(RuntimeError, match=r'^m5product build stored fewer .*\(pretrain: 1 lost\)') as e:
+  with pytest.raises(builder_lib.ExamplesLost, match=r'^m5product build stored fewer .*\(pretrain: 1 lost\)') as e:
     build_faults.build(root, str(tmp_path / 'tfds'))
   assert '\n' not in str(e.value)
   # The incomplete build is not kept (TFDS removes it): nothing to read by mistake.

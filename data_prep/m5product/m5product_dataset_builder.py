@@ -66,6 +66,10 @@ REPORT_NAME = 'build_report.json'
 RECORDS_DIR = 'annotations_by_split.tmp'  # the one annotations pass's output, deleted after
 
 
+class ExamplesLost(RuntimeError):
+  """The writer stored fewer examples than the build converted (the runner dropped some)."""
+
+
 @dataclasses.dataclass
 class M5ProductConfig(tfds.core.BuilderConfig):
   """A form ('raw' decodes media, 'features' reads pre-extracted .npy) plus the
@@ -200,7 +204,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     final_dir = os.path.join(os.fspath(self.data_dir_root), self.info.full_name)
     if lost:   # TFDS removes the incomplete folder, report included, when this raises
       print(message, flush=True)
-      raise RuntimeError(
+      raise ExamplesLost(
           'm5product build stored fewer examples than it converted ('
           + ', '.join(f'{s}: {n} lost' for s, n in lost.items())
           + '): the runner dropped them (seen with Beam\'s DirectRunner multi_processing, '
