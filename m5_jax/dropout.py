@@ -4,9 +4,10 @@
 keep decisions from each 32-bit random word, so the PRNG (threefry) draws half the
 words and no floats are made: about 3x less dropout work on XLA:CPU, where
 dropout's random bits were ~10% of a small model's profiled op time; the step ran
-5-9% faster (benchmarks/RESULTS.md section 7). The keep probability is exact to 2^-16 and kept values are scaled by
-its exact inverse, so the layer stays unbiased; its random stream differs from
-32 bits', so runs are reproducible per setting, not across them.
+5-9% faster (benchmarks/RESULTS.md section 7). The keep probability is exact to
+2^-16 and kept values are scaled by its exact inverse, so the layer stays
+unbiased; its random stream differs from 32 bits', so runs are reproducible per
+setting, not across them.
 """
 from __future__ import annotations
 

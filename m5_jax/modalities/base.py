@@ -325,7 +325,6 @@ class MaskedFeatureModality:
   """
   instance_view = 'complement'
 
-
   def should_normalize_target(self, cfg) -> bool:
     if cfg.normalize_target is None:
       return cfg.get('form') == 'raw'

@@ -131,7 +131,7 @@ class M5Model(nn.Module):
     # What the plugins share (see m5_jax/modalities/base.py).
     shared = {'word_embed': self.word_embed, 'dtype': spec.compute_dtype,
               'dropout_rate': model_config.dropout,
-              'dropout_bits': model_config.get('dropout_bits', 32),
+              'dropout_bits': spec.dropout_bits,
               'activation': layers.activation(spec.activation)}
     plugins = {m: modalities.get(m) for m in self.names}
     self.embedders = {m: plugins[m].embedder(cfg.modality[m], specs[m].hidden, shared)

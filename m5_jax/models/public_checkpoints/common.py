@@ -113,11 +113,11 @@ def module_rows(dense=(), norms=(), layout: str = 'torch') -> tuple:
   else:
     sep, kernel, scale, to_kernel = '/', 'kernel', 'scale', same
   rows = []
-  for (source, target), (weight, name, fn) in (
-      [(pair, (kernel, 'kernel', to_kernel)) for pair in dense] +
-      [(pair, (scale, 'scale', same)) for pair in norms]):
-    rows += [(f'{source}{sep}{weight}', f'{target}/{name}', fn),
-             (f'{source}{sep}bias', f'{target}/bias', same)]
+  for pairs, weight, name, fn in ((dense, kernel, 'kernel', to_kernel),
+                                  (norms, scale, 'scale', same)):
+    for source, target in pairs:
+      rows += [(f'{source}{sep}{weight}', f'{target}/{name}', fn),
+               (f'{source}{sep}bias', f'{target}/bias', same)]
   return tuple(rows)
 
 
