@@ -86,7 +86,7 @@ def train_tokenizer(release: str, vocab_size: int) -> str:
 
 
 def make_config(codes: str, dataset: str, data_dir: str, tokenizer: str, batch_size: int,
-                form: str) -> ml_collections.ConfigDict:
+                form: str, read_workers: int = 0) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.modalities = tuple(CODES[c] for c in codes)
@@ -97,24 +97,39 @@ def make_config(codes: str, dataset: str, data_dir: str, tokenizer: str, batch_s
       cfg.form = form
     config.modality[name] = cfg
   config.input = {'data_dir': data_dir, 'dataset': dataset, 'tokenizer': tokenizer,
-                  'batch_size': batch_size}
+                  'batch_size': batch_size, 'read_workers': read_workers}
   return config
+
+
+def reader_cpu_seconds(it) -> float:
+  """User + system CPU seconds of a pipeline's record reader worker processes (Linux
+  /proc; they are not waited-for children, so getrusage does not see them), else 0."""
+  reader = getattr(it, '_reader', None) or getattr(getattr(it, 'host', None), '_reader', None)
+  if reader is None:
+    return 0.0
+  total = 0
+  for worker in reader._workers:  # pylint: disable=protected-access
+    with open(f'/proc/{worker.process.pid}/stat') as f:
+      fields = f.read().rsplit(')', 1)[1].split()
+    total += int(fields[11]) + int(fields[12])  # utime, stime
+  return total / os.sysconf('SC_CLK_TCK')
 
 
 def time_iterator(it, warmup: int, steps: int, batch_size: int,
                   callbacks: CallbackTimer | None = None) -> tuple[float, float, dict]:
-  """(examples/s, CPU seconds of this process, callback CPU seconds by name) over
+  """(examples/s, CPU seconds of this process and its record readers, callback CPU
+  seconds by name) over
   `steps` batches after `warmup` (the prefetched batches' callbacks are counted too:
   a few batches' worth, the same on both sides of an A/B)."""
   for _ in range(warmup):
     jax.block_until_ready(next(it))
-  start, cpu0 = time.perf_counter(), machine.cpu_seconds()
+  start, cpu0 = time.perf_counter(), machine.cpu_seconds() + reader_cpu_seconds(it)
   callbacks and callbacks.take()
   for _ in range(steps):
     jax.block_until_ready(next(it))
   seconds = callbacks.take() if callbacks else {}
-  return (steps * batch_size / (time.perf_counter() - start), machine.cpu_seconds() - cpu0,
-          seconds)
+  cpu = machine.cpu_seconds() + reader_cpu_seconds(it) - cpu0
+  return steps * batch_size / (time.perf_counter() - start), cpu, seconds
 
 
 class CallbackTimer:
@@ -237,7 +252,8 @@ def record_read_cpu(host, batch_size: int, repeats: int = 3) -> float:
 def measure(release: str, work: str, codes: str = 'itpva', form: str = 'raw',
             batch_size: int = 32, steps: int = 30, warmup: int = 3,
             tokenizer: str | None = None, vocab_size: int = 1000,
-            gil_profiler: str | None = None, breakdown: bool = False) -> dict:
+            gil_profiler: str | None = None, breakdown: bool = False,
+            read_workers: int = 0) -> dict:
   """Examples/s, CPU-ms and GIL-held ms per example of the host pipeline, and
   examples/s of the pipeline onto the local devices."""
   data_dir = os.path.join(work, 'data')
@@ -246,7 +262,7 @@ def measure(release: str, work: str, codes: str = 'itpva', form: str = 'raw',
   build_s = build(release, data_dir, form)
   dataset = f'm5product/{form}'
   mesh = jax.sharding.Mesh(jax.devices(), ('data',))
-  config = make_config(codes, dataset, data_dir, tokenizer, batch_size, form)
+  config = make_config(codes, dataset, data_dir, tokenizer, batch_size, form, read_workers)
   load_start = machine.load_average()
   examples = steps * batch_size
   with CallbackTimer() as callbacks:
@@ -263,8 +279,10 @@ def measure(release: str, work: str, codes: str = 'itpva', form: str = 'raw',
   decode_preprocess = preprocess_cpu(host) if breakdown else None
   device = input_pipeline.create_iterator(config, 'pretrain', mesh, train=True)
   device_rate, _, _ = time_iterator(device, warmup, steps, batch_size)
-  device.host.close()
+  device.host.shutdown()
+  host.shutdown()
   row = {'dataset': dataset, 'modalities': codes, 'batch_size': batch_size, 'steps': steps,
+         'read_workers': read_workers,
          'pretrain_examples': host.num_examples, 'build_s': build_s,
          'host_examples_per_s': host_rate, 'device_examples_per_s': device_rate,
          'host_cpu_s_per_example': host_cpu / examples,
@@ -301,6 +319,10 @@ def main(argv=None):
                       'per example')
   parser.add_argument('--breakdown', action='store_true',
                       help='also time decode + preprocess alone, in all and per modality')
+  parser.add_argument('--read_workers', type=int, default=0,
+                      help='config.input.read_workers: record reads in this many worker '
+                      'processes (their CPU is counted in CPU-ms/example; the GIL profile is '
+                      'of the main process, whose GIL bounds its rate)')
   parser.add_argument('--json', action='store_true', help='print one JSON object per set')
   parser.add_argument('--build_only', action='store_true',
                       help='only build the dataset and tokenizer (so that a later run\'s '
@@ -319,7 +341,8 @@ def main(argv=None):
   rows = []
   for codes in args.modalities.split(','):
     r = measure(args.release, args.work, codes, args.form, args.batch_size, args.steps,
-                args.warmup, args.tokenizer, args.vocab_size, gil_profiler, args.breakdown)
+                args.warmup, args.tokenizer, args.vocab_size, gil_profiler, args.breakdown,
+                args.read_workers)
     if args.json:
       print(json.dumps(r), flush=True)
       continue

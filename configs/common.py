@@ -104,6 +104,8 @@ def get_config(method_name: str | None, arg: str | None, **extra_args) -> ml_col
       train_split='pretrain',
       batch_size=args.batch_size,      # global, over all processes
       num_train_examples=None,         # epoch size when the source cannot tell
+      read_workers=0,                  # >0: records read in worker processes, off this
+                                       # process's GIL (m5_jax/record_reader.py)
   ))
   config.update(duration('total', steps=100_000))
   config.num_microbatches = 1          # gradient accumulation

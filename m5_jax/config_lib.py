@@ -311,6 +311,7 @@ SCHEMA: dict[str, Rule] = {
     'input.dataset': Rule(pattern=DATASET_PATTERN, form='synthetic or m5product/<builder '
                           'config>, e.g. m5product/raw, m5product/features'),
     'input.batch_size': Rule(minimum=1),
+    'input.read_workers': Rule(minimum=0),
     'input.train_split': Rule(nonempty=True),
     'num_microbatches': Rule(minimum=1),
     'nonfinite': Rule(choices=('stop', 'skip')),

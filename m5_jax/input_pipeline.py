@@ -31,7 +31,9 @@ chooses which rows of it this process loads:
 
 The per-step flow in tf.data (host CPU, parallel, order-preserving):
   range(start_step, ...) -> example indices of this process's rows
-  -> fetch serialized records (one batched ArrayRecord read per step)
+  -> fetch serialized records (one batched ArrayRecord read per step; with
+     config.input.read_workers > 0 in worker processes, off this process's GIL:
+     m5_jax/record_reader.py)
   -> per example: TFDS decode (`features.deserialize_example`), then each
      configured modality's `plugin.preprocess(example, cfg, tokenizer)` (padding
      to fixed shapes and presence flags are the plugins' job; m5_jax/modalities).
@@ -69,6 +71,7 @@ from tensorflow_datasets.core import read_only_builder
 
 from m5_jax import batch as batch_lib
 from m5_jax import modalities
+from m5_jax import record_reader
 from m5_jax import sharding as sharding_lib
 
 Batch = dict[str, Any]
@@ -82,7 +85,7 @@ _LIVE: weakref.WeakSet = weakref.WeakSet()
 @atexit.register
 def _close_live_pipelines():
   for pipeline in list(_LIVE):
-    pipeline.close()
+    pipeline.shutdown()
 
 
 def load_tokenizer(path: str | None):
@@ -187,7 +190,7 @@ class InputPipeline:
                process_index: int | None = None, process_count: int | None = None,
                rows: Sequence[int] | None = None, start_step: int = 0,
                num_parallel_calls: int = tf.data.AUTOTUNE, prefetch: int = 2,
-               tokenizer_path: str | None = None):
+               tokenizer_path: str | None = None, read_workers: int = 0):
     self.dataset, self.split, self.train = dataset, split, train
     self.global_batch_size, self.seed = int(global_batch_size), int(seed)
     self.shuffle = train if shuffle is None else shuffle
@@ -202,6 +205,9 @@ class InputPipeline:
       raise ValueError(f'rows must lie in [0, {self.global_batch_size}), got {self.rows}')
     self._source, info = open_split(dataset, split, data_dir)
     self._features = info.features
+    # TFDS's data source wraps array_record's, which pickles (Grain reads it that way).
+    self._reader = (record_reader.ProcessRecordReader(self._source.data_source, read_workers)
+                    if read_workers else None)
     # tokenizer_path: the file of `tokenizer`, to check that the build's ids are its.
     self.token_ids = use_token_ids(info, tokenizer_path if _is_sentencepiece(tokenizer) else None)
     self.num_examples = len(self._source)
@@ -252,11 +258,17 @@ class InputPipeline:
       self._iterator.close()
       self._iterator = None
 
+  def shutdown(self) -> None:
+    """`close`, and stops the record reader processes (for good)."""
+    self.close()
+    if self._reader is not None:
+      self._reader.close()
+
   def __enter__(self):
     return self
 
   def __exit__(self, *exc):
-    self.close()
+    self.shutdown()
 
   @property
   def epoch(self) -> int:
@@ -324,7 +336,16 @@ class InputPipeline:
     local_batch = len(self.rows)
 
     def fetch(idx, valid):
-      records = tf.numpy_function(self._fetch, [idx], tf.string, stateful=False)
+      if self._reader is None:
+        records = tf.numpy_function(self._fetch, [idx], tf.string, stateful=False)
+      else:  # a worker process wrote the records to a file: read and cut it in C++
+        path, lengths = tf.numpy_function(self._reader.read, [idx], [tf.string, tf.int64],
+                                          stateful=False)
+        blob = tf.io.read_file(path)
+        with tf.control_dependencies([blob]):
+          removed = tf.numpy_function(_remove, [path], tf.bool, stateful=True)
+        with tf.control_dependencies([removed]):
+          records = tf.strings.substr(blob, tf.cumsum(lengths, exclusive=True), lengths)
       return idx, valid, tf.ensure_shape(records, [local_batch])
 
     ds = ds.map(fetch, num_parallel_calls=self._num_parallel_calls, deterministic=True)
@@ -336,6 +357,11 @@ class InputPipeline:
     options.deterministic = True
     options.experimental_optimization.map_parallelization = True
     return ds.with_options(options).prefetch(self._prefetch)
+
+
+def _remove(path: bytes) -> bool:
+  os.remove(path)
+  return True
 
 
 def _conform(fields: Mapping[str, Any], spec: Mapping[str, Any], name: str) -> dict[str, tf.Tensor]:
@@ -408,6 +434,7 @@ def create_host_iterator(config: ml_collections.ConfigDict, split: str, *, train
                          batch_size: int | None = None, **kwargs) -> InputPipeline:
   """An InputPipeline from config.input (dataset, data_dir, tokenizer, batch_size) + config.seed."""
   data_dir = os.path.expanduser(config.input.data_dir) if config.input.data_dir else None
+  kwargs.setdefault('read_workers', config.input.get('read_workers', 0))
   return InputPipeline(
       dataset=config.input.dataset, split=split, data_dir=data_dir, config=config,
       global_batch_size=batch_size or config.input.batch_size, train=train,

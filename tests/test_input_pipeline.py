@@ -213,6 +213,32 @@ def test_two_processes_get_disjoint_shards_covering_the_split(config):
     _assert_batches_equal(jax.tree.map(lambda x, y: np.concatenate([x, y]), a, b), single[step])
 
 
+def test_read_workers_give_the_batches_of_an_in_process_read(config):
+  """Records read in worker processes (m5_jax/record_reader.py) make the same batches,
+  train and eval, resumed too; the workers and their spool folder are gone after."""
+  in_process = _take(_pipeline(config), 5)
+  it = _pipeline(config, read_workers=2)
+  _assert_batches_equal(_take(it, 5), in_process)
+  it.restore({'step': 2})
+  _assert_batches_equal(_take(it, 3), in_process[2:5])
+  workers, spool = [w.process for w in it._reader._workers], it._reader._spool
+  it.shutdown()
+  assert all(w.poll() is not None for w in workers) and not os.path.exists(spool)
+  _assert_batches_equal(list(_pipeline(config, 'cls_test', train=False, read_workers=1)),
+                        list(_pipeline(config, 'cls_test', train=False)))
+
+
+def test_a_dead_read_worker_is_a_one_line_error(config):
+  it = _pipeline(config, read_workers=1, prefetch=1)
+  next(it)
+  worker = it._reader._workers[0].process
+  worker.kill()
+  worker.wait()
+  with pytest.raises(Exception, match=r'record reader worker 0 \(pid \d+\) exited with code -9'):
+    _take(it, 10)  # a few batches may already be prefetched
+  it.shutdown()
+
+
 def test_eval_last_batch_is_padded_and_masked(config):
   it = _pipeline(config, 'cls_test', train=False)
   batches = list(it)

@@ -1,0 +1,195 @@
+"""A split's serialized records, read in worker processes: the main process's GIL stays free.
+
+ArrayRecord's Python reader (array_record 0.8.6) holds the GIL through the whole
+read: ~0.45 CPU-ms per ~300 KB features example (copy, checksum, zstd), during
+which no other thread of the process runs Python. One training process then tops
+out near 2,000 examples/s whatever its cores (benchmarks/results/input_pipeline.md).
+With `config.input.read_workers` = N > 0 the reads happen in N worker processes
+(`python -m m5_jax.record_reader`: numpy and array_record only, no TF or JAX):
+
+  * the main process sends a batch's example indices to an idle worker (a few
+    bytes on a pipe) and waits with the GIL released;
+  * the worker reads the records and writes them back to back to one file in a
+    RAM-backed folder (/dev/shm when it has room), and answers with their lengths;
+  * the tf.data graph reads that file with `tf.io.read_file`, cuts it into records
+    with `tf.strings.substr` (C++, no GIL) and deletes it (input_pipeline.py).
+
+The records, and so the batches, are those of an in-process read (tests/
+test_record_reader.py). A worker that dies or fails is a one-line
+RecordReaderError naming it and its last stderr line, never a hang.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import queue
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import weakref
+
+import numpy as np
+
+_HEADER = struct.Struct('<qq')   # request: (number of indices, path length); reply: (status, n)
+_OK, _ERROR = 0, 1
+_SPOOL_MIN_FREE = 2 << 30        # /dev/shm is used only with this much room (Docker's is 64 MB)
+
+
+class RecordReaderError(RuntimeError):
+  """A record reader worker failed or died."""
+
+
+def default_spool_dir() -> str:
+  """/dev/shm (RAM) when it has room for a few batches of records, else the temp folder."""
+  try:
+    stat = os.statvfs('/dev/shm')
+    if stat.f_bavail * stat.f_frsize >= _SPOOL_MIN_FREE:
+      return '/dev/shm'
+  except OSError:
+    pass
+  return tempfile.gettempdir()
+
+
+def _read_exact(stream, n: int) -> bytes:
+  data = bytearray()
+  while len(data) < n:
+    chunk = stream.read(n - len(data))
+    if not chunk:
+      raise EOFError
+    data += chunk
+  return bytes(data)
+
+
+class _Worker:
+  """One worker process and its pipes."""
+
+  def __init__(self, payload: bytes, spool: str, index: int):
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join(p for p in (package_root, env.get('PYTHONPATH')) if p)
+    self.stderr = tempfile.TemporaryFile(dir=spool, prefix=f'worker{index}_', suffix='.err')
+    self.process = subprocess.Popen(
+        [sys.executable, '-m', 'm5_jax.record_reader'], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=self.stderr, env=env, bufsize=0)
+    self.name = f'record reader worker {index} (pid {self.process.pid})'
+    self.size = self._call(_HEADER.pack(len(payload), 0) + payload)[1]
+
+  def _call(self, request: bytes) -> tuple[int, int]:
+    try:
+      self.process.stdin.write(request)
+      self.process.stdin.flush()
+      status, n = _HEADER.unpack(_read_exact(self.process.stdout, _HEADER.size))
+      if status == _ERROR:
+        raise RecordReaderError(
+            f'{self.name}: {_read_exact(self.process.stdout, n).decode(errors="replace")}')
+      return status, n
+    except (BrokenPipeError, EOFError):
+      code = self.process.wait(timeout=10)
+      self.stderr.seek(0)
+      lines = self.stderr.read().decode(errors='replace').strip().splitlines()
+      raise RecordReaderError(f'{self.name} exited with code {code}'
+                              + (f': {lines[-1]}' if lines else '')) from None
+
+  def read(self, indices: np.ndarray, path: str) -> np.ndarray:
+    encoded = os.fsencode(path)
+    _, n = self._call(_HEADER.pack(len(indices), len(encoded)) + encoded
+                      + np.ascontiguousarray(indices, np.int64).tobytes())
+    return np.frombuffer(_read_exact(self.process.stdout, 8 * n), np.int64)
+
+  def stop(self):
+    try:
+      self.process.stdin.close()
+      self.process.wait(timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+      self.process.kill()
+    self.stderr.close()
+
+
+def _stop(workers: list[_Worker], spool: str):
+  for worker in workers:
+    worker.stop()
+  shutil.rmtree(spool, ignore_errors=True)
+
+
+class ProcessRecordReader:
+  """`read(indices) -> (path, lengths)`: the records at `indices` of a picklable
+  random-access source (array_record's ArrayRecordDataSource), written back to back to
+  the file at path by one of `num_workers` worker processes. The caller deletes the
+  file. Thread-safe: up to num_workers reads run at once, more wait for a worker."""
+
+  def __init__(self, source, num_workers: int, spool_dir: str | None = None):
+    if num_workers < 1:
+      raise ValueError(f'num_workers must be at least 1, got {num_workers}')
+    self._spool = tempfile.mkdtemp(prefix='m5_records_', dir=spool_dir or default_spool_dir())
+    self._workers: list[_Worker] = []
+    self._finalizer = weakref.finalize(self, _stop, self._workers, self._spool)
+    payload = pickle.dumps(source)
+    self._workers.extend(_Worker(payload, self._spool, i) for i in range(num_workers))
+    self.size = self._workers[0].size
+    self._idle: queue.Queue[_Worker] = queue.Queue()
+    for worker in self._workers:
+      self._idle.put(worker)
+    self._sequence = itertools.count()
+    self._lock = threading.Lock()
+
+  def __len__(self) -> int:
+    return self.size
+
+  def read(self, indices: np.ndarray) -> tuple[bytes, np.ndarray]:
+    with self._lock:
+      path = os.path.join(self._spool, f'{next(self._sequence)}.records')
+    worker = self._idle.get()
+    try:
+      return os.fsencode(path), worker.read(np.asarray(indices), path)
+    finally:
+      self._idle.put(worker)
+
+  def close(self):
+    self._finalizer()
+
+
+def _serve(requests, replies):
+  """The worker: load the source, then read batches until the main process closes stdin."""
+  def reply(status: int, n: int, payload: bytes = b''):
+    replies.write(_HEADER.pack(status, n) + payload)
+    replies.flush()
+
+  try:
+    size, _ = _HEADER.unpack(_read_exact(requests, _HEADER.size))
+    source = pickle.loads(_read_exact(requests, size))
+    reply(_OK, len(source))
+  except Exception as e:  # pylint: disable=broad-except
+    message = f'cannot open the source: {type(e).__name__}: {e}'.encode()
+    reply(_ERROR, len(message), message)
+    return
+  while True:
+    try:
+      header = _read_exact(requests, _HEADER.size)
+    except EOFError:
+      return  # the main process is done (or gone)
+    n, path_length = _HEADER.unpack(header)
+    path = os.fsdecode(_read_exact(requests, path_length))
+    indices = np.frombuffer(_read_exact(requests, 8 * n), np.int64).tolist()
+    try:
+      records = source.__getitems__(indices)
+      with open(path, 'wb') as f:
+        for record in records:
+          f.write(record)
+      lengths = np.array([len(r) for r in records], np.int64)
+    except Exception as e:  # pylint: disable=broad-except
+      message = f'reading records {indices[:4]}...: {type(e).__name__}: {e}'.encode()
+      reply(_ERROR, len(message), message)
+      continue
+    reply(_OK, n, lengths.tobytes())
+
+
+if __name__ == '__main__':
+  # The replies go to the original stdout; anything else printing there (a library's
+  # banner) goes to stderr instead, so it cannot corrupt a reply.
+  replies_fd = os.dup(1)
+  os.dup2(2, 1)
+  _serve(os.fdopen(0, 'rb', buffering=0), os.fdopen(replies_fd, 'wb', buffering=0))
