@@ -28,6 +28,16 @@ store as many examples as it converted: its multi_processing mode at times
 stored fewer (results/conversion.md); such a split is left out of every count's
 sum, and printed.
 
+--nondeterministic_order builds with TFDS's unshuffled Beam writer (what `tfds build
+--nondeterministic_order` does): the examples are written where they are converted,
+with no GroupByKey into shard groups, which is where the DirectRunner dropped
+examples and held ~110 MB groups in its memory. A whole 20k-item features build
+then runs in one go (results/conversion.md). The split's order on disk is not
+reproducible between builds (the input pipeline's order is a function of the
+positions, so a rebuilt release reshuffles the training order); TFDS 4.9.10 writes
+it as TFRecord only (`tfds convert_format --out_file_format array_record
+--use_beam` for the input pipeline's random access).
+
 --replicate K makes a K times larger release for scale runs without K times the
 generation cost: copy c of every item gets the id id + c * 10^8 (its instance
 '<instance>r<c>'), the same annotation record (bytes kept, bad ones too) and
@@ -194,8 +204,11 @@ class LostExamples(RuntimeError):
 
 
 def measure(manual_dir: str, config: str, beam: bool, workdir: str,
-            profile: bool = False, workers: int | None = None, split: str | None = None) -> dict:
-  """One build of every split, or of `split` alone."""
+            profile: bool = False, workers: int | None = None, split: str | None = None,
+            nondeterministic_order: bool = False, num_shards: int | None = None) -> dict:
+  """One build of every split, or of `split` alone. nondeterministic_order: TFDS's
+  writer that skips the global shuffle (`tfds build --nondeterministic_order`; Beam
+  only, TFRecord only in TFDS 4.9.10, num_shards required)."""
   import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   import data_prep.m5product  # pylint: disable=g-import-not-at-top,unused-import
@@ -209,7 +222,8 @@ def measure(manual_dir: str, config: str, beam: bool, workdir: str,
     from data_prep.m5product import M5ProductConfig  # pylint: disable=g-import-not-at-top
     configs = [M5ProductConfig(name=f'{config}_{split}', form=config, splits=(split,))]
   builders = [tfds.builder('m5product', config=c, data_dir=data_dir) for c in configs]
-  download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+  download_config = tfds.download.DownloadConfig(
+      manual_dir=manual_dir, nondeterministic_order=nondeterministic_order, num_shards=num_shards)
   if beam:
     import apache_beam as beam_lib  # pylint: disable=g-import-not-at-top
     workers = workers or os.cpu_count() or 1
@@ -243,7 +257,7 @@ def measure(manual_dir: str, config: str, beam: bool, workdir: str,
   products = _unique_written(builders)
   shutil.rmtree(data_dir, ignore_errors=True)
   return {'config': config, 'path': 'beam' if beam else 'plain', 'workers': workers,
-          'builds': len(builders),
+          'builds': len(builders), 'nondeterministic_order': nondeterministic_order,
           'products': products, 'listings': listings, 'wall_s': wall, 'cpu_s': cpu,
           'products_per_cpu_s': products / cpu, 'listings_per_cpu_s': listings / cpu,
           'products_per_wall_s': products / wall, 'profiled': profile,
@@ -252,7 +266,7 @@ def measure(manual_dir: str, config: str, beam: bool, workdir: str,
 
 
 def measure_split_builds(manual_dir: str, config: str, worker_counts: list[int], workdir: str,
-                         first: int = 0) -> list[dict]:
+                         first: int = 0, **build_options) -> list[dict]:
   """One Beam build per split and worker count, interleaved; rows summed per count
   over the splits whose builds stored every example at every count."""
   from data_prep import release  # pylint: disable=g-import-not-at-top
@@ -265,7 +279,8 @@ def measure_split_builds(manual_dir: str, config: str, worker_counts: list[int],
     done = {}
     for w in worker_counts[r:] + worker_counts[:r]:
       try:
-        done[w] = measure(manual_dir, config, True, workdir, workers=w, split=split)
+        done[w] = measure(manual_dir, config, True, workdir, workers=w, split=split,
+                          **build_options)
       except LostExamples as e:
         print(f'  {split} x{w}: LOST EXAMPLES ({e}); the split is left out', flush=True)
         lost += 1
@@ -335,12 +350,22 @@ def main(argv=None) -> int:
   parser.add_argument('--split_builds', action='store_true',
                       help='with --beam_workers: one build per split and worker count, interleaved '
                       '(the DirectRunner holds a whole build\'s output in its memory)')
+  parser.add_argument('--nondeterministic_order', action='store_true',
+                      help='Beam builds with TFDS\'s unshuffled writer (as `tfds build '
+                      '--nondeterministic_order`): no GroupByKey of the examples, so the '
+                      'DirectRunner neither drops examples nor holds shard groups; TFRecord only')
+  parser.add_argument('--num_shards', type=int, default=None,
+                      help='shards per split (required by --nondeterministic_order; default 16 then)')
   parser.add_argument('--replicate', type=int, default=1, help='copies of the release (see above)')
   parser.add_argument('--release_out', help='where --replicate writes (kept); default: temporary')
   parser.add_argument('--profile', action='store_true', help='cProfile, grouped into stages')
   parser.add_argument('--json', action='store_true', help='print one JSON object per config')
   parser.add_argument('--record', action='store_true', help='append to benchmarks/results/conversion.md')
   args = parser.parse_args(argv)
+  if args.nondeterministic_order and not (args.beam or args.beam_workers):
+    parser.error('--nondeterministic_order needs --beam or --beam_workers (TFDS applies it to Beam builds)')
+  num_shards = args.num_shards or (16 if args.nondeterministic_order else None)
+  build_options = {'nondeterministic_order': args.nondeterministic_order, 'num_shards': num_shards}
   workdir = tempfile.mkdtemp(prefix='m5_conversion_')
   manual_dir = args.manual_dir
   if not manual_dir:
@@ -370,9 +395,11 @@ def main(argv=None) -> int:
             f"{passes[-1]['cpu_ms_per_listing']:.3f} CPU-ms per listing", flush=True)
     for config, beam, workers in runs:
       if split_builds:
-        rows += measure_split_builds(manual_dir, config, worker_counts, workdir, first=r)
+        rows += measure_split_builds(manual_dir, config, worker_counts, workdir, first=r,
+                                     **build_options)
       else:
-        rows.append(measure(manual_dir, config, beam, workdir, args.profile, workers))
+        rows.append(measure(manual_dir, config, beam, workdir, args.profile, workers,
+                            **build_options))
   for row in rows:
     config = row['config']
     if args.json:
