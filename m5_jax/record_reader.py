@@ -73,7 +73,7 @@ class _Worker:
     env['PYTHONPATH'] = os.pathsep.join(p for p in (package_root, env.get('PYTHONPATH')) if p)
     self.stderr = tempfile.TemporaryFile(dir=spool, prefix=f'worker{index}_', suffix='.err')
     self.process = subprocess.Popen(
-        [sys.executable, '-m', 'm5_jax.record_reader'], stdin=subprocess.PIPE,
+        [sys.executable, '-m', 'm5_jax.record_reader', spool], stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=self.stderr, env=env, bufsize=0)
     self.name = f'record reader worker {index} (pid {self.process.pid})'
     self.size = self._call(_HEADER.pack(len(payload), 0) + payload)[1]
@@ -152,8 +152,9 @@ class ProcessRecordReader:
     self._finalizer()
 
 
-def _serve(requests, replies):
-  """The worker: load the source, then read batches until the main process closes stdin."""
+def _serve(requests, replies, spool: str):
+  """The worker: load the source, then read batches until the main process closes stdin
+  (or dies: then the spool folder's leftover records, in RAM, go with the workers)."""
   def reply(status: int, n: int, payload: bytes = b''):
     replies.write(_HEADER.pack(status, n) + payload)
     replies.flush()
@@ -169,8 +170,9 @@ def _serve(requests, replies):
   while True:
     try:
       header = _read_exact(requests, _HEADER.size)
-    except EOFError:
-      return  # the main process is done (or gone)
+    except EOFError:  # the main process is done, or gone
+      shutil.rmtree(spool, ignore_errors=True)
+      return
     n, path_length = _HEADER.unpack(header)
     path = os.fsdecode(_read_exact(requests, path_length))
     indices = np.frombuffer(_read_exact(requests, 8 * n), np.int64).tolist()
@@ -192,4 +194,4 @@ if __name__ == '__main__':
   # banner) goes to stderr instead, so it cannot corrupt a reply.
   replies_fd = os.dup(1)
   os.dup2(2, 1)
-  _serve(os.fdopen(0, 'rb', buffering=0), os.fdopen(replies_fd, 'wb', buffering=0))
+  _serve(os.fdopen(0, 'rb', buffering=0), os.fdopen(replies_fd, 'wb', buffering=0), sys.argv[1])
