@@ -106,6 +106,8 @@ class _Worker:
       self.process.wait(timeout=5)
     except (OSError, subprocess.TimeoutExpired):
       self.process.kill()
+      self.process.wait()
+    self.process.stdout.close()
     self.stderr.close()
 
 
