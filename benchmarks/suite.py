@@ -12,7 +12,9 @@ memory, VmHWM, is its own; the load average is recorded at its start and end):
               in the same process (benchmarks/train_step.py)
   input       the full input pipeline's examples/s on M5Product-mini (raw and
               features) and its headroom = pipeline examples/s / train step
-              examples/s for the same form (benchmarks/input_pipeline.py)
+              examples/s for the same form (benchmarks/input_pipeline.py); quick and
+              full also run it with config.input.read_workers=2 (reads in worker
+              processes, their CPU counted)
   retrieval   our exact sharded top-K search vs faiss IndexFlatIP in one process:
               time ratio, id agreement outside ties (benchmarks/retrieval.py)
   conversion  products/s per core of the raw-media builder on mini, profiled into
@@ -61,7 +63,8 @@ MODES = {
     },
     'quick': {
         'train': [_train('tiny', 'features', 8, 3), _train('small', 'features', 4, 2)],
-        'input': {'forms': ('features',), 'batch_size': 8, 'steps': 5, 'products': 40},
+        'input': {'forms': ('features',), 'batch_size': 8, 'steps': 5, 'products': 40,
+                  'read_workers': (0, 2)},
         'retrieval': {'num_queries': 512, 'gallery': 32768, 'dim': 768, 'k': 100,
                       'query_block': 256},
         'conversion': {'products': 40},
@@ -74,7 +77,7 @@ MODES = {
                   _train('tiny', 'features', 32, 10), _train('tiny', 'raw', 32, 10),
                   _train('small', 'raw', 8, 3, scan=True), _train('base', 'raw', 4, 2, scan=True)],
         'input': {'forms': ('features', 'raw'), 'batch_size': 32, 'steps': 20,
-                  'products': 300},
+                  'products': 300, 'read_workers': (0, 2)},
         'retrieval': {'num_queries': 10_000, 'gallery': 1_000_000, 'dim': 768, 'k': 100,
                       'query_block': 1024},
         'conversion': {'products': 200},
@@ -134,10 +137,11 @@ def run_input(spec, work: str, train_rows: list[dict]) -> list[dict]:
     common = ['--release', release, '--work', os.path.join(work, f'input_{spec["products"]}'),
               '--form', form]
     run_json('benchmarks.input_pipeline', common + ['--build_only'])  # not in the RSS below
-    row, = run_json('benchmarks.input_pipeline', common + [
-        '--modalities', 'itpva', '--batch_size', str(spec['batch_size']),
-        '--steps', str(spec['steps']), '--json'])
-    rows.append(row)
+    for workers in spec.get('read_workers', (0,)):  # config.input.read_workers
+      row, = run_json('benchmarks.input_pipeline', common + [
+          '--modalities', 'itpva', '--batch_size', str(spec['batch_size']),
+          '--steps', str(spec['steps']), '--read_workers', str(workers), '--json'])
+      rows.append(row)
   add_headroom(rows, train_rows)
   return rows
 
@@ -253,8 +257,10 @@ def table(results: dict) -> str:
         + f"{r['peak_rss_mib']:.0f} MiB", r)
   for r in results.get('input', []):
     headroom = ', '.join(f'{k} {v:.1f}x' for k, v in r['headroom'].items())
-    add('input', f"{r['dataset']} {r['modalities']} batch {r['batch_size']}",
-        f"{r['host_examples_per_s']:.0f} ex/s; headroom {headroom or '-'}; "
+    add('input', f"{r['dataset']} {r['modalities']} batch {r['batch_size']}"
+        f" read_workers {r.get('read_workers', 0)}",
+        f"{r['host_examples_per_s']:.0f} ex/s, {r['host_cpu_ms_per_example']:.2f} CPU-ms/ex; "
+        f"headroom {headroom or '-'}; "
         f"{r['peak_rss_mib']:.0f} MiB", r)
   for r in results.get('retrieval', []):
     faiss = (f"faiss {r['faiss_qps']:.1f} q/s, ratio {r['time_ratio_ours_over_faiss']:.2f}, "
