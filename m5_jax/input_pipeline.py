@@ -257,6 +257,8 @@ class InputPipeline:
     if self._iterator is not None:
       self._iterator.close()
       self._iterator = None
+      if self._reader is not None:
+        self._reader.discard_files()
 
   def shutdown(self) -> None:
     """`close`, and stops the record reader processes (for good)."""

@@ -150,6 +150,16 @@ class ProcessRecordReader:
     finally:
       self._idle.put(worker)
 
+  def discard_files(self):
+    """Deletes the batch files no one will read: those of batches in flight when the
+    caller's tf.data iterator was closed (a restore), which its graph never deleted."""
+    for name in os.listdir(self._spool):
+      if name.endswith('.records'):
+        try:
+          os.remove(os.path.join(self._spool, name))
+        except FileNotFoundError:
+          pass
+
   def close(self):
     self._finalizer()
 
