@@ -15,13 +15,14 @@ import m5_tiny_release
 from made_once import made_once
 
 
-def build(root, data_dir, config='raw', file_format=None, beam=False):
-  """Builds with the Python API; returns (builder, report)."""
+def build(root, data_dir, config='raw', file_format=None, beam=False, **download_options):
+  """Builds with the Python API; returns (builder, report). download_options: more
+  DownloadConfig fields (e.g. nondeterministic_order, num_shards)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   import data_prep.m5product  # pylint: disable=g-import-not-at-top,unused-import
   kwargs = {'file_format': file_format} if file_format else {}
   builder = tfds.builder('m5product', config=config, data_dir=str(data_dir), **kwargs)
-  download_config = tfds.download.DownloadConfig(manual_dir=str(root))
+  download_config = tfds.download.DownloadConfig(manual_dir=str(root), **download_options)
   if beam:
     import apache_beam as beam_lib  # pylint: disable=g-import-not-at-top
     download_config.beam_options = beam_lib.options.pipeline_options.PipelineOptions(

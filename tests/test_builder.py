@@ -187,6 +187,23 @@ def test_beam_path_writes_the_same_examples(tiny_release, tiny_raw, tmp_path):
                            'pv_values', 'image', 'video', 'audio_mel', 'audio_frames'))
 
 
+def test_unshuffled_beam_writer_stores_every_example(tiny_release, tiny_features, tmp_path):
+  """`--nondeterministic_order` (no GroupByKey of the examples): the same examples, all
+  of them; with ArrayRecord, which TFDS cannot write that way, a one-line error first."""
+  config = M5ProductConfig(name='features_pretrain', form='features', splits=('pretrain',))
+  builder, report = build(tiny_release, tmp_path / 'tfrecord', config, beam=True,
+                          nondeterministic_order=True, num_shards=2)
+  assert report['beam'] and builder.info.nondeterministic_order
+  assert report['splits']['pretrain'] == tiny_features[1]['splits']['pretrain']
+  _assert_same_examples(read_split(tiny_features[0], 'pretrain'), read_split(builder, 'pretrain'),
+                        ('label', 'present', 'pv_values', 'image_regions', 'video_s3d',
+                         'audio_mel'))
+  with pytest.raises(ValueError, match=r'^m5product: --nondeterministic_order writes TFRecord '
+                     r'only .*tfds convert_format'):
+    build(tiny_release, tmp_path / 'ar', config, file_format='array_record', beam=True,
+          nondeterministic_order=True, num_shards=2)
+
+
 def test_array_record_format(tiny_release, tiny_features, tmp_path):
   """--file_format array_record writes the same examples, readable by random access."""
   builder, report = build(tiny_release, tmp_path, 'features', file_format='array_record')

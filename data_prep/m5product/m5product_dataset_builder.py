@@ -175,6 +175,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   # return a PTransform or a generator, so remember it here.
   def _generate_splits(self, dl_manager, download_config):
     self._use_beam = bool(download_config.beam_runner or download_config.beam_options)
+    if (self._use_beam and download_config.nondeterministic_order
+        and self.info.file_format == tfds.core.FileFormat.ARRAY_RECORD):
+      # TFDS 4.9.10's unshuffled Beam writer has no ArrayRecord sink: it would fail deep
+      # in Beam after the annotations pass.
+      raise ValueError('m5product: --nondeterministic_order writes TFRecord only (TFDS has no '
+                       'ArrayRecord Beam sink): build with --file_format tfrecord, then '
+                       '`tfds convert_format --dataset_version_dir DIR --out_file_format '
+                       'array_record`')
     self._tally = examples.Tally()  # the plain path's counts, and on both paths skipped splits'
     self._beam_counts = {}
     self._skipped: dict[str, str] = {}
