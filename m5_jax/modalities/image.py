@@ -127,7 +127,11 @@ class Image(base.MaskedFeatureModality):
     mask = tf.logical_and(present, tf.reduce_any(tf.not_equal(regions, 0), axis=-1))
     pad = lambda x: tf.pad(x, [[0, r - rows]] + [[0, 0]] * (len(x.shape) - 1))
     keep = lambda x: tf.where(mask[:, None], x, tf.zeros_like(x))
-    regions, boxes, mask = keep(pad(regions)), keep(pad(boxes)), pad(mask)
+    # Rows the mask drops are all zero already unless the image is absent: a cond, not
+    # a float16 select over every value (audio.py).
+    absent = tf.zeros([r, cfg.region_dim], tf.float16)
+    regions = tf.cond(present, lambda: pad(regions), lambda: absent)
+    boxes, mask = keep(pad(boxes)), pad(mask)
     regions.set_shape([r, cfg.region_dim])
     boxes.set_shape([r, cfg.box_dim])
     mask.set_shape([r])
