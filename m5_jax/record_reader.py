@@ -76,9 +76,10 @@ class _Worker:
         [sys.executable, '-m', 'm5_jax.record_reader', spool], stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=self.stderr, env=env, bufsize=0)
     self.name = f'record reader worker {index} (pid {self.process.pid})'
-    self.size = self._call(_HEADER.pack(len(payload), 0) + payload)[1]
+    self.size = self._call(_HEADER.pack(len(payload), 0) + payload)[0]
 
-  def _call(self, request: bytes) -> tuple[int, int]:
+  def _call(self, request: bytes, reply_bytes_per_item: int = 0) -> tuple[int, bytes]:
+    """Sends a request; (n, the n * reply_bytes_per_item bytes that follow the header)."""
     try:
       self.process.stdin.write(request)
       self.process.stdin.flush()
@@ -86,7 +87,7 @@ class _Worker:
       if status == _ERROR:
         raise RecordReaderError(
             f'{self.name}: {_read_exact(self.process.stdout, n).decode(errors="replace")}')
-      return status, n
+      return n, _read_exact(self.process.stdout, n * reply_bytes_per_item)
     except (BrokenPipeError, EOFError):
       code = self.process.wait(timeout=10)
       self.stderr.seek(0)
@@ -96,9 +97,9 @@ class _Worker:
 
   def read(self, indices: np.ndarray, path: str) -> np.ndarray:
     encoded = os.fsencode(path)
-    _, n = self._call(_HEADER.pack(len(indices), len(encoded)) + encoded
-                      + np.ascontiguousarray(indices, np.int64).tobytes())
-    return np.frombuffer(_read_exact(self.process.stdout, 8 * n), np.int64)
+    _, lengths = self._call(_HEADER.pack(len(indices), len(encoded)) + encoded
+                            + np.ascontiguousarray(indices, np.int64).tobytes(), 8)
+    return np.frombuffer(lengths, np.int64)
 
   def stop(self):
     try:
