@@ -54,7 +54,7 @@ setup="mkdir -p $REMOTE_DIR && tar xzf /tmp/m5_jax_code.tar.gz -C $REMOTE_DIR &&
 run gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${gcloud_args[@]}" --command "$setup"
 
 # 3. Train on all workers; TF must not grab the TPU (it only feeds data).
-env_vars="TF_CPP_MIN_LOG_LEVEL=2 TPU_STDERR_LOG_LEVEL=1"
+env_vars="TF_CPP_MIN_LOG_LEVEL=2 TPU_STDERR_LOG_LEVEL=1 GLIBC_TUNABLES=$GLIBC_TUNABLES"
 train_cmd="cd $REMOTE_DIR && $env_vars .venv/bin/python -m m5_jax.train $(quote_args --config "$config" --workdir "$workdir" "${extra[@]}")"
 run gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${gcloud_args[@]}" --command "$train_cmd"
 

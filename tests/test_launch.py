@@ -25,6 +25,19 @@ def test_local_dry_run_trains_then_evaluates_all_tasks():
       'm5_jax.evaluate.classification', 'm5_jax.evaluate.clustering']
 
 
+def test_launches_tune_malloc_unless_the_caller_did():
+  """launch/common.sh exports GLIBC_TUNABLES for the input pipeline; a value already in
+  the environment is kept."""
+  show = ['bash', '-c', 'source launch/common.sh && echo "$GLIBC_TUNABLES"']
+  env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
+  ours = subprocess.run(show, env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+  assert ours.stdout.split() == ['glibc.malloc.mmap_threshold=33554432:glibc.malloc.'
+                                 'trim_threshold=1073741824:glibc.malloc.top_pad=67108864']
+  theirs = subprocess.run(show, env={**env, 'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'},
+                          cwd=ROOT, capture_output=True, text=True, check=True)
+  assert theirs.stdout.split() == ['glibc.malloc.arena_max=2']
+
+
 def test_tpu_pod_dry_run_ships_installs_and_trains_on_all_workers():
   cmds = dry_run('tpu_pod.sh', '--config', 'configs/m5_mmt.py:size=base', '--workdir', 'gs://b/run',
                  '--config.input.batch_size=4096', TPU_NAME='pod', ZONE='us-central2-b', EVAL='1',
@@ -39,6 +52,7 @@ def test_tpu_pod_dry_run_ships_installs_and_trains_on_all_workers():
   assert 'pip install' in remote[0] and 'jax[tpu]' in remote[0]
   train = shlex.split(remote[1].split('&&', 1)[1])
   assert train[train.index('-m') + 1] == 'm5_jax.train'
+  assert any(a.startswith('GLIBC_TUNABLES=glibc.malloc.mmap_threshold=') for a in train)
   assert train[-5:] == ['--config', 'configs/m5_mmt.py:size=base', '--workdir', 'gs://b/run',
                         '--config.input.batch_size=4096']
   assert sum('m5_jax.evaluate.' in r for r in remote) == 4
