@@ -258,7 +258,7 @@ class InputPipeline:
       self._iterator.close()
       self._iterator = None
       if self._reader is not None:
-        self._reader.discard_files()
+        self._reader.release_all()
 
   def shutdown(self) -> None:
     """`close`, and stops the record reader processes (for good)."""
@@ -308,6 +308,16 @@ class InputPipeline:
     records = self._source.__getitems__(indices.tolist())
     return np.array(records, dtype=object)
 
+  def _release_files(self, batch: Batch, paths: tf.Tensor) -> Batch:
+    """The batch, once the record files it was read from are free for later reads."""
+    released = tf.numpy_function(self._release, [paths], tf.bool, stateful=True)
+    with tf.control_dependencies([released]):
+      return tf.nest.map_structure(tf.identity, batch)
+
+  def _release(self, paths: np.ndarray) -> bool:
+    self._reader.release(paths)
+    return True
+
   def _preprocess(self, index, valid, serialized) -> Batch:
     example = self._features.deserialize_example(serialized)
     if not self.token_ids:  # the plugins tokenise the text
@@ -340,30 +350,25 @@ class InputPipeline:
     def fetch(idx, valid):
       if self._reader is None:
         records = tf.numpy_function(self._fetch, [idx], tf.string, stateful=False)
-      else:  # a worker process wrote the records to a file: read and cut it in C++
-        path, lengths = tf.numpy_function(self._reader.read, [idx], [tf.string, tf.int64],
-                                          stateful=False)
-        blob = tf.io.read_file(path)
-        with tf.control_dependencies([blob]):
-          removed = tf.numpy_function(_remove, [path], tf.bool, stateful=True)
-        with tf.control_dependencies([removed]):
-          records = tf.strings.substr(blob, tf.cumsum(lengths, exclusive=True), lengths)
+      else:  # the paths of files a worker process wrote: read per example, in C++
+        records = tf.numpy_function(self._reader.read, [idx], tf.string, stateful=False)
       return idx, valid, tf.ensure_shape(records, [local_batch])
+
+    def preprocess(idx, valid, record):
+      if self._reader is None:
+        return self._preprocess(idx, valid, record)
+      return self._preprocess(idx, valid, tf.io.read_file(record)), record
 
     ds = ds.map(fetch, num_parallel_calls=self._num_parallel_calls, deterministic=True)
     ds = ds.unbatch()
-    ds = ds.map(self._preprocess, num_parallel_calls=self._num_parallel_calls,
-                deterministic=True)
+    ds = ds.map(preprocess, num_parallel_calls=self._num_parallel_calls, deterministic=True)
     ds = ds.batch(local_batch, drop_remainder=True)
+    if self._reader is not None:
+      ds = ds.map(self._release_files)
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_optimization.map_parallelization = True
     return ds.with_options(options).prefetch(self._prefetch)
-
-
-def _remove(path: bytes) -> bool:
-  os.remove(path)
-  return True
 
 
 def _conform(fields: Mapping[str, Any], spec: Mapping[str, Any], name: str) -> dict[str, tf.Tensor]:

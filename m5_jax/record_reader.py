@@ -7,12 +7,18 @@ out near 2,000 examples/s whatever its cores (benchmarks/results/input_pipeline.
 With `config.input.read_workers` = N > 0 the reads happen in N worker processes
 (`python -m m5_jax.record_reader`: numpy and array_record only, no TF or JAX):
 
-  * the main process sends a batch's example indices to an idle worker (a few
-    bytes on a pipe) and waits with the GIL released;
-  * the worker reads the records and writes them back to back to one file in a
-    RAM-backed folder (/dev/shm when it has room), and answers with their lengths;
-  * the tf.data graph reads that file with `tf.io.read_file`, cuts it into records
-    with `tf.strings.substr` (C++, no GIL) and deletes it (input_pipeline.py).
+  * the main process sends a batch's example indices, and a free file ("slot") for
+    each, to an idle worker (a few bytes on a pipe) and waits with the GIL released;
+  * the worker writes each record over its slot's file in a RAM-backed folder
+    (/dev/shm when it has room) and answers when all are written;
+  * the tf.data graph reads each file with `tf.io.read_file` (C++, no GIL) in the
+    per-example map, and frees the batch's slots once the batch is built
+    (input_pipeline.py).
+
+Why slots: one file per batch cut with `tf.strings.substr` costs a copy and a
+~75 MB buffer whose pages the kernel faults in each batch; a new file per record
+costs the kernel the allocation and freeing of its pages. Rewriting the same
+files avoids both (benchmarks/results/input_pipeline.md has the A/B).
 
 The records, and so the batches, are those of an in-process read (tests/
 test_record_reader.py). A worker that dies or fails is a one-line
@@ -20,7 +26,6 @@ RecordReaderError naming it and its last stderr line, never a hang.
 """
 from __future__ import annotations
 
-import itertools
 import os
 import pickle
 import queue
@@ -29,12 +34,14 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import weakref
 
 import numpy as np
 
 _HEADER = struct.Struct('<qq')   # request: (number of indices, path length); reply: (status, n)
 _OK, _ERROR = 0, 1
+_SUFFIX = '.record'
 _SPOOL_MIN_FREE = 2 << 30        # /dev/shm is used only with this much room (Docker's is 64 MB)
 
 
@@ -94,11 +101,10 @@ class _Worker:
       raise RecordReaderError(f'{self.name} exited with code {code}'
                               + (f': {lines[-1]}' if lines else '')) from None
 
-  def read(self, indices: np.ndarray, path: str) -> np.ndarray:
-    encoded = os.fsencode(path)
-    _, lengths = self._call(_HEADER.pack(len(indices), len(encoded)) + encoded
-                            + np.ascontiguousarray(indices, np.int64).tobytes(), 8)
-    return np.frombuffer(lengths, np.int64)
+  def read(self, indices: np.ndarray, paths: list[bytes]):
+    joined = b'\n'.join(paths)
+    self._call(_HEADER.pack(len(indices), len(joined)) + joined
+               + np.ascontiguousarray(indices, np.int64).tobytes())
 
   def stop(self):
     try:
@@ -118,10 +124,11 @@ def _stop(workers: list[_Worker], spool: str):
 
 
 class ProcessRecordReader:
-  """`read(indices) -> (path, lengths)`: the records at `indices` of a picklable
-  random-access source (array_record's ArrayRecordDataSource), written back to back to
-  the file at path by one of `num_workers` worker processes. The caller deletes the
-  file. Thread-safe: up to num_workers reads run at once, more wait for a worker."""
+  """`read(indices) -> paths`: the records at `indices` of a picklable random-access
+  source (array_record's ArrayRecordDataSource), each written to the file at its path
+  by one of `num_workers` worker processes. The caller hands the paths back with
+  `release` once it has read them; their files are then rewritten by later reads.
+  Thread-safe: up to num_workers reads run at once, more wait for a worker."""
 
   def __init__(self, source, num_workers: int, spool_dir: str | None = None):
     if num_workers < 1:
@@ -135,31 +142,82 @@ class ProcessRecordReader:
     self._idle: queue.Queue[_Worker] = queue.Queue()
     for worker in self._workers:
       self._idle.put(worker)
-    self._sequence = itertools.count()  # next() on it is atomic: no lock needed
+    # Record files are slots, rewritten in place: a new file per record would cost the
+    # kernel ~0.08 CPU-ms per 300 KB example to allocate and free its pages. There are
+    # as many slots as records in flight at the most (prefetch and parallel reads).
+    self._lock = threading.Lock()
+    self._generation, self._num_slots, self._free = 0, 0, []
 
   def __len__(self) -> int:
     return self.size
 
-  def read(self, indices: np.ndarray) -> tuple[bytes, np.ndarray]:
-    path = os.path.join(self._spool, f'{next(self._sequence)}.records')
+  def read(self, indices: np.ndarray) -> np.ndarray:
+    paths = self._take(len(indices))
     worker = self._idle.get()
     try:
-      return os.fsencode(path), worker.read(np.asarray(indices), path)
+      worker.read(np.asarray(indices), paths)
+    except BaseException:
+      self.release(paths)
+      raise
     finally:
       self._idle.put(worker)
+    return np.array(paths, dtype=object)
 
-  def discard_files(self):
-    """Deletes the batch files no one will read: those of batches in flight when the
-    caller's tf.data iterator was closed (a restore), which its graph never deleted."""
+  def release(self, paths):
+    """The files at `paths` (from `read`) were read: later reads may rewrite them."""
+    with self._lock:
+      prefix = self._prefix()
+      self._free.extend(p for p in paths if p.startswith(prefix))
+
+  def release_all(self):
+    """Frees every slot once the caller's tf.data iterator is closed (a restore):
+    nothing will read the files of the batches it had in flight. The slots start
+    afresh under new names, so a late `release` of an old path is ignored."""
+    with self._lock:
+      self._generation, self._num_slots, self._free = self._generation + 1, 0, []
+      prefix = self._prefix()
+    if not self._finalizer.alive:  # closed: the spool is gone
+      return
     for name in os.listdir(self._spool):
-      if name.endswith('.records'):
+      path = os.path.join(self._spool, name)
+      if name.endswith(_SUFFIX) and not os.fsencode(path).startswith(prefix):
         try:
-          os.remove(os.path.join(self._spool, name))
+          os.remove(path)
         except FileNotFoundError:
           pass
 
+  @property
+  def slots_in_use(self) -> int:
+    with self._lock:
+      return self._num_slots - len(self._free)
+
+  def _prefix(self) -> bytes:
+    return os.fsencode(os.path.join(self._spool, f'{self._generation}_'))
+
+  def _take(self, n: int) -> list[bytes]:
+    with self._lock:
+      reused = self._free[len(self._free) - n:] if n <= len(self._free) else self._free[:]
+      del self._free[len(self._free) - len(reused):]
+      prefix, first = self._prefix(), self._num_slots
+      self._num_slots += n - len(reused)
+    return reused + [b'%s%d%s' % (prefix, slot, _SUFFIX.encode())
+                     for slot in range(first, first + n - len(reused))]
+
   def close(self):
     self._finalizer()
+
+
+def _write_slot(path: bytes, data: bytes):
+  """Rewrites the file in place: its pages stay allocated, only a change in size
+  allocates or frees some."""
+  fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+  try:
+    view = memoryview(data)
+    while view:
+      view = view[os.pwrite(fd, view, len(data) - len(view)):]
+    os.ftruncate(fd, len(data))
+  finally:
+    os.close(fd)
 
 
 def _serve(requests, replies, spool: str):
@@ -183,19 +241,17 @@ def _serve(requests, replies, spool: str):
     except EOFError:  # the main process is done, or gone
       shutil.rmtree(spool, ignore_errors=True)
       return
-    n, path_length = _HEADER.unpack(header)
-    path = os.fsdecode(_read_exact(requests, path_length))
+    n, paths_length = _HEADER.unpack(header)
+    paths = _read_exact(requests, paths_length).split(b'\n')
     indices = np.frombuffer(_read_exact(requests, 8 * n), np.int64).tolist()
     try:
-      records = source.__getitems__(indices)
-      with open(path, 'wb') as f:
-        f.writelines(records)
-      lengths = np.array([len(r) for r in records], np.int64)
+      for path, record in zip(paths, source.__getitems__(indices)):
+        _write_slot(path, record)
     except Exception as e:  # pylint: disable=broad-except
       message = f'reading records {indices[:4]}...: {type(e).__name__}: {e}'.encode()
       reply(_ERROR, len(message), message)
       continue
-    reply(_OK, n, lengths.tobytes())
+    reply(_OK, n)
 
 
 if __name__ == '__main__':

@@ -220,14 +220,15 @@ def test_read_workers_give_the_batches_of_an_in_process_read(config):
   it = _pipeline(config, read_workers=2)
   _assert_batches_equal(_take(it, 5), in_process)
   it.close()  # batches in flight are dropped: their files go too
-  assert not [f for f in os.listdir(it._reader._spool) if f.endswith('.records')]
+  assert not os.listdir(it._reader._spool) and it._reader.slots_in_use == 0
   it.restore({'step': 2})
   _assert_batches_equal(_take(it, 3), in_process[2:5])
   workers, spool = [w.process for w in it._reader._workers], it._reader._spool
   it.shutdown()
   assert all(w.poll() is not None for w in workers) and not os.path.exists(spool)
-  _assert_batches_equal(list(_pipeline(config, 'cls_test', train=False, read_workers=1)),
-                        list(_pipeline(config, 'cls_test', train=False)))
+  evaluation = _pipeline(config, 'cls_test', train=False, read_workers=1)
+  _assert_batches_equal(list(evaluation), list(_pipeline(config, 'cls_test', train=False)))
+  assert evaluation._reader.slots_in_use == 0  # each batch freed its record files
 
 
 def test_a_dead_read_worker_is_a_one_line_error(config):

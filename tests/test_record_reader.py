@@ -26,21 +26,47 @@ def source(tmp_path_factory):
   return array_record_data_source.ArrayRecordDataSource([path])
 
 
-def _records(path: bytes, lengths: np.ndarray) -> list[bytes]:
-  with open(path, 'rb') as f:
-    blob = f.read()
-  ends = np.cumsum(lengths)
-  return [blob[end - n:end] for end, n in zip(ends, lengths)]
+def _records(paths: np.ndarray) -> list[bytes]:
+  records = []
+  for path in paths:
+    with open(path, 'rb') as f:
+      records.append(f.read())
+  return records
 
 
 def test_reads_the_records_of_the_source(source, tmp_path):
   reader = record_reader.ProcessRecordReader(source, 2, spool_dir=str(tmp_path))
   assert len(reader) == len(RECORDS)
   indices = np.array([3, 0, 9, 3, 1, 2])
-  path, lengths = reader.read(indices)
-  assert _records(path, lengths) == [RECORDS[i] for i in indices]
+  paths = reader.read(indices)
+  assert len(set(paths)) == len(indices)  # a file per record, repeats included
+  assert _records(paths) == [RECORDS[i] for i in indices]
   reader.close()
   assert not os.listdir(tmp_path)  # the spool folder is gone with the reader
+
+
+def test_released_files_are_rewritten_in_place_by_later_reads(source, tmp_path):
+  """Slots: a read rewrites released files (a longer record over a shorter one and back,
+  so the file is cut to size), never one still lent out."""
+  reader = record_reader.ProcessRecordReader(source, 1, spool_dir=str(tmp_path))
+  first = reader.read(np.array([9, 2]))         # 9000 bytes, then 5
+  held = reader.read(np.array([4]))
+  assert reader.slots_in_use == 3
+  reader.release(first)
+  second = reader.read(np.array([3, 8, 0]))     # reuses both freed files, adds one
+  assert set(first) < set(second) and held[0] not in second
+  assert _records(second) == [RECORDS[3], RECORDS[8], RECORDS[0]]
+  assert _records(held) == [RECORDS[4]]
+  reader.release(second)
+  third = reader.read(np.array([1, 9, 2]))
+  assert _records(third) == [RECORDS[1], RECORDS[9], RECORDS[2]]
+  # A restore: every slot is free and the old files are gone; old paths are ignored.
+  reader.release_all()
+  assert reader.slots_in_use == 0 and not os.listdir(reader._spool)
+  reader.release(held)
+  assert reader.slots_in_use == 0
+  assert _records(reader.read(np.array([5]))) == [RECORDS[5]]
+  reader.close()
 
 
 def test_a_failed_read_is_a_one_line_error_and_the_worker_reads_on(source, tmp_path):
@@ -48,8 +74,8 @@ def test_a_failed_read_is_a_one_line_error_and_the_worker_reads_on(source, tmp_p
   with pytest.raises(record_reader.RecordReaderError,
                      match=r'^record reader worker 0 \(pid \d+\): reading records \[99\]'):
     reader.read(np.array([99]))
-  path, lengths = reader.read(np.array([4]))
-  assert _records(path, lengths) == [RECORDS[4]]
+  assert reader.slots_in_use == 0  # the failed read's files were handed back
+  assert _records(reader.read(np.array([4]))) == [RECORDS[4]]
   reader.close()
 
 
@@ -61,7 +87,7 @@ def test_workers_clear_the_spool_when_the_main_process_is_killed(source, tmp_pat
       from m5_jax import record_reader
       source = pickle.loads({__import__('pickle').dumps(source)!r})
       reader = record_reader.ProcessRecordReader(source, 2, spool_dir={str(tmp_path)!r})
-      reader.read(np.array([5, 6]))   # its file stays: the caller deletes it
+      reader.read(np.array([5, 6]))   # its files stay: the caller deletes them
       print(reader._spool, flush=True)
       os.kill(os.getpid(), 9)
   """)
