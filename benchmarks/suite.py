@@ -24,6 +24,11 @@ memory, VmHWM, is its own; the load average is recorded at its start and end):
               torch's (benchmarks/peer_torch.py)
   gpu         bf16 MFU of base and large against a bf16 matmul peak, only when JAX
               sees a GPU (the issue's H100 target); otherwise recorded as not run
+  gpu_levers  base's bf16 MFU at batch 256 on a GPU with each speed lever (cuDNN
+              attention, unsafe_rbg dropout keys, tanh GELU, heads at masked rows,
+              remat for batch 512, cuBLAS instead of Triton GEMMs): one arm per
+              --gpu_arms name, each compiled in its own process (~2 min at base),
+              so pick arms that fit one device call; not run without a GPU
 
 Mini data for `input` and `conversion` is generated once into --work (reused).
 """
@@ -39,7 +44,7 @@ import time
 from benchmarks import machine
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARTS = ('train', 'input', 'retrieval', 'conversion', 'peer', 'gpu')
+PARTS = ('train', 'input', 'retrieval', 'conversion', 'peer', 'gpu', 'gpu_levers')
 
 
 
@@ -86,13 +91,16 @@ MODES = {
 }
 
 
-def run_json(module: str, args: list[str], timeout: float | None = None) -> list[dict]:
-  """`python -m module args`; the JSON objects it printed (one per line), each with the
-  process's peak RSS from wait4 (MiB) unless the child reported its own."""
+def run_json(module: str, args: list[str], timeout: float | None = None,
+             env: dict[str, str] | None = None) -> list[dict]:
+  """`python -m module args` (with `env` added to the environment); the JSON objects it
+  printed (one per line), each with the process's peak RSS from wait4 (MiB) unless the
+  child reported its own."""
   cmd = [sys.executable, '-m', module, *args]
-  print(f'$ {" ".join(cmd[1:])}', file=sys.stderr, flush=True)
+  print(f'$ {" ".join(f"{k}={v!r}" for k, v in (env or {}).items())} {" ".join(cmd[1:])}',
+        file=sys.stderr, flush=True)
   proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **(env or {})))
   deadline = None if timeout is None else time.time() + timeout
   out = []
   for line in proc.stdout:  # the child's stderr (progress) goes straight through
@@ -121,11 +129,24 @@ def ensure_mini(work: str, products: int) -> str:
 
 
 def run_train(spec, rows: list[dict] | None = None, save=lambda: None) -> list[dict]:
-  """Appends one row per run to `rows`, calling save() after each (hours at base)."""
+  """Appends one row per run to `rows`, calling save() after each (hours at base).
+
+  A run is train_step's flags; `set` may be a list (one --set each), `xla_flags` goes
+  to XLA_FLAGS and `arm` names the row."""
   rows = [] if rows is None else rows
   for run in spec:
-    rows += run_json('benchmarks.train_step', [f'--{k}={v}' for k, v in run.items()
-                                               if v is not None] + ['--json'])
+    run = dict(run)
+    arm, xla_flags = run.pop('arm', None), run.pop('xla_flags', '')
+    args = []
+    for key, value in run.items():
+      for v in (value if isinstance(value, list) else [value]):
+        if v is not None:
+          args.append(f'--{key}={v}')
+    env = {'XLA_FLAGS': f"{os.environ.get('XLA_FLAGS', '')} {xla_flags}".strip()} if xla_flags else None
+    new = run_json('benchmarks.train_step', args + ['--json'], env=env)
+    for row in new:
+      row.update({'arm': arm} if arm else {}, **({'xla_flags': xla_flags} if xla_flags else {}))
+    rows += new
     save()
   return rows
 
@@ -168,7 +189,10 @@ def merge(paths: list[str]) -> dict:
     gpu = r.get('gpu') or {'why': 'not selected'}
     if gpu.get('run') or 'not selected' not in gpu.get('why', ''):
       merged['gpu'] = gpu
-    for part in PARTS[:-1]:
+    if r.get('gpu_levers', {}).get('run'):
+      merged.setdefault('gpu_levers', {'run': True, 'train': []})
+      merged['gpu_levers']['train'] += r['gpu_levers']['train']
+    for part in PARTS[:-2]:  # the list-valued parts
       merged.setdefault(part, []).extend(r.get(part, []))
   add_headroom(merged['input'], merged['train'])
   return merged
@@ -224,16 +248,49 @@ GPU_RUNS = [dict(size='base', form='features', batch_size=256, steps=10, dtype='
 def run_gpu(results: dict, save=lambda: None) -> None:
   """bf16 train-step MFU on a GPU into results['gpu'] (saved after each run);
   {'run': False, 'why'} when JAX sees no GPU."""
-  probe = subprocess.run([sys.executable, '-c', 'import jax; print(jax.devices()[0].platform)'],
-                         cwd=REPO, capture_output=True, text=True, check=False,
-                         env=dict(os.environ, JAX_PLATFORMS=''))
-  platform_name = probe.stdout.strip().splitlines()[-1] if probe.stdout.strip() else 'none'
+  platform_name = gpu_platform()
   if platform_name != 'gpu':
     results['gpu'] = {'run': False, 'why': f'no GPU visible to JAX here (default platform: '
                       f'{platform_name}); the bf16 H100 MFU of base and large was not measured'}
     return
   results['gpu'] = {'run': True, 'train': []}
   run_train(GPU_RUNS, results['gpu']['train'], save)
+
+
+# Issue 19 item 6: levers for base's bf16 MFU on one GPU. cuDNN attention is
+# jax.nn.dot_product_attention (model.attention=dot_product; base has no attention
+# dropout, which it lacks); each arm compiles in its own process.
+GPU_LEVERS = ['model.attention=dot_product', 'model.dropout_rng=unsafe_rbg',
+              'model.activation=gelu_tanh', 'model.heads_at=masked']
+_GPU_BASE = dict(size='base', form='features', batch_size=256, steps=10, dtype='bfloat16',
+                 matmul_n=8192)
+GPU_LEVER_ARMS = {
+    'plain': dict(_GPU_BASE, set=['model.scan_layers=true']),
+    'cudnn_attention': dict(_GPU_BASE, set=['model.scan_layers=true', GPU_LEVERS[0]]),
+    'levers': dict(_GPU_BASE, set=['model.scan_layers=true', *GPU_LEVERS]),
+    'levers_remat_b512': dict(_GPU_BASE, batch_size=512,
+                              set=['model.scan_layers=true', 'model.remat=true', *GPU_LEVERS]),
+    'levers_cublas': dict(_GPU_BASE, set=['model.scan_layers=true', *GPU_LEVERS],
+                          xla_flags='--xla_gpu_enable_triton_gemm=false'),
+}
+
+
+def gpu_platform() -> str:
+  probe = subprocess.run([sys.executable, '-c', 'import jax; print(jax.devices()[0].platform)'],
+                         cwd=REPO, capture_output=True, text=True, check=False,
+                         env=dict(os.environ, JAX_PLATFORMS=''))
+  return probe.stdout.strip().splitlines()[-1] if probe.stdout.strip() else 'none'
+
+
+def run_gpu_levers(arms: list[str], results: dict, save=lambda: None) -> None:
+  """The chosen GPU_LEVER_ARMS into results['gpu_levers'] (saved after each arm)."""
+  platform_name = gpu_platform()
+  if platform_name != 'gpu':
+    results['gpu_levers'] = {'run': False, 'why': f'no GPU visible to JAX here (default '
+                             f'platform: {platform_name})'}
+    return
+  results['gpu_levers'] = {'run': True, 'train': []}
+  run_train([dict(GPU_LEVER_ARMS[a], arm=a) for a in arms], results['gpu_levers']['train'], save)
 
 
 def table(results: dict) -> str:
@@ -247,8 +304,10 @@ def table(results: dict) -> str:
     load = f"{row.get('load_avg_start', '?')}-{row.get('load_avg_end', '?')}"
     lines.append(f'{part:11s} | {what:38s} | {result:47s} | {load}')
 
-  for r in results.get('train', []) + results['gpu'].get('train', []):
-    add('train', f"{r['size']}/{r['form']} {r.get('dtype', 'float32')} batch {r['batch_size']}",
+  for r in (results.get('train', []) + results['gpu'].get('train', [])
+            + results.get('gpu_levers', {}).get('train', [])):
+    add('train', f"{r['size']}/{r['form']} {r.get('dtype', 'float32')} batch {r['batch_size']}"
+        + (f" {r['arm']}" if r.get('arm') else ''),
         f"{r['examples_per_s']:.2f} ex/s, MFU {100 * r['mfu']:.0f}% wall, "
         + (f"{100 * r['mfu_datasheet']:.0f}% of datasheet, " if r.get('mfu_datasheet')
            else '')
@@ -288,6 +347,8 @@ def main(argv=None) -> int:
   parser.add_argument('--work', default='/tmp/m5_benchmarks', help='mini data, TFDS builds')
   parser.add_argument('--train', default='', help='only these train runs, e.g. '
                       'base/features,tiny/raw (in the mode\'s order)')
+  parser.add_argument('--gpu_arms', default='plain,levers',
+                      help=f'gpu_levers arms, from {",".join(GPU_LEVER_ARMS)}')
   parser.add_argument('--retrieval_queries', type=int, default=0,
                       help='override the mode\'s number of retrieval queries')
   parser.add_argument('--merge', nargs='+', metavar='JSON',
@@ -340,6 +401,12 @@ def main(argv=None) -> int:
     save()
   if 'gpu' in parts:
     run_gpu(results, save)
+  if 'gpu_levers' in parts:
+    arms = [a for a in args.gpu_arms.split(',') if a]
+    unknown_arms = set(arms) - set(GPU_LEVER_ARMS)
+    if unknown_arms:
+      parser.error(f'unknown --gpu_arms {sorted(unknown_arms)}; choose from {",".join(GPU_LEVER_ARMS)}')
+    run_gpu_levers(arms, results, save)
   save()
   print(table(results))
   print(f'wrote {args.out} ({results["wall_s"]:.0f} s)')

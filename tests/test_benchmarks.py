@@ -151,3 +151,33 @@ def test_op_profile_classifies_compiled_hlo_and_sums_thunk_events():
   assert op_profile.classify({'xor', 'shift-right-logical', 'add'}) == 'rng'
   assert op_profile.classify({'transpose', 'parameter'}) == 'layout'
   assert op_profile.classify({'add', 'multiply'}) == 'elementwise'
+
+
+def test_gpu_lever_arms_build_and_reach_train_step_and_are_skipped_without_a_gpu(
+    tmp_path, monkeypatch):
+  """Each GPU arm's config set is valid and builds the model (tiny, shapes only); the
+  suite hands train_step one --set per lever and the arm's XLA flag in XLA_FLAGS; without
+  a GPU the part is recorded as not run."""
+  from benchmarks import train_step  # pylint: disable=g-import-not-at-top
+  for name, arm in suite.GPU_LEVER_ARMS.items():
+    overrides = dict(item.split('=', 1) for item in arm['set'])
+    overrides = {k: {'true': True}.get(v, v) for k, v in overrides.items()}
+    config = train_step.make_config('tiny', 'features', 8, 'itpva', overrides)
+    assert train_step.sequence_lengths(config)['image'] > 0, name
+  calls = []
+  monkeypatch.setattr(suite, 'run_json', lambda module, args, env=None: calls.append(
+      (module, args, env)) or [{'loss': 1.0}])
+  row, = suite.run_train([dict(suite.GPU_LEVER_ARMS['levers_cublas'], arm='levers_cublas')])
+  (module, args, env), = calls
+  assert module == 'benchmarks.train_step' and '--batch_size=256' in args
+  assert [a for a in args if a.startswith('--set=')] == [
+      '--set=model.scan_layers=true'] + [f'--set={lever}' for lever in suite.GPU_LEVERS]
+  assert env['XLA_FLAGS'].endswith('--xla_gpu_enable_triton_gemm=false')
+  assert row == {'loss': 1.0, 'arm': 'levers_cublas',
+                 'xla_flags': '--xla_gpu_enable_triton_gemm=false'}
+  monkeypatch.undo()
+  out = tmp_path / 'suite.json'
+  assert suite.main(['--mode', 'smoke', '--parts', 'gpu_levers', '--gpu_arms', 'plain,levers',
+                     '--out', str(out)]) == 0
+  levers = json.loads(out.read_text())['gpu_levers']
+  assert levers['run'] is False and 'no GPU visible' in levers['why']
