@@ -80,7 +80,7 @@ def get_config(method_name: str | None, arg: str | None, **extra_args) -> ml_col
   # Speed options (each measured A/B against the PyTorch peer: benchmarks/RESULTS.md).
   config.model.activation = 'gelu'      # gelu (exact erf, BERT's) | gelu_tanh
   config.model.attention = 'einsum'     # einsum | dot_product (jax.nn.dot_product_attention)
-  config.model.dropout_rng = 'threefry'  # threefry | rbg | unsafe_rbg (objectives.py)
+  config.model.dropout_rng = 'threefry'  # threefry | rbg | unsafe_rbg | hash (objectives.py)
   config.model.dropout_bits = 32        # 32 (flax's nn.Dropout) | 16: 3x less PRNG work (m5_jax/dropout.py)
   config.model.heads_at = 'all'         # all | masked: MLM/feature heads at masked rows only
   for m in config.modality.values():

@@ -276,7 +276,7 @@ INIT_FORMATS = ('m5_jax', 'hf_bert', 'hf_vit', 'big_vision_vit', 'hf_clip')
 # these against m5_jax/models/layers.py and m5_jax/objectives.py).
 ACTIVATIONS = ('gelu', 'gelu_tanh', 'quick_gelu')
 ATTENTION = ('einsum', 'dot_product')
-DROPOUT_RNGS = ('threefry', 'rbg', 'unsafe_rbg')
+DROPOUT_RNGS = ('threefry', 'rbg', 'unsafe_rbg', 'hash')
 DROPOUT_BITS = (32, 16)                              # m5_jax/dropout.py
 HEADS_AT = ('all', 'masked')
 

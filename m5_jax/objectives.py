@@ -45,6 +45,7 @@ import zlib
 import jax
 import jax.numpy as jnp
 
+from m5_jax import dropout as dropout_lib
 from m5_jax import modalities
 
 EPS = 1e-6
@@ -91,8 +92,10 @@ def uses_clean_view(config) -> bool:
 # counter-based and the same on every backend; rbg / unsafe_rbg draw from XLA's
 # RngBitGenerator, far cheaper per bit on CPU and GPU (benchmarks/RESULTS.md) but
 # their streams may differ between backends and XLA versions (unsafe_rbg also
-# between shardings): exact replays across machines need threefry.
-DROPOUT_RNGS = ('threefry', 'rbg', 'unsafe_rbg')
+# between shardings): exact replays across machines need threefry. hash
+# (m5_jax/dropout.py) hashes each element's position under a threefry-derived key:
+# the same on every backend and sharding, and the cheapest on XLA:CPU.
+DROPOUT_RNGS = ('threefry', 'rbg', 'unsafe_rbg', 'hash')
 
 
 def dropout_key(rng, config):
@@ -102,6 +105,9 @@ def dropout_key(rng, config):
     raise ValueError(f'unknown model.dropout_rng {impl!r}; expected one of {DROPOUT_RNGS}')
   if impl == 'threefry':
     return rng
+  if impl == 'hash':
+    return jax.random.wrap_key_data(jax.random.bits(rng, (2,), jnp.uint32),
+                                    impl=dropout_lib.HASH_PRNG)
   return jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl=impl)
 
 

@@ -3,7 +3,8 @@
 model.activation=gelu_tanh stays within its documented distance of the exact GELU;
 model.attention=dot_product equals the einsum attention (zeros for rows with no
 key); model.heads_at=masked gives the same loss as heads at every position;
-model.dropout_rng=rbg draws real dropout masks; model.dropout_bits=16 drops the
+model.dropout_rng=rbg draws real dropout masks, and =hash draws the words of a
+reference implementation, uniform and the same under any sharding; model.dropout_bits=16 drops the
 promised share, unbiased, and 32 is flax's own dropout, stream for stream.
 """
 from __future__ import annotations
@@ -100,6 +101,51 @@ def test_rbg_dropout_key():
   config.model.dropout_rng = 'philox'
   with pytest.raises(ValueError, match='dropout_rng'):
     objectives.dropout_key(jax.random.key(0), config)
+
+
+def _lowbias32_reference(x: int) -> int:
+  """Chris Wellons' lowbias32 in plain Python integers."""
+  x ^= x >> 16
+  x = (x * 0x7FEB352D) & 0xFFFFFFFF
+  x ^= x >> 15
+  x = (x * 0x846CA68B) & 0xFFFFFFFF
+  return x ^ (x >> 16)
+
+
+def test_hash_dropout_key_draws_the_reference_words_uniform_and_shard_invariant():
+  key = jax.random.wrap_key_data(jnp.array([0x12345678, 0x9ABCDEF0], jnp.uint32),
+                                 impl=dropout_lib.HASH_PRNG)
+  # Known answers: word i is mix(mix(i ^ k0) + k1), from a plain-Python reference.
+  want = [_lowbias32_reference((_lowbias32_reference(i ^ 0x12345678) + 0x9ABCDEF0) & 0xFFFFFFFF)
+          for i in range(1000)]
+  np.testing.assert_array_equal(np.asarray(jax.random.bits(key, (1000,), jnp.uint32)),
+                                np.array(want, np.uint32))
+  assert _lowbias32_reference(1) != 1 and _lowbias32_reference(0) == 0
+  # A draw never repeats a word (a bijection of positions); its bits are fair.
+  words = np.asarray(jax.random.bits(key, (1 << 20,), jnp.uint32))
+  assert len(np.unique(words)) == words.size
+  bit_means = np.unpackbits(words.view(np.uint8)).reshape(-1, 32).mean(0)
+  assert np.all(np.abs(bit_means - 0.5) < 6 * 0.5 / np.sqrt(words.size))  # every bit, 6 sigma
+  # Keys folded per layer give unrelated masks: agreement p^2 + (1-p)^2 = 0.82 at p = 0.9.
+  first = np.asarray(jax.random.bernoulli(jax.random.fold_in(key, 0), 0.9, (200_000,)))
+  second = np.asarray(jax.random.bernoulli(jax.random.fold_in(key, 1), 0.9, (200_000,)))
+  assert abs(first.mean() - 0.9) < 0.004 and abs(second.mean() - 0.9) < 0.004
+  assert abs(np.mean(first == second) - 0.82) < 0.005
+  # The words follow the global position: a draw split over 8 devices is the same draw.
+  mesh = jax.make_mesh((len(jax.devices()),), ('x',),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  sharded = jax.jit(lambda k: jax.random.bits(k, (64, 1000), jnp.uint32),
+                    out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('x')))
+  np.testing.assert_array_equal(np.asarray(sharded(key)),
+                                np.asarray(jax.random.bits(key, (64, 1000), jnp.uint32)))
+  # Through the config, as the train step makes it.
+  config = model_testlib.tiny_config('m5_mmt')
+  config.model.dropout_rng = 'hash'
+  step_key = objectives.dropout_key(jax.random.key(0), config)
+  assert jax.random.key_impl(step_key) == dropout_lib.HASH_PRNG
+  x = jnp.ones((4, 50, 1001), jnp.float32)
+  dropped = _TwoDropouts(0.1, 16).apply({}, x, rngs={'dropout': step_key})[0]
+  assert abs(float(np.mean(np.asarray(dropped) != 0)) - 0.9) < 0.003
 
 
 class _TwoDropouts(nn.Module):
