@@ -219,7 +219,9 @@ def run_conversion(spec, work: str) -> list[dict]:
 # heads) with 16-bit dropout; and the tanh GELU on top (configs/common.py). rbg keys
 # and dot_product attention are left out: slower on XLA:CPU (RESULTS.md section 7).
 PEER_JAX_ARMS = ('default=', 'masked16=model.heads_at=masked,model.dropout_bits=16',
-                 'best=model.heads_at=masked,model.dropout_bits=16,model.activation=gelu_tanh')
+                 'best=model.heads_at=masked,model.dropout_bits=16,model.activation=gelu_tanh',
+                 'hash=model.heads_at=masked,model.dropout_bits=16,model.activation=gelu_tanh,'
+                 'model.dropout_rng=hash')
 
 
 def run_peer(spec) -> list[dict]:

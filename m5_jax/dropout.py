@@ -1,4 +1,5 @@
-"""Dropout, with a cheaper random source than flax's as an option (model.dropout_bits).
+"""Dropout, with cheaper random sources than flax's as options: model.dropout_bits
+(below) and model.dropout_rng='hash' (the PRNG further down; the two combine).
 
 32 bits is flax's nn.Dropout: one float32 uniform per element. 16 bits takes two
 keep decisions from each 32-bit random word, so the PRNG (threefry) draws half the
