@@ -25,7 +25,7 @@ memory, VmHWM, is its own; the load average is recorded at its start and end):
   gpu         bf16 MFU of base and large against a bf16 matmul peak, only when JAX
               sees a GPU (the issue's H100 target); otherwise recorded as not run
   gpu_levers  base's bf16 MFU at batch 256 on a GPU with each speed lever (cuDNN
-              attention, unsafe_rbg dropout keys, tanh GELU, heads at masked rows,
+              attention, unsafe_rbg or hash dropout bits, tanh GELU, heads at masked rows,
               remat for batch 512, cuBLAS instead of Triton GEMMs): one arm per
               --gpu_arms name, each compiled in its own process (~2 min at base),
               so pick arms that fit one device call; not run without a GPU
@@ -248,20 +248,27 @@ GPU_RUNS = [dict(size='base', form='features', batch_size=256, steps=10, dtype='
 
 
 def run_gpu(results: dict, save=lambda: None) -> None:
-  """bf16 train-step MFU on a GPU into results['gpu'] (saved after each run);
-  {'run': False, 'why'} when JAX sees no GPU."""
-  platform_name = gpu_platform()
+  """bf16 train-step MFU on a GPU into results['gpu'] (saved after each run)."""
+  _run_on_gpu('gpu', GPU_RUNS, results, save)
+
+
+def _run_on_gpu(part: str, runs: list[dict], results: dict, save) -> None:
+  """run_train(runs) into results[part]; {'run': False, 'why'} when JAX sees no GPU."""
+  probe = subprocess.run([sys.executable, '-c', 'import jax; print(jax.devices()[0].platform)'],
+                         cwd=REPO, capture_output=True, text=True, check=False,
+                         env=dict(os.environ, JAX_PLATFORMS=''))
+  platform_name = probe.stdout.strip().splitlines()[-1] if probe.stdout.strip() else 'none'
   if platform_name != 'gpu':
-    results['gpu'] = {'run': False, 'why': f'no GPU visible to JAX here (default platform: '
-                      f'{platform_name}); the bf16 H100 MFU of base and large was not measured'}
+    results[part] = {'run': False, 'why': f'no GPU visible to JAX here (default platform: '
+                     f'{platform_name}); part {part} was not measured'}
     return
-  results['gpu'] = {'run': True, 'train': []}
-  run_train(GPU_RUNS, results['gpu']['train'], save)
+  results[part] = {'run': True, 'train': []}
+  run_train(runs, results[part]['train'], save)
 
 
 # Issue 19 item 6: levers for base's bf16 MFU on one GPU. cuDNN attention is
-# jax.nn.dot_product_attention (model.attention=dot_product; base has no attention
-# dropout, which it lacks); each arm compiles in its own process.
+# jax.nn.dot_product_attention (model.attention=dot_product: no attention dropout,
+# and base uses none); each arm compiles in its own process.
 GPU_LEVERS = ['model.attention=dot_product', 'model.dropout_rng=unsafe_rbg',
               'model.activation=gelu_tanh', 'model.heads_at=masked']
 _GPU_BASE = dict(size='base', form='features', batch_size=256, steps=10, dtype='bfloat16',
@@ -270,6 +277,8 @@ GPU_LEVER_ARMS = {
     'plain': dict(_GPU_BASE, set=['model.scan_layers=true']),
     'cudnn_attention': dict(_GPU_BASE, set=['model.scan_layers=true', GPU_LEVERS[0]]),
     'levers': dict(_GPU_BASE, set=['model.scan_layers=true', *GPU_LEVERS]),
+    'levers_hash': dict(_GPU_BASE, set=['model.scan_layers=true', 'model.dropout_rng=hash',
+                                        *(v for v in GPU_LEVERS if 'dropout_rng' not in v)]),
     'levers_remat_b512': dict(_GPU_BASE, batch_size=512,
                               set=['model.scan_layers=true', 'model.remat=true', *GPU_LEVERS]),
     'levers_cublas': dict(_GPU_BASE, set=['model.scan_layers=true', *GPU_LEVERS],
@@ -277,22 +286,9 @@ GPU_LEVER_ARMS = {
 }
 
 
-def gpu_platform() -> str:
-  probe = subprocess.run([sys.executable, '-c', 'import jax; print(jax.devices()[0].platform)'],
-                         cwd=REPO, capture_output=True, text=True, check=False,
-                         env=dict(os.environ, JAX_PLATFORMS=''))
-  return probe.stdout.strip().splitlines()[-1] if probe.stdout.strip() else 'none'
-
-
 def run_gpu_levers(arms: list[str], results: dict, save=lambda: None) -> None:
   """The chosen GPU_LEVER_ARMS into results['gpu_levers'] (saved after each arm)."""
-  platform_name = gpu_platform()
-  if platform_name != 'gpu':
-    results['gpu_levers'] = {'run': False, 'why': f'no GPU visible to JAX here (default '
-                             f'platform: {platform_name})'}
-    return
-  results['gpu_levers'] = {'run': True, 'train': []}
-  run_train([dict(GPU_LEVER_ARMS[a], arm=a) for a in arms], results['gpu_levers']['train'], save)
+  _run_on_gpu('gpu_levers', [dict(GPU_LEVER_ARMS[a], arm=a) for a in arms], results, save)
 
 
 def table(results: dict) -> str:
