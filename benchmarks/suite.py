@@ -45,6 +45,7 @@ from benchmarks import machine
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARTS = ('train', 'input', 'retrieval', 'conversion', 'peer', 'gpu', 'gpu_levers')
+GPU_PARTS = ('gpu', 'gpu_levers')    # dicts {'run', 'train' or 'why'}, not lists of rows
 
 
 
@@ -145,7 +146,10 @@ def run_train(spec, rows: list[dict] | None = None, save=lambda: None) -> list[d
     env = {'XLA_FLAGS': f"{os.environ.get('XLA_FLAGS', '')} {xla_flags}".strip()} if xla_flags else None
     new = run_json('benchmarks.train_step', args + ['--json'], env=env)
     for row in new:
-      row.update({'arm': arm} if arm else {}, **({'xla_flags': xla_flags} if xla_flags else {}))
+      if arm:
+        row['arm'] = arm
+      if xla_flags:
+        row['xla_flags'] = xla_flags
     rows += new
     save()
   return rows
@@ -192,8 +196,9 @@ def merge(paths: list[str]) -> dict:
     if r.get('gpu_levers', {}).get('run'):
       merged.setdefault('gpu_levers', {'run': True, 'train': []})
       merged['gpu_levers']['train'] += r['gpu_levers']['train']
-    for part in PARTS[:-2]:  # the list-valued parts
-      merged.setdefault(part, []).extend(r.get(part, []))
+    for part in PARTS:
+      if part not in GPU_PARTS:  # the list-valued parts
+        merged.setdefault(part, []).extend(r.get(part, []))
   add_headroom(merged['input'], merged['train'])
   return merged
 
@@ -216,8 +221,9 @@ def run_conversion(spec, work: str) -> list[dict]:
 
 # m5_jax's arms in the peer A/B: its defaults; heads at the masked rows only (what the
 # torch peer runs, as the official UNITER-style code gathers masked tokens before its
-# heads) with 16-bit dropout; and the tanh GELU on top (configs/common.py). rbg keys
-# and dot_product attention are left out: slower on XLA:CPU (RESULTS.md section 7).
+# heads) with 16-bit dropout; the tanh GELU on top (configs/common.py); and hash
+# dropout bits on top of that. rbg keys and dot_product attention are left out: slower
+# on XLA:CPU (RESULTS.md section 7).
 PEER_JAX_ARMS = ('default=', 'masked16=model.heads_at=masked,model.dropout_bits=16',
                  'best=model.heads_at=masked,model.dropout_bits=16,model.activation=gelu_tanh',
                  'hash=model.heads_at=masked,model.dropout_bits=16,model.activation=gelu_tanh,'

@@ -39,7 +39,7 @@ import weakref
 
 import numpy as np
 
-_HEADER = struct.Struct('<qq')   # request: (number of indices, path length); reply: (status, n)
+_HEADER = struct.Struct('<qq')   # request: (number of indices, bytes of slot paths); reply: (status, n)
 _OK, _ERROR = 0, 1
 _SUFFIX = '.record'
 _SPOOL_MIN_FREE = 2 << 30        # /dev/shm is used only with this much room (Docker's is 64 MB)
@@ -82,10 +82,10 @@ class _Worker:
         [sys.executable, '-m', 'm5_jax.record_reader', spool], stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=self.stderr, env=env, bufsize=0)
     self.name = f'record reader worker {index} (pid {self.process.pid})'
-    self.size = self._call(_HEADER.pack(len(payload), 0) + payload)[0]
+    self.size = self._call(_HEADER.pack(len(payload), 0) + payload)
 
-  def _call(self, request: bytes, reply_bytes_per_item: int = 0) -> tuple[int, bytes]:
-    """Sends a request; (n, the n * reply_bytes_per_item bytes that follow the header)."""
+  def _call(self, request: bytes) -> int:
+    """Sends a request; the n of the worker's reply."""
     try:
       self.process.stdin.write(request)
       self.process.stdin.flush()
@@ -93,7 +93,7 @@ class _Worker:
       if status == _ERROR:
         raise RecordReaderError(
             f'{self.name}: {_read_exact(self.process.stdout, n).decode(errors="replace")}')
-      return n, _read_exact(self.process.stdout, n * reply_bytes_per_item)
+      return n
     except (BrokenPipeError, EOFError):
       code = self.process.wait(timeout=10)
       self.stderr.seek(0)

@@ -49,7 +49,7 @@ def test_released_files_are_rewritten_in_place_by_later_reads(source, tmp_path):
   """Slots: a read rewrites released files (a longer record over a shorter one and back,
   so the file is cut to size), never one still lent out."""
   reader = record_reader.ProcessRecordReader(source, 1, spool_dir=str(tmp_path))
-  first = reader.read(np.array([9, 2]))         # 9000 bytes, then 5
+  first = reader.read(np.array([9, 2]))         # 7000 bytes, then 5
   held = reader.read(np.array([4]))
   assert reader.slots_in_use == 3
   reader.release(first)
@@ -87,7 +87,7 @@ def test_workers_clear_the_spool_when_the_main_process_is_killed(source, tmp_pat
       from m5_jax import record_reader
       source = pickle.loads({__import__('pickle').dumps(source)!r})
       reader = record_reader.ProcessRecordReader(source, 2, spool_dir={str(tmp_path)!r})
-      reader.read(np.array([5, 6]))   # its files stay: the caller deletes them
+      reader.read(np.array([5, 6]))   # its files stay until released
       print(reader._spool, flush=True)
       os.kill(os.getpid(), 9)
   """)
