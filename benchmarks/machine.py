@@ -18,6 +18,7 @@ import datetime
 import os
 import platform
 import resource
+import subprocess
 import time
 
 
@@ -65,7 +66,32 @@ def describe() -> dict:
       'memory_gib': round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30, 1),
       'python': platform.python_version(),
       'load_avg_1m': load_average(),
+      'malloc': malloc(),
   }
+
+
+def malloc() -> str:
+  """The allocator this process runs on: 'tcmalloc' when it is preloaded (launch/common.sh
+  does that), else 'glibc'. It moves the CPU train step by ~1.1x (RESULTS.md section 7)."""
+  try:
+    with open('/proc/self/maps', encoding='utf-8') as f:
+      return 'tcmalloc' if 'libtcmalloc' in f.read() else 'glibc'
+  except OSError:
+    return 'unknown'
+
+
+def tcmalloc_env() -> dict:
+  """The environment launch/common.sh gives the train binary for tcmalloc (LD_PRELOAD and
+  its report threshold), for benchmarks that start processes; {} where none is found."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  shown = subprocess.run(
+      ['bash', '-c', 'source launch/common.sh 2>/dev/null && echo "$LD_PRELOAD" && '
+       'echo "$TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"'],
+      cwd=repo, env={k: v for k, v in os.environ.items() if k != 'LD_PRELOAD'},
+      capture_output=True, text=True, check=True).stdout.splitlines()
+  if not shown or 'tcmalloc' not in shown[0]:
+    return {}
+  return {'LD_PRELOAD': shown[0], 'TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD': shown[1]}
 
 
 def peak_rss_mib() -> float:
@@ -186,7 +212,6 @@ def matmul_rates(shapes=MATMUL_SHAPES, dtypes=('float32',), libraries=('xla', 'n
   small machine and slow one another by 10-100x. A library that is not installed
   gives no rows."""
   import json  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   rows = []
   for library in libraries:

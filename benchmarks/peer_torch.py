@@ -169,9 +169,9 @@ def worker_main(kind, size, batch_size, overrides) -> int:
 
 # -------------------------------------------------------------------- controller
 class Arm:
-  def __init__(self, name, kind, size, batch_size, overrides):
+  def __init__(self, name, kind, size, batch_size, overrides, malloc_env=None):
     self.name, self.kind, self.overrides = name, kind, overrides
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **(malloc_env or {}))
     if kind != 'jax':
       env['OMP_WAIT_POLICY'] = 'PASSIVE'
     cmd = [sys.executable, '-m', 'benchmarks.peer_torch', '--worker', kind, '--size', size,
@@ -217,11 +217,18 @@ def check_match(jax_info, torch_info) -> dict:
 
 
 def run(size, batch_size, rounds, steps, jax_arms: dict, torch_arms=TORCH_ARMS,
-        peer_of: str | None = None, peer_set: dict | None = None) -> dict:
+        peer_of: str | None = None, peer_set: dict | None = None,
+        malloc: str = 'glibc') -> dict:
   """The A/B. The torch arms take the config overrides of jax arm `peer_of` (default
   the first): the same heads, so the same model and objective; `peer_set` changes
-  what does not move FLOPs (e.g. the peer keeps the exact GELU: model.activation=gelu)."""
+  what does not move FLOPs (e.g. the peer keeps the exact GELU: model.activation=gelu).
+  `malloc`: every arm runs on 'glibc' or on 'tcmalloc' (preloaded as launch/common.sh
+  does), so both sides always share the allocator."""
   load_start = machine.load_average()
+  malloc_env = machine.tcmalloc_env() if malloc == 'tcmalloc' else {}
+  if malloc == 'tcmalloc' and not malloc_env:
+    raise SystemExit('--malloc tcmalloc: no tcmalloc found (apt install libtcmalloc-minimal4, '
+                     'or set M5_TCMALLOC to its path)')
   peer_overrides = jax_arms[peer_of or next(iter(jax_arms))]
   reference_arm = list(jax_arms.values()).index(peer_overrides)
   peer_overrides = dict(peer_overrides, **(peer_set or {}))
@@ -230,7 +237,7 @@ def run(size, batch_size, rounds, steps, jax_arms: dict, torch_arms=TORCH_ARMS,
   arms = []
   try:
     for name, kind, overrides in specs:  # one at a time: building and compiling is the
-      arms.append(Arm(name, kind, size, batch_size, overrides))  # heaviest part
+      arms.append(Arm(name, kind, size, batch_size, overrides, malloc_env))  # heaviest part
       arms[-1].info = arms[-1].read()
       print(f'{name}: ready {arms[-1].info}', file=sys.stderr, flush=True)
     reference = arms[reference_arm]  # the jax arm whose model they build
@@ -246,7 +253,7 @@ def run(size, batch_size, rounds, steps, jax_arms: dict, torch_arms=TORCH_ARMS,
     for arm in arms:
       arm.close()
   result = {'size': size, 'form': 'features', 'dtype': 'float32', 'batch_size': batch_size,
-            'rounds': rounds, 'steps_per_round': steps, 'match': match,
+            'rounds': rounds, 'steps_per_round': steps, 'match': match, 'malloc': malloc,
             'peer_overrides': peer_overrides,
             'machine': machine.describe(), 'load_avg_start': load_start,
             'load_avg_end': machine.load_average(), 'arms': {}, 'ratios': {}}
@@ -268,7 +275,8 @@ def run(size, batch_size, rounds, steps, jax_arms: dict, torch_arms=TORCH_ARMS,
 
 def table(r: dict) -> str:
   lines = [f"{r['size']}/features fp32 batch {r['batch_size']}, {r['rounds']} rounds x "
-           f"{r['steps_per_round']} steps, load {r['load_avg_start']}-{r['load_avg_end']}",
+           f"{r['steps_per_round']} steps, malloc {r.get('malloc', 'glibc')}, "
+           f"load {r['load_avg_start']}-{r['load_avg_end']}",
            '| arm | s per step (each round) | examples/s | CPU-s per step | GFLOP/step | params |',
            '|---|---|---:|---:|---:|---:|']
   for name, a in r['arms'].items():
@@ -307,6 +315,9 @@ def main(argv=None) -> int:
                       'model.activation=gelu (the official code\'s exact GELU)')
   parser.add_argument('--json', action='store_true')
   parser.add_argument('--worker', choices=('jax',) + TORCH_ARMS, help=argparse.SUPPRESS)
+  parser.add_argument('--malloc', choices=('glibc', 'tcmalloc'), default='glibc',
+                      help='the allocator of every arm (tcmalloc: as launch/common.sh runs '
+                      'the train binary)')
   parser.add_argument('--set', action='append', default=[], help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.worker:
@@ -322,7 +333,7 @@ def main(argv=None) -> int:
     parser.error(f'--peer_of {args.peer_of!r} is not a --jax arm ({", ".join(jax_arms)})')
   from benchmarks import train_step  # pylint: disable=g-import-not-at-top
   r = run(args.size, args.batch_size, args.rounds, args.steps, jax_arms, torch_arms,
-          args.peer_of, train_step.parse_overrides(args.peer_set))
+          args.peer_of, train_step.parse_overrides(args.peer_set), args.malloc)
   print(json.dumps(r) if args.json else table(r))
   return 0
 
