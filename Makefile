@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Debian packages: the real media of the realistic release (data_prep/make_realistic.py)
-APT_PACKAGES ?= fonts-noto-color-emoji unicode-data espeak-ng
+# Debian packages: the real media of the realistic release (data_prep/make_realistic.py),
+# and tcmalloc, which launch/common.sh preloads for the train binary on CPU.
+APT_PACKAGES ?= fonts-noto-color-emoji unicode-data espeak-ng libtcmalloc-minimal4
 PYTEST_ARGS ?=
 WORKDIR ?= demo
 

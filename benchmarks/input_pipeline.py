@@ -282,7 +282,7 @@ def measure(release: str, work: str, codes: str = 'itpva', form: str = 'raw',
   device.host.shutdown()
   host.shutdown()
   row = {'dataset': dataset, 'modalities': codes, 'batch_size': batch_size, 'steps': steps,
-         'read_workers': read_workers,
+         'read_workers': read_workers, 'malloc': machine.malloc(),
          'pretrain_examples': host.num_examples, 'build_s': build_s,
          'host_examples_per_s': host_rate, 'device_examples_per_s': device_rate,
          'host_cpu_s_per_example': host_cpu / examples,

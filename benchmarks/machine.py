@@ -85,8 +85,8 @@ def tcmalloc_env() -> dict:
   its report threshold), for benchmarks that start processes; {} where none is found."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   shown = subprocess.run(
-      ['bash', '-c', 'source launch/common.sh 2>/dev/null && echo "$LD_PRELOAD" && '
-       'echo "$TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"'],
+      ['bash', '-c', 'source launch/common.sh && preload_tcmalloc 2>/dev/null && '
+       'echo "$LD_PRELOAD" && echo "$TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"'],
       cwd=repo, env={k: v for k, v in os.environ.items() if k != 'LD_PRELOAD'},
       capture_output=True, text=True, check=True).stdout.splitlines()
   if not shown or 'tcmalloc' not in shown[0]:

@@ -25,21 +25,26 @@ export GLIBC_TUNABLES="${GLIBC_TUNABLES:-$M5_GLIBC_TUNABLES}"
 # a block fresh and unmaps it when freed, every step, so the kernel zero-fills it again
 # (850k page faults and 1.5 CPU-s per base step). tcmalloc keeps the block for the next
 # step (benchmarks/RESULTS.md section 7). Debian/Ubuntu: apt install libtcmalloc-minimal4.
-# M5_TCMALLOC=path picks a build; M5_TCMALLOC= (empty) turns it off.
-if [[ -z "${M5_TCMALLOC+set}" ]]; then
-  M5_TCMALLOC=""
-  for lib in /usr/lib/{x86_64,aarch64}-linux-gnu/libtcmalloc{_minimal,}.so.4; do
-    if [[ -e "$lib" ]]; then M5_TCMALLOC="$lib"; break; fi
-  done
-  [[ -n "$M5_TCMALLOC" ]] || echo "note: no tcmalloc found (apt install libtcmalloc-minimal4);" \
-    "on CPU the train step runs ~1.1x slower under glibc malloc" >&2
-fi
-if [[ -n "$M5_TCMALLOC" && ":${LD_PRELOAD:-}:" != *":$M5_TCMALLOC:"* ]]; then
-  [[ -e "$M5_TCMALLOC" ]] || die "M5_TCMALLOC=$M5_TCMALLOC does not exist"
-  export LD_PRELOAD="$M5_TCMALLOC${LD_PRELOAD:+:$LD_PRELOAD}"
-  # Its report of every allocation over 1 GB would fill the log at base and above.
-  export TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD="${TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD:-1099511627776}"
-fi
+# M5_TCMALLOC=path picks a build; M5_TCMALLOC= (empty) turns it off. Called by the
+# scripts that train on this host.
+preload_tcmalloc() {
+  if [[ -z "${M5_TCMALLOC+set}" ]]; then
+    M5_TCMALLOC=""
+    local lib
+    for lib in /usr/lib/{x86_64,aarch64}-linux-gnu/libtcmalloc{_minimal,}.so.4; do
+      if [[ -e "$lib" ]]; then M5_TCMALLOC="$lib"; break; fi
+    done
+    [[ -n "$M5_TCMALLOC" ]] || echo "note: no tcmalloc (apt install libtcmalloc-minimal4):" \
+      "a train step on CPU runs ~1.1x slower on glibc malloc" >&2
+  fi
+  if [[ -n "$M5_TCMALLOC" && ":${LD_PRELOAD:-}:" != *":$M5_TCMALLOC:"* ]]; then
+    [[ -e "$M5_TCMALLOC" ]] || die "M5_TCMALLOC=$M5_TCMALLOC does not exist"
+    export LD_PRELOAD="$M5_TCMALLOC${LD_PRELOAD:+:$LD_PRELOAD}"
+    # Its report of every allocation over 1 GB would fill the log at base and above.
+    export TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD="${TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD:-1099511627776}"
+  fi
+  return 0
+}
 
 # Quote an argument list into one string for a remote shell (gcloud --command).
 quote_args() { local out="" a; for a in "$@"; do out+=" $(printf '%q' "$a")"; done; echo "${out# }"; }

@@ -9,6 +9,7 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3 )}
+preload_tcmalloc
 
 parse_train_args "launch/local.sh --config FILE.py[:ARGS] --workdir DIR [--config.x=y ...]" "$@"
 

@@ -38,6 +38,38 @@ def test_launches_tune_malloc_unless_the_caller_did():
   assert theirs.stdout.split() == ['glibc.malloc.arena_max=2']
 
 
+def test_launches_preload_tcmalloc_once_and_refuse_a_missing_one(tmp_path, monkeypatch):
+  """launch/common.sh's preload_tcmalloc (local.sh, gpu_slurm.sbatch) preloads the tcmalloc
+  that M5_TCMALLOC names (once, however often it is called), leaves LD_PRELOAD alone when M5_TCMALLOC is empty, and stops with one line
+  when the named library is missing."""
+  from benchmarks import machine  # pylint: disable=g-import-not-at-top
+  lib = tmp_path / 'libtcmalloc_minimal.so.4'
+  lib.write_bytes(b'')  # never loaded: the shell only exports the variable
+  show = ['bash', '-c', 'source launch/common.sh && preload_tcmalloc && preload_tcmalloc && '
+          'echo "$LD_PRELOAD" && echo "$TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"']
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('LD_PRELOAD', 'TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD')}
+
+  def source(**extra):
+    return subprocess.run(show, env={**env, **extra}, cwd=ROOT, capture_output=True, text=True)
+
+  named = source(M5_TCMALLOC=str(lib), LD_PRELOAD='/other.so')
+  assert named.returncode == 0
+  assert named.stdout.split() == [f'{lib}:/other.so', '1099511627776']
+  off = source(M5_TCMALLOC='')
+  assert off.returncode == 0 and off.stdout.split() == [] and off.stderr == ''
+  missing = source(M5_TCMALLOC=str(tmp_path / 'gone.so'))
+  assert missing.returncode == 2 and missing.stdout == ''
+  assert missing.stderr.strip() == f'error: M5_TCMALLOC={tmp_path}/gone.so does not exist'
+  # The benchmarks start their arms with the same environment.
+  monkeypatch.setenv('M5_TCMALLOC', str(lib))
+  assert machine.tcmalloc_env() == {'LD_PRELOAD': str(lib),
+                                    'TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD': '1099511627776'}
+  monkeypatch.setenv('M5_TCMALLOC', '')
+  assert machine.tcmalloc_env() == {}
+  assert machine.malloc() in ('glibc', 'tcmalloc')
+
+
 def test_tpu_pod_dry_run_ships_installs_and_trains_on_all_workers():
   cmds = dry_run('tpu_pod.sh', '--config', 'configs/m5_mmt.py:size=base', '--workdir', 'gs://b/run',
                  '--config.input.batch_size=4096', TPU_NAME='pod', ZONE='us-central2-b', EVAL='1',
