@@ -231,10 +231,13 @@ PEER_JAX_ARMS = ('default=', 'masked16=model.heads_at=masked,model.dropout_bits=
 
 
 def run_peer(spec) -> list[dict]:
-  """One A/B per size; the torch arms build the model of the 'masked16' arm."""
+  """One A/B per size; the torch arms build the model of the 'masked16' arm. Every arm
+  runs on tcmalloc where it is installed, as launch/ runs the train binary."""
   rows = []
+  malloc = 'tcmalloc' if machine.tcmalloc_env() else 'glibc'
   for run in spec:
-    args = [f'--{k}={v}' for k, v in run.items()] + ['--json', '--peer_of', 'masked16']
+    args = [f'--{k}={v}' for k, v in run.items()] + ['--json', '--peer_of', 'masked16',
+                                                     '--malloc', malloc]
     for arm in PEER_JAX_ARMS:
       args += ['--jax', arm]
     rows += run_json('benchmarks.peer_torch', args)
@@ -332,7 +335,7 @@ def table(results: dict) -> str:
         f"ours {r['ours_qps']:.1f} q/s; {faiss}", r)
   for r in results.get('peer', []):
     for name, q in r['ratios'].items():
-      add('peer', f"{r['size']} fp32 b{r['batch_size']} {name}",
+      add('peer', f"{r['size']} fp32 b{r['batch_size']} {r.get('malloc', 'glibc')} {name}",
           f"m5_jax/torch examples/s {q['median']:.2f} "
           f"({', '.join(f'{x:.2f}' for x in q['per_round'])})", r)
   for r in results.get('conversion', []):

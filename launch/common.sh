@@ -25,10 +25,14 @@ export GLIBC_TUNABLES="${GLIBC_TUNABLES:-$M5_GLIBC_TUNABLES}"
 # a block fresh and unmaps it when freed, every step, so the kernel zero-fills it again
 # (850k page faults and 1.5 CPU-s per base step). tcmalloc keeps the block for the next
 # step (benchmarks/RESULTS.md section 7). Debian/Ubuntu: apt install libtcmalloc-minimal4.
-# M5_TCMALLOC=path picks a build; M5_TCMALLOC= (empty) turns it off. Called by the
-# scripts that train on this host.
+# Hosts with a GPU or TPU keep glibc: there the host runs the input pipeline, which on
+# tcmalloc holds the GIL 1.5-2.7x longer in process (benchmarks/results/input_pipeline.md).
+# M5_TCMALLOC=path preloads that build anywhere; M5_TCMALLOC= (empty) turns it off.
 preload_tcmalloc() {
   if [[ -z "${M5_TCMALLOC+set}" ]]; then
+    if compgen -G '/dev/nvidia[0-9]*' >/dev/null || compgen -G '/dev/accel[0-9]*' >/dev/null; then
+      return 0
+    fi
     M5_TCMALLOC=""
     local lib
     for lib in /usr/lib/{x86_64,aarch64}-linux-gnu/libtcmalloc{_minimal,}.so.4; do

@@ -39,7 +39,7 @@ def test_launches_tune_malloc_unless_the_caller_did():
 
 
 def test_launches_preload_tcmalloc_once_and_refuse_a_missing_one(tmp_path, monkeypatch):
-  """launch/common.sh's preload_tcmalloc (local.sh, gpu_slurm.sbatch) preloads the tcmalloc
+  """launch/common.sh's preload_tcmalloc (launch/local.sh) preloads the tcmalloc
   that M5_TCMALLOC names (once, however often it is called), leaves LD_PRELOAD alone when M5_TCMALLOC is empty, and stops with one line
   when the named library is missing."""
   from benchmarks import machine  # pylint: disable=g-import-not-at-top
