@@ -4,8 +4,11 @@ Runs on a tiny TFDS dataset with the m5product example features (built once per
 session in ArrayRecord) and two small toy modality plugins registered for the
 test, so these tests only depend on the pipeline's own logic.
 """
+import glob
 import hashlib
 import os
+import re
+import shutil
 import sys
 import types
 
@@ -442,3 +445,42 @@ def test_a_bert_vocabulary_tokenises_the_text_of_a_build_with_ids(mini, tmp_path
   assert not it.token_ids
   ids = next(it)['text']['ids']
   assert (ids[:, 0] == 2).any() and ids.max() <= 6  # BOS, then ids of this 7-word vocabulary
+
+
+def test_recompressed_build_gives_the_same_batches_and_a_bad_shard_is_named(config, tmp_path):
+  """data_prep/recompress rewrites every shard uncompressed (a rerun finds nothing to do),
+  the pipeline reads the same batches from it; a shard it cannot read is a one-line
+  error naming it, and that shard is left as it was."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  from data_prep import recompress  # pylint: disable=g-import-not-at-top
+  copy = tmp_path / 'data'
+  shutil.copytree(config.input.data_dir, copy)
+  version = str(copy / 'm5fixture' / '1.0.0')
+  shards = recompress.shards(version)
+  first = recompress.recompress(version, 'group_size:1,uncompressed', workers=2)
+  assert first['rewritten'] == len(shards) and first['records'] == NUM_PRETRAIN + NUM_EVAL
+  for path in shards:
+    reader = array_record_module.ArrayRecordReader(path)
+    assert 'uncompressed' in reader.writer_options_string()
+    reader.close()
+  assert recompress.recompress(version, 'group_size:1,uncompressed')['skipped'] == len(shards)
+  recompressed = config.copy_and_resolve_references()
+  recompressed.input.data_dir = str(copy)
+  _assert_batches_equal(_take(_pipeline(recompressed), 4), _take(_pipeline(config), 4))
+  _assert_batches_equal(list(_pipeline(recompressed, 'cls_test', train=False)),
+                        list(_pipeline(config, 'cls_test', train=False)))
+
+  assert recompress.recompress(version, 'group_size:1,zstd:3')['rewritten'] == len(shards)
+  bad = shards[0]  # a zstd shard with a third of it overwritten
+  size = os.path.getsize(bad)
+  with open(bad, 'r+b') as f:
+    f.seek(size // 3)
+    f.write(b'\xff' * (size // 3))
+  before = open(bad, 'rb').read()
+  with pytest.raises(SystemExit, match=rf'^error: {re.escape(bad)}: .*\(\d+ of {len(shards)} '
+                     r'shards done\)$'):
+    recompress.recompress(version, 'group_size:1,uncompressed')
+  assert open(bad, 'rb').read() == before
+  assert not glob.glob(os.path.join(version, '*.recompress-tmp'))
+  with pytest.raises(SystemExit, match='must keep group_size:1'):
+    recompress.recompress(version, 'group_size:64,uncompressed')
