@@ -98,8 +98,8 @@ def run_json(module: str, args: list[str], timeout: float | None = None,
   printed (one per line), each with the process's peak RSS from wait4 (MiB) unless the
   child reported its own."""
   cmd = [sys.executable, '-m', module, *args]
-  print(f'$ {" ".join(f"{k}={v!r}" for k, v in (env or {}).items())} {" ".join(cmd[1:])}',
-        file=sys.stderr, flush=True)
+  shown = [f'{k}={v!r}' for k, v in (env or {}).items()] + cmd[1:]
+  print(f'$ {" ".join(shown)}', file=sys.stderr, flush=True)
   proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **(env or {})))
   deadline = None if timeout is None else time.time() + timeout
@@ -278,19 +278,23 @@ def _run_on_gpu(part: str, runs: list[dict], results: dict, save) -> None:
 # Issue 19 item 6: levers for base's bf16 MFU on one GPU. cuDNN attention is
 # jax.nn.dot_product_attention (model.attention=dot_product: no attention dropout,
 # and base uses none); each arm compiles in its own process.
-GPU_LEVERS = ['model.attention=dot_product', 'model.dropout_rng=unsafe_rbg',
-              'model.activation=gelu_tanh', 'model.heads_at=masked']
+def _levers(dropout_rng: str = 'unsafe_rbg') -> list[str]:
+  return ['model.attention=dot_product', f'model.dropout_rng={dropout_rng}',
+          'model.activation=gelu_tanh', 'model.heads_at=masked']
+
+
+GPU_LEVERS = _levers()
+_SCAN = 'model.scan_layers=true'
 _GPU_BASE = dict(size='base', form='features', batch_size=256, steps=10, dtype='bfloat16',
                  matmul_n=8192)
 GPU_LEVER_ARMS = {
-    'plain': dict(_GPU_BASE, set=['model.scan_layers=true']),
-    'cudnn_attention': dict(_GPU_BASE, set=['model.scan_layers=true', GPU_LEVERS[0]]),
-    'levers': dict(_GPU_BASE, set=['model.scan_layers=true', *GPU_LEVERS]),
-    'levers_hash': dict(_GPU_BASE, set=['model.scan_layers=true', 'model.dropout_rng=hash',
-                                        *(v for v in GPU_LEVERS if 'dropout_rng' not in v)]),
+    'plain': dict(_GPU_BASE, set=[_SCAN]),
+    'cudnn_attention': dict(_GPU_BASE, set=[_SCAN, GPU_LEVERS[0]]),
+    'levers': dict(_GPU_BASE, set=[_SCAN, *GPU_LEVERS]),
+    'levers_hash': dict(_GPU_BASE, set=[_SCAN, *_levers('hash')]),
     'levers_remat_b512': dict(_GPU_BASE, batch_size=512,
-                              set=['model.scan_layers=true', 'model.remat=true', *GPU_LEVERS]),
-    'levers_cublas': dict(_GPU_BASE, set=['model.scan_layers=true', *GPU_LEVERS],
+                              set=[_SCAN, 'model.remat=true', *GPU_LEVERS]),
+    'levers_cublas': dict(_GPU_BASE, set=[_SCAN, *GPU_LEVERS],
                           xla_flags='--xla_gpu_enable_triton_gemm=false'),
 }
 
