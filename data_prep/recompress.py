@@ -11,8 +11,9 @@ the host's CPU is the limit and its storage is not (local NVMe); keep zstd where
 come over the network.
 
 Every shard is read and written in chunks (bounded memory at any shard size), under a
-temporary name; the new file's record count and each chunk's bytes are checked against
-the old one, and only then does it replace the old file. An interrupted run leaves every
+temporary name; the new file's record count and a digest of all its records (blake2b,
+each record with its length) are checked against the records written, and only then
+does it replace the old file, which is decoded once. An interrupted run leaves every
 shard either old or new, and a rerun skips shards already in the requested options. A
 shard that cannot be read is a one-line error naming it, and the shards done so far stay
 done. The records' bytes are unchanged, so dataset_info.json still holds.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import glob
+import hashlib
 import multiprocessing
 import os
 import sys
@@ -67,12 +69,27 @@ def shards(directory: str) -> list[str]:
   return paths
 
 
+def _chunks(n: int):
+  """Index lists of CHUNK records covering 0..n-1."""
+  return (list(range(s, min(n, s + CHUNK))) for s in range(0, n, CHUNK))
+
+
+def _digest(records, digest):
+  for record in records:
+    digest.update(len(record).to_bytes(8, 'little'))
+    digest.update(record)
+  return records
+
+
 def recompress_shard(path: str, options: str) -> tuple[int, int, int]:
   """Rewrites one shard with `options`: (records, bytes before, bytes after); records 0
-  and equal sizes when it already had them."""
+  and equal sizes when it already had them. The new file must read back the same
+  records (count, and a blake2b digest of every record with its length) before it
+  replaces the old one, which is decoded once."""
   from array_record.python import array_record_module as ar  # pylint: disable=g-import-not-at-top
   reader = ar.ArrayRecordReader(path, 'readahead_buffer_size:0')
   size = os.path.getsize(path)
+  written = hashlib.blake2b()
   try:
     if _canonical(reader.writer_options_string()) == _canonical(options):
       return 0, size, size
@@ -80,8 +97,8 @@ def recompress_shard(path: str, options: str) -> tuple[int, int, int]:
     tmp = path + '.recompress-tmp'
     writer = ar.ArrayRecordWriter(tmp, options)
     try:
-      for start in range(0, n, CHUNK):
-        for record in reader.read(list(range(start, min(n, start + CHUNK)))):
+      for indices in _chunks(n):
+        for record in _digest(reader.read(indices), written):
           writer.write(record)
     except Exception as e:  # pylint: disable=broad-except
       writer.close()
@@ -91,17 +108,14 @@ def recompress_shard(path: str, options: str) -> tuple[int, int, int]:
   finally:
     reader.close()
   check = ar.ArrayRecordReader(tmp, 'readahead_buffer_size:0')
+  read_back = hashlib.blake2b()
   try:
-    old = ar.ArrayRecordReader(path, 'readahead_buffer_size:0')
-    try:
-      same = check.num_records() == n and all(
-          check.read(idx) == old.read(idx)
-          for idx in (list(range(s, min(n, s + CHUNK))) for s in range(0, n, CHUNK)))
-    finally:
-      old.close()
+    same = check.num_records() == n
+    for indices in _chunks(n) if same else ():
+      _digest(check.read(indices), read_back)
   finally:
     check.close()
-  if not same:
+  if not same or read_back.digest() != written.digest():
     os.remove(tmp)
     raise RuntimeError('the rewritten shard does not read back the same records; '
                        'the shard is left as it was')

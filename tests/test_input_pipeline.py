@@ -447,7 +447,8 @@ def test_a_bert_vocabulary_tokenises_the_text_of_a_build_with_ids(mini, tmp_path
   assert (ids[:, 0] == 2).any() and ids.max() <= 6  # BOS, then ids of this 7-word vocabulary
 
 
-def test_recompressed_build_gives_the_same_batches_and_a_bad_shard_is_named(config, tmp_path):
+def test_recompressed_build_gives_the_same_batches_and_a_bad_shard_is_named(config, tmp_path,
+                                                                            monkeypatch):
   """data_prep/recompress rewrites every shard uncompressed (a rerun finds nothing to do),
   the pipeline reads the same batches from it; a shard it cannot read is a one-line
   error naming it, and that shard is left as it was."""
@@ -484,3 +485,24 @@ def test_recompressed_build_gives_the_same_batches_and_a_bad_shard_is_named(conf
   assert not glob.glob(os.path.join(version, '*.recompress-tmp'))
   with pytest.raises(SystemExit, match='must keep group_size:1'):
     recompress.recompress(version, 'group_size:64,uncompressed')
+
+  # A writer that loses a byte: the read-back check refuses the new file.
+  real_writer = array_record_module.ArrayRecordWriter
+
+  class Lossy:
+    def __init__(self, *args):
+      self._writer = real_writer(*args)
+
+    def write(self, record):
+      self._writer.write(record[:-1])
+
+    def close(self):
+      self._writer.close()
+
+  good = shards[1]
+  before = open(good, 'rb').read()
+  monkeypatch.setattr(array_record_module, 'ArrayRecordWriter', Lossy)
+  with pytest.raises(RuntimeError, match='does not read back the same records'):
+    recompress.recompress_shard(good, 'group_size:1,snappy')  # options no shard has yet
+  assert open(good, 'rb').read() == before
+  assert not glob.glob(os.path.join(version, '*.recompress-tmp'))
